@@ -1,0 +1,54 @@
+"""The model's input: one penguin, its named features and the limits a request must respect.
+
+Shared by `train_model.py` (which columns to learn from) and `service.py` (the request schema), so the two
+can never disagree. Kept free of heavy imports: the Bento ships this module.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MODEL_NAME = "penguin_classifier"
+STABLE_VERSION = "v1.0.0"
+CANDIDATE_VERSION = "v1.1.0"
+VERSIONS = (STABLE_VERSION, CANDIDATE_VERSION)
+TARGET = "target"
+MAX_INSTANCES = 1000  # rows per /predict request; more is refused with 400 naming the limit
+MAX_BODY_BYTES = 1024 * 1024  # request body limit, the same in the service (413) and in nginx (client_max_body_size)
+
+Island = Literal["Biscoe", "Dream", "Torgersen"]
+Sex = Literal["female", "male"]
+
+
+def _measure(description: str, example: float) -> object:
+    """A body measurement: a finite positive number, or null when it was not recorded (the model imputes it)."""
+    return Field(..., gt=0, allow_inf_nan=False, description=description, examples=[example])
+
+
+class Penguin(BaseModel):
+    """One penguin to classify. Every feature must be present; a measurement may be null if unknown."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    island: Island = Field(..., description="Island in the Palmer Archipelago", examples=["Biscoe"])
+    bill_length_mm: Optional[float] = _measure("Bill (culmen) length in millimetres", 39.1)
+    bill_depth_mm: Optional[float] = _measure("Bill (culmen) depth in millimetres", 18.7)
+    flipper_length_mm: Optional[float] = _measure("Flipper length in millimetres", 181.0)
+    body_mass_g: Optional[float] = _measure("Body mass in grams", 3750.0)
+    sex: Optional[Sex] = Field(..., description="female, male, or null if unknown", examples=["male"])
+
+
+FEATURES: tuple[str, ...] = tuple(Penguin.model_fields)
+CATEGORICAL: tuple[str, ...] = ("island", "sex")
+NUMERIC: tuple[str, ...] = tuple(f for f in FEATURES if f not in CATEGORICAL)
+
+EXAMPLE = {
+    "island": "Torgersen",
+    "bill_length_mm": 39.1,
+    "bill_depth_mm": 18.7,
+    "flipper_length_mm": 181.0,
+    "body_mass_g": 3750.0,
+    "sex": "male",
+}

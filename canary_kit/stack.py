@@ -1,0 +1,229 @@
+"""The local canary stack: blue and green as real `bentoml serve` processes and nginx in front, as one unit.
+
+    with Stack(settings) as stack:   # starts all three and waits until each is ready
+        ...                          # leaving the block stops all three, whatever happened
+
+Each version gets its own BENTOML_HOME (sharing the model store through symlinks), because `bentoml serve` wipes
+and reuses `$BENTOML_HOME/prometheus_multiproc_dir`: two servers sharing one home report each other's counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from canary_kit.config import COLORS, CanaryError, Settings
+from canary_kit.features import MODEL_NAME
+from canary_kit.nginx import LocalNginx, write_atomic
+
+STACK_FILE = "stack.json"
+
+
+@dataclass
+class Child:
+    """One supervised process, started in its own session so that stopping it stops all it spawned."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL whatever is left after `grace` seconds."""
+        if self.proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait)
+                # the leader is gone; make sure none of its children outlive it
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            break
+
+    def last_lines(self, count: int = 5) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-count:])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def backend_home(settings: Settings, color: str) -> Path:
+    """A private BENTOML_HOME for one version: its own metrics folder, the shared model store and Bentos."""
+    home = settings.state_dir / color / "bentoml"
+    home.mkdir(parents=True, exist_ok=True)
+    for store in ("models", "bentos"):
+        target, link = settings.bentoml_home / store, home / store
+        target.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            if link.is_symlink() and link.resolve() == target.resolve():
+                continue
+            link.unlink() if link.is_symlink() else shutil.rmtree(link)
+        link.symlink_to(target, target_is_directory=True)
+    return home
+
+
+def backend_child(settings: Settings, color: str) -> Child:
+    """`bentoml serve` for one version: service.py with --arg model_version, or the version's built Bento."""
+    version, port = settings.version(color), settings.backend_port(color)
+    if settings.source == "bento":
+        target = [settings.bento_tag(color)]
+    else:
+        target = ["service:PenguinClassifier", "--arg", f"model_version={version}"]
+    bentoml = Path(sys.executable).with_name("bentoml")
+    argv = [str(bentoml) if bentoml.exists() else "bentoml", "serve", *target, "--host", "127.0.0.1"]
+    argv += ["--port", str(port)]
+    env = {
+        "BENTOML_HOME": str(backend_home(settings, color)),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return Child(color, argv, settings.state_dir / "logs" / f"{color}.log", env, settings.project_dir)
+
+
+def preflight(settings: Settings) -> None:
+    """Refuse, in one line, what would make the start fail half-way."""
+    if shutil.which(settings.nginx_bin) is None:
+        raise CanaryError(f"nginx is not installed ({settings.nginx_bin!r} not found): sudo apt-get install -y nginx")
+    if settings.source == "code" and not (settings.project_dir / "service.py").is_file():
+        raise CanaryError(f"no service.py in {settings.project_dir}: run canary from the project folder")
+    for color in COLORS:
+        store = "bentos" if settings.source == "bento" else "models"
+        where = settings.bentoml_home / store / MODEL_NAME / settings.version(color)
+        if not where.is_dir():
+            hint = "make bentos" if store == "bentos" else "python train_model.py"
+            raise CanaryError(f"{settings.bento_tag(color)} is not in {where.parent.parent} (run `{hint}`)")
+    named = [("nginx", settings.host, settings.port)]
+    named += [(color, "127.0.0.1", settings.backend_port(color)) for color in COLORS]
+    for name, host, port in named:
+        if port_in_use(host, port):
+            raise CanaryError(f"port {port} on {host} ({name}) is already in use")
+
+
+def wait_ready(children: list[Child], urls: dict[str, str], timeout: float) -> None:
+    """Poll each child's ready URL until all answer 200; fail early if a child exits."""
+    deadline = time.monotonic() + timeout
+    pending = dict(urls)
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while pending:
+            for child in children:
+                code = child.exit_code()
+                if code is not None:
+                    raise CanaryError(f"{child.name} exited with code {code} while starting:\n{child.last_lines()}")
+            for name, url in list(pending.items()):
+                try:
+                    if client.get(url).status_code == 200:
+                        del pending[name]
+                except httpx.HTTPError:
+                    pass
+            if pending and time.monotonic() > deadline:
+                raise CanaryError(f"not ready after {timeout:.0f}s: {', '.join(pending)} (logs in {children[0].log.parent})")
+            if pending:
+                time.sleep(0.2)
+
+
+class Stack:
+    """Blue, green and nginx started together, stopped together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.nginx = LocalNginx(settings)
+        self.children: list[Child] = []
+        self.started_at = 0.0
+
+    def start(self) -> "Stack":
+        s = self.settings
+        preflight(s)
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+        self.nginx.write(s.green_weight)
+        self.started_at = time.monotonic()
+        backends = [backend_child(s, color) for color in COLORS]
+        nginx = Child("nginx", self.nginx.command(), s.state_dir / "logs" / "nginx.log")
+        self.children = [*backends, nginx]
+        try:
+            for child in self.children:
+                child.start()
+            urls = {color: f"{s.backend_url(color)}/readyz" for color in COLORS}
+            urls["nginx"] = f"http://{s.host}:{s.port}/_nginx/ping"
+            wait_ready(self.children, urls, s.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.write_state()
+        return self
+
+    def write_state(self) -> None:
+        s = self.settings
+        state = {
+            "supervisor_pid": os.getpid(),
+            "url": s.url,
+            "green_weight": s.green_weight,
+            "backends": {
+                c.name: {"version": s.version(c.name), "url": s.backend_url(c.name), "pid": c.proc.pid}
+                for c in self.children
+                if c.name in COLORS
+            },
+            "nginx": {"conf": str(self.nginx.main_conf), "pid": self.children[-1].proc.pid},
+            "settings": json.loads(s.model_dump_json()),
+        }
+        write_atomic(s.state_dir / STACK_FILE, json.dumps(state, indent=2) + "\n")
+
+    def exited(self) -> list[tuple[str, int]]:
+        return [(c.name, code) for c in self.children if (code := c.exit_code()) is not None]
+
+    def stop(self) -> None:
+        """nginx first (no new requests), then the backends; remove the state file that says we run."""
+        for child in reversed(self.children):
+            child.stop()
+        (self.settings.state_dir / STACK_FILE).unlink(missing_ok=True)
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
