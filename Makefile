@@ -1,0 +1,50 @@
+# One command per job; the README names them.  `make up` = install, train if needed, run the canary stack.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+MODEL := penguin_classifier
+VERSIONS := v1.0.0 v1.1.0
+BENTOML_HOME ?= $(HOME)/bentoml
+export BENTOML_HOME
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: up setup nginx train bentos images test test-fast bench clean
+
+up: setup nginx train  ## install what is missing, train if the store lacks the models, run the stack on :8000
+	$(BIN)/canary up
+
+$(BIN)/canary: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(BIN)/canary  ## the Python environment in .venv
+
+nginx:  ## Debian's nginx, installed through apt-get when missing (the stack runs its own instance)
+	@command -v nginx >/dev/null || (echo "installing nginx ..." && $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx >/dev/null)
+
+train: setup  ## train both versions into the BentoML model store (kept when already there)
+	@if [ -d "$(BENTOML_HOME)/models/$(MODEL)/v1.0.0" ] && [ -d "$(BENTOML_HOME)/models/$(MODEL)/v1.1.0" ]; then \
+		echo "models $(MODEL):v1.0.0 and :v1.1.0 are in $(BENTOML_HOME)"; \
+	else $(BIN)/python train_model.py; fi
+
+bentos: train  ## one Bento per model version, tagged like the model
+	@for v in $(VERSIONS); do $(BIN)/bentoml build --version $$v --arg model_version=$$v -o tag || exit 1; done
+
+images: bentos  ## one image per Bento (needs Docker): penguin_classifier:v1.0.0 and :v1.1.0
+	@for v in $(VERSIONS); do $(BIN)/bentoml containerize $(MODEL):$$v --image-tag $(MODEL):$$v || exit 1; done
+
+test: setup nginx  ## the whole test suite: unit, integration (real nginx and bentoml serve), Bento builds
+	$(BIN)/pytest
+
+test-fast: setup  ## unit tests only
+	$(BIN)/pytest -m "not integration and not bento"
+
+bench: setup nginx train  ## benchmarks; results in bench/results/
+	$(BIN)/python bench/run.py
+
+clean:  ## remove runtime state (not the model store)
+	rm -rf .canary .pytest_cache
