@@ -171,10 +171,10 @@ def save_version(version: str, pipeline: Pipeline, metadata: dict, data_hash: st
     return "replaced" if found is not None else "saved"
 
 
-def export(version: str) -> Path:
+def export(version: str, export_dir: Path = EXPORT_DIR) -> Path:
     """Export the stored model to models/ so `bentoml models import` can load it elsewhere."""
-    EXPORT_DIR.mkdir(exist_ok=True)
-    path = EXPORT_DIR / f"{MODEL_NAME}-{version}.bentomodel"
+    export_dir.mkdir(parents=True, exist_ok=True)
+    path = export_dir / f"{MODEL_NAME}-{version}.bentomodel"
     tmp = path.with_suffix(".tmp.bentomodel")
     tmp.unlink(missing_ok=True)
     bentoml.models.export_model(f"{MODEL_NAME}:{version}", str(tmp))
@@ -185,7 +185,8 @@ def export(version: str) -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train both model versions into the BentoML model store.")
     parser.add_argument("--force", action="store_true", help="replace versions that already exist in the store")
-    parser.add_argument("--no-export", action="store_true", help="skip exporting the archives to models/")
+    parser.add_argument("--export-dir", type=Path, default=EXPORT_DIR, help="where to export the archives")
+    parser.add_argument("--no-export", action="store_true", help="skip exporting the archives")
     parser.add_argument("--write-data", action="store_true", help="rewrite data/data.csv from palmerpenguins")
     return parser.parse_args(argv)
 
@@ -197,13 +198,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     X, y, data_hash = load_data()
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=HOLDOUT, stratify=y, random_state=SEED)
-    print(f"data: {DATA.relative_to(ROOT)} ({len(X)} rows, sha256 {data_hash[:12]}), holdout {len(X_test)} rows")
+    print(f"data: {DATA.name} ({len(X)} rows, sha256 {data_hash[:12]}), holdout {len(X_test)} rows")
     rows = []
     for version in VERSION_SPECS:
         pipeline, metadata = train_version(version, X_train, y_train, X_test, y_test)
         action = save_version(version, pipeline, metadata, data_hash, args.force)
         stored = bentoml.models.get(f"{MODEL_NAME}:{version}").info.metadata["holdout_metrics"]
-        exported = "" if args.no_export else export(version).relative_to(ROOT)
+        exported = "" if args.no_export else export(version, args.export_dir)
         rows.append((version, metadata["algorithm"], stored, action, exported))
     print(f"{'version':<8}  {'algorithm':<31} {'accuracy':>8} {'f1_macro':>8} {'log_loss':>8}  store     export")
     for version, algorithm, m, action, exported in rows:

@@ -1,0 +1,149 @@
+"""Shared fixtures: a private BentoML home with both models trained once, and real processes on free ports.
+
+BENTOML_HOME is set before anything imports bentoml, so no test touches the user's model store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+EXAMPLE_ROW = {
+    "island": "Torgersen",
+    "bill_length_mm": 39.1,
+    "bill_depth_mm": 18.7,
+    "flipper_length_mm": 181.0,
+    "body_mass_g": 3750.0,
+    "sex": "male",
+}
+_HOME = Path(tempfile.mkdtemp(prefix="canary-tests-bentoml-"))
+
+
+def pytest_configure(config) -> None:
+    os.environ["BENTOML_HOME"] = str(_HOME)
+    os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+    os.environ.pop("MODEL_VERSION", None)
+    for name in [n for n in os.environ if n.startswith("CANARY_")]:
+        del os.environ[name]
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(_HOME, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run a command from the project folder; fail the test with its output if it fails."""
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, **kwargs)
+    assert result.returncode == 0, f"{argv} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def bentoml_home() -> Path:
+    return _HOME
+
+
+@pytest.fixture(scope="session")
+def trained(bentoml_home, tmp_path_factory) -> Path:
+    """Both versions in the private store; returns the folder the archives were exported to."""
+    export_dir = tmp_path_factory.mktemp("exported")
+    run([sys.executable, "train_model.py", "--export-dir", str(export_dir)])
+    return export_dir
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not ready after {timeout}s")
+
+
+@contextmanager
+def bentoml_serve(target: list[str], env: dict[str, str] | None = None, home: Path | None = None):
+    """A real `bentoml serve` on a free loopback port, in its own BENTOML_HOME copy-free view; always stopped."""
+    port = free_port()
+    argv = [str(BIN / "bentoml"), "serve", *target, "--host", "127.0.0.1", "--port", str(port)]
+    log = tempfile.NamedTemporaryFile(prefix="bentoml-serve-", suffix=".log", delete=False)
+    run_env = {**os.environ, **(env or {})}
+    if home is not None:
+        run_env["BENTOML_HOME"] = str(home)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{Path(log.name).read_text()[-3000:]}") from None
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_group(proc)
+        Path(log.name).unlink(missing_ok=True)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=15)
+            break
+        except ProcessLookupError:
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def local_settings(state_dir: Path, **overrides):
+    """Settings for a stack on free ports with its state in `state_dir`."""
+    from canary_kit.config import Settings
+
+    values = dict(
+        project_dir=ROOT,
+        state_dir=state_dir,
+        port=free_port(),
+        blue_port=free_port(),
+        green_port=free_port(),
+        bentoml_home=_HOME,
+        ready_timeout=120,
+    )
+    return Settings(**{**values, **overrides})
+
+
+@pytest.fixture(scope="session")
+def stack(trained, tmp_path_factory):
+    """The whole local canary stack (blue, green, nginx) from service.py, shared by the integration tests."""
+    from canary_kit.stack import Stack
+
+    running = Stack(local_settings(tmp_path_factory.mktemp("state"))).start()
+    try:
+        yield running
+    finally:
+        running.stop()
