@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,29 +19,38 @@ from canary_kit.config import COLORS, CanaryError, Settings
 
 
 class CanaryGroup(TyperGroup):
-    """The edge: a CanaryError from any command becomes one line on stderr and exit code 1."""
+    """The edge: a CanaryError or a usage error (bad value, unknown command) becomes one line and exit code 1."""
 
-    def invoke(self, ctx):
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
         try:
-            return super().invoke(ctx)
-        except CanaryError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            result = super().main(*args, standalone_mode=False, **kwargs)
+            code = result if isinstance(result, int) else 0
+        except (CanaryError, typer.TyperException) as exc:
+            message = exc.format_message() if isinstance(exc, typer.TyperException) else str(exc)
+            typer.echo(f"error: {message}", err=True)
+            code = 1
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
 
 
 app = typer.Typer(
     cls=CanaryGroup,
     help="Canary deployments for the BentoML penguin classifier: blue (stable) and green (candidate) behind nginx.",
-    no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
 
-@app.callback()
-def _root() -> None:
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context) -> None:
     """Run the local canary stack and steer its traffic."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
 
 
 StateDir = Annotated[Optional[Path], typer.Option("--state-dir", help="runtime folder [default: .canary]")]
@@ -61,11 +73,12 @@ def up(
     state_dir: StateDir = None,
 ) -> None:
     """Start blue, green and nginx; stay in the foreground until Ctrl-C, then stop all three."""
-    from canary_kit.stack import Stack  # keeps `canary --help` fast
+    from canary_kit.stack import Stack, preflight  # imported here: keeps `canary --help` fast
 
     settings = settings_from(
         port=port, green_weight=green_weight, state_dir=state_dir, source="bento" if from_bentos else None
     )
+    preflight(settings)  # refuse before printing anything else
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -84,6 +97,96 @@ def up(
                     typer.echo(f"{name} exited with code {code}; see {settings.state_dir / 'logs' / name}.log", err=True)
         typer.echo("stopping ...")
     typer.echo("stopped")
+
+
+Compose = Annotated[bool, typer.Option("--compose", help="act on the docker compose stack, not the local one")]
+ComposeFile = Annotated[Path, typer.Option(help="compose file of the stack (with --compose)")]
+Reason = Annotated[str, typer.Option("--reason", "-m", help="why, for the change log")]
+
+
+def target_for(state_dir: Optional[Path], compose: bool, compose_file: Path):
+    """The stack to act on: the local one (found through its state folder) or the compose one."""
+    from canary_kit.control import ComposeTarget, LocalTarget
+
+    folder = state_dir or Path(os.environ.get("CANARY_STATE_DIR", ".canary"))
+    if compose:
+        return ComposeTarget(folder, compose_file, os.environ.get("CANARY_COMPOSE_CMD", "docker compose"))
+    return LocalTarget(folder)
+
+
+def change(weight: int, reason: str, state_dir: Optional[Path], compose: bool, compose_file: Path) -> None:
+    from canary_kit.control import set_weight
+
+    old, new = set_weight(target_for(state_dir, compose, compose_file), weight, reason)
+    if old == new:
+        typer.echo(f"green already gets {new}%: nothing changed")
+    else:
+        typer.echo(f"green {old}% -> {new}%  (blue {100 - new}%)")
+
+
+@app.command("set-weight")
+def set_weight_command(
+    weight: Annotated[int, typer.Argument(min=0, max=100, help="percent of requests for green, 0-100")],
+    reason: Reason = "",
+    state_dir: StateDir = None,
+    compose: Compose = False,
+    compose_file: ComposeFile = Path("docker-compose.yml"),
+) -> None:
+    """Send WEIGHT percent of requests to green and the rest to blue."""
+    change(weight, reason, state_dir, compose, compose_file)
+
+
+@app.command()
+def promote(
+    reason: Reason = "",
+    state_dir: StateDir = None,
+    compose: Compose = False,
+    compose_file: ComposeFile = Path("docker-compose.yml"),
+) -> None:
+    """Send every request to green."""
+    change(100, reason, state_dir, compose, compose_file)
+
+
+@app.command()
+def rollback(
+    reason: Reason = "",
+    state_dir: StateDir = None,
+    compose: Compose = False,
+    compose_file: ComposeFile = Path("docker-compose.yml"),
+) -> None:
+    """Send every request to blue (green gets 0%)."""
+    change(0, reason, state_dir, compose, compose_file)
+
+
+def fmt(value, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    state_dir: StateDir = None,
+    compose: Compose = False,
+    compose_file: ComposeFile = Path("docker-compose.yml"),
+) -> None:
+    """The split, each version's health, and its requests, errors and latency since the last change."""
+    from canary_kit.control import status as read_status
+
+    report = read_status(target_for(state_dir, compose, compose_file))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    since = f"since {report['since']}" if report["since"] else "since start"
+    typer.echo(f"split: blue {100 - report['green_weight']}% / green {report['green_weight']}%   figures {since}")
+    typer.echo(f"{'':6}{'version':<9}{'weight':>7}  {'health':<7}{'requests':>9}{'5xx':>6}{'err%':>7}{'p50 ms':>8}{'p99 ms':>8}")
+    for color, b in report["backends"].items():
+        f = b["since_change"] or {}
+        rate = None if f.get("error_rate") is None else 100 * f["error_rate"]
+        typer.echo(
+            f"{color:<6}{b['version']:<9}{b['weight']:>6}%  {'up' if b['healthy'] else 'DOWN':<7}"
+            f"{fmt(f.get('requests')):>9}{fmt(f.get('errors')):>6}{fmt(rate, '.2f'):>7}"
+            f"{fmt(f.get('p50_ms'), '.1f'):>8}{fmt(f.get('p99_ms'), '.1f'):>8}"
+        )
 
 
 def main() -> None:

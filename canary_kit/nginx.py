@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import httpx
+
 from canary_kit.config import CanaryError, Settings
 
 ROUTES_TEMPLATE = "canary.conf.template"
@@ -63,8 +65,8 @@ class LocalNginx:
         self.pid_file = settings.state_dir / "nginx.pid"
         self.templates = settings.project_dir / "nginx"
 
-    def render_main(self) -> str:
-        variables = {"CANARY_STATE_DIR": str(self.settings.state_dir)}
+    def render_main(self, routes: Path | None = None) -> str:
+        variables = {"CANARY_STATE_DIR": str(self.settings.state_dir), "CANARY_ROUTES": str(routes or self.routes_conf)}
         return render(read_template(LOCAL_MAIN_TEMPLATE, self.templates), variables)
 
     def render_routes(self, green_weight: int) -> str:
@@ -77,6 +79,35 @@ class LocalNginx:
         write_atomic(self.main_conf, self.render_main())
         write_atomic(self.routes_conf, self.render_routes(green_weight))
         self.test()
+
+    def routes(self) -> str:
+        return self.routes_conf.read_text()
+
+    def apply(self, routes: str) -> None:
+        """Replace the running routes with `routes`: `nginx -t` on the candidate first, then swap and reload.
+
+        The candidate is checked through a throw-away main config that includes it, so the live files change only
+        after nginx accepted it, and then only by an atomic rename; a rejected candidate leaves them untouched.
+        """
+        candidate = self.settings.state_dir / "canary.conf.next"
+        probe = self.settings.state_dir / "nginx.next.conf"
+        try:
+            write_atomic(candidate, routes)
+            write_atomic(probe, self.render_main(candidate))
+            self.test(probe)
+            os.replace(candidate, self.routes_conf)
+        finally:
+            candidate.unlink(missing_ok=True)
+            probe.unlink(missing_ok=True)
+        self.reload()
+
+    def running_split(self) -> str | None:
+        """The split the running nginx answers with, read on a fresh connection; None if it does not answer."""
+        try:
+            response = httpx.get(f"http://{self.settings.host}:{self.settings.port}/_nginx/split", timeout=1)
+        except httpx.HTTPError:
+            return None
+        return response.text.strip() if response.status_code == 200 else None
 
     def test(self, main_conf: Path | None = None) -> None:
         """`nginx -t` on the main config (which includes the routes); raise with nginx's words if it fails."""

@@ -1,0 +1,233 @@
+"""Steer a running canary: read the split, change it safely, and read each version's health and figures.
+
+Two targets with the same interface: the local stack (`canary up`) and the docker compose stack. Every change
+renders the committed template, has nginx check it (`nginx -t`), swaps it in atomically, reloads nginx
+gracefully, waits until nginx answers with the new split, then logs the change and takes a metrics baseline.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+from canary_kit.config import COLORS, CanaryError, Settings
+from canary_kit.metrics import Snapshot, window
+from canary_kit.nginx import LocalNginx, read_template, render, split_directive, ROUTES_TEMPLATE
+from canary_kit.stack import STACK_FILE
+
+CHANGELOG = "changes.log"
+BASELINE = "baseline.json"
+APPLY_TIMEOUT = 5.0
+SPLIT_BLOCK = re.compile(r"split_clients\s+\S+\s+\$canary_by_weight\s*\{(?P<body>[^}]*)\}")
+
+
+def weight_of(routes: str) -> int:
+    """Green's weight in a rendered routes config."""
+    found = SPLIT_BLOCK.search(routes)
+    if found is None:
+        raise CanaryError("the running nginx config has no canary split_clients block")
+    body = found.group("body")
+    share = re.search(r"(\d+(?:\.\d+)?)%\s+green", body)
+    if share:
+        return int(float(share.group(1)))
+    return 100 if re.search(r"\*\s+green", body) else 0
+
+
+def split_of(routes: str) -> str:
+    """The split_clients body of a rendered routes config, as `/_nginx/split` reports it."""
+    found = SPLIT_BLOCK.search(routes)
+    return " ".join(found.group("body").split()) if found else ""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LocalTarget:
+    """The stack that `canary up` runs, found through its state folder."""
+
+    name = "local"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir.expanduser().absolute()
+        stack_file = self.state_dir / STACK_FILE
+        if not stack_file.is_file():
+            raise CanaryError(f"the canary stack is not running (no {stack_file}); start it with `canary up`")
+        state = json.loads(stack_file.read_text())
+        if not pid_alive(state["supervisor_pid"]) or not pid_alive(state["nginx"]["pid"]):
+            raise CanaryError(f"the canary stack in {self.state_dir} is not running; start it with `canary up`")
+        self.settings = Settings(**state["settings"])
+        self.nginx = LocalNginx(self.settings)
+
+    def routes(self) -> str:
+        return self.nginx.routes()
+
+    def render(self, weight: int) -> str:
+        return self.nginx.render_routes(weight)
+
+    def apply(self, routes: str) -> None:
+        self.nginx.apply(routes)
+
+    def running_split(self) -> str | None:
+        return self.nginx.running_split()
+
+    def backend(self, color: str, path: str) -> str | None:
+        """GET a backend path directly; None when it does not answer 200."""
+        try:
+            response = httpx.get(f"{self.settings.backend_url(color)}{path}", timeout=2)
+        except httpx.HTTPError:
+            return None
+        return response.text if response.status_code == 200 else None
+
+    def version(self, color: str) -> str:
+        return self.settings.version(color)
+
+
+class ComposeTarget:
+    """The docker compose stack: nginx and the backends are reached with `docker compose exec`."""
+
+    name = "compose"
+
+    def __init__(self, state_dir: Path, compose_file: Path, compose_cmd: str) -> None:
+        self.state_dir = state_dir.expanduser().absolute()
+        self.compose_file = compose_file.absolute()
+        self.compose_cmd = shlex.split(compose_cmd)
+        self.templates = self.compose_file.parent / "nginx"
+        if not self.compose_file.is_file():
+            raise CanaryError(f"compose file {self.compose_file} not found")
+        if not self._run("ps", "-q", "nginx").stdout.strip():
+            raise CanaryError(f"the compose stack of {self.compose_file} is not running; start it with `docker compose up`")
+        self._env = dict(
+            line.split("=", 1) for line in self.exec("nginx", "env").splitlines() if line.startswith("CANARY_")
+        )
+
+    def _run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        argv = [*self.compose_cmd, "-f", str(self.compose_file), *args]
+        try:
+            result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            raise CanaryError(f"{self.compose_cmd[0]!r} not found: is Docker Compose installed?") from None
+        if check and result.returncode != 0:
+            raise CanaryError(f"{' '.join(args[:3])} failed: {(result.stderr or result.stdout).strip()[-300:]}")
+        return result
+
+    def exec(self, service: str, *command: str, stdin: str | None = None) -> str:
+        return self._run("exec", "-T", service, *command, stdin=stdin).stdout
+
+    def routes(self) -> str:
+        return self.exec("nginx", "cat", "/etc/nginx/conf.d/canary.conf")
+
+    def render(self, weight: int) -> str:
+        variables = {**self._env, "CANARY_SPLIT": split_directive(weight)}
+        return render(read_template(ROUTES_TEMPLATE, self.templates), variables)
+
+    def apply(self, routes: str) -> None:
+        # Inside the container: keep the old file, swap in the new one, and put the old one back if nginx -t fails.
+        script = (
+            "set -e; cd /etc/nginx/conf.d; cat > .canary.conf.next; cp canary.conf .canary.conf.prev; "
+            "mv .canary.conf.next canary.conf; "
+            "if nginx -t -q; then nginx -s reload; else mv .canary.conf.prev canary.conf; exit 3; fi"
+        )
+        result = self._run("exec", "-T", "nginx", "sh", "-c", script, stdin=routes, check=False)
+        if result.returncode != 0:
+            raise CanaryError(f"nginx -t rejected the config: {(result.stderr or result.stdout).strip()[-300:]}")
+
+    def running_split(self) -> str | None:
+        listen = self._env.get("CANARY_LISTEN", "8000").rsplit(":", 1)[-1]
+        result = self._run("exec", "-T", "nginx", "curl", "-fsS", f"http://127.0.0.1:{listen}/_nginx/split", check=False)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    def backend(self, color: str, path: str) -> str | None:
+        result = self._run("exec", "-T", f"ml-{color}", "curl", "-fsS", f"http://127.0.0.1:3000{path}", check=False)
+        return result.stdout if result.returncode == 0 else None
+
+    def version(self, color: str) -> str:
+        health = self.backend(color, "/health")
+        return json.loads(health)["model_version"] if health else "?"
+
+
+@contextmanager
+def change_lock(state_dir: Path):
+    """One change at a time: concurrent `canary` commands wait for each other."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "control.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def snapshots(target) -> dict[str, dict | None]:
+    found = {}
+    for color in COLORS:
+        text = target.backend(color, "/metrics")
+        found[color] = None if text is None else Snapshot.parse(text).to_json()
+    return found
+
+
+def set_weight(target, weight: int, reason: str = "") -> tuple[int, int]:
+    """Give green `weight` percent. Returns (old, new). A refused change leaves the running config untouched."""
+    if not 0 <= weight <= 100:
+        raise CanaryError(f"weight must be a whole number from 0 to 100, got {weight}")
+    with change_lock(target.state_dir):
+        old = weight_of(target.routes())
+        routes = target.render(weight)
+        if old != weight:
+            target.apply(routes)
+        wanted, deadline = split_of(routes), time.monotonic() + APPLY_TIMEOUT
+        while target.running_split() != wanted:
+            if time.monotonic() > deadline:
+                raise CanaryError(f"nginx did not pick up the new split within {APPLY_TIMEOUT:.0f}s")
+            time.sleep(0.05)
+        record = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "target": target.name,
+            "old_green_weight": old,
+            "new_green_weight": weight,
+            "by": os.environ.get("CANARY_USER") or getpass.getuser(),
+            "reason": reason,
+        }
+        with open(target.state_dir / CHANGELOG, "a") as log:
+            log.write(json.dumps(record) + "\n")
+        baseline = {"since": record["time"], "green_weight": weight, "backends": snapshots(target)}
+        (target.state_dir / BASELINE).write_text(json.dumps(baseline))
+    return old, weight
+
+
+def status(target) -> dict:
+    """The split, each version's health, and its figures since the last change (or since start)."""
+    baseline_file = target.state_dir / BASELINE
+    baseline = json.loads(baseline_file.read_text()) if baseline_file.is_file() else {"backends": {}}
+    weight = weight_of(target.routes())
+    versions = {}
+    for color in COLORS:
+        text = target.backend(color, "/metrics")
+        before = baseline["backends"].get(color)
+        figures = None
+        if text is not None:
+            figures = window(Snapshot.from_json(before) if before else None, Snapshot.parse(text)).as_dict()
+        versions[color] = {
+            "version": target.version(color),
+            "weight": weight if color == "green" else 100 - weight,
+            "healthy": target.backend(color, "/readyz") is not None,
+            "since_change": figures,
+        }
+    return {"target": target.name, "green_weight": weight, "since": baseline.get("since"), "backends": versions}

@@ -1,0 +1,104 @@
+"""Per-version figures from each backend's Prometheus `/metrics`: requests, errors and latency over a window.
+
+A Snapshot holds the cumulative counters of one backend at one moment; the difference of two snapshots is
+that window's Figures. Latency quantiles are read from the histogram buckets as Prometheus'
+histogram_quantile() does (linear interpolation inside the bucket).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+REQUESTS = "bentoml_service_request"  # counter family: bentoml_service_request_total
+DURATION = "bentoml_service_request_duration_seconds"  # histogram family
+ENDPOINT = "/predict"
+
+
+@dataclass
+class Snapshot:
+    """Cumulative counts of one backend: requests by HTTP status, and latency buckets {le: count}."""
+
+    by_status: dict[str, float] = field(default_factory=dict)
+    buckets: dict[float, float] = field(default_factory=dict)
+    taken_at: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str, endpoint: str = ENDPOINT) -> "Snapshot":
+        snap = cls(taken_at=time.time())
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.labels.get("endpoint") != endpoint:
+                    continue
+                if family.name == REQUESTS and sample.name.endswith("_total"):
+                    code = sample.labels["http_response_code"]
+                    snap.by_status[code] = snap.by_status.get(code, 0.0) + sample.value
+                elif family.name == DURATION and sample.name.endswith("_bucket"):
+                    le = float(sample.labels["le"])
+                    snap.buckets[le] = snap.buckets.get(le, 0.0) + sample.value
+        return snap
+
+    def to_json(self) -> dict:
+        return {"by_status": self.by_status, "buckets": {str(k): v for k, v in self.buckets.items()}, "taken_at": self.taken_at}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Snapshot":
+        buckets = {float(k): v for k, v in data.get("buckets", {}).items()}
+        return cls(dict(data.get("by_status", {})), buckets, data.get("taken_at", 0.0))
+
+
+@dataclass
+class Figures:
+    """One backend over one window."""
+
+    requests: int
+    errors: int  # 5xx answers
+    error_rate: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """histogram_quantile over cumulative buckets {upper bound: count}; None without observations."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for upper in bounds:
+        count = buckets[upper]
+        if count >= rank:
+            if math.isinf(upper):
+                return lower  # beyond the last finite bound: report that bound, as Prometheus does
+            inside = count - below
+            return lower + (upper - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = upper, count
+    return lower
+
+
+def window(before: Snapshot | None, after: Snapshot) -> Figures:
+    """What happened between two snapshots (a restarted backend, whose counters fell, counts from zero)."""
+    before = before or Snapshot(taken_at=after.taken_at)
+    total_after, total_before = sum(after.by_status.values()), sum(before.by_status.values())
+    if total_after < total_before:
+        before = Snapshot(taken_at=before.taken_at)
+    by_status = {code: n - before.by_status.get(code, 0.0) for code, n in after.by_status.items()}
+    buckets = {le: n - before.buckets.get(le, 0.0) for le, n in after.buckets.items()}
+    requests = int(round(sum(by_status.values())))
+    errors = int(round(sum(n for code, n in by_status.items() if code.startswith("5"))))
+    p50, p99 = quantile(0.5, buckets), quantile(0.99, buckets)
+    return Figures(
+        requests=requests,
+        errors=errors,
+        error_rate=(errors / requests) if requests else None,
+        p50_ms=None if p50 is None else round(p50 * 1000, 2),
+        p99_ms=None if p99 is None else round(p99 * 1000, 2),
+        seconds=round(after.taken_at - before.taken_at, 1),
+    )

@@ -1,0 +1,104 @@
+"""A bounded load client for the tests: N worker threads POST /predict until a count or a time limit is reached.
+
+Every answer is kept with the moment it was sent, so a test can judge only the requests sent after a change.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+
+from conftest import EXAMPLE_ROW
+
+
+@dataclass
+class Answer:
+    sent: float
+    status: int | None  # None: the request failed without an HTTP answer
+    version: str | None
+    route: str | None
+    error: str = ""
+
+
+@dataclass
+class Load:
+    """Background load against `url`; stops by itself after `max_requests` or `max_seconds`."""
+
+    url: str
+    workers: int = 8
+    max_requests: int = 5000
+    max_seconds: float = 120.0
+    headers: dict[str, str] = field(default_factory=dict)
+    answers: list[Answer] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock, self._stop, self._sent = threading.Lock(), threading.Event(), 0
+        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(self.workers)]
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._stop.is_set() or self._sent >= self.max_requests or time.monotonic() > self._deadline:
+                return False
+            self._sent += 1
+            return True
+
+    def _work(self) -> None:
+        with httpx.Client(timeout=15, headers=self.headers) as client:
+            while self._take():
+                sent = time.monotonic()
+                try:
+                    r = client.post(f"{self.url}/predict", json={"instances": [EXAMPLE_ROW]})
+                    answer = Answer(sent, r.status_code, r.headers.get("x-model-version"), r.headers.get("x-canary-route"))
+                except httpx.HTTPError as exc:
+                    answer = Answer(sent, None, None, None, repr(exc))
+                with self._lock:
+                    self.answers.append(answer)
+
+    def __enter__(self) -> "Load":
+        self._deadline = time.monotonic() + self.max_seconds
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def run(self) -> "Load":
+        """Send the whole load and wait until it is done (or its time is up)."""
+        with self:
+            for thread in self._threads:
+                thread.join(timeout=self.max_seconds + 30)
+        return self
+
+    def since(self, moment: float) -> list[Answer]:
+        with self._lock:
+            return [a for a in self.answers if a.sent >= moment]
+
+    def wait_for(self, moment: float, count: int, timeout: float = 60.0) -> list[Answer]:
+        """Block until `count` answers sent after `moment` are in (bounded by `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while len(self.since(moment)) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.since(moment)[:count]
+
+
+def tally(answers: list[Answer]) -> Counter:
+    return Counter(a.version if a.status == 200 else f"failed:{a.status}:{a.error[:60]}" for a in answers)
+
+
+def assert_split(green: int, total: int, weight: int, sigmas: float = 4.5) -> None:
+    """Green's count fits a binomial(total, weight%) within `sigmas` standard deviations (exact at 0 and 100)."""
+    p = weight / 100
+    if p in (0.0, 1.0):
+        assert green == p * total, f"weight {weight}%: green answered {green} of {total}"
+        return
+    mean, sd = total * p, math.sqrt(total * p * (1 - p))
+    low, high = mean - sigmas * sd, mean + sigmas * sd
+    assert low <= green <= high, f"weight {weight}%: green {green} of {total}, expected {low:.0f}..{high:.0f}"
