@@ -124,7 +124,7 @@ def change(weight: int, reason: str, state_dir: Optional[Path], compose: bool, c
         typer.echo(f"green {old}% -> {new}%  (blue {100 - new}%)")
 
 
-@app.command("set-weight")
+@app.command("set-weight", context_settings={"ignore_unknown_options": True})  # so "-1" is a value
 def set_weight_command(
     weight: Annotated[int, typer.Argument(min=0, max=100, help="percent of requests for green, 0-100")],
     reason: Reason = "",

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from canary_kit.config import COLORS, CanaryError, Settings
 from canary_kit.features import MODEL_NAME
@@ -56,24 +57,37 @@ class Child:
     def exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
+    def tree(self) -> list[psutil.Process]:
+        """The process and all its descendants (bentoml's workers run in sessions of their own)."""
+        try:
+            leader = psutil.Process(self.proc.pid)
+            return [leader, *leader.children(recursive=True)]
+        except (psutil.NoSuchProcess, AttributeError):
+            return []
+
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM the whole process group, then SIGKILL whatever is left after `grace` seconds."""
+        """SIGTERM the process group, then SIGKILL every process of the tree still there after `grace` seconds."""
         if self.proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait)
-                # the leader is gone; make sure none of its children outlive it
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
-            break
+        tree = self.tree()  # taken first: once the leader is gone, its orphans can no longer be found
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _, alive = psutil.wait_procs(tree, timeout=grace)
+        for straggler in alive:
+            straggler.kill()
+        psutil.wait_procs(alive, timeout=5)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the whole tree at once, as a crash would (used to test failover)."""
+        for process in self.tree():
+            process.kill()
+        self.proc.wait(timeout=10)
 
     def last_lines(self, count: int = 5) -> str:
         try:
