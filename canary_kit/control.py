@@ -23,13 +23,15 @@ import httpx
 
 from canary_kit.config import COLORS, CanaryError, Settings
 from canary_kit.metrics import Snapshot, window
-from canary_kit.nginx import LocalNginx, read_template, render, split_directive, ROUTES_TEMPLATE
+from canary_kit.nginx import ROUTES_TEMPLATE, LocalNginx, mirror_directive, read_template, render, split_directive
 from canary_kit.stack import STACK_FILE
 
 CHANGELOG = "changes.log"
 BASELINE = "baseline.json"
 APPLY_TIMEOUT = 5.0
 SPLIT_BLOCK = re.compile(r"split_clients\s+\S+\s+\$canary_by_weight\s*\{(?P<body>[^}]*)\}")
+REPORTED = re.compile(r'location = /_nginx/split \{[^}]*return 200 "(?P<text>[^"\\]*)')
+MIRROR = re.compile(r"^\s*mirror\s+(?P<to>\S+);", re.M)
 
 
 def weight_of(routes: str) -> int:
@@ -44,10 +46,16 @@ def weight_of(routes: str) -> int:
     return 100 if re.search(r"\*\s+green", body) else 0
 
 
-def split_of(routes: str) -> str:
-    """The split_clients body of a rendered routes config, as `/_nginx/split` reports it."""
-    found = SPLIT_BLOCK.search(routes)
-    return " ".join(found.group("body").split()) if found else ""
+def shadow_of(routes: str) -> bool:
+    """Whether a rendered routes config mirrors predictions to green."""
+    found = MIRROR.search(routes)
+    return found is not None and found.group("to") != "off"
+
+
+def reported_by(routes: str) -> str:
+    """What nginx running this config answers on /_nginx/split."""
+    found = REPORTED.search(routes)
+    return found.group("text").strip() if found else ""
 
 
 def pid_alive(pid: int) -> bool:
@@ -79,8 +87,8 @@ class LocalTarget:
     def routes(self) -> str:
         return self.nginx.routes()
 
-    def render(self, weight: int) -> str:
-        return self.nginx.render_routes(weight)
+    def render(self, weight: int, shadow: bool = False) -> str:
+        return self.nginx.render_routes(weight, shadow)
 
     def apply(self, routes: str) -> None:
         self.nginx.apply(routes)
@@ -134,8 +142,8 @@ class ComposeTarget:
     def routes(self) -> str:
         return self.exec("nginx", "cat", "/etc/nginx/conf.d/canary.conf")
 
-    def render(self, weight: int) -> str:
-        variables = {**self._env, "CANARY_SPLIT": split_directive(weight)}
+    def render(self, weight: int, shadow: bool = False) -> str:
+        variables = {**self._env, "CANARY_SPLIT": split_directive(weight), "CANARY_MIRROR": mirror_directive(shadow)}
         return render(read_template(ROUTES_TEMPLATE, self.templates), variables)
 
     def apply(self, routes: str) -> None:
@@ -183,16 +191,20 @@ def snapshots(target) -> dict[str, dict | None]:
     return found
 
 
-def set_weight(target, weight: int, reason: str = "") -> tuple[int, int]:
-    """Give green `weight` percent. Returns (old, new). A refused change leaves the running config untouched."""
+def set_weight(target, weight: int, reason: str = "", shadow: bool = False) -> tuple[int, int]:
+    """Give green `weight` percent (and mirror predictions to it if `shadow`). Returns (old, new) weights.
+
+    A refused change leaves the running config untouched.
+    """
     if not 0 <= weight <= 100:
         raise CanaryError(f"weight must be a whole number from 0 to 100, got {weight}")
     with change_lock(target.state_dir):
-        old = weight_of(target.routes())
-        routes = target.render(weight)
-        if old != weight:
+        current = target.routes()
+        old = weight_of(current)
+        routes = target.render(weight, shadow)
+        if routes != current:
             target.apply(routes)
-        wanted, deadline = split_of(routes), time.monotonic() + APPLY_TIMEOUT
+        wanted, deadline = reported_by(routes), time.monotonic() + APPLY_TIMEOUT
         while target.running_split() != wanted:
             if time.monotonic() > deadline:
                 raise CanaryError(f"nginx did not pick up the new split within {APPLY_TIMEOUT:.0f}s")
@@ -202,6 +214,7 @@ def set_weight(target, weight: int, reason: str = "") -> tuple[int, int]:
             "target": target.name,
             "old_green_weight": old,
             "new_green_weight": weight,
+            "shadow": shadow,
             "by": os.environ.get("CANARY_USER") or getpass.getuser(),
             "reason": reason,
         }

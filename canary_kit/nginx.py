@@ -28,6 +28,14 @@ def split_directive(green_weight: int) -> str:
     return "* blue;" if green_weight == 0 else f"{green_weight}% green; * blue;"
 
 
+SHADOW_LOCATION = "/_canary/shadow"
+
+
+def mirror_directive(shadow: bool) -> str:
+    """The argument of nginx's `mirror` for /predict: copies to green in shadow mode, none otherwise."""
+    return SHADOW_LOCATION if shadow else "off"
+
+
 def render(template: str, variables: dict[str, str]) -> str:
     """Substitute the named ${CANARY_*} placeholders; refuse missing or unexpected names."""
     wanted = set(PLACEHOLDER.findall(template))
@@ -44,13 +52,14 @@ def read_template(name: str, template_dir: Path) -> str:
     return path.read_text()
 
 
-def routes_variables(settings: Settings, green_weight: int) -> dict[str, str]:
+def routes_variables(settings: Settings, green_weight: int, shadow: bool = False) -> dict[str, str]:
     """The routing template's variables for the local stack: loopback backends, logs in the state folder."""
     return {
         "CANARY_BLUE_SERVER": f"127.0.0.1:{settings.blue_port}",
         "CANARY_GREEN_SERVER": f"127.0.0.1:{settings.green_port}",
         "CANARY_LISTEN": f"{settings.host}:{settings.port}",
         "CANARY_SPLIT": split_directive(green_weight),
+        "CANARY_MIRROR": mirror_directive(shadow),
         "CANARY_ACCESS_LOG": str(settings.state_dir / "logs" / "access.log"),
     }
 
@@ -69,8 +78,9 @@ class LocalNginx:
         variables = {"CANARY_STATE_DIR": str(self.settings.state_dir), "CANARY_ROUTES": str(routes or self.routes_conf)}
         return render(read_template(LOCAL_MAIN_TEMPLATE, self.templates), variables)
 
-    def render_routes(self, green_weight: int) -> str:
-        return render(read_template(ROUTES_TEMPLATE, self.templates), routes_variables(self.settings, green_weight))
+    def render_routes(self, green_weight: int, shadow: bool = False) -> str:
+        variables = routes_variables(self.settings, green_weight, shadow)
+        return render(read_template(ROUTES_TEMPLATE, self.templates), variables)
 
     def write(self, green_weight: int) -> None:
         """First start: write both files (no running nginx to protect yet), then check them."""
@@ -102,7 +112,7 @@ class LocalNginx:
         self.reload()
 
     def running_split(self) -> str | None:
-        """The split the running nginx answers with, read on a fresh connection; None if it does not answer."""
+        """The routing the running nginx reports, read on a fresh connection; None if it does not answer."""
         try:
             response = httpx.get(f"http://{self.settings.host}:{self.settings.port}/_nginx/split", timeout=1)
         except httpx.HTTPError:

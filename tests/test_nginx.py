@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from canary_kit.config import CanaryError
-from canary_kit.control import split_of, weight_of
+from canary_kit.control import reported_by, shadow_of, weight_of
 from canary_kit.nginx import LocalNginx, render, split_directive
 from conftest import local_settings
 
@@ -44,9 +44,20 @@ def test_every_weight_renders_a_config_nginx_accepts(tmp_path, weight):
     nginx.write(weight)  # runs nginx -t and raises if it fails
     routes = nginx.routes_conf.read_text()
     assert weight_of(routes) == weight
-    assert split_of(routes) == split_directive(weight)
+    assert reported_by(routes) == f"{split_directive(weight)} mirror=off"
+    assert not shadow_of(routes)
     assert not re.search(r"\$\{CANARY_[A-Z_]+\}", routes)  # no placeholder left behind
     assert "server_tokens off" in routes and "keepalive 64" in routes
+
+
+@needs_nginx
+def test_shadow_mode_renders_a_mirror_nginx_accepts(tmp_path):
+    nginx = LocalNginx(local_settings(tmp_path))
+    nginx.write(0)
+    routes = nginx.render_routes(0, shadow=True)
+    assert shadow_of(routes) and reported_by(routes) == "* blue; mirror=/_canary/shadow"
+    nginx.routes_conf.write_text(routes)
+    nginx.test()
 
 
 @needs_nginx
