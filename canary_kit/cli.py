@@ -189,6 +189,78 @@ def status(
         )
 
 
+@app.command()
+def shadow(
+    seconds: Annotated[float, typer.Option(min=1, max=3600, help="how long to mirror")] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    state_dir: StateDir = None,
+    compose: Compose = False,
+    compose_file: ComposeFile = Path("docker-compose.yml"),
+) -> None:
+    """Mirror every /predict to green while blue answers all clients; compare their predictions."""
+    from canary_kit.shadow import run_shadow
+
+    target = target_for(state_dir, compose, compose_file)
+    typer.echo(f"shadow: blue answers every client, green gets a copy of each /predict for {seconds:.0f}s ...")
+    report = run_shadow(target, seconds, typer.echo)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    agreement = "-" if report["agreement"] is None else f"{report['agreement']:.2%}"
+    typer.echo(
+        f"mirrored {report['requests_mirrored']} requests ({report['rows_compared']} rows): agreement {agreement}, "
+        f"green failed copies {report['green_failed_copies']}"
+    )
+    typer.echo(f"class shares  blue {report['class_shares']['blue']}  green {report['class_shares']['green']}")
+    typer.echo(f"latency p50   blue {report['latency_p50_ms']['blue']} ms  green {report['latency_p50_ms']['green']} ms")
+
+
+@app.command()
+def rollout(
+    spec: Annotated[Optional[Path], typer.Option(help="rollout spec YAML [default: the committed one]")] = None,
+    steps: Annotated[Optional[str], typer.Option(help="green weights, e.g. 10,25,50,100")] = None,
+    hold: Annotated[Optional[float], typer.Option(help="seconds to hold each step")] = None,
+    min_requests: Annotated[Optional[int], typer.Option(help="green requests needed to judge a step")] = None,
+    max_error_rate: Annotated[Optional[float], typer.Option(help="gate: green's 5xx share, e.g. 0.01")] = None,
+    max_p99_ms: Annotated[Optional[float], typer.Option(help="gate: green's p99 latency in ms")] = None,
+    max_p99_ratio: Annotated[Optional[float], typer.Option(help="gate: green p99 / blue p99")] = None,
+    max_failed_checks: Annotated[Optional[int], typer.Option(help="failed checks before rolling back")] = None,
+    max_inconclusive: Annotated[Optional[int], typer.Option(help="too-quiet windows before pausing")] = None,
+    shadow_seconds: Annotated[Optional[float], typer.Option(help="shadow phase before going live")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="shadow agreement needed to go live")] = None,
+    state_dir: StateDir = None,
+    compose: Compose = False,
+    compose_file: ComposeFile = Path("docker-compose.yml"),
+) -> None:
+    """Walk green through the steps, judging each on its metrics; roll back automatically if it fails."""
+    from canary_kit import rollout as plan
+    from canary_kit.shadow import run_shadow
+
+    try:
+        weights = None if steps is None else [int(s) for s in steps.split(",")]
+    except ValueError:
+        raise CanaryError(f"--steps must be comma-separated whole numbers, got {steps!r}") from None
+    overrides = dict(
+        steps=weights, hold_seconds=hold, min_requests=min_requests, max_error_rate=max_error_rate,
+        max_p99_ms=max_p99_ms, max_p99_ratio=max_p99_ratio, max_failed_checks=max_failed_checks,
+        max_inconclusive=max_inconclusive, shadow_seconds=shadow_seconds, min_agreement=min_agreement,
+    )
+    chosen = plan.load_spec(spec, overrides)
+    target = target_for(state_dir, compose, compose_file)
+    typer.echo(f"rollout: steps {chosen.steps}, hold {chosen.hold_seconds:.0f}s, gates {chosen.gates.model_dump()}")
+    try:
+        result = plan.run(target, chosen, typer.echo, run_shadow)
+    except KeyboardInterrupt:
+        from canary_kit.control import weight_of
+
+        typer.echo(f"interrupted: green stays at {weight_of(target.routes())}%; `canary rollback` is always safe", err=True)
+        raise typer.Exit(130) from None
+    report = plan.write_report(result, target.state_dir / "rollouts")
+    typer.echo(f"{result.outcome}: {result.reason}; green at {result.final_weight}%  (report: {report})")
+    if result.outcome != "promoted":
+        raise typer.Exit(1 if result.outcome == "rolled back" else 2)
+
+
 def main() -> None:
     app()
 

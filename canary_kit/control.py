@@ -107,6 +107,16 @@ class LocalTarget:
     def version(self, color: str) -> str:
         return self.settings.version(color)
 
+    def log_mark(self) -> int:
+        log = self.settings.state_dir / "logs" / "access.log"
+        return log.stat().st_size if log.exists() else 0
+
+    def log_since(self, mark: int) -> list[dict]:
+        """nginx's JSON access-log entries written after `mark`."""
+        with open(self.settings.state_dir / "logs" / "access.log", "rb") as log:
+            log.seek(mark)
+            return parse_log(log.read().decode(errors="replace"))
+
 
 class ComposeTarget:
     """The docker compose stack: nginx and the backends are reached with `docker compose exec`."""
@@ -169,6 +179,26 @@ class ComposeTarget:
     def version(self, color: str) -> str:
         health = self.backend(color, "/health")
         return json.loads(health)["model_version"] if health else "?"
+
+    def log_mark(self) -> str:
+        return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def log_since(self, mark: str) -> list[dict]:
+        """nginx's JSON access-log entries (it logs to stdout here) from the second of `mark` on."""
+        text = self._run("logs", "--no-color", "--no-log-prefix", "nginx").stdout
+        return [entry for entry in parse_log(text) if entry.get("time", "") >= mark]
+
+
+def parse_log(text: str) -> list[dict]:
+    """The JSON objects among log lines (nginx's own messages and partial lines are skipped)."""
+    entries = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return entries
 
 
 @contextmanager

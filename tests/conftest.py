@@ -32,7 +32,13 @@ EXAMPLE_ROW = {
 _HOME = Path(tempfile.mkdtemp(prefix="canary-tests-bentoml-"))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config) -> None:
+    # A CI time-out (SIGTERM) unwinds like Ctrl-C, so the fixtures' `finally` still stops every process.
+    signal.signal(signal.SIGTERM, _interrupt)
     os.environ["BENTOML_HOME"] = str(_HOME)
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
     os.environ.pop("MODEL_VERSION", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -21,8 +21,10 @@ def test_service_class_called_directly(trained):
 
     instance = PenguinClassifier()
     rows = [Penguin(**EXAMPLE_ROW), Penguin(**{**EXAMPLE_ROW, "island": "Biscoe", "bill_length_mm": None, "sex": None})]
-    out = instance.predict(instances=rows)
+    ctx = SimpleNamespace(response=SimpleNamespace(headers={}))  # outside a request: just the headers it sets
+    out = instance.predict(instances=rows, ctx=ctx)
     assert out.model_version == STABLE_VERSION
+    assert ctx.response.headers["X-Predictions"] == ",".join(out.predictions)
     assert len(out.predictions) == 2 and set(out.predictions) <= CLASSES
     for probs in out.probabilities:
         assert set(probs) == CLASSES and abs(sum(probs.values()) - 1) < 1e-6

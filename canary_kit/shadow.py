@@ -1,0 +1,71 @@
+"""Shadow mode: blue answers every client while nginx mirrors each /predict to green; then compare the two.
+
+nginx logs both answers to one request under the same request id (the live one, and the mirrored copy marked
+`"shadow": true`), each with the `X-Predictions` header its backend set. Pairing them gives the agreement of
+the two models on real traffic, the shift in predicted class shares, and the latency difference, before any
+user sees green. Predictions have no side effects, which is what makes mirroring them safe.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from typing import Callable
+
+from canary_kit.control import set_weight, weight_of
+
+
+def _ms(entry: dict) -> float | None:
+    try:
+        return float(entry["upstream_response_time"].split(",")[-1]) * 1000
+    except (KeyError, ValueError):
+        return None
+
+
+def compare(entries: list[dict]) -> dict:
+    """Pair live and mirrored answers by request id and compare their predictions, row by row."""
+    live = {e["request_id"]: e for e in entries if not e.get("shadow") and e.get("uri", "").startswith("/predict")}
+    copies = {e["request_id"]: e for e in entries if e.get("shadow")}
+    mirrored = [rid for rid in live if rid in copies]
+    failed_copies = sum(1 for rid in mirrored if copies[rid]["upstream_status"] != "200")
+    pairs = [
+        (live[rid]["predictions"].split(","), copies[rid]["predictions"].split(","))
+        for rid in mirrored
+        if live[rid]["status"] == 200 and copies[rid]["upstream_status"] == "200" and live[rid]["predictions"]
+    ]
+    rows = [(b, g) for blue, green in pairs if len(blue) == len(green) for b, g in zip(blue, green)]
+    shares = {}
+    for side, index in (("blue", 0), ("green", 1)):
+        counts = Counter(row[index] for row in rows)
+        shares[side] = {cls: round(n / len(rows), 4) for cls, n in sorted(counts.items())} if rows else {}
+    classes = sorted(set(shares["blue"]) | set(shares["green"]))
+    blue_ms = [m for rid in mirrored if (m := _ms(live[rid])) is not None]
+    green_ms = [m for rid in mirrored if (m := _ms(copies[rid])) is not None]
+    median = lambda xs: round(statistics.median(xs), 2) if xs else None  # noqa: E731
+    return {
+        "requests_live": len(live),
+        "requests_mirrored": len(mirrored),
+        "green_failed_copies": failed_copies,
+        "rows_compared": len(rows),
+        "agreement": round(sum(b == g for b, g in rows) / len(rows), 4) if rows else None,
+        "class_shares": shares,
+        "share_shift": {c: round(shares["green"].get(c, 0) - shares["blue"].get(c, 0), 4) for c in classes},
+        "latency_p50_ms": {"blue": median(blue_ms), "green": median(green_ms)},
+    }
+
+
+def run_shadow(target, seconds: float, echo: Callable[[str], None]) -> dict:
+    """Mirror for `seconds` with green at 0%, then restore the weight it had and compare what was logged."""
+    previous = weight_of(target.routes())
+    mark = target.log_mark()
+    set_weight(target, 0, reason=f"shadow for {seconds:.0f}s", shadow=True)
+    try:
+        started = time.monotonic()
+        while (left := seconds - (time.monotonic() - started)) > 0:
+            time.sleep(min(5.0, left))
+            echo(f"  shadow: {max(0.0, seconds - (time.monotonic() - started)):4.0f}s left")
+    finally:
+        set_weight(target, previous, reason="shadow done")
+    time.sleep(0.2)  # the last mirrored copies finish after their live answers
+    return compare(target.log_since(mark))

@@ -1,0 +1,124 @@
+"""`canary rollout` and `canary shadow` on real stacks: promote a healthy green, roll back a dying one, hold
+when traffic is too thin, and measure shadow agreement exactly."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from canary_kit.cli import app
+from canary_kit.control import LocalTarget, weight_of
+from canary_kit.shadow import run_shadow
+from canary_kit.stack import Stack
+from conftest import ROOT, local_settings
+from load import Load, tally
+
+pytestmark = pytest.mark.integration
+# Short holds and loose latency gates: this tests the mechanism on a shared 2-core machine, not the speed.
+FAST = ["--hold", "3", "--min-requests", "5", "--max-p99-ms", "10000", "--max-p99-ratio", "50"]
+
+
+def canary(settings, *args):
+    return CliRunner().invoke(app, [*args, "--state-dir", str(settings.state_dir)])
+
+
+@pytest.fixture
+def at_ten(stack):
+    assert canary(stack.settings, "set-weight", "10").exit_code == 0
+    try:
+        yield stack
+    finally:
+        canary(stack.settings, "set-weight", "10")
+
+
+def test_healthy_green_is_promoted_step_by_step_with_no_failed_request(at_ten):
+    settings = at_ten.settings
+    with Load(settings.url, workers=6, max_requests=20000, max_seconds=300) as load:
+        load.wait_for(0, 30)
+        result = canary(settings, "rollout", *FAST)
+    counts = tally(load.answers)
+    print(f"\n{result.output}\nclient answers during the rollout: {dict(counts)}")
+    assert result.exit_code == 0, result.output
+    assert "promoted" in result.output
+    assert weight_of(LocalTarget(settings.state_dir).routes()) == 100
+    assert not [k for k in counts if k.startswith("failed")], counts
+    reports = sorted((settings.state_dir / "rollouts").glob("rollout-*.json"))
+    report = json.loads(reports[-1].read_text())
+    assert [c["weight"] for c in report["checks"] if c["verdict"] == "advance"] == [10, 25, 50, 100]
+    assert reports[-1].with_suffix(".md").is_file() and reports[-1].with_suffix(".svg").is_file()
+
+
+def test_too_little_traffic_holds_and_does_not_promote(at_ten):
+    result = canary(at_ten.settings, "rollout", *FAST, "--min-requests", "1000", "--max-inconclusive", "2")
+    print(f"\n{result.output}")
+    assert result.exit_code == 2, result.output
+    assert "paused" in result.output and result.output.count("HOLD") == 2
+    assert weight_of(LocalTarget(at_ten.settings.state_dir).routes()) == 10
+
+
+@pytest.fixture
+def own_stack(trained, tmp_path):
+    running = Stack(local_settings(tmp_path)).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_green_dying_mid_rollout_is_rolled_back_and_clients_see_no_error(own_stack):
+    settings = own_stack.settings
+    green = next(c for c in own_stack.children if c.name == "green")
+    outcome = {}
+    with Load(settings.url, workers=6, max_requests=20000, max_seconds=300) as load:
+        load.wait_for(0, 30)
+        rolling = threading.Thread(target=lambda: outcome.update(result=canary(settings, "rollout", *FAST)))
+        rolling.start()
+        deadline = time.monotonic() + 60
+        while weight_of(LocalTarget(settings.state_dir).routes()) < 25 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        green.kill()  # mid-rollout, at step 2
+        rolling.join(timeout=120)
+    result, counts = outcome["result"], tally(load.answers)
+    print(f"\n{result.output}\nclient answers: {dict(counts)}")
+    assert result.exit_code == 1, result.output
+    assert "rolled back" in result.output and "green is not ready" in result.output
+    assert weight_of(LocalTarget(settings.state_dir).routes()) == 0
+    assert not [k for k in counts if k.startswith("failed")], counts
+
+
+def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
+    import bentoml
+    import joblib
+
+    settings = at_ten.settings
+    rows = pd.read_csv(ROOT / "data" / "data.csv").drop(columns="target")
+    rows = rows.astype(object).where(rows.notna(), None)
+    batches = [rows.iloc[i : i + 4] for i in range(0, len(rows), 4)]
+    target = LocalTarget(settings.state_dir)
+    report = {}
+    shadowing = threading.Thread(target=lambda: report.update(run_shadow(target, 12, lambda _: None)))
+    shadowing.start()
+    deadline = time.monotonic() + 10
+    while "mirror=/_canary/shadow" not in (target.running_split() or "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with httpx.Client(timeout=10) as client:
+        for batch in batches:
+            r = client.post(f"{settings.url}/predict", json={"instances": batch.to_dict(orient="records")})
+            assert r.status_code == 200 and r.json()["model_version"] == "v1.0.0", r.text  # blue answers all
+    shadowing.join(timeout=60)
+
+    models = {v: joblib.load(bentoml.models.get(f"penguin_classifier:{v}").path_of("model.joblib")) for v in ("v1.0.0", "v1.1.0")}
+    frame = pd.read_csv(ROOT / "data" / "data.csv").drop(columns="target")
+    blue, green = (models[v].predict(frame) for v in ("v1.0.0", "v1.1.0"))
+    expected = round(float((blue == green).mean()), 4)
+    print(f"\nshadow report: {report}\nagreement computed from the models: {expected}")
+    assert report["rows_compared"] == len(frame) and report["requests_mirrored"] == len(batches)
+    assert report["agreement"] == expected and expected < 1.0
+    assert report["green_failed_copies"] == 0
+    assert weight_of(target.routes()) == 10  # the weight it had before
