@@ -21,7 +21,7 @@ from typing import Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from canary_kit.config import COLORS, CanaryError
+from canary_kit.config import CanaryError
 from canary_kit.control import set_weight, snapshots
 from canary_kit.metrics import Snapshot, window
 
@@ -224,7 +224,8 @@ def _chart(checks: list[Check], width: int = 480, height: int = 160) -> str:
     def xy(at: float, share: float) -> str:
         return f"{40 + (width - 50) * at / end:.1f},{height - 20 - (height - 30) * share:.1f}"
 
-    weight = " ".join(xy(c.at, c.weight / 100) for c in checks)
+    starts = [0.0, *(c.at for c in checks[:-1])]  # each window runs from the previous check to its own
+    weight = " ".join(f"{xy(start, c.weight / 100)} {xy(c.at, c.weight / 100)}" for start, c in zip(starts, checks))
     errors = "".join(
         f'<circle cx="{xy(c.at, min(1.0, c.green["error_rate"] or 0)).split(",")[0]}" '
         f'cy="{xy(c.at, min(1.0, c.green["error_rate"] or 0)).split(",")[1]}" r="3" fill="#c0392b"/>'
