@@ -48,3 +48,7 @@ bench: setup nginx train  ## benchmarks; results in bench/results/
 
 clean:  ## remove runtime state (not the model store)
 	rm -rf .canary .pytest_cache
+
+.PHONY: container-e2e
+container-e2e: setup  ## the container path for real: images, the compose stack, traffic and weight changes (needs root or sudo)
+	VENV=$(VENV) scripts/container-e2e
