@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,7 +15,7 @@ import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from canary_kit.config import COLORS, CanaryError, Settings
+from canary_kit.config import COLORS, CanaryError, Settings, describe
 
 
 class CanaryGroup(TyperGroup):
@@ -25,7 +25,7 @@ class CanaryGroup(TyperGroup):
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
             code = result if isinstance(result, int) else 0
-        except (CanaryError, typer.TyperException) as exc:
+        except (CanaryError, typer.TyperException, OSError, subprocess.SubprocessError) as exc:
             message = exc.format_message() if isinstance(exc, typer.TyperException) else str(exc)
             typer.echo(f"error: {message}", err=True)
             code = 1
@@ -61,8 +61,17 @@ def settings_from(**given) -> Settings:
     try:
         return Settings(**{key: value for key, value in given.items() if value is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        raise CanaryError(f"invalid setting: {problems}") from None
+        raise CanaryError(f"invalid setting: {describe(exc)}") from None
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, a closed terminal
+
+
+def _stop_once(signum, frame) -> None:
+    """The first stop signal unwinds `canary up` (also mid-start); later ones must not interrupt the cleanup."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 @app.command()
@@ -79,23 +88,27 @@ def up(
         port=port, green_weight=green_weight, state_dir=state_dir, source="bento" if from_bentos else None
     )
     preflight(settings)  # refuse before printing anything else
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop_once)
     typer.echo(f"starting blue {settings.blue_version}, green {settings.green_version} and nginx ...")
-    with Stack(settings) as stack:
-        took = time.monotonic() - stack.started_at
-        typer.echo(f"ready in {took:.1f}s: {settings.url}  (green gets {settings.green_weight}%)")
+    stack = Stack(settings)
+    try:
+        stack.start()
+        typer.echo(f"ready in {time.monotonic() - stack.started_at:.1f}s: {settings.url}  (green gets {settings.green_weight}%)")
         for color in COLORS:
             typer.echo(f"  {color:<5} {settings.version(color)}  {settings.backend_url(color)}")
         typer.echo(f"  state  {settings.state_dir}   (Ctrl-C stops all three)")
         reported: set[str] = set()
-        while not stop.wait(0.5):
+        while True:
+            time.sleep(0.5)
             for name, code in stack.exited():
                 if name not in reported:
                     reported.add(name)
                     typer.echo(f"{name} exited with code {code}; see {settings.state_dir / 'logs' / name}.log", err=True)
+    except KeyboardInterrupt:
         typer.echo("stopping ...")
+    finally:
+        stack.stop()
     typer.echo("stopped")
 
 
@@ -258,7 +271,7 @@ def rollout(
     report = plan.write_report(result, target.state_dir / "rollouts")
     typer.echo(f"{result.outcome}: {result.reason}; green at {result.final_weight}%  (report: {report})")
     if result.outcome != "promoted":
-        raise typer.Exit(1 if result.outcome == "rolled back" else 2)
+        raise typer.Exit(2 if result.outcome == "paused" else 1)
 
 
 def main() -> None:

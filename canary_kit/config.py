@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from canary_kit.features import CANDIDATE_VERSION, MODEL_NAME, STABLE_VERSION
@@ -20,6 +20,11 @@ COLORS = ("blue", "green")
 
 class CanaryError(Exception):
     """A problem the user can fix; the CLI prints it as one line and exits 1."""
+
+
+def describe(exc: ValidationError) -> str:
+    """A pydantic validation error as one line: `field: problem; field: problem`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
 
 
 def default_bentoml_home() -> Path:

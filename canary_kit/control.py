@@ -23,15 +23,26 @@ import httpx
 
 from canary_kit.config import COLORS, CanaryError, Settings
 from canary_kit.metrics import Snapshot, window
-from canary_kit.nginx import ROUTES_TEMPLATE, LocalNginx, mirror_directive, read_template, render, split_directive
-from canary_kit.stack import STACK_FILE
+from canary_kit.nginx import (
+    ROUTES_TEMPLATE,
+    LocalNginx,
+    mirror_directive,
+    read_template,
+    render,
+    split_directive,
+    write_atomic,
+)
+from canary_kit.stack import BASELINE, STACK_FILE
 
 CHANGELOG = "changes.log"
-BASELINE = "baseline.json"
 APPLY_TIMEOUT = 5.0
 SPLIT_BLOCK = re.compile(r"split_clients\s+\S+\s+\$canary_by_weight\s*\{(?P<body>[^}]*)\}")
 REPORTED = re.compile(r'location = /_nginx/split \{[^}]*return 200 "(?P<text>[^"\\]*)')
 MIRROR = re.compile(r"^\s*mirror\s+(?P<to>\S+);", re.M)
+
+
+class SplitChanged(CanaryError):
+    """The split is not what the caller expected: someone else changed it."""
 
 
 def weight_of(routes: str) -> int:
@@ -78,10 +89,14 @@ class LocalTarget:
         stack_file = self.state_dir / STACK_FILE
         if not stack_file.is_file():
             raise CanaryError(f"the canary stack is not running (no {stack_file}); start it with `canary up`")
-        state = json.loads(stack_file.read_text())
-        if not pid_alive(state["supervisor_pid"]) or not pid_alive(state["nginx"]["pid"]):
+        try:
+            state = json.loads(stack_file.read_text())
+            alive = pid_alive(state["supervisor_pid"]) and pid_alive(state["nginx"]["pid"])
+            self.settings = Settings(**state["settings"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CanaryError(f"{stack_file} is damaged ({exc}); restart the stack with `canary up`") from None
+        if not alive:
             raise CanaryError(f"the canary stack in {self.state_dir} is not running; start it with `canary up`")
-        self.settings = Settings(**state["settings"])
         self.nginx = LocalNginx(self.settings)
 
     def routes(self) -> str:
@@ -92,6 +107,9 @@ class LocalTarget:
 
     def apply(self, routes: str) -> None:
         self.nginx.apply(routes)
+
+    def reload(self) -> None:
+        self.nginx.reload()
 
     def running_split(self) -> str | None:
         return self.nginx.running_split()
@@ -142,6 +160,8 @@ class ComposeTarget:
             result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
         except FileNotFoundError:
             raise CanaryError(f"{self.compose_cmd[0]!r} not found: is Docker Compose installed?") from None
+        except subprocess.TimeoutExpired:
+            raise CanaryError(f"`{' '.join(argv[:2])} {' '.join(args[:3])}` did not answer within 60s") from None
         if check and result.returncode != 0:
             raise CanaryError(f"{' '.join(args[:3])} failed: {(result.stderr or result.stdout).strip()[-300:]}")
         return result
@@ -157,15 +177,23 @@ class ComposeTarget:
         return render(read_template(ROUTES_TEMPLATE, self.templates), variables)
 
     def apply(self, routes: str) -> None:
-        # Inside the container: keep the old file, swap in the new one, and put the old one back if nginx -t fails.
+        """Inside the nginx container, as locally: `nginx -t` on a probe copy first, then an atomic swap, reload."""
         script = (
-            "set -e; cd /etc/nginx/conf.d; cat > .canary.conf.next; cp canary.conf .canary.conf.prev; "
-            "mv .canary.conf.next canary.conf; "
-            "if nginx -t -q; then nginx -s reload; else mv .canary.conf.prev canary.conf; exit 3; fi"
+            "set -e; probe=$(mktemp -d); trap 'rm -rf \"$probe\"' EXIT; cat > \"$probe/canary.conf\"; "
+            "for f in /etc/nginx/conf.d/*.conf; do [ \"$f\" = /etc/nginx/conf.d/canary.conf ] || cp \"$f\" \"$probe/\"; done; "
+            "sed \"s#/etc/nginx/conf.d/\\*.conf#$probe/*.conf#\" /etc/nginx/nginx.conf > \"$probe/nginx.probe\"; "
+            "nginx -t -q -c \"$probe/nginx.probe\" || exit 3; "
+            "cp \"$probe/canary.conf\" /etc/nginx/conf.d/.canary.conf.next; "
+            "mv /etc/nginx/conf.d/.canary.conf.next /etc/nginx/conf.d/canary.conf; nginx -s reload"
         )
         result = self._run("exec", "-T", "nginx", "sh", "-c", script, stdin=routes, check=False)
-        if result.returncode != 0:
+        if result.returncode == 3:
             raise CanaryError(f"nginx -t rejected the config: {(result.stderr or result.stdout).strip()[-300:]}")
+        if result.returncode != 0:
+            raise CanaryError(f"applying the config failed: {(result.stderr or result.stdout).strip()[-300:]}")
+
+    def reload(self) -> None:
+        self.exec("nginx", "nginx", "-s", "reload")
 
     def running_split(self) -> str | None:
         listen = self._env.get("CANARY_LISTEN", "8000").rsplit(":", 1)[-1]
@@ -221,20 +249,28 @@ def snapshots(target) -> dict[str, dict | None]:
     return found
 
 
-def set_weight(target, weight: int, reason: str = "", shadow: bool = False) -> tuple[int, int]:
+def set_weight(
+    target, weight: int, reason: str = "", shadow: bool = False, expect: tuple[int, bool] | None = None
+) -> tuple[int, int]:
     """Give green `weight` percent (and mirror predictions to it if `shadow`). Returns (old, new) weights.
 
-    A refused change leaves the running config untouched.
+    With `expect` (weight, shadow), change only if the stack is still in that state: a rollout or shadow run
+    never overwrites what an operator changed meanwhile. A refused change leaves the running config untouched.
     """
     if not 0 <= weight <= 100:
         raise CanaryError(f"weight must be a whole number from 0 to 100, got {weight}")
     with change_lock(target.state_dir):
         current = target.routes()
         old = weight_of(current)
+        if expect is not None and (old, shadow_of(current)) != expect:
+            raise SplitChanged(f"the split was changed by someone else (green now {old}%); leaving it as it is")
         routes = target.render(weight, shadow)
+        wanted = reported_by(routes)
         if routes != current:
             target.apply(routes)
-        wanted, deadline = reported_by(routes), time.monotonic() + APPLY_TIMEOUT
+        elif target.running_split() != wanted:
+            target.reload()  # the file is right but nginx runs an older one (an earlier change was interrupted)
+        deadline = time.monotonic() + APPLY_TIMEOUT
         while target.running_split() != wanted:
             if time.monotonic() > deadline:
                 raise CanaryError(f"nginx did not pick up the new split within {APPLY_TIMEOUT:.0f}s")
@@ -251,7 +287,7 @@ def set_weight(target, weight: int, reason: str = "", shadow: bool = False) -> t
         with open(target.state_dir / CHANGELOG, "a") as log:
             log.write(json.dumps(record) + "\n")
         baseline = {"since": record["time"], "green_weight": weight, "backends": snapshots(target)}
-        (target.state_dir / BASELINE).write_text(json.dumps(baseline))
+        write_atomic(target.state_dir / BASELINE, json.dumps(baseline))
     return old, weight
 
 

@@ -84,10 +84,10 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 
 def window(before: Snapshot | None, after: Snapshot) -> Figures:
-    """What happened between two snapshots (a restarted backend, whose counters fell, counts from zero)."""
+    """What happened between two snapshots (a restarted backend, any of whose counters fell, counts from zero)."""
     before = before or Snapshot(taken_at=after.taken_at)
-    total_after, total_before = sum(after.by_status.values()), sum(before.by_status.values())
-    if total_after < total_before:
+    pairs = [(after.by_status, before.by_status), (after.buckets, before.buckets)]
+    if any(now.get(key, 0.0) < then for now, old in pairs for key, then in old.items()):
         before = Snapshot(taken_at=before.taken_at)
     by_status = {code: n - before.by_status.get(code, 0.0) for code, n in after.by_status.items()}
     buckets = {le: n - before.buckets.get(le, 0.0) for le, n in after.buckets.items()}

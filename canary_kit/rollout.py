@@ -21,8 +21,8 @@ from typing import Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from canary_kit.config import CanaryError
-from canary_kit.control import set_weight, snapshots
+from canary_kit.config import CanaryError, describe
+from canary_kit.control import SplitChanged, set_weight, shadow_of, snapshots, weight_of
 from canary_kit.metrics import Snapshot, window
 
 DEFAULT_SPEC = Path(__file__).with_name("rollout.yaml")
@@ -68,14 +68,15 @@ def load_spec(path: Path | None, overrides: dict) -> RolloutSpec:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise CanaryError(f"cannot read rollout spec {path}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("gates", {}), dict):
+        raise CanaryError(f"rollout spec {path} must be a mapping of fields, with `gates` a mapping too")
     gates = {k: overrides.pop(k) for k in list(overrides) if k in Gates.model_fields and overrides[k] is not None}
     data.update({k: v for k, v in overrides.items() if v is not None})
     data["gates"] = {**data.get("gates", {}), **gates}
     try:
         return RolloutSpec(**data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise CanaryError(f"invalid rollout spec: {problems}") from None
+        raise CanaryError(f"invalid rollout spec: {describe(exc)}") from None
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Rollout:
 
     spec: dict
     started: str
-    outcome: str = "running"  # promoted | rolled back | paused | interrupted | running
+    outcome: str = "running"  # promoted | rolled back | paused | stopped (split changed by someone else)
     reason: str = ""
     final_weight: int | None = None
     shadow: dict | None = None
@@ -108,6 +109,9 @@ def judge(green: dict | None, blue: dict | None, gates: Gates, min_requests: int
     """The verdict for one window's figures."""
     if green is None:
         return "fail", "green's /metrics did not answer"
+    if green["errors"] > gates.max_error_rate * max(green["requests"], min_requests):
+        # decided even on a quiet window: these errors break the gate whatever the next requests bring
+        return "fail", f"green answered {green['errors']} of {green['requests']} requests with 5xx"
     if green["requests"] < min_requests:
         return "hold", f"only {green['requests']} green requests (need {min_requests})"
     if green["error_rate"] > gates.max_error_rate:
@@ -149,9 +153,16 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
             result.reason = f"shadow agreement {agreement} below {spec.min_agreement}"
             return result
     failed = 0
+    routes = target.routes()
+    state = (weight_of(routes), shadow_of(routes))
     for number, weight in enumerate(spec.steps, start=1):
-        set_weight(target, weight, reason=f"rollout step {number}/{len(spec.steps)}")
-        result.final_weight = weight
+        try:  # only from the state the rollout left: an operator's change meanwhile stops it
+            set_weight(target, weight, reason=f"rollout step {number}/{len(spec.steps)}", expect=state)
+        except SplitChanged as exc:
+            result.outcome, result.reason = "stopped", str(exc)
+            result.final_weight = weight_of(target.routes())
+            return result
+        state, result.final_weight = (weight, False), weight
         inconclusive = 0
         while True:
             before, started = snapshots(target), time.monotonic()
@@ -159,6 +170,11 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
             shown = 0.0
             while (elapsed := time.monotonic() - started) < spec.hold_seconds:
                 time.sleep(min(spec.check_every, spec.hold_seconds - elapsed))
+                routes = target.routes()
+                if (weight_of(routes), shadow_of(routes)) != state:
+                    result.outcome, result.final_weight = "stopped", weight_of(routes)
+                    result.reason = f"the split was changed by someone else (green now {weight_of(routes)}%)"
+                    return result
                 if target.backend("green", "/readyz") is None:
                     verdict, reason = "fail", "green is not ready (health check failed)"
                     break

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from typing import Callable
 
-from canary_kit.control import set_weight, weight_of
+from canary_kit.control import set_weight, shadow_of, weight_of
 
 
 def _ms(entry: dict) -> float | None:
@@ -23,9 +23,16 @@ def _ms(entry: dict) -> float | None:
         return None
 
 
-def compare(entries: list[dict]) -> dict:
-    """Pair live and mirrored answers by request id and compare their predictions, row by row."""
-    live = {e["request_id"]: e for e in entries if not e.get("shadow") and e.get("uri", "").startswith("/predict")}
+def compare(entries: list[dict], blue_version: str) -> dict:
+    """Pair blue's live answers with green's mirrored ones by request id; compare their predictions row by row.
+
+    Live answers that did not come from blue (a pinned request, or blue failing over to green) are left out.
+    """
+    live = {
+        e["request_id"]: e
+        for e in entries
+        if not e.get("shadow") and e.get("uri", "").startswith("/predict") and e.get("version") == blue_version
+    }
     copies = {e["request_id"]: e for e in entries if e.get("shadow")}
     mirrored = [rid for rid in live if rid in copies]
     failed_copies = sum(1 for rid in mirrored if copies[rid]["upstream_status"] != "200")
@@ -57,15 +64,17 @@ def compare(entries: list[dict]) -> dict:
 
 def run_shadow(target, seconds: float, echo: Callable[[str], None]) -> dict:
     """Mirror for `seconds` with green at 0%, then restore the weight it had and compare what was logged."""
-    previous = weight_of(target.routes())
+    routes = target.routes()
+    previous = (weight_of(routes), shadow_of(routes))
     mark = target.log_mark()
-    set_weight(target, 0, reason=f"shadow for {seconds:.0f}s", shadow=True)
+    set_weight(target, 0, reason=f"shadow for {seconds:.0f}s", shadow=True, expect=previous)
     try:
         started = time.monotonic()
         while (left := seconds - (time.monotonic() - started)) > 0:
             time.sleep(min(5.0, left))
             echo(f"  shadow: {max(0.0, seconds - (time.monotonic() - started)):4.0f}s left")
     finally:
-        set_weight(target, previous, reason="shadow done")
+        # back to the weight it had, unless an operator changed the split meanwhile (then theirs stands)
+        set_weight(target, previous[0], reason="shadow done", expect=(0, True))
     time.sleep(0.2)  # the last mirrored copies finish after their live answers
-    return compare(target.log_since(mark))
+    return compare(target.log_since(mark), target.version("blue"))

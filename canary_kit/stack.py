@@ -28,6 +28,7 @@ from canary_kit.features import MODEL_NAME
 from canary_kit.nginx import LocalNginx, write_atomic
 
 STACK_FILE = "stack.json"
+BASELINE = "baseline.json"  # the metrics at the last change, for `canary status`
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Child:
     log: Path
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    stop_signal: int = signal.SIGTERM
     proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -66,17 +68,20 @@ class Child:
             return []
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM the process group, then SIGKILL every process of the tree still there after `grace` seconds."""
+        """Signal the process group to stop, then SIGKILL every process of the tree still there after `grace` s."""
         if self.proc is None:
             return
         tree = self.tree()  # taken first: once the leader is gone, its orphans can no longer be found
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, self.stop_signal)
         except ProcessLookupError:
             pass
         _, alive = psutil.wait_procs(tree, timeout=grace)
         for straggler in alive:
-            straggler.kill()
+            try:
+                straggler.kill()
+            except psutil.NoSuchProcess:
+                pass
         psutil.wait_procs(alive, timeout=5)
         try:
             self.proc.wait(timeout=5)
@@ -194,10 +199,12 @@ class Stack:
         s = self.settings
         preflight(s)
         s.state_dir.mkdir(parents=True, exist_ok=True)
+        (s.state_dir / BASELINE).unlink(missing_ok=True)  # figures from an earlier run mean nothing now
         self.nginx.write(s.green_weight)
         self.started_at = time.monotonic()
         backends = [backend_child(s, color) for color in COLORS]
-        nginx = Child("nginx", self.nginx.command(), s.state_dir / "logs" / "nginx.log")
+        # SIGQUIT: nginx's graceful stop, finishing the requests in flight
+        nginx = Child("nginx", self.nginx.command(), s.state_dir / "logs" / "nginx.log", stop_signal=signal.SIGQUIT)
         self.children = [*backends, nginx]
         try:
             for child in self.children:
@@ -233,7 +240,10 @@ class Stack:
     def stop(self) -> None:
         """nginx first (no new requests), then the backends; remove the state file that says we run."""
         for child in reversed(self.children):
-            child.stop()
+            try:
+                child.stop()
+            except Exception as exc:  # keep stopping the others whatever happened to this one
+                print(f"could not stop {child.name}: {exc}", file=sys.stderr)
         (self.settings.state_dir / STACK_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> "Stack":

@@ -122,3 +122,23 @@ def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
     assert report["agreement"] == expected and expected < 1.0
     assert report["green_failed_copies"] == 0
     assert weight_of(target.routes()) == 10  # the weight it had before
+
+
+def test_an_operator_rollback_during_a_rollout_stands(at_ten):
+    """The rollout never overwrites a change someone else made: it stops, and green stays where they put it."""
+    settings = at_ten.settings
+    outcome = {}
+    with Load(settings.url, workers=4, max_requests=20000, max_seconds=200) as load:
+        load.wait_for(0, 20)
+        rolling = threading.Thread(target=lambda: outcome.update(result=canary(settings, "rollout", *FAST)))
+        rolling.start()
+        deadline = time.monotonic() + 60
+        while weight_of(LocalTarget(settings.state_dir).routes()) < 25 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert canary(settings, "rollback", "-m", "operator").exit_code == 0
+        rolling.join(timeout=120)
+    result = outcome["result"]
+    print(f"\n{result.output}")
+    assert result.exit_code == 1 and "stopped" in result.output and "changed by someone else" in result.output
+    assert weight_of(LocalTarget(settings.state_dir).routes()) == 0
+    assert not [k for k in tally(load.answers) if k.startswith("failed")]

@@ -51,6 +51,12 @@ def test_nginx_adds_route_upstream_and_request_id(stack):
     assert response.headers["server"] == "nginx"  # server_tokens off: no version number
 
 
+def test_nginx_refuses_an_oversized_body_with_json(stack):
+    response = httpx.post(f"{stack.settings.url}/predict", content=b"x" * (2 * 1024 * 1024),
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "larger than" in response.json()["error"]
+
+
 def test_access_log_is_one_json_object_per_request(stack):
     ids = {}
     with httpx.Client() as client:

@@ -1,0 +1,87 @@
+"""Figures from Prometheus counters, and the rollout's verdicts on them (no processes)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from canary_kit.config import CanaryError
+from canary_kit.metrics import Snapshot, quantile, window
+from canary_kit.rollout import Gates, judge, load_spec
+
+TEXT = """# TYPE bentoml_service_request_total counter
+bentoml_service_request_total{endpoint="/predict",http_response_code="200",service_name="s"} 90.0
+bentoml_service_request_total{endpoint="/predict",http_response_code="500",service_name="s"} 10.0
+bentoml_service_request_total{endpoint="/health",http_response_code="200",service_name="s"} 7.0
+# TYPE bentoml_service_request_duration_seconds histogram
+bentoml_service_request_duration_seconds_bucket{endpoint="/predict",http_response_code="200",le="0.01"} 50.0
+bentoml_service_request_duration_seconds_bucket{endpoint="/predict",http_response_code="200",le="0.1"} 90.0
+bentoml_service_request_duration_seconds_bucket{endpoint="/predict",http_response_code="200",le="+Inf"} 90.0
+bentoml_service_request_duration_seconds_bucket{endpoint="/predict",http_response_code="500",le="0.01"} 0.0
+bentoml_service_request_duration_seconds_bucket{endpoint="/predict",http_response_code="500",le="0.1"} 10.0
+bentoml_service_request_duration_seconds_bucket{endpoint="/predict",http_response_code="500",le="+Inf"} 10.0
+"""
+
+
+def test_snapshot_reads_only_predict_and_sums_status_codes():
+    snap = Snapshot.parse(TEXT)
+    assert snap.by_status == {"200": 90.0, "500": 10.0}
+    assert snap.buckets == {0.01: 50.0, 0.1: 100.0, math.inf: 100.0}
+
+
+def test_quantile_interpolates_like_prometheus():
+    buckets = {0.01: 50.0, 0.1: 100.0, math.inf: 100.0}
+    assert quantile(0.5, buckets) == pytest.approx(0.01)
+    assert quantile(0.75, buckets) == pytest.approx(0.01 + 0.09 * 0.5)
+    assert quantile(0.99, {0.01: 0.0, math.inf: 5.0}) == 0.01  # beyond the last bound: that bound
+    assert quantile(0.5, {0.01: 0.0, math.inf: 0.0}) is None
+
+
+def test_window_is_the_difference_and_survives_a_restart():
+    before = Snapshot(by_status={"200": 900.0, "500": 100.0}, buckets={0.1: 1000.0, math.inf: 1000.0})
+    after = Snapshot.parse(TEXT)
+    assert window(None, after).requests == 100 and window(None, after).errors == 10
+    restarted = window(before, after)  # a series fell: the backend restarted, count from zero
+    assert restarted.requests == 100 and restarted.errors == 10 and restarted.error_rate == 0.1
+    grown = Snapshot(by_status={"200": 95.0, "500": 10.0}, buckets={0.01: 55.0, 0.1: 105.0, math.inf: 105.0})
+    assert window(after, grown).requests == 5 and window(after, grown).errors == 0
+
+
+def figures(requests, errors, p99=10.0):
+    return {"requests": requests, "errors": errors, "error_rate": errors / requests if requests else None, "p99_ms": p99}
+
+
+@pytest.mark.parametrize(
+    "green,blue,verdict",
+    [
+        (figures(100, 0), figures(900, 0), "advance"),
+        (figures(10, 0), figures(900, 0), "hold"),
+        (figures(10, 3), figures(900, 0), "fail"),  # too quiet to pass, but these errors already break the gate
+        (figures(100, 5), figures(900, 0), "fail"),
+        (figures(100, 0, p99=900), figures(900, 0), "fail"),
+        (figures(100, 0, p99=40), figures(900, 0, p99=10), "fail"),  # 4x blue's p99
+        (figures(100, 0, p99=40), figures(0, 0, p99=None), "advance"),  # blue idle at 100%: no ratio
+        (None, figures(900, 0), "fail"),
+    ],
+)
+def test_judge(green, blue, verdict):
+    assert judge(green, blue, Gates(max_error_rate=0.01, max_p99_ms=500, max_p99_ratio=3), 50)[0] == verdict
+
+
+def test_committed_spec_loads_and_flags_override_it():
+    spec = load_spec(None, {"steps": [5, 100], "max_p99_ms": 200.0, "hold_seconds": None})
+    assert spec.steps == [5, 100] and spec.gates.max_p99_ms == 200 and spec.hold_seconds == 30
+
+
+@pytest.mark.parametrize("overrides", [{"steps": [50, 10, 100]}, {"steps": [10, 50]}, {"max_error_rate": 2.0}])
+def test_bad_specs_are_refused_in_one_line(overrides):
+    with pytest.raises(CanaryError, match="invalid rollout spec"):
+        load_spec(None, overrides)
+
+
+def test_a_spec_that_is_not_a_mapping_is_refused(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("- 10\n- 100\n")
+    with pytest.raises(CanaryError, match="must be a mapping"):
+        load_spec(path, {})
