@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,8 +124,17 @@ def target_for(state_dir: Optional[Path], compose: bool, compose_file: Path):
 
     folder = state_dir or Path(os.environ.get("CANARY_STATE_DIR", ".canary"))
     if compose:
-        return ComposeTarget(folder, compose_file, os.environ.get("CANARY_COMPOSE_CMD", "docker compose"))
+        return ComposeTarget(folder, compose_file, os.environ.get("CANARY_COMPOSE_CMD") or compose_command())
     return LocalTarget(folder)
+
+
+def compose_command() -> str:
+    """Compose v2 (`docker compose`) where it answers, else v1's `docker-compose`."""
+    try:
+        v2 = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        v2 = False
+    return "docker compose" if v2 or shutil.which("docker-compose") is None else "docker-compose"
 
 
 def change(weight: int, reason: str, state_dir: Optional[Path], compose: bool, compose_file: Path) -> None:
