@@ -19,16 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from canary_kit.features import EXAMPLE
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-EXAMPLE_ROW = {
-    "island": "Torgersen",
-    "bill_length_mm": 39.1,
-    "bill_depth_mm": 18.7,
-    "flipper_length_mm": 181.0,
-    "body_mass_g": 3750.0,
-    "sex": "male",
-}
+EXAMPLE_ROW = dict(EXAMPLE)
 _HOME = Path(tempfile.mkdtemp(prefix="canary-tests-bentoml-"))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import pandas as pd
@@ -62,6 +63,20 @@ def test_too_little_traffic_holds_and_does_not_promote(at_ten):
     assert weight_of(LocalTarget(at_ten.settings.state_dir).routes()) == 10
 
 
+@contextmanager
+def rollout_reaching(settings, weight: int, outcome: dict):
+    """Run `canary rollout` in the background; enter once green has `weight`; on leaving, wait for its result."""
+    rolling = threading.Thread(target=lambda: outcome.update(result=canary(settings, "rollout", *FAST)))
+    rolling.start()
+    deadline = time.monotonic() + 60
+    while weight_of(LocalTarget(settings.state_dir).routes()) < weight and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        rolling.join(timeout=120)
+
+
 @pytest.fixture
 def own_stack(trained, tmp_path):
     running = Stack(local_settings(tmp_path)).start()
@@ -77,13 +92,8 @@ def test_green_dying_mid_rollout_is_rolled_back_and_clients_see_no_error(own_sta
     outcome = {}
     with Load(settings.url, workers=6, max_requests=20000, max_seconds=300) as load:
         load.wait_for(0, 30)
-        rolling = threading.Thread(target=lambda: outcome.update(result=canary(settings, "rollout", *FAST)))
-        rolling.start()
-        deadline = time.monotonic() + 60
-        while weight_of(LocalTarget(settings.state_dir).routes()) < 25 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        green.kill()  # mid-rollout, at step 2
-        rolling.join(timeout=120)
+        with rollout_reaching(settings, 25, outcome):
+            green.kill()  # mid-rollout, at step 2
     result, counts = outcome["result"], tally(load.answers)
     print(f"\n{result.output}\nclient answers: {dict(counts)}")
     assert result.exit_code == 1, result.output
@@ -130,13 +140,8 @@ def test_an_operator_rollback_during_a_rollout_stands(at_ten):
     outcome = {}
     with Load(settings.url, workers=4, max_requests=20000, max_seconds=200) as load:
         load.wait_for(0, 20)
-        rolling = threading.Thread(target=lambda: outcome.update(result=canary(settings, "rollout", *FAST)))
-        rolling.start()
-        deadline = time.monotonic() + 60
-        while weight_of(LocalTarget(settings.state_dir).routes()) < 25 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert canary(settings, "rollback", "-m", "operator").exit_code == 0
-        rolling.join(timeout=120)
+        with rollout_reaching(settings, 25, outcome):
+            assert canary(settings, "rollback", "-m", "operator").exit_code == 0
     result = outcome["result"]
     print(f"\n{result.output}")
     assert result.exit_code == 1 and "stopped" in result.output and "changed by someone else" in result.output
