@@ -38,6 +38,7 @@ class Load:
 
     def __post_init__(self) -> None:
         self._lock, self._stop, self._sent = threading.Lock(), threading.Event(), 0
+        self.resent = 0  # requests sent again after a keep-alive connection closed before any answer
         self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(self.workers)]
 
     def _take(self) -> bool:
@@ -52,12 +53,25 @@ class Load:
             while self._take():
                 sent = time.monotonic()
                 try:
-                    r = client.post(f"{self.url}/predict", json={"instances": [EXAMPLE_ROW]})
+                    r = self._post(client)
                     answer = Answer(sent, r.status_code, r.headers.get("x-model-version"), r.headers.get("x-canary-route"))
                 except httpx.HTTPError as exc:
                     answer = Answer(sent, None, None, None, repr(exc))
                 with self._lock:
                     self.answers.append(answer)
+
+    def _post(self, client: httpx.Client) -> httpx.Response:
+        """POST one row. Like a browser, resend once if a pooled connection was closed before any answer: a
+        reloading nginx closes its idle keep-alive connections, and a request may cross that close on the wire."""
+        body = {"instances": [EXAMPLE_ROW]}
+        try:
+            return client.post(f"{self.url}/predict", json=body)
+        except httpx.RemoteProtocolError as exc:
+            if "without sending a response" not in str(exc):
+                raise
+            with self._lock:
+                self.resent += 1
+            return client.post(f"{self.url}/predict", json=body)
 
     def __enter__(self) -> "Load":
         self._deadline = time.monotonic() + self.max_seconds

@@ -60,7 +60,7 @@ def test_weight_changes_under_load_fail_no_request(control):
             assert counts["v1.0.0"] + counts["v1.1.0"] == per_step, f"failed requests: {report}"
             assert_split(counts["v1.1.0"], per_step, weight)
     everything = tally(load.answers)
-    print(f"\nper step (weight, counts after it returned): {report}\nall {len(load.answers)}: {dict(everything)}")
+    print(f"\nper step (weight, counts after it returned): {report}\nall {len(load.answers)}: {dict(everything)}; resent after a closed keep-alive connection: {load.resent}")
     failed = {k: v for k, v in everything.items() if k.startswith("failed")}
     assert not failed, f"failed requests during the changes: {failed}"
 
@@ -73,7 +73,7 @@ def test_rollback_takes_effect_when_it_returns(control):
         returned = time.monotonic()
         after = load.wait_for(returned, 400, timeout=120)
     counts = tally(after)
-    print(f"\nsent after rollback returned: {dict(counts)}; before: {dict(tally(load.answers[:100]))}")
+    print(f"\nsent after rollback returned: {dict(counts)}; before: {dict(tally(load.answers[:100]))}; resent after a closed keep-alive connection: {load.resent}")
     assert result.exit_code == 0 and "green 100% -> 0%" in result.output, result.output
     assert counts == Counter({"v1.0.0": 400}), counts
     change = json.loads((control.settings.state_dir / "changes.log").read_text().splitlines()[-1])

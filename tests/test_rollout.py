@@ -44,7 +44,7 @@ def test_healthy_green_is_promoted_step_by_step_with_no_failed_request(at_ten):
         load.wait_for(0, 30)
         result = canary(settings, "rollout", *FAST)
     counts = tally(load.answers)
-    print(f"\n{result.output}\nclient answers during the rollout: {dict(counts)}")
+    print(f"\n{result.output}\nclient answers during the rollout: {dict(counts)}; resent after a closed keep-alive connection: {load.resent}")
     assert result.exit_code == 0, result.output
     assert "promoted" in result.output
     assert weight_of(LocalTarget(settings.state_dir).routes()) == 100
@@ -95,7 +95,7 @@ def test_green_dying_mid_rollout_is_rolled_back_and_clients_see_no_error(own_sta
         with rollout_reaching(settings, 25, outcome):
             green.kill()  # mid-rollout, at step 2
     result, counts = outcome["result"], tally(load.answers)
-    print(f"\n{result.output}\nclient answers: {dict(counts)}")
+    print(f"\n{result.output}\nclient answers: {dict(counts)}; resent after a closed keep-alive connection: {load.resent}")
     assert result.exit_code == 1, result.output
     assert "rolled back" in result.output and "green is not ready" in result.output
     assert weight_of(LocalTarget(settings.state_dir).routes()) == 0
