@@ -182,6 +182,14 @@ def export(version: str, export_dir: Path = EXPORT_DIR) -> Path:
     return path
 
 
+def shorter(path: Path) -> Path:
+    """The path relative to the current folder when it lies below it."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train both model versions into the BentoML model store.")
     parser.add_argument("--force", action="store_true", help="replace versions that already exist in the store")
@@ -204,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         pipeline, metadata = train_version(version, X_train, y_train, X_test, y_test)
         action = save_version(version, pipeline, metadata, data_hash, args.force)
         stored = bentoml.models.get(f"{MODEL_NAME}:{version}").info.metadata["holdout_metrics"]
-        exported = "" if args.no_export else export(version, args.export_dir)
+        exported = "" if args.no_export else shorter(export(version, args.export_dir))
         rows.append((version, metadata["algorithm"], stored, action, exported))
     print(f"{'version':<8}  {'algorithm':<31} {'accuracy':>8} {'f1_macro':>8} {'log_loss':>8}  store     export")
     for version, algorithm, m, action, exported in rows:
