@@ -157,8 +157,8 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
     state = (weight_of(routes), shadow_of(routes))
     result.final_weight = state[0]
     for number, weight in enumerate(spec.steps, start=1):
-        if weight <= state[0] and not state[1]:
-            continue  # green already has at least this share: carry on from where it is
+        if weight < state[0] and not state[1]:
+            continue  # green already has more than this share: carry on from where it is
         try:  # only from the state the rollout left: an operator's change meanwhile stops it
             set_weight(target, weight, reason=f"rollout step {number}/{len(spec.steps)}", expect=state)
         except SplitChanged as exc:
