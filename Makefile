@@ -43,8 +43,11 @@ test: setup nginx  ## the whole test suite: unit, integration (real nginx and be
 test-fast: setup  ## unit tests only
 	$(BIN)/pytest -m "not integration and not bento"
 
-bench: setup nginx train  ## benchmarks; results in bench/results/
-	$(BIN)/python bench/run.py
+bench: setup nginx train  ## benchmarks (~14 min on 2 cores; BENCH_ARGS=--quick: ~2 min); results in bench/results/
+	@command -v wrk >/dev/null || (echo "installing wrk ..." && $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null)
+	@$(BIN)/python -c "import fastapi, uvicorn, matplotlib, locust" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:  ## remove runtime state (not the model store)
 	rm -rf .canary .pytest_cache
