@@ -35,7 +35,8 @@ bentos: train  ## one Bento per model version, tagged like the model
 	@for v in $(VERSIONS); do $(BIN)/bentoml build --version $$v --arg model_version=$$v -o tag || exit 1; done
 
 images: bentos  ## one image per Bento (needs Docker): penguin_classifier:v1.0.0 and :v1.1.0
-	@for v in $(VERSIONS); do $(BIN)/bentoml containerize $(MODEL):$$v --image-tag $(MODEL):$$v || exit 1; done
+	@for v in $(VERSIONS); do $(BIN)/bentoml containerize $(MODEL):$$v --image-tag $(MODEL):$$v \
+		--opt label=org.opencontainers.image.version=$$v --opt label=ai.bentoml.model_version=$$v || exit 1; done
 
 test: setup nginx  ## the whole test suite: unit, integration (real nginx and bentoml serve), Bento builds
 	$(BIN)/pytest

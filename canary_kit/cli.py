@@ -80,13 +80,18 @@ def up(
     port: Annotated[Optional[int], typer.Option(help="nginx's public port [default: 8000]")] = None,
     green_weight: Annotated[Optional[int], typer.Option(help="percent of traffic to green [default: 10]")] = None,
     from_bentos: Annotated[bool, typer.Option("--from-bentos", help="serve the built Bentos, not service.py")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="BentoML workers per version [default: 1]")] = None,
     state_dir: StateDir = None,
 ) -> None:
     """Start blue, green and nginx; stay in the foreground until Ctrl-C, then stop all three."""
     from canary_kit.stack import Stack, preflight  # imported here: keeps `canary --help` fast
 
     settings = settings_from(
-        port=port, green_weight=green_weight, state_dir=state_dir, source="bento" if from_bentos else None
+        port=port,
+        green_weight=green_weight,
+        workers=workers,
+        state_dir=state_dir,
+        source="bento" if from_bentos else None,
     )
     preflight(settings)  # refuse before printing anything else
     for sig in STOP_SIGNALS:

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     green_version: str = Field(CANDIDATE_VERSION, pattern=r"^v\d+\.\d+\.\d+$")
     green_weight: int = Field(10, ge=0, le=100, description="percent of requests sent to green")
     source: Literal["code", "bento"] = Field("code", description="serve service.py, or the built Bentos")
+    workers: int = Field(1, ge=1, le=16, description="BentoML worker processes per version")
     bentoml_home: Path = Field(default_factory=default_bentoml_home)
     nginx_bin: str = "nginx"
     ready_timeout: float = Field(60.0, gt=0, le=600, description="seconds to wait for all three to be ready")

@@ -142,6 +142,8 @@ def backend_child(settings: Settings, color: str) -> Child:
         "BENTOML_DO_NOT_TRACK": "true",
         "PYTHONUNBUFFERED": "1",
     }
+    if settings.workers != 1:
+        env["BENTOML_CONFIG_OPTIONS"] = f"services.penguin_classifier.workers={settings.workers}"
     return Child(color, argv, settings.state_dir / "logs" / f"{color}.log", env, settings.project_dir)
 
 
