@@ -61,13 +61,15 @@ class Load:
                     self.answers.append(answer)
 
     def _post(self, client: httpx.Client) -> httpx.Response:
-        """POST one row. Like a browser, resend once if a pooled connection was closed before any answer: a
-        reloading nginx closes its idle keep-alive connections, and a request may cross that close on the wire."""
+        """POST one row. Like a browser, resend once if a pooled connection was closed under the request before
+        any answer: a reloading nginx closes its idle keep-alive connections, and a request may cross that close
+        on the wire (seen as "disconnected without sending a response", or a reset if it had arrived)."""
         body = {"instances": [EXAMPLE_ROW]}
         try:
             return client.post(f"{self.url}/predict", json=body)
-        except httpx.RemoteProtocolError as exc:
-            if "without sending a response" not in str(exc):
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            closed = "without sending a response" in str(exc) or "reset by peer" in str(exc) or "Broken pipe" in str(exc)
+            if not closed:
                 raise
             with self._lock:
                 self.resent += 1
