@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from canary_kit.config import COLORS, CanaryError, Settings
-from canary_kit.metrics import Snapshot, window
+from canary_kit.metrics import Snapshot, figures_between
 from canary_kit.nginx import (
     ROUTES_TEMPLATE,
     LocalNginx,
@@ -296,17 +296,12 @@ def status(target) -> dict:
     baseline_file = target.state_dir / BASELINE
     baseline = json.loads(baseline_file.read_text()) if baseline_file.is_file() else {"backends": {}}
     weight = weight_of(target.routes())
-    versions = {}
+    now, versions = snapshots(target), {}
     for color in COLORS:
-        text = target.backend(color, "/metrics")
-        before = baseline["backends"].get(color)
-        figures = None
-        if text is not None:
-            figures = window(Snapshot.from_json(before) if before else None, Snapshot.parse(text)).as_dict()
         versions[color] = {
             "version": target.version(color),
             "weight": weight if color == "green" else 100 - weight,
             "healthy": target.backend(color, "/readyz") is not None,
-            "since_change": figures,
+            "since_change": figures_between(baseline["backends"].get(color), now[color]),
         }
     return {"target": target.name, "green_weight": weight, "since": baseline.get("since"), "backends": versions}

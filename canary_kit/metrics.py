@@ -102,3 +102,11 @@ def window(before: Snapshot | None, after: Snapshot) -> Figures:
         p99_ms=None if p99 is None else round(p99 * 1000, 2),
         seconds=round(after.taken_at - before.taken_at, 1),
     )
+
+
+def figures_between(before: dict | None, after: dict | None) -> dict | None:
+    """`window` for two snapshots kept as JSON (None when the backend did not answer at the end)."""
+    if after is None:
+        return None
+    start = Snapshot.from_json(before) if before else None
+    return window(start, Snapshot.from_json(after)).as_dict()

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from canary_kit.config import CanaryError, describe
 from canary_kit.control import SplitChanged, set_weight, shadow_of, snapshots, weight_of
-from canary_kit.metrics import Snapshot, window
+from canary_kit.metrics import figures_between
 
 DEFAULT_SPEC = Path(__file__).with_name("rollout.yaml")
 
@@ -125,13 +125,6 @@ def judge(green: dict | None, blue: dict | None, gates: Gates, min_requests: int
     return "advance", f"{green['requests']} green requests, gates passed"
 
 
-def _figures(before: dict, after: dict, color: str) -> dict | None:
-    if after.get(color) is None:
-        return None
-    start = Snapshot.from_json(before[color]) if before.get(color) else None
-    return window(start, Snapshot.from_json(after[color])).as_dict()
-
-
 def _line(figures: dict | None) -> str:
     if not figures:
         return "-"
@@ -184,10 +177,10 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
                 if time.monotonic() - shown >= 5:
                     shown = time.monotonic()
                     left = spec.hold_seconds - (shown - started)
-                    live = _figures(before, snapshots(target), "green")
+                    live = figures_between(before["green"], snapshots(target)["green"])
                     echo(f"  step {number}/{len(spec.steps)}  green {weight}%  {left:4.0f}s left  green: {_line(live)}")
             after = snapshots(target)
-            green, blue = _figures(before, after, "green"), _figures(before, after, "blue")
+            green, blue = (figures_between(before[c], after[c]) for c in ("green", "blue"))
             if verdict is None:
                 verdict, reason = judge(green, blue, spec.gates, spec.min_requests)
             result.checks.append(Check(number, weight, verdict, reason, round(time.monotonic() - t0, 1), green, blue))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Bounded load through the canary's nginx for scripts/container-e2e (standard library only).
+"""Bounded load through the canary's nginx for scripts/container-e2e (standard library + the example row).
 
     e2e_load.py split  --requests 1000 --green-share 0.10        # the weighted split, within ±4.5 sd
     e2e_load.py pin                                              # X-Canary: always/never reach green/blue
@@ -23,21 +23,10 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+from canary_kit.features import EXAMPLE  # the row the service documents
+
 BLUE, GREEN = "v1.0.0", "v1.1.0"
-BODY = json.dumps(
-    {
-        "instances": [
-            {
-                "island": "Torgersen",
-                "bill_length_mm": 39.1,
-                "bill_depth_mm": 18.7,
-                "flipper_length_mm": 181.0,
-                "body_mass_g": 3750.0,
-                "sex": "male",
-            }
-        ]
-    }
-).encode()
+BODY = json.dumps({"instances": [EXAMPLE]}).encode()
 
 
 def loopback(url: str) -> tuple[str, int, str]:

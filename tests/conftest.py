@@ -12,11 +12,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
 from canary_kit.features import EXAMPLE
@@ -71,55 +69,22 @@ def trained(bentoml_home, tmp_path_factory) -> Path:
     return export_dir
 
 
-def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited with {proc.returncode} before {url} was ready")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready after {timeout}s")
-
-
 @contextmanager
-def bentoml_serve(target: list[str], env: dict[str, str] | None = None, home: Path | None = None):
-    """A real `bentoml serve` on a free loopback port, in its own BENTOML_HOME copy-free view; always stopped."""
+def bentoml_serve(target: list[str], env: dict[str, str] | None = None):
+    """A real `bentoml serve` on a free loopback port, run and stopped as the stack runs its backends."""
+    from canary_kit.stack import Child, wait_ready
+
     port = free_port()
     argv = [str(BIN / "bentoml"), "serve", *target, "--host", "127.0.0.1", "--port", str(port)]
-    log = tempfile.NamedTemporaryFile(prefix="bentoml-serve-", suffix=".log", delete=False)
-    run_env = {**os.environ, **(env or {})}
-    if home is not None:
-        run_env["BENTOML_HOME"] = str(home)
-    proc = subprocess.Popen(argv, cwd=ROOT, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = Path(tempfile.mkdtemp(prefix="bentoml-serve-")) / "serve.log"
+    child = Child("bentoml serve", argv, log, env or {}, ROOT)
     try:
-        try:
-            wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{Path(log.name).read_text()[-3000:]}") from None
+        child.start()
+        wait_ready([child], {"service": f"http://127.0.0.1:{port}/readyz"}, timeout=90)
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop_group(proc)
-        Path(log.name).unlink(missing_ok=True)
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=15)
-            break
-        except ProcessLookupError:
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        child.stop()
+        shutil.rmtree(log.parent, ignore_errors=True)
 
 
 def local_settings(state_dir: Path, **overrides):
