@@ -25,7 +25,7 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from canary_kit.features import (  # noqa: E402
+from penguin.features import (  # noqa: E402
     EXAMPLE,
     FEATURES,
     MAX_BODY_BYTES,

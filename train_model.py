@@ -31,7 +31,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from canary_kit.features import (
+from penguin.features import (
     CANDIDATE_VERSION,
     CATEGORICAL,
     FEATURES,

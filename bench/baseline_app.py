@@ -1,7 +1,7 @@
 """BENCHMARK BASELINE ONLY, not product code: a minimal FastAPI + uvicorn app serving penguin_classifier:v1.0.0.
 
 It is what a small team would write by hand instead of BentoML: same model file, same request schema
-(canary_kit.features.Penguin) and the same response fields, one uvicorn worker, no canary, no guards (errors are
+(penguin.features.Penguin) and the same response fields, one uvicorn worker, no canary, no guards (errors are
 FastAPI's 422, not the service's 400/413/415), no metrics. `bench/run.py` starts it as
 
     BASELINE_MODEL_PATH=…/model.joblib python -m uvicorn baseline_app:app --app-dir bench --workers 1 --no-access-log
@@ -19,7 +19,7 @@ import pandas as pd
 from fastapi import FastAPI, Response
 from pydantic import BaseModel, Field
 
-from canary_kit.features import FEATURES, MAX_INSTANCES, Penguin
+from penguin.features import FEATURES, MAX_INSTANCES, Penguin
 
 MODEL_VERSION = os.environ.get("BASELINE_MODEL_VERSION", "v1.0.0")
 pipeline = joblib.load(os.environ["BASELINE_MODEL_PATH"])

@@ -48,7 +48,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
 from canary_kit.config import CanaryError, Settings  # noqa: E402
-from canary_kit.features import CANDIDATE_VERSION, EXAMPLE, FEATURES, MODEL_NAME, STABLE_VERSION  # noqa: E402
+from penguin.features import CANDIDATE_VERSION, EXAMPLE, FEATURES, MODEL_NAME, STABLE_VERSION  # noqa: E402
 from canary_kit.stack import Child, Stack, port_in_use, wait_ready  # noqa: E402
 
 LUA = BENCH / "wrk_post.lua"

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from canary_kit.features import CANDIDATE_VERSION, MODEL_NAME, STABLE_VERSION
+from penguin.features import CANDIDATE_VERSION, MODEL_NAME, STABLE_VERSION
 
 Port = int
 COLORS = ("blue", "green")

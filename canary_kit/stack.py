@@ -24,7 +24,7 @@ import httpx
 import psutil
 
 from canary_kit.config import COLORS, CanaryError, Settings
-from canary_kit.features import MODEL_NAME
+from penguin.features import MODEL_NAME
 from canary_kit.nginx import LocalNginx, write_atomic
 
 STACK_FILE = "stack.json"

@@ -23,7 +23,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from canary_kit.features import EXAMPLE  # the row the service documents
+from penguin.features import EXAMPLE  # the row the service documents
 
 BLUE, GREEN = "v1.0.0", "v1.1.0"
 BODY = json.dumps({"instances": [EXAMPLE]}).encode()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from canary_kit.features import EXAMPLE
+from penguin.features import EXAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from canary_kit.features import MODEL_NAME
+from penguin.features import MODEL_NAME
 from canary_kit.stack import Stack
-from conftest import BIN, EXAMPLE_ROW, local_settings, run
+from conftest import BIN, EXAMPLE_ROW, ROOT, local_settings, run
 
 pytestmark = [pytest.mark.bento, pytest.mark.integration]
 VERSIONS = ("v1.0.0", "v1.1.0")
@@ -31,8 +31,10 @@ def test_each_bento_holds_only_its_own_model(bentos):
         assert models == {f"{MODEL_NAME}:{version}"}, (version, models)
         assert bento.info.args == {"model_version": version}
         assert bento.info.labels["model_version"] == version
-        shipped = {p.name for p in Path(bento.path_of("src")).rglob("*") if p.is_file()}
-        assert shipped == {"service.py", "bentofile.yaml", "__init__.py", "features.py"}, shipped
+        src = Path(bento.path_of("src"))
+        shipped = {str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()}
+        model_code = {str(p.relative_to(ROOT)) for p in (ROOT / "penguin").glob("*.py")}
+        assert shipped == {"service.py", "bentofile.yaml", *model_code}, shipped  # never the canary tool
 
 
 def test_the_stack_serves_the_built_bentos(bentos, tmp_path):

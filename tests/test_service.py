@@ -9,14 +9,14 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from canary_kit.features import CANDIDATE_VERSION, FEATURES, MAX_INSTANCES, STABLE_VERSION
+from penguin.features import CANDIDATE_VERSION, FEATURES, MAX_INSTANCES, STABLE_VERSION
 from conftest import BIN, EXAMPLE_ROW, ROOT, bentoml_serve
 
 CLASSES = {"Adelie", "Chinstrap", "Gentoo"}
 
 
 def test_service_class_called_directly(trained):
-    from canary_kit.features import Penguin
+    from penguin.features import Penguin
     from service import PenguinClassifier
 
     instance = PenguinClassifier()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from canary_kit.features import CANDIDATE_VERSION, FEATURES, MODEL_NAME, STABLE_VERSION
+from penguin.features import CANDIDATE_VERSION, FEATURES, MODEL_NAME, STABLE_VERSION
 from conftest import ROOT, run
 
 
