@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from penguin.features import MODEL_NAME
-from conftest import ROOT, run
+from conftest import ROOT, bentoml_serve, run
 
 V12 = "v1.2.0"
 TRAIN_V12 = [sys.executable, "train_model.py", "--version", V12, "--algorithm", "random_forest"]
@@ -110,3 +110,17 @@ def test_a_new_version_needs_no_code_edit(tmp_path):
     other = train(["--version", "v2.0.0", "--algorithm", "hist_gradient_boosting", "--param", "max_iter=30"],
                   tmp_path, check=False)
     assert other.returncode == 1 and "another recipe" in other.stderr and other.stderr.count("\n") == 1, other.stderr
+
+
+@pytest.mark.integration
+def test_v1_2_0_is_served_with_scikit_learn_s_answers(v12_home):
+    import joblib
+
+    from penguin import parity
+
+    pipeline = joblib.load(v12_home / "models" / MODEL_NAME / V12 / "model.joblib")
+    target = ["service:PenguinClassifier", "--arg", f"model_version={V12}"]
+    with bentoml_serve(target, env={"BENTOML_HOME": str(v12_home)}) as url:
+        result = parity.served_parity(url, pipeline, parity.data_rows(ROOT / "data" / "data.csv"))
+    print(f"\nv1.2.0 served: {parity.summary(result)}")
+    assert result["versions"] == [V12] and result["ok"], result
