@@ -30,14 +30,22 @@ def archive_info(path: Path) -> dict:
     return {"name": str(info["name"]), "version": str(info["version"]), "creation_time": created}
 
 
-def import_archive(path: Path, model_name: str) -> str:
-    """The archive's version, after importing it into the store if missing; refuses another model or another build."""
+def import_archive(path: Path, model_name: str, wanted_version: str | None = None) -> str:
+    """The archive's version, after importing it into the store if missing.
+
+    Refuses another model, a version other than `wanted_version` (when given), and an archive whose tag the store
+    already holds from another training.
+    """
     import bentoml
 
+    path = path.expanduser().resolve()
     info = archive_info(path)
+    tag = f"{model_name}:{info['version']}"
     if info["name"] != model_name:
         raise ArchiveError(f"MODEL_PATH {path} holds model {info['name']!r}, not {model_name!r}")
-    tag = f"{model_name}:{info['version']}"
+    if wanted_version not in (None, info["version"]):
+        raise ArchiveError(f"MODEL_PATH {path} holds {tag} but MODEL_VERSION (or --arg model_version) asks for "
+                           f"{wanted_version}: drop one or make them agree")
     try:
         stored = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:

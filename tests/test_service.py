@@ -227,7 +227,8 @@ def test_bad_input_is_logged_as_one_line(stack):
 @pytest.mark.integration
 def test_model_path_serves_an_archive_importing_it(trained, tmp_path):
     archive = trained / f"{MODEL_NAME}-{CANDIDATE_VERSION}.bentomodel"
-    env = {"BENTOML_HOME": str(tmp_path / "empty-home"), "MODEL_PATH": str(archive)}
+    relative = os.path.relpath(archive, ROOT)  # as in the README: a path from the project folder
+    env = {"BENTOML_HOME": str(tmp_path / "empty-home"), "MODEL_PATH": relative}
     with bentoml_serve(["service:PenguinClassifier"], env=env) as url:
         assert httpx.get(f"{url}/health").json()["model_version"] == CANDIDATE_VERSION
         response = httpx.post(f"{url}/predict", json={"instances": [EXAMPLE_ROW]})
