@@ -1,7 +1,8 @@
 """The fitted scikit-learn pipeline as an exact ONNX graph, computed in float64 from input to probabilities.
 
 skl2onnx converts the pipeline; three converters are replaced so that the graph gives scikit-learn's answers to
-float rounding (about 1e-16), not float32's (up to 0.33 on a row sitting on a tree's split):
+float rounding (about 1e-16), not float32's (float32 inputs move v1.1.0's probabilities by up to 0.2 on rows that
+sit on a tree's split, see tests/test_onnx.py):
 
 - SimpleImputer: onnxruntime's `Imputer` has no float64 kernel, and a string tensor cannot hold a null. Measurements
   are imputed with IsNaN + Where; a missing category arrives as MISSING_SENTINEL and is replaced the same way.
@@ -15,7 +16,10 @@ Training only (imports skl2onnx): the service reads the saved graph with onnxrun
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import onnx
 from onnx import TensorProto
 from onnx.numpy_helper import from_array
 from skl2onnx import convert_sklearn
@@ -27,6 +31,7 @@ from sklearn.impute import SimpleImputer
 
 from penguin.features import CATEGORICAL, NUMERIC
 from penguin.predictor import MISSING_SENTINEL  # a null category in the graph's string inputs (the schema forbids "")
+
 OPSET = {"": 21, "ai.onnx.ml": 3}  # what skl2onnx converts to; a graph with TreeEnsemble is raised to ml opset 5
 TREE_ENSEMBLE_OPSET = 5  # TreeEnsemble, float64 throughout (skl2onnx 1.20 refuses to write ml opsets above 3)
 BRANCH_LEQ = 0  # TreeEnsemble node mode: go to the true branch when x <= split (scikit-learn's rule)
@@ -41,8 +46,6 @@ def input_types(features: tuple[str, ...]) -> list[tuple[str, object]]:
 
 def to_onnx(pipeline, features: tuple[str, ...]) -> bytes:
     """The fitted pipeline as a serialized ONNX model with outputs `label` [N] and `probabilities` [N, classes]."""
-    import onnx
-
     model = convert_sklearn(
         pipeline,
         initial_types=input_types(features),
@@ -75,8 +78,12 @@ def float64_probabilities(operator) -> None:
 def convert_imputer(scope, operator, container) -> None:
     """SimpleImputer in float64 (IsNaN) or on strings (== MISSING_SENTINEL): Where(missing, statistics, x)."""
     (x,) = operator.inputs
+    imputer = operator.raw_operator
+    missing_values = imputer.missing_values
+    if imputer.add_indicator or not (isinstance(missing_values, float) and math.isnan(missing_values)):
+        raise NotImplementedError("only SimpleImputer(missing_values=nan, add_indicator=False) is exported")
     fill, missing = scope.get_unique_variable_name("fill"), scope.get_unique_variable_name("missing")
-    statistics = operator.raw_operator.statistics_
+    statistics = imputer.statistics_
     if isinstance(x.type, StringTensorType):
         container.add_initializer(fill, TensorProto.STRING, [len(statistics)], [str(s).encode() for s in statistics])
         sentinel = scope.get_unique_variable_name("sentinel")
