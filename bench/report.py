@@ -72,6 +72,8 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
             ratios[f"{name}_vs_baseline_p99_c32"] = round(cells[name]["p99_ms"] / b["p99_ms"], 2)
     if {"canary", FRAMEWORK_FLOOR} <= cells.keys():
         ratios["canary_vs_framework_floor_rps_c32"] = round(cells["canary"]["rps"] / cells[FRAMEWORK_FLOOR]["rps"], 2)
+    if {"service", FRAMEWORK_FLOOR} <= cells.keys():  # the model's own cost, without nginx or a second version
+        ratios["service_vs_framework_floor_rps_c32"] = round(cells["service"]["rps"] / cells[FRAMEWORK_FLOOR]["rps"], 2)
     if {"canary", "service"} <= cells.keys():
         ratios["canary_vs_service_rps_c32"] = round(cells["canary"]["rps"] / cells["service"]["rps"], 2)
     if {"service", "service@sklearn"} <= cells.keys():
@@ -86,7 +88,16 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         ratios["parity_max_abs_prob_diff"] = max(p["max_abs_prob_diff"] for p in parity.values())
         ratios["parity_class_mismatches"] = sum(p["class_mismatches"] for p in parity.values())
     ratios["cold_start_s"] = results["cold_start_s"]["median"]
-    return {"table": table, "rows_per_s": rows_s, "floor_rows_per_s": floor, "ratios": ratios}
+    return {"table": table, "rows_per_s": rows_s, "floor_rows_per_s": floor, "ratios": ratios,
+            "ratios_by_round": by_round(results["raw"].get(top, {}))}
+
+
+def by_round(runs: dict[str, list[dict]]) -> dict[str, list[float]]:
+    """The req/s ratios of targets measured in the same round (minutes apart at most): how much the median moved."""
+    pairs = {"canary_vs_baseline_rps_c32": ("canary", "baseline"),
+             "canary_vs_framework_floor_rps_c32": ("canary", FRAMEWORK_FLOOR)}
+    return {key: [round(x["rps"] / y["rps"], 2) for x, y in zip(runs[a], runs[b])]
+            for key, (a, b) in pairs.items() if a in runs and b in runs}
 
 
 LABELS = {
@@ -170,6 +181,8 @@ def markdown(summary: dict, results: dict, meta: dict, args: argparse.Namespace)
     lines += ["", "## Goals (reported, not asserted)", "", "| measure | result | goal | met |", "|---|---:|---:|:---:|"]
     for label, value, goal, ok in verdicts(summary, results):
         lines.append(f"| {label} | {value} | {goal} | {'yes' if ok else 'no'} |")
+    for key, values in summary.get("ratios_by_round", {}).items():
+        lines.append(f"\n{key} in each round (same-round pairs): {', '.join(f'{v:.2f}' for v in values)}.")
     parity = results.get("parity") or {}
     if parity:
         lines += ["", "## Parity of the served answers (canary backends vs scikit-learn)", "",
