@@ -78,7 +78,9 @@ def _stop_once(signum, frame) -> None:
 @app.command()
 def up(
     port: Annotated[Optional[int], typer.Option(help="nginx's public port [default: 8000]")] = None,
-    green_weight: Annotated[Optional[int], typer.Option(help="percent of traffic to green [default: 10]")] = None,
+    green_weight: Annotated[
+        Optional[int], typer.Option(help="percent of traffic to green [default: the last split, or 10]")
+    ] = None,
     from_bentos: Annotated[bool, typer.Option("--from-bentos", help="serve the built Bentos, not service.py")] = False,
     workers: Annotated[Optional[int], typer.Option(help="BentoML workers per version [default: 1]")] = None,
     state_dir: StateDir = None,
@@ -100,7 +102,8 @@ def up(
     stack = Stack(settings)
     try:
         stack.start()
-        typer.echo(f"ready in {time.monotonic() - stack.started_at:.1f}s: {settings.url}  (green gets {settings.green_weight}%)")
+        weight = stack.routing.green_weight
+        typer.echo(f"ready in {time.monotonic() - stack.started_at:.1f}s: {settings.url}  (green gets {weight}%)")
         for color in COLORS:
             typer.echo(f"  {color:<5} {settings.version(color)}  {settings.backend_url(color)}")
         typer.echo(f"  state  {settings.state_dir}   (Ctrl-C stops all three)")
@@ -127,10 +130,9 @@ def target_for(state_dir: Optional[Path], compose: bool, compose_file: Path):
     """The stack to act on: the local one (found through its state folder) or the compose one."""
     from canary_kit.control import ComposeTarget, LocalTarget
 
-    folder = state_dir or Path(os.environ.get("CANARY_STATE_DIR", ".canary"))
     if compose:
-        return ComposeTarget(folder, compose_file, os.environ.get("CANARY_COMPOSE_CMD") or compose_command())
-    return LocalTarget(folder)
+        return ComposeTarget(compose_file, os.environ.get("CANARY_COMPOSE_CMD") or compose_command())
+    return LocalTarget(state_dir or Path(os.environ.get("CANARY_STATE_DIR", ".canary")))
 
 
 def compose_command() -> str:
@@ -205,7 +207,15 @@ def status(
         typer.echo(json.dumps(report, indent=2))
         return
     since = f"since {report['since']}" if report["since"] else "since start"
-    typer.echo(f"split: blue {100 - report['green_weight']}% / green {report['green_weight']}%   figures {since}")
+    shadow = "   shadow: green gets a copy of each /predict" if report["shadow"] else ""
+    typer.echo(f"split: blue {100 - report['green_weight']}% / green {report['green_weight']}%{shadow}   figures {since}")
+    applied, in_file = report["nginx"], report["state_file"]
+    if applied is None:
+        typer.echo("warning: nginx did not answer; the split shown is the state file's", err=True)
+    elif "problem" in applied:
+        typer.echo(f"warning: nginx sends everything to blue: {applied['problem']}", err=True)
+    elif in_file and applied.get("serial") != in_file["serial"]:
+        typer.echo(f"warning: nginx applies state {applied.get('serial')}, the file holds {in_file['serial']}", err=True)
     typer.echo(f"{'':6}{'version':<9}{'weight':>7}  {'health':<7}{'requests':>9}{'5xx':>6}{'err%':>7}{'p50 ms':>8}{'p99 ms':>8}")
     for color, b in report["backends"].items():
         f = b["since_change"] or {}
@@ -279,9 +289,9 @@ def rollout(
     try:
         result = plan.run(target, chosen, typer.echo, run_shadow)
     except KeyboardInterrupt:
-        from canary_kit.control import weight_of
+        from canary_kit.control import split_of
 
-        typer.echo(f"interrupted: green stays at {weight_of(target.routes())}%; `canary rollback` is always safe", err=True)
+        typer.echo(f"interrupted: green stays at {split_of(target)[0]}%; `canary rollback` is always safe", err=True)
         raise typer.Exit(130) from None
     report = plan.write_report(result, target.state_dir / "rollouts")
     typer.echo(f"{result.outcome}: {result.reason}; green at {result.final_weight}%  (report: {report})")

@@ -44,9 +44,14 @@ class Settings(BaseSettings):
     green_port: Port = Field(3002, ge=1, le=65535, description="green's loopback port")
     blue_version: str = Field(STABLE_VERSION, pattern=r"^v\d+\.\d+\.\d+$")
     green_version: str = Field(CANDIDATE_VERSION, pattern=r"^v\d+\.\d+\.\d+$")
-    green_weight: int = Field(10, ge=0, le=100, description="percent of requests sent to green")
+    green_weight: int | None = Field(
+        None, ge=0, le=100, description="green's percent at start [default: the last split, or 10 at the first start]"
+    )
     source: Literal["code", "bento"] = Field("code", description="serve service.py, or the built Bentos")
     workers: int = Field(1, ge=1, le=16, description="BentoML worker processes per version")
+    max_inflight: int = Field(
+        128, ge=1, le=10000, description="requests in flight per version; nginx answers more with a fast 503"
+    )
     bentoml_home: Path = Field(default_factory=default_bentoml_home)
     nginx_bin: str = "nginx"
     ready_timeout: float = Field(60.0, gt=0, le=600, description="seconds to wait for all three to be ready")

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from canary_kit.config import CanaryError, describe
-from canary_kit.control import SplitChanged, set_weight, shadow_of, snapshots, weight_of
+from canary_kit.control import SplitChanged, set_weight, snapshots, split_of
 from canary_kit.metrics import figures_between
 
 DEFAULT_SPEC = Path(__file__).with_name("rollout.yaml")
@@ -146,8 +146,7 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
             result.reason = f"shadow agreement {agreement} below {spec.min_agreement}"
             return result
     failed = 0
-    routes = target.routes()
-    state = (weight_of(routes), shadow_of(routes))
+    state = split_of(target)
     result.final_weight = state[0]
     for number, weight in enumerate(spec.steps, start=1):
         if weight < state[0] and not state[1]:
@@ -156,7 +155,7 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
             set_weight(target, weight, reason=f"rollout step {number}/{len(spec.steps)}", expect=state)
         except SplitChanged as exc:
             result.outcome, result.reason = "stopped", str(exc)
-            result.final_weight = weight_of(target.routes())
+            result.final_weight = split_of(target)[0]
             return result
         state, result.final_weight = (weight, False), weight
         inconclusive = 0
@@ -166,10 +165,10 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
             shown = 0.0
             while (elapsed := time.monotonic() - started) < spec.hold_seconds:
                 time.sleep(min(spec.check_every, spec.hold_seconds - elapsed))
-                routes = target.routes()
-                if (weight_of(routes), shadow_of(routes)) != state:
-                    result.outcome, result.final_weight = "stopped", weight_of(routes)
-                    result.reason = f"the split was changed by someone else (green now {weight_of(routes)}%)"
+                now = split_of(target)
+                if now != state:
+                    result.outcome, result.final_weight = "stopped", now[0]
+                    result.reason = f"the split was changed by someone else (green now {now[0]}%)"
                     return result
                 if target.backend("green", "/readyz") is None:
                     verdict, reason = "fail", "green is not ready (health check failed)"

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from typing import Callable
 
-from canary_kit.control import set_weight, shadow_of, weight_of
+from canary_kit.control import set_weight, split_of
 
 
 def _ms(entry: dict) -> float | None:
@@ -64,8 +64,7 @@ def compare(entries: list[dict], blue_version: str) -> dict:
 
 def run_shadow(target, seconds: float, echo: Callable[[str], None]) -> dict:
     """Mirror for `seconds` with green at 0%, then restore the weight it had and compare what was logged."""
-    routes = target.routes()
-    previous = (weight_of(routes), shadow_of(routes))
+    previous = split_of(target)
     mark = target.log_mark()
     set_weight(target, 0, reason=f"shadow for {seconds:.0f}s", shadow=True, expect=previous)
     try:

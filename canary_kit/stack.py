@@ -23,9 +23,11 @@ from pathlib import Path
 import httpx
 import psutil
 
+from canary_kit import routing
 from canary_kit.config import COLORS, CanaryError, Settings
+from canary_kit.files import write_atomic
+from canary_kit.nginx import LocalNginx, njs_module
 from penguin.features import MODEL_NAME
-from canary_kit.nginx import LocalNginx, write_atomic
 
 STACK_FILE = "stack.json"
 BASELINE = "baseline.json"  # the metrics at the last change, for `canary status`
@@ -150,7 +152,10 @@ def backend_child(settings: Settings, color: str) -> Child:
 def preflight(settings: Settings) -> None:
     """Refuse, in one line, what would make the start fail half-way."""
     if shutil.which(settings.nginx_bin) is None:
-        raise CanaryError(f"nginx is not installed ({settings.nginx_bin!r} not found): sudo apt-get install -y nginx")
+        raise CanaryError(
+            f"nginx is not installed ({settings.nginx_bin!r} not found): sudo apt-get install -y nginx libnginx-mod-http-js"
+        )
+    njs_module(settings.nginx_bin)
     if settings.source == "code" and not (settings.project_dir / "service.py").is_file():
         raise CanaryError(f"no service.py in {settings.project_dir}: run canary from the project folder")
     for color in COLORS:
@@ -166,7 +171,7 @@ def preflight(settings: Settings) -> None:
             raise CanaryError(f"port {port} on {host} ({name}) is already in use")
 
 
-def wait_ready(children: list[Child], urls: dict[str, str], timeout: float) -> None:
+def wait_ready(children: list[Child], urls: dict[str, str], timeout: float, headers: dict | None = None) -> None:
     """Poll each child's ready URL until all answer 200; fail early if a child exits."""
     deadline = time.monotonic() + timeout
     pending = dict(urls)
@@ -178,7 +183,7 @@ def wait_ready(children: list[Child], urls: dict[str, str], timeout: float) -> N
                     raise CanaryError(f"{child.name} exited with code {code} while starting:\n{child.last_lines()}")
             for name, url in list(pending.items()):
                 try:
-                    if client.get(url).status_code == 200:
+                    if client.get(url, headers=(headers or {}).get(name)).status_code == 200:
                         del pending[name]
                 except httpx.HTTPError:
                     pass
@@ -186,6 +191,35 @@ def wait_ready(children: list[Child], urls: dict[str, str], timeout: float) -> N
                 raise CanaryError(f"not ready after {timeout:.0f}s: {', '.join(pending)} (logs in {children[0].log.parent})")
             if pending:
                 time.sleep(0.2)
+
+
+def through_nginx(settings: Settings) -> None:
+    """Ask each version through nginx (pinned with X-Canary) and check that the right one answers."""
+    pins = {"blue": "never", "green": "always"}
+    with httpx.Client(timeout=5.0, trust_env=False) as client:
+        for color, pin in pins.items():
+            try:
+                response = client.get(f"{settings.url}/readyz", headers={"X-Canary": pin})
+            except httpx.HTTPError as exc:
+                raise CanaryError(f"nginx does not reach {color}: {exc}") from None
+            answered = response.headers.get("x-model-version")
+            if response.status_code != 200 or answered != settings.version(color):
+                raise CanaryError(
+                    f"through nginx, {color} answered {response.status_code} from version {answered}, "
+                    f"not {settings.version(color)}"
+                )
+
+
+def initial_routing(settings: Settings) -> routing.RoutingState:
+    """The split to start with: the one asked for, else the last one (it survives restarts), else the default."""
+    path = settings.state_dir / routing.STATE_FILE
+    last = routing.read(path)
+    if settings.green_weight is None and last is not None:
+        return last
+    weight = routing.INITIAL_GREEN_WEIGHT if settings.green_weight is None else settings.green_weight
+    state = (last or routing.FALLBACK).next(weight, shadow=False)
+    routing.write(path, state)
+    return state
 
 
 class Stack:
@@ -196,24 +230,30 @@ class Stack:
         self.nginx = LocalNginx(settings)
         self.children: list[Child] = []
         self.started_at = 0.0
+        self.routing: routing.RoutingState | None = None
 
     def start(self) -> "Stack":
+        """Backends first; nginx once both are ready (so no early failure is ever held against them), then one
+        request to each version through nginx. Returns when a client gets an answer from either version."""
         s = self.settings
         preflight(s)
         s.state_dir.mkdir(parents=True, exist_ok=True)
         (s.state_dir / BASELINE).unlink(missing_ok=True)  # figures from an earlier run mean nothing now
-        self.nginx.write(s.green_weight)
+        self.nginx.write()
+        self.routing = initial_routing(s)
         self.started_at = time.monotonic()
         backends = [backend_child(s, color) for color in COLORS]
         # SIGQUIT: nginx's graceful stop, finishing the requests in flight
         nginx = Child("nginx", self.nginx.command(), s.state_dir / "logs" / "nginx.log", stop_signal=signal.SIGQUIT)
-        self.children = [*backends, nginx]
         try:
-            for child in self.children:
+            for child in backends:
                 child.start()
-            urls = {color: f"{s.backend_url(color)}/readyz" for color in COLORS}
-            urls["nginx"] = f"http://{s.host}:{s.port}/_nginx/ping"
-            wait_ready(self.children, urls, s.ready_timeout)
+            self.children = list(backends)
+            wait_ready(backends, {c: f"{s.backend_url(c)}/readyz" for c in COLORS}, s.ready_timeout)
+            nginx.start()
+            self.children.append(nginx)
+            wait_ready(self.children, {"nginx": f"http://{s.host}:{s.port}/_nginx/ping"}, 10)
+            through_nginx(s)
         except BaseException:
             self.stop()
             raise
@@ -225,7 +265,6 @@ class Stack:
         state = {
             "supervisor_pid": os.getpid(),
             "url": s.url,
-            "green_weight": s.green_weight,
             "backends": {
                 c.name: {"version": s.version(c.name), "url": s.backend_url(c.name), "pid": c.proc.pid}
                 for c in self.children

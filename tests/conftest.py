@@ -113,3 +113,17 @@ def stack(trained, tmp_path_factory):
         yield running
     finally:
         running.stop()
+
+
+def nginx_pids(stack) -> tuple[int, list[int]]:
+    """The running nginx's master pid and its workers' pids: a reload would replace the workers."""
+    import psutil
+
+    master = next(c for c in stack.children if c.name == "nginx").proc.pid
+    return master, sorted(p.pid for p in psutil.Process(master).children())
+
+
+def canary_process(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`canary ARGS --state-dir STATE_DIR` as its own process, as an operator runs it."""
+    argv = [sys.executable, "-m", "canary_kit.cli", *args, "--state-dir", str(state_dir)]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -1,6 +1,8 @@
 """A bounded load client for the tests: N worker threads POST /predict until a count or a time limit is reached.
 
-Every answer is kept with the moment it was sent, so a test can judge only the requests sent after a change.
+Each worker keeps one keep-alive connection and never resends a request: a request that gets no HTTP answer
+counts as failed, as it would for most API clients. Every answer is kept with the moment it was sent, so a test
+can judge only the requests sent after a change.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ class Load:
 
     def __post_init__(self) -> None:
         self._lock, self._stop, self._sent = threading.Lock(), threading.Event(), 0
-        self.resent = 0  # requests sent again after a keep-alive connection closed before any answer
         self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(self.workers)]
 
     def _take(self) -> bool:
@@ -49,31 +50,19 @@ class Load:
             return True
 
     def _work(self) -> None:
-        with httpx.Client(timeout=15, headers=self.headers) as client:
+        body = {"instances": [EXAMPLE_ROW]}
+        # one connection per worker, reused for every request; no retries at any layer
+        transport = httpx.HTTPTransport(retries=0, limits=httpx.Limits(max_connections=1))
+        with httpx.Client(timeout=15, headers=self.headers, transport=transport) as client:
             while self._take():
                 sent = time.monotonic()
                 try:
-                    r = self._post(client)
+                    r = client.post(f"{self.url}/predict", json=body)
                     answer = Answer(sent, r.status_code, r.headers.get("x-model-version"), r.headers.get("x-canary-route"))
                 except httpx.HTTPError as exc:
                     answer = Answer(sent, None, None, None, repr(exc))
                 with self._lock:
                     self.answers.append(answer)
-
-    def _post(self, client: httpx.Client) -> httpx.Response:
-        """POST one row. Like a browser, resend once if a pooled connection was closed under the request before
-        any answer: a reloading nginx closes its idle keep-alive connections, and a request may cross that close
-        on the wire (seen as "disconnected without sending a response", or a reset if it had arrived)."""
-        body = {"instances": [EXAMPLE_ROW]}
-        try:
-            return client.post(f"{self.url}/predict", json=body)
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            closed = "without sending a response" in str(exc) or "reset by peer" in str(exc) or "Broken pipe" in str(exc)
-            if not closed:
-                raise
-            with self._lock:
-                self.resent += 1
-            return client.post(f"{self.url}/predict", json=body)
 
     def __enter__(self) -> "Load":
         self._deadline = time.monotonic() + self.max_seconds
@@ -92,6 +81,10 @@ class Load:
             for thread in self._threads:
                 thread.join(timeout=self.max_seconds + 30)
         return self
+
+    def failed(self) -> list[Answer]:
+        with self._lock:
+            return [a for a in self.answers if a.status is None or a.status >= 500]
 
     def since(self, moment: float) -> list[Answer]:
         with self._lock:

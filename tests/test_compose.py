@@ -55,6 +55,50 @@ def test_nginx_renders_the_shared_template_with_every_variable(spec):
     template = (ROOT / "nginx" / "canary.conf.template").read_text()
     wanted = set(re.findall(r"\$\{(CANARY_[A-Z0-9_]+)\}", template))
     given = {k for k in nginx["environment"] if k.startswith("CANARY_")}
-    assert given == wanted
-    assert nginx["environment"]["CANARY_SPLIT"] == "10% green; * blue;"
+    assert given == wanted | {"CANARY_GREEN_WEIGHT"}  # that one is for the first-state hook only
     assert any(v.startswith("./nginx/canary.conf.template:/etc/nginx/templates/") for v in nginx["volumes"])
+
+
+def test_nginx_loads_njs_and_reads_the_routing_state_from_a_mounted_folder(spec):
+    from canary_kit.control import COMPOSE_STATE_MOUNT, compose_service, mounted_folder, published_port
+
+    nginx = compose_service(COMPOSE, "nginx")
+    env = nginx["environment"]
+    assert mounted_folder(nginx, COMPOSE_STATE_MOUNT, ROOT) == ROOT / "nginx" / "state"
+    assert (ROOT / "nginx" / "state").is_dir()  # committed, so docker never creates it as root
+    assert env["CANARY_STATE_FILE"].startswith(COMPOSE_STATE_MOUNT + "/")
+    assert published_port(nginx, int(env["CANARY_LISTEN"])) == 8000
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in nginx["volumes"]}
+    assert mounts[env["CANARY_NJS"]] == "./nginx/canary.js"
+    assert mounts["/etc/nginx/nginx.conf"] == "./nginx/nginx.compose.conf"
+    assert "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;" in (ROOT / "nginx" / "nginx.compose.conf").read_text()
+
+
+def first_state(tmp_path, weight: str | None, existing: str | None = None) -> subprocess.CompletedProcess:
+    """Run the compose nginx's first-state hook against a folder of ours."""
+    state = tmp_path / "routing.json"
+    if existing is not None:
+        state.write_text(existing)
+    env = {"PATH": "/usr/bin:/bin", "CANARY_STATE_FILE": str(state)}
+    if weight is not None:
+        env["CANARY_GREEN_WEIGHT"] = weight
+    return subprocess.run(["sh", str(ROOT / "nginx" / "canary-state-init.sh")], env=env, capture_output=True, text=True)
+
+
+def test_the_first_state_hook_writes_the_initial_split_once(tmp_path):
+    from canary_kit import routing
+
+    result = first_state(tmp_path, "25")
+    assert result.returncode == 0, result.stderr
+    assert routing.read(tmp_path / "routing.json").green_weight == 25
+    again = first_state(tmp_path, "60")  # a restart keeps the last split
+    assert again.returncode == 0 and "keeping" in again.stdout
+    assert routing.read(tmp_path / "routing.json").green_weight == 25
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "routing.json"]
+
+
+@pytest.mark.parametrize("weight", ["150", "-1", "ten", "1e2"])
+def test_the_first_state_hook_refuses_a_bad_weight(tmp_path, weight):
+    result = first_state(tmp_path, weight)
+    assert result.returncode == 1 and "CANARY_GREEN_WEIGHT must be a whole number" in result.stderr
+    assert not (tmp_path / "routing.json").exists()
