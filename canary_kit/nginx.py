@@ -48,6 +48,7 @@ def routes_variables(settings: Settings) -> dict[str, str]:
     return {
         "CANARY_BLUE_SERVER": f"127.0.0.1:{settings.blue_port}",
         "CANARY_GREEN_SERVER": f"127.0.0.1:{settings.green_port}",
+        "CANARY_GREEN_B_SERVER": f"127.0.0.1:{settings.green_port_b}",
         "CANARY_LISTEN": f"{settings.host}:{settings.port}",
         "CANARY_ACCESS_LOG": str(settings.state_dir / "logs" / "access.log"),
         "CANARY_NJS": str(settings.project_dir / "nginx" / NJS_SCRIPT),

@@ -141,7 +141,7 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
         result.shadow = shadow_phase(target, spec.shadow_seconds, echo)
         agreement = result.shadow.get("agreement")
         if spec.min_agreement is not None and (agreement is None or agreement < spec.min_agreement):
-            set_weight(target, 0, reason="rollout: shadow agreement too low")
+            set_weight(target, 0, reason="rollout: shadow agreement too low", event="rollout")
             result.outcome, result.final_weight = "rolled back", 0
             result.reason = f"shadow agreement {agreement} below {spec.min_agreement}"
             return result
@@ -152,7 +152,7 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
         if weight < state[0] and not state[1]:
             continue  # green already has more than this share: carry on from where it is
         try:  # only from the state the rollout left: an operator's change meanwhile stops it
-            set_weight(target, weight, reason=f"rollout step {number}/{len(spec.steps)}", expect=state)
+            set_weight(target, weight, reason=f"rollout step {number}/{len(spec.steps)}", expect=state, event="rollout")
         except SplitChanged as exc:
             result.outcome, result.reason = "stopped", str(exc)
             result.final_weight = split_of(target)[0]
@@ -194,7 +194,7 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
                 continue
             failed += 1
             if failed >= spec.max_failed_checks:
-                set_weight(target, 0, reason=f"rollout: {reason}")
+                set_weight(target, 0, reason=f"rollout: {reason}", event="rollout")
                 result.outcome, result.final_weight = "rolled back", 0
                 result.reason = f"{failed} failed checks; last: {reason}"
                 return result

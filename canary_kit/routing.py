@@ -1,10 +1,13 @@
-"""The routing state nginx reads per request: green's weight and the shadow switch, in one small JSON file.
+"""The canary's state, read by nginx per request: green's weight, the shadow switch, green's slot, and the
+versions that blue and green serve, in one small JSON file.
 
 `canary` replaces the file atomically (write a temporary file, rename it over the old one), so nginx's workers
 read either the old state or the new one, whole, from their next request on: no reload. nginx/canary.js reads
-it; a file that is missing or invalid makes nginx send everything to blue (see `FALLBACK`).
+the weight, the shadow switch and green's slot; a file that is missing or invalid makes nginx send everything
+to blue (see `FALLBACK`). The versions are for people and for `canary up` after a restart.
 
-    {"green_weight": 10, "shadow": false, "serial": 7, "changed_at": "2026-11-26T10:00:00+00:00"}
+    {"green_weight": 10, "shadow": false, "green_slot": "green_a", "blue_version": "v1.0.0",
+     "green_version": "v1.1.0", "serial": 7, "changed_at": "2026-11-26T10:00:00+00:00"}
 
 `serial` grows by one with every change, so `canary` can tell when nginx applies the state it wrote.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -30,17 +34,22 @@ class RoutingState(BaseModel):
 
     green_weight: int = Field(ge=0, le=100, description="percent of requests sent to green")
     shadow: bool = Field(False, description="mirror /predict to green (blue answers the clients)")
+    green_slot: Literal["green_a", "green_b"] = Field("green_a", description="where green's version runs")
+    blue_version: str | None = Field(None, description="the stable version blue serves")
+    green_version: str | None = Field(None, description="the candidate green serves; None when green is free")
     serial: int = Field(0, ge=0, description="grows by one with every change")
     changed_at: str = ""
 
-    def next(self, green_weight: int, shadow: bool) -> "RoutingState":
-        """The state after one change (validated: a bad weight raises before any file is touched)."""
-        return RoutingState(
-            green_weight=green_weight,
-            shadow=shadow,
-            serial=self.serial + 1,
-            changed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
+    def next(self, **changes) -> "RoutingState":
+        """The state after one change (validated: a bad value raises before any file is touched)."""
+        fields = {**self.model_dump(), **changes, "serial": self.serial + 1}
+        fields["changed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return RoutingState.model_validate(fields)
+
+    @property
+    def split(self) -> tuple[int, bool]:
+        """(green's weight, shadow on): what a rollout or shadow run expects to find unchanged."""
+        return self.green_weight, self.shadow
 
     def to_json(self) -> str:
         return self.model_dump_json() + "\n"
@@ -55,6 +64,11 @@ def read(path: Path) -> RoutingState | None:
         return RoutingState.model_validate_json(path.read_bytes())
     except (OSError, ValidationError):
         return None
+
+
+def current(path: Path) -> RoutingState:
+    """The state in force: the file's, or FALLBACK (all to blue) when it is missing or invalid, as nginx does."""
+    return read(path) or FALLBACK
 
 
 def write(path: Path, state: RoutingState) -> None:

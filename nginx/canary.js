@@ -7,9 +7,11 @@
 
 import fs from 'fs';
 
-const FALLBACK = { green_weight: 0, shadow: false, serial: null };
+const FALLBACK = { green_weight: 0, shadow: false, green_slot: 'green_a', serial: null };
+const SLOTS = ['green_a', 'green_b'];
 
-// The state in force: {green_weight: 0-100, shadow: bool, serial}, plus `problem` when it is the fallback.
+// The state in force: {green_weight: 0-100, shadow: bool, green_slot, serial}, plus `problem` when it is the
+// fallback.
 function state(r) {
     let parsed;
     try {
@@ -18,10 +20,15 @@ function state(r) {
         return Object.assign({ problem: String(e.message || e) }, FALLBACK);
     }
     const weight = parsed && parsed.green_weight;
-    if (!Number.isInteger(weight) || weight < 0 || weight > 100 || typeof parsed.shadow !== 'boolean') {
-        return Object.assign({ problem: 'invalid state: green_weight must be 0-100, shadow true or false' }, FALLBACK);
+    const slot = parsed && parsed.green_slot === undefined ? 'green_a' : parsed && parsed.green_slot;
+    if (!Number.isInteger(weight) || weight < 0 || weight > 100 || typeof parsed.shadow !== 'boolean' ||
+        SLOTS.indexOf(slot) < 0) {
+        return Object.assign(
+            { problem: 'invalid state: green_weight must be 0-100, shadow true or false, green_slot green_a or green_b' },
+            FALLBACK);
     }
-    return { green_weight: weight, shadow: parsed.shadow, serial: parsed.serial === undefined ? null : parsed.serial };
+    return { green_weight: weight, shadow: parsed.shadow, green_slot: slot,
+             serial: parsed.serial === undefined ? null : parsed.serial };
 }
 
 // A string's place in [0, 1): FNV-1a, then murmur3's finaliser so that similar ids spread evenly.
@@ -49,9 +56,19 @@ function byWeight(r) {
     return draw * 100 < weight ? 'green' : 'blue';
 }
 
+// js_set $canary_green_upstream: the upstream of green's slot ("green_a" or "green_b").
+function greenUpstream(r) {
+    return state(r).green_slot;
+}
+
 // js_set $canary_shadow: "on" while predictions are mirrored to green (shadow mode), else "off".
 function shadow(r) {
     return state(r).shadow ? 'on' : 'off';
+}
+
+// js_set $canary_shadow_upstream: where shadow copies go, green's slot without a backup ("shadow_a" or "_b").
+function shadowUpstream(r) {
+    return state(r).green_slot === 'green_b' ? 'shadow_b' : 'shadow_a';
 }
 
 // js_content for /_nginx/split: the state this worker applies, its pid, and why when it is the fallback.
@@ -62,4 +79,4 @@ function describe(r) {
     r.return(200, JSON.stringify(applied) + '\n');
 }
 
-export default { byWeight, shadow, describe, unitHash };
+export default { byWeight, greenUpstream, shadow, shadowUpstream, describe, unitHash };

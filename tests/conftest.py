@@ -97,6 +97,7 @@ def local_settings(state_dir: Path, **overrides):
         port=free_port(),
         blue_port=free_port(),
         green_port=free_port(),
+        green_port_b=free_port(),
         bentoml_home=_HOME,
         ready_timeout=120,
     )

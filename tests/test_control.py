@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from canary_kit import routing
 from canary_kit.cli import app
-from canary_kit.control import LocalTarget, split_of
+from canary_kit.control import split_of
+from canary_kit.targets import LocalTarget
 from conftest import EXAMPLE_ROW, ROOT, canary_process, nginx_pids
 from load import Load, assert_split, tally
 

@@ -25,7 +25,7 @@ def own_stack(trained, tmp_path):
 
 
 def test_killing_green_under_load_fails_no_request(own_stack):
-    green = next(c for c in own_stack.children if c.name == "green")
+    green = next(c for c in own_stack.children if c.name == "green_a")
     with Load(own_stack.settings.url, workers=8, max_requests=1500, max_seconds=240) as load:
         load.wait_for(0, 300)
         green.kill()  # the serve process and its worker, at once

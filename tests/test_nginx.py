@@ -39,7 +39,7 @@ def test_render_refuses_missing_or_unexpected_variables(variables):
 @pytest.mark.parametrize("weight", [-1, 101, 150])
 def test_a_bad_weight_is_refused_before_anything_is_written(weight):
     with pytest.raises(ValueError):
-        routing.FALLBACK.next(weight, shadow=False)
+        routing.FALLBACK.next(green_weight=weight, shadow=False)
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +170,14 @@ def test_the_routing_report_is_for_this_host_only(bare):
     block = text[text.index("location = /_nginx/split"):]
     block = block[: block.index("}")]
     assert "deny all;" in block and "allow 127.0.0.1;" in block
+
+
+@needs_nginx
+def test_green_runs_in_the_slot_the_state_names(bare):
+    """Green's requests go to slot a or b as the state says (the next version starts in the other one)."""
+    for slot, port in (("green_a", bare.green_port), ("green_b", bare.green_port_b), ("green_a", bare.green_port)):
+        put_state(bare, green_weight=100, shadow=False, green_slot=slot, serial=4000)
+        tried = httpx.get(f"{bare.url}/health").headers["x-canary-upstream"]
+        assert tried.startswith(f"127.0.0.1:{port}"), (slot, tried)  # then blue, its backup
+    put_state(bare, green_weight=100, shadow=False, green_slot="green_c", serial=4001)
+    assert routes(bare, 50) == {"blue": 50} and "green_slot" in applied(bare)["problem"]

@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from canary_kit.cli import app
-from canary_kit.control import LocalTarget, split_of
+from canary_kit.control import split_of
+from canary_kit.targets import LocalTarget
 from canary_kit.shadow import run_shadow
 from canary_kit.stack import Stack
 from conftest import ROOT, local_settings, nginx_pids
@@ -92,7 +93,7 @@ def own_stack(trained, tmp_path):
 
 def test_green_dying_mid_rollout_is_rolled_back_and_clients_see_no_error(own_stack):
     settings = own_stack.settings
-    green = next(c for c in own_stack.children if c.name == "green")
+    green = next(c for c in own_stack.children if c.name == "green_a")
     outcome = {}
     with Load(settings.url, workers=6, max_requests=20000, max_seconds=300) as load:
         load.wait_for(0, 30)

@@ -23,6 +23,7 @@ from load import Load, assert_split, tally
 
 pytestmark = pytest.mark.integration
 VERSION_OF = {"blue": "v1.0.0", "green": "v1.1.0"}
+SLOT_OF = {"blue": "blue", "green": "green_a"}  # a fresh stack
 
 
 def test_split_is_90_10_and_every_request_succeeds(stack):
@@ -47,7 +48,7 @@ def test_nginx_adds_route_upstream_and_request_id(stack):
     response = httpx.post(f"{stack.settings.url}/predict", json={"instances": [EXAMPLE_ROW]})
     route = response.headers["x-canary-route"]
     assert response.headers["x-model-version"] == VERSION_OF[route] == response.json()["model_version"]
-    assert response.headers["x-canary-upstream"] == f"127.0.0.1:{stack.settings.backend_port(route)}"
+    assert response.headers["x-canary-upstream"] == f"127.0.0.1:{stack.settings.slot_port(SLOT_OF[route])}"
     assert len(response.headers["x-request-id"]) == 32
     assert response.headers["server"] == "nginx"  # server_tokens off: no version number
 
@@ -77,7 +78,7 @@ def test_each_backend_metrics_count_only_what_it_served(stack):
     """Separate BENTOML_HOMEs: blue's /metrics must not report green's requests (the shared-folder trap)."""
 
     def snap(color):
-        return Snapshot.parse(httpx.get(f"{stack.settings.backend_url(color)}/metrics").text)
+        return Snapshot.parse(httpx.get(f"{stack.settings.slot_url(SLOT_OF[color])}/metrics").text)
 
     before = {color: snap(color) for color in VERSION_OF}
     load = Load(stack.settings.url, workers=4, max_requests=600, max_seconds=120).run()
