@@ -93,7 +93,7 @@ def check_steps(rollout: dict) -> list[str]:
                 problems.append(f"{where}.setWeight: {weight} is outside 0-100")
             elif weight <= last:
                 problems.append(f"{where}.setWeight: {weight} does not rise above the previous step's {last}")
-            last = max(last, weight)
+            last = weight
         route = step.get("setHeaderRoute")
         if route and route.get("name") not in managed:
             problems.append(f"{where}.setHeaderRoute: route {route.get('name')!r} is not in managedRoutes {managed}")
