@@ -108,7 +108,8 @@ def queries(target: Target, spec: RolloutSpec) -> dict[str, tuple[str, float]]:
     return {
         # As the one-host judge: errors that break the gate whatever the next requests bring fail even a thin window.
         "error-rate": (
-            f"({errors} / clamp_min({total}, {spec.min_requests}) > {rate})\nor\n({errors} / {total} and on() {enough})",
+            f"({errors} / clamp_min({total}, {spec.min_requests}) > {rate})\n"
+            f"or\n({errors} / {total} and on() {enough})",
             gates.max_error_rate,
         ),
         "p99-seconds": (f"{p99(green)}\nand on() {enough}", gates.max_p99_ms / 1000),
@@ -263,7 +264,8 @@ def routes(target: Target) -> list[dict]:
             "backendRefs": [backend(target.stable)],
         },
     ]
-    split = [{"name": "split", "matches": everything, "backendRefs": [backend(target.stable, 100), backend(target.canary, 0)]}]
+    weighted = [backend(target.stable, 100), backend(target.canary, 0)]  # the plugin sets these weights
+    split = [{"name": "split", "matches": everything, "backendRefs": weighted}]
     return [http_route(target, f"{target.app}-pins", pins), http_route(target, f"{target.app}-split", split)]
 
 
@@ -293,7 +295,7 @@ _Dumper.add_representer(str, _text)
 
 
 def dump(*docs: dict) -> str:
-    return "---\n".join(yaml.dump(d, Dumper=_Dumper, sort_keys=False, width=1000, default_flow_style=False) for d in docs)
+    return "---\n".join(yaml.dump(d, Dumper=_Dumper, sort_keys=False, width=1000) for d in docs)
 
 
 def manifests(target: Target, spec: RolloutSpec) -> dict[str, str]:

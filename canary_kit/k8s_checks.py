@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from canary_kit.config import CanaryError
-from canary_kit.k8s import ARGS, PLUGIN, SCRAPE_LABELS
+from canary_kit.k8s import PLUGIN, SCRAPE_LABELS
 from canary_kit.metrics import DURATION, REQUESTS
 
 # What `bentoml serve` exports (BentoML 1.4, checked against a live /metrics by the tests): series -> labels.
@@ -59,7 +59,8 @@ def verdict(metric: dict, result: list[float]) -> str:
         python = condition.replace("&&", " and ").replace("||", " or ")
         python = re.sub(r"!(?!=)", " not ", python)
         try:
-            return bool(eval(python, {"__builtins__": {}}, {"len": len, "result": result, "isNaN": math.isnan}))  # noqa: S307
+            names = {"len": len, "result": result, "isNaN": math.isnan}
+            return bool(eval(python, {"__builtins__": {}}, names))  # noqa: S307 - the tokens were checked above
         except IndexError as exc:  # Argo: an evaluation error is an Error phase
             raise CanaryError(f"metric {metric.get('name')}: {condition!r} fails on {result}: {exc}") from None
 
@@ -149,7 +150,8 @@ def check_routes(rollout: dict, docs: list[dict]) -> list[str]:
                 if svc is None:
                     problems.append(f"HTTPRoute {route_name}: backendRef {ref['name']!r} is not a Service of this base")
                 elif ref.get("port") not in {p["port"] for p in svc["spec"].get("ports") or []}:
-                    problems.append(f"HTTPRoute {route_name}: backendRef {ref['name']} port {ref.get('port')} is not a port of it")
+                    port = ref.get("port")
+                    problems.append(f"HTTPRoute {route_name}: backendRef {ref['name']} port {port} is not a port of it")
             if route_name not in managed_names and canary.get("canaryService") in {
                 r["name"] for r in rule.get("backendRefs") or []
             }:
@@ -172,7 +174,8 @@ def check_analysis(rollout: dict, docs: list[dict], exported: dict[str, set[str]
     for ref in analysis["templates"]:
         template = templates.get(ref.get("templateName"))
         if template is None:
-            problems.append(f"Rollout {rollout['metadata']['name']}: templateName {ref.get('templateName')!r} is not an AnalysisTemplate of this base")
+            name = rollout["metadata"]["name"]
+            problems.append(f"Rollout {name}: templateName {ref.get('templateName')!r} is not an AnalysisTemplate of this base")
             continue
         problems += check_template(template, supplied, exported)
     return problems
@@ -260,7 +263,8 @@ def kustomize(folder: Path) -> list[dict]:
     except subprocess.TimeoutExpired:
         raise CanaryError(f"kubectl kustomize {folder} did not finish in 60 s") from None
     if done.returncode != 0:
-        raise CanaryError(f"kubectl kustomize {folder}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed'}")
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+        raise CanaryError(f"kubectl kustomize {folder}: {last}")
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 
