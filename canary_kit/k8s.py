@@ -5,7 +5,7 @@
 
 The one-host rollout (`canary_kit/rollout.py`) and this base read one `RolloutSpec`:
 - steps -> `setWeight` + `pause {duration: hold}` each; when the last (100%) pause ends, Argo promotes;
-- gates -> one `AnalysisTemplate` run in the background from the first step, one metric per gate over BentoML's
+- gates -> one `AnalysisTemplate` run in the background once the first weight is set, one metric per gate over BentoML's
   Prometheus series of the model's endpoint (probes never count): green's 5xx rate, green's p99, green's p99 over
   blue's. A window with fewer than `min_requests` green requests returns no sample, and both conditions need one,
   so it is Inconclusive (Argo pauses after `max_inconclusive` of them), never Successful;
@@ -190,7 +190,7 @@ def rollout(target: Target, spec: RolloutSpec) -> dict:
         },
         "analysis": {
             "templates": [{"templateName": f"{target.app}-gates"}],
-            "startingStep": 0,
+            "startingStep": 1,  # once the first weight is in place (canary pods serve): windows follow the steps
             "args": [
                 {"name": ARGS["canary"], "valueFrom": {"podTemplateHashValue": "Latest"}},
                 {"name": ARGS["stable"], "valueFrom": {"podTemplateHashValue": "Stable"}},

@@ -171,11 +171,14 @@ def check_analysis(rollout: dict, docs: list[dict], exported: dict[str, set[str]
     supplied = {a["name"] for a in analysis.get("args") or []}
     if not analysis.get("templates"):
         return [f"Rollout {rollout['metadata']['name']}: no background analysis: the gates would never be judged"]
+    start, count, name = analysis.get("startingStep", 0), len(canary.get("steps") or []), rollout["metadata"]["name"]
+    if not 0 <= start < count:
+        problems.append(f"Rollout {name}: analysis.startingStep {start} is not a step (0-{count - 1})")
     for ref in analysis["templates"]:
-        template = templates.get(ref.get("templateName"))
+        wanted = ref.get("templateName")
+        template = templates.get(wanted)
         if template is None:
-            name = rollout["metadata"]["name"]
-            problems.append(f"Rollout {name}: templateName {ref.get('templateName')!r} is not an AnalysisTemplate of this base")
+            problems.append(f"Rollout {name}: templateName {wanted!r} is not an AnalysisTemplate of this base")
             continue
         problems += check_template(template, supplied, exported)
     return problems

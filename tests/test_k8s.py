@@ -242,6 +242,7 @@ def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, me
         ("analysistemplate.yaml", "    failureCondition: len(result) == 1 && result[0] > 0.01\n", "",
          "an empty answer (too little traffic) would be Failed, not Inconclusive"),
         ("services.yaml", "targetPort: http", "targetPort: web", "targetPort 'web' is not a container port"),
+        ("rollout.yaml", "startingStep: 1", "startingStep: 12", "analysis.startingStep 12 is not a step (0-9)"),
     ],
 )
 def test_what_schemas_miss_is_refused_by_the_checks(tmp_path, file, old, new, message):
