@@ -359,6 +359,41 @@ def rollout(
         raise typer.Exit(2 if result.outcome == "paused" else 1)
 
 
+k8s_app = typer.Typer(help="The same canary on Kubernetes: Argo Rollouts + Gateway API, from the rollout spec.")
+app.add_typer(k8s_app, name="k8s")
+
+
+@k8s_app.command("render")
+def k8s_render(
+    spec: Annotated[Optional[Path], typer.Option(help="rollout spec YAML [default: the committed one]")] = None,
+    out: Annotated[Path, typer.Option(help="folder of the kustomize base")] = Path("deploy/k8s"),
+    image_tag: Annotated[Optional[str], typer.Option(help="image tag of the version shipped [default: v1.1.0]")] = None,
+    gateway: Annotated[Optional[str], typer.Option(help="Gateway the routes attach to [default: gateway]")] = None,
+    prometheus: Annotated[Optional[str], typer.Option(help="Prometheus URL for the analysis")] = None,
+) -> None:
+    """Write the kustomize base (Rollout, Services, HTTPRoutes, AnalysisTemplate) from the rollout spec."""
+    from canary_kit import k8s
+    from canary_kit.rollout import load_spec
+
+    given = dict(image_tag=image_tag, gateway=gateway, prometheus=prometheus)
+    try:
+        target = k8s.Target(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise CanaryError(f"invalid setting: {describe(exc)}") from None
+    written = k8s.render(target, load_spec(spec, {}), out, str(spec or "canary_kit/rollout.yaml"))
+    typer.echo(f"wrote {len(written)} files to {out}: kubectl apply -k {out}")
+
+
+@k8s_app.command("check")
+def k8s_check(folder: Annotated[Path, typer.Argument(help="kustomize base")] = Path("deploy/k8s")) -> None:
+    """Render FOLDER with kubectl kustomize and check what schemas miss: steps, routes, names, gates."""
+    from canary_kit import k8s_checks
+
+    docs = k8s_checks.kustomize(folder)
+    k8s_checks.ensure(docs)
+    typer.echo(f"{folder}: {len(docs)} resources ({', '.join(sorted({d['kind'] for d in docs}))}), no problem found")
+
+
 def main() -> None:
     # `kill` or a closed terminal unwinds a command as Ctrl-C does: a deploy stops the version it was starting.
     for sig in (signal.SIGTERM, signal.SIGHUP):
