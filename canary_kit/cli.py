@@ -367,7 +367,9 @@ app.add_typer(k8s_app, name="k8s")
 def k8s_render(
     spec: Annotated[Optional[Path], typer.Option(help="rollout spec YAML [default: the committed one]")] = None,
     out: Annotated[Path, typer.Option(help="folder of the kustomize base")] = Path("deploy/k8s"),
-    image_tag: Annotated[Optional[str], typer.Option(help="image tag of the version shipped [default: v1.1.0]")] = None,
+    image_tag: Annotated[
+        Optional[str], typer.Option(help="image tag of the version shipped [default: green_version of [tool.canary]]")
+    ] = None,
     gateway: Annotated[Optional[str], typer.Option(help="Gateway the routes attach to [default: gateway]")] = None,
     prometheus: Annotated[Optional[str], typer.Option(help="Prometheus URL for the analysis")] = None,
 ) -> None:
@@ -375,9 +377,8 @@ def k8s_render(
     from canary_kit import k8s
     from canary_kit.rollout import load_spec
 
-    given = dict(image_tag=image_tag, gateway=gateway, prometheus=prometheus)
     try:
-        target = k8s.Target(**{k: v for k, v in given.items() if v is not None})
+        target = k8s.Target.from_settings(settings_from(), image_tag=image_tag, gateway=gateway, prometheus=prometheus)
     except ValidationError as exc:
         raise CanaryError(f"invalid setting: {describe(exc)}") from None
     written = k8s.render(target, load_spec(spec, {}), out, str(spec or "canary_kit/rollout.yaml"))

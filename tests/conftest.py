@@ -128,3 +128,11 @@ def canary_process(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
     """`canary ARGS --state-dir STATE_DIR` as its own process, as an operator runs it."""
     argv = [sys.executable, "-m", "canary_kit.cli", *args, "--state-dir", str(state_dir)]
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def k8s_target(**given):
+    """The Kubernetes target of this project's settings ([tool.canary]), as `canary k8s render` builds it."""
+    from canary_kit import k8s
+    from canary_kit.config import Settings
+
+    return k8s.Target.from_settings(Settings(), **given)
