@@ -104,16 +104,30 @@ def local_settings(state_dir: Path, **overrides):
     return Settings(**{**values, **overrides})
 
 
-@pytest.fixture(scope="session")
-def stack(trained, tmp_path_factory):
-    """The whole local canary stack (blue, green, nginx) from service.py, shared by the integration tests."""
+@contextmanager
+def running_stack(state_dir: Path, **overrides):
+    """A whole local stack (blue, green, nginx) from the service's code, stopped whatever happens."""
     from canary_kit.stack import Stack
 
-    running = Stack(local_settings(tmp_path_factory.mktemp("state"))).start()
+    running = Stack(local_settings(state_dir, **overrides)).start()
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(trained, tmp_path_factory):
+    """The stack shared by the integration tests that leave it as they found it."""
+    with running_stack(tmp_path_factory.mktemp("state")) as running:
+        yield running
+
+
+@pytest.fixture
+def own_stack(trained, tmp_path):
+    """A stack of the test's own, for tests that kill, overload or reconfigure it."""
+    with running_stack(tmp_path) as running:
+        yield running
 
 
 def nginx_pids(stack) -> tuple[int, list[int]]:

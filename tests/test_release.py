@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from canary_kit import routing
-from canary_kit.stack import Stack, alive, read_stack_file
-from conftest import EXAMPLE_ROW, ROOT, canary_process, local_settings, nginx_pids, run
+from canary_kit.stack import alive, read_stack_file
+from conftest import EXAMPLE_ROW, ROOT, canary_process, nginx_pids, run, running_stack
 from load import Load, tally
 
 pytestmark = pytest.mark.integration
@@ -29,11 +29,9 @@ TRAIN_NEXT = [sys.executable, "train_model.py", "--version", NEXT, "--algorithm"
 
 @pytest.fixture(scope="module")
 def release_stack(trained, tmp_path_factory):
-    running = Stack(local_settings(tmp_path_factory.mktemp("release"))).start()
-    try:
+    """One stack for this module's releases, one after the other."""
+    with running_stack(tmp_path_factory.mktemp("release")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def step(state_dir, *args: str, expect_exit: int = 0) -> subprocess.CompletedProcess:
