@@ -152,7 +152,8 @@ def compose_command() -> str:
 def change(weight: int, reason: str, state_dir: Optional[Path], compose: bool, compose_file: Path, event: str) -> None:
     from canary_kit.control import set_weight
 
-    old, new = set_weight(target_for(state_dir, compose, compose_file), weight, reason, event=event)
+    before, after = set_weight(target_for(state_dir, compose, compose_file), weight, reason, event=event)
+    old, new = before.green_weight, after.green_weight
     if old == new:
         typer.echo(f"green already gets {new}%: nothing changed")
     else:
@@ -256,7 +257,7 @@ def history(
 def deploy(
     version: Annotated[str, typer.Argument(help="the version to ship as green, e.g. v1.2.0")],
     timeout: Annotated[
-        Optional[float], typer.Option(min=1, max=3600, help="seconds it has to become ready [default: 60; 180 compose]")
+        Optional[float], typer.Option(min=1, max=600, help="seconds it has to become ready [default: 60; 180 compose]")
     ] = None,
     reason: Reason = "",
     state_dir: StateDir = None,

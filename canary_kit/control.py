@@ -24,10 +24,9 @@ from canary_kit import routing
 from canary_kit.config import COLORS, CanaryError
 from canary_kit.files import write_atomic
 from canary_kit.metrics import Snapshot, figures_between
-from canary_kit.routing import RoutingState
+from canary_kit.routing import CHANGELOG, RoutingState
 from canary_kit.stack import BASELINE
 
-CHANGELOG = "changes.log"
 APPLY_TIMEOUT = 5.0
 
 
@@ -36,9 +35,11 @@ class SplitChanged(CanaryError):
 
 
 def applied(target, timeout: float = 1.0) -> dict | None:
-    """The routing state nginx applies, asked on a fresh connection; None when nginx does not answer."""
+    """The routing state nginx applies, asked on its admin server on a fresh connection; None when it does not
+    answer."""
     try:
-        response = httpx.get(target.split_url, timeout=timeout, headers={"Connection": "close"})
+        with httpx.Client(transport=target.admin_transport(), timeout=timeout, trust_env=False) as client:
+            response = client.get(f"{target.admin_url}/_nginx/split", headers={"Connection": "close"})
     except httpx.HTTPError:
         return None
     return routing.applied_from(response.text) if response.status_code == 200 else None
@@ -52,6 +53,11 @@ def current(target) -> RoutingState:
 def split_of(target) -> tuple[int, bool]:
     """(green's weight, shadow on) as the state says."""
     return current(target).split
+
+
+def serial_of(target) -> int:
+    """The number of the state in force: any change makes a new one."""
+    return current(target).serial
 
 
 @contextmanager
@@ -88,11 +94,15 @@ def wait_applied(target, serial: int, timeout: float = APPLY_TIMEOUT) -> None:
 
 def commit(target, before: RoutingState, event: str, reason: str = "", **changes) -> RoutingState:
     """With the change lock held: write the state `changes` make of `before`, wait until nginx applies it, log
-    the change and restart the figures. Returns the new state."""
+    the change (also when nginx does not confirm it: the file holds it) and restart the figures."""
     started = time.monotonic()
     state = before.next(**changes)
     routing.write(target.state_file, state)
-    wait_applied(target, state.serial)
+    try:
+        wait_applied(target, state.serial)
+    except CanaryError as exc:
+        record(target, event, before, state, f"{reason} ({exc})".strip(), applied_ms=None)
+        raise
     record(target, event, before, state, reason, applied_ms=round((time.monotonic() - started) * 1000, 1))
     return state
 
@@ -105,6 +115,7 @@ def record(target, event: str, before: RoutingState, state: RoutingState, reason
         "target": target.name,
         "blue_version": state.blue_version,
         "green_version": state.green_version,
+        "green_slot": state.green_slot,
         "old_green_weight": before.green_weight,
         "new_green_weight": state.green_weight,
         "shadow": state.shadow,
@@ -124,30 +135,31 @@ def set_weight(
     weight: int,
     reason: str = "",
     shadow: bool = False,
-    expect: tuple[int, bool] | None = None,
+    expect: int | None = None,
     event: str = "set-weight",
-) -> tuple[int, int]:
-    """Give green `weight` percent (and mirror predictions to it if `shadow`). Returns (old, new) weights.
+) -> tuple[RoutingState, RoutingState]:
+    """Give green `weight` percent (and mirror predictions to it if `shadow`). Returns the state before and after.
 
-    With `expect` (weight, shadow), change only if the state is still that: a rollout or shadow run never
-    overwrites what an operator changed meanwhile. A refused change leaves the state file untouched.
+    With `expect` (a state's serial), change only if the state is still that one: a rollout or shadow run never
+    overwrites what anybody changed meanwhile. A refused change leaves the state file untouched.
     """
     if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 100:
         raise CanaryError(f"weight must be a whole number from 0 to 100, got {weight!r}")
     with change_lock(target.state_file.parent):
         before = current(target)
-        if expect is not None and before.split != expect:
+        if expect is not None and before.serial != expect:
             raise SplitChanged(
-                f"the split was changed by someone else (green now {before.green_weight}%); leaving it as it is"
+                f"the state was changed by someone else (green now {before.green_weight}%); leaving it as it is"
             )
         if (weight > 0 or shadow) and before.green_version is None and before.blue_version is not None:
             raise CanaryError("green serves no version: `canary deploy VERSION` first")
         if before.split != (weight, shadow) or routing.read(target.state_file) is None:
-            commit(target, before, event, reason, green_weight=weight, shadow=shadow)
+            after = commit(target, before, event, reason, green_weight=weight, shadow=shadow)
         else:  # nothing to change: confirm nginx applies it, and start the figures again from here
             wait_applied(target, before.serial)
             record(target, event, before, before, reason)
-    return before.green_weight, weight
+            after = before
+    return before, after
 
 
 def status(target) -> dict:

@@ -40,29 +40,36 @@ def deploy(target, version: str, reason: str, echo: Callable[[str], None], timeo
     with change_lock(target.state_dir, OPERATION_LOCK):
         with change_lock(target.state_file.parent):
             before = current(target)
+            if before.green_weight == 100 and before.green_version:
+                raise CanaryError(
+                    f"green ({before.green_version}) has 100% after a promote: `canary finalize` first (or `canary "
+                    "rollback`), or this deploy would send everyone back to blue"
+                )
             if before.green_weight or before.shadow:
                 echo(f"green {before.green_weight}% -> 0% until {version} is ready")
                 before = commit(target, before, "deploy", f"deploy {version}: green to 0% until it is ready",
                                 green_weight=0, shadow=False, **_versions(target, before))
-        old_slot = before.green_slot
         echo(f"starting {version} next to blue {before.blue_version or target.serving('blue')} ...")
         try:
             slot = target.start_green(version, timeout)
         except CanaryError as exc:
             green = f"green still serves {before.green_version} at 0%" if before.green_version else "green is free"
             raise CanaryError(f"{version} was not deployed: {exc}; blue serves 100%, {green}") from None
-        with change_lock(target.state_file.parent):
-            now = current(target)
-            if (now.split, now.green_slot) != ((0, False), old_slot):
-                if slot != old_slot:
-                    target.discard(slot)
-                raise SplitChanged(f"the state was changed during the deploy (green now {now.green_weight}%); "
-                                   f"{version} was not switched in")
-            versions = _versions(target, now)
-            state = commit(target, now, "deploy", reason or f"deploy {version}",
-                           green_slot=slot, blue_version=versions["blue_version"], green_version=version)
-        if slot != old_slot:
-            target.discard(old_slot)
+        switched = False
+        try:
+            with change_lock(target.state_file.parent):
+                now = current(target)
+                if now.serial != before.serial:
+                    raise SplitChanged(f"the state was changed during the deploy (green now {now.green_weight}%); "
+                                       f"{version} was not switched in")
+                state = commit(target, now, "deploy", reason or f"deploy {version}", green_slot=slot,
+                               blue_version=_versions(target, now)["blue_version"], green_version=version)
+                switched = True
+        finally:
+            if not switched:
+                target.undo_green(slot, before.green_version)
+        if slot != before.green_slot:
+            target.discard(before.green_slot)
     return state
 
 
@@ -77,6 +84,12 @@ def finalize(target, reason: str, echo: Callable[[str], None]) -> RoutingState:
             raise CanaryError(
                 f"nothing to finalize: green has {before.green_weight}%"
                 f"{' and serves no version' if promoted is None else ''} (`canary promote` first)"
+            )
+        answering = target.serving("green")
+        if answering != promoted:
+            raise CanaryError(
+                f"green does not answer as {promoted} ({answering or 'no answer'}): blue keeps {stable}; "
+                "`canary rollback` sends everything to blue"
             )
         if promoted != stable:
             echo(f"restarting blue with {promoted} (was {stable}) while green answers every request ...")

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from canary_kit.files import write_atomic
 
 STATE_FILE = "routing.json"
+CHANGELOG = "changes.log"  # beside the state: one JSON line per change (`canary history`)
 INITIAL_GREEN_WEIGHT = 10  # a stack's first split, when nothing says otherwise
 
 
@@ -66,12 +67,39 @@ def read(path: Path) -> RoutingState | None:
         return None
 
 
+def recovered(path: Path) -> RoutingState | None:
+    """For a missing or damaged state file: the versions and green's slot of the last change logged beside it,
+    at what nginx applies meanwhile (green 0%, no shadow); None without such a log."""
+    log = path.parent / CHANGELOG
+    try:
+        lines = log.read_text().splitlines() if log.is_file() else []
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            last = json.loads(line)
+            return RoutingState(
+                green_weight=0,
+                green_slot=last.get("green_slot", "green_a"),
+                blue_version=last.get("blue_version"),
+                green_version=last.get("green_version"),
+                serial=int(last.get("serial", 0)),
+            )
+        except (ValueError, ValidationError, TypeError, AttributeError):
+            continue
+    return None
+
+
 def current(path: Path) -> RoutingState:
-    """The state in force: the file's, or FALLBACK (all to blue) when it is missing or invalid, as nginx does."""
-    return read(path) or FALLBACK
+    """The state in force: the file's; when it is missing or invalid, what nginx applies (all to blue), with the
+    versions and slot rebuilt from the change log."""
+    return read(path) or recovered(path) or FALLBACK
 
 
 def write(path: Path, state: RoutingState) -> None:
+    """Replace the state (the caller holds the change lock): temporary files a killed writer left go first."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     write_atomic(path, state.to_json())
 
 

@@ -17,123 +17,20 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
 
 from canary_kit import routing
-from canary_kit.config import CanaryError, Settings
+from canary_kit.config import SLOTS, CanaryError, Settings
 from canary_kit.files import write_atomic
 from canary_kit.nginx import LocalNginx, njs_module
+from canary_kit.processes import Child, alive, listeners, port_in_use, process, stop_tree
 
 STACK_FILE = "stack.json"
 BASELINE = "baseline.json"  # the metrics at the last change, for `canary status`
-
-
-@dataclass
-class Child:
-    """One supervised process, started in its own session so that stopping it stops all it spawned."""
-
-    name: str
-    argv: list[str]
-    log: Path
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: Path | None = None
-    stop_signal: int = signal.SIGTERM
-    proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=self.cwd,
-                env={**os.environ, **self.env},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def exit_code(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def tree(self) -> list[psutil.Process]:
-        """The process and all its descendants (bentoml's workers run in sessions of their own)."""
-        try:
-            leader = psutil.Process(self.proc.pid)
-            return [leader, *leader.children(recursive=True)]
-        except (psutil.NoSuchProcess, AttributeError):
-            return []
-
-    def stop(self, grace: float = 10.0) -> None:
-        """Signal the process group to stop, then SIGKILL every process of the tree still there after `grace` s."""
-        if self.proc is None:
-            return
-        stop_tree(self.proc.pid, self.stop_signal, grace)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def kill(self) -> None:
-        """SIGKILL the whole tree at once, as a crash would (used to test failover)."""
-        for process in self.tree():
-            process.kill()
-        self.proc.wait(timeout=10)
-
-    def last_line(self) -> str:
-        """The log's last line, and where the log is: enough to say why it failed in one line."""
-        try:
-            lines = self.log.read_text(errors="replace").strip().splitlines()
-        except FileNotFoundError:
-            lines = []
-        return f"last log line: {lines[-1].strip()[:200] if lines else '-'} (log: {self.log})"
-
-
-def stop_tree(pid: int, stop_signal: int = signal.SIGTERM, grace: float = 10.0) -> None:
-    """Stop a process started in its own session and everything it spawned: signal the group, then SIGKILL what
-    is still there after `grace` seconds."""
-    try:
-        leader = psutil.Process(pid)
-        tree = [leader, *leader.children(recursive=True)]  # taken first: orphans cannot be found later
-    except psutil.NoSuchProcess:
-        return
-    try:
-        os.killpg(pid, stop_signal)
-    except (ProcessLookupError, PermissionError):
-        leader.send_signal(stop_signal)
-    _, alive = psutil.wait_procs(tree, timeout=grace)
-    for straggler in alive:
-        try:
-            straggler.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-
-
-def alive(pid: int | None) -> bool:
-    """The process runs (a zombie, dead but not yet reaped, does not count)."""
-    try:
-        return pid is not None and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def backend_home(settings: Settings, slot: str) -> Path:
@@ -245,10 +142,14 @@ def serving(url: str, headers: dict | None = None) -> str | None:
 
 
 def launch(settings: Settings, slot: str, version: str) -> Child:
-    """Start `version` in `slot` and wait until it is ready and says it serves `version`; stop it and raise if
-    it does not get there within the ready timeout."""
+    """Start `version` in `slot`, listed in stack.json from its first moment, and wait until it is ready and says
+    it serves `version`; stop it, unlist it and raise if it does not get there within the ready timeout."""
+    port = settings.slot_port(slot)
+    if port_in_use("127.0.0.1", port):
+        raise CanaryError(f"port {port} of slot {slot} is in use by another process")
     child = backend_child(settings, slot, version)
     child.start()
+    record_backend(settings.state_dir, slot, backend_entry(settings, slot, version, child.proc.pid))
     try:
         wait_ready([child], {f"{slot} ({version})": f"{settings.slot_url(slot)}/readyz"}, settings.ready_timeout)
         answered = serving(settings.slot_url(slot))
@@ -256,8 +157,21 @@ def launch(settings: Settings, slot: str, version: str) -> Child:
             raise CanaryError(f"{slot} answers as version {answered}, not {version}")
     except BaseException:
         child.stop()
+        record_backend(settings.state_dir, slot, None)
         raise
     return child
+
+
+def retire(settings: Settings, slot: str) -> None:
+    """Stop what runs in `slot` and unlist it: the process stack.json names, and any `bentoml serve` of ours left
+    listening on the slot's port (a leftover of a killed command)."""
+    entry = read_stack_file(settings.state_dir).get("backends", {}).get(slot)
+    record_backend(settings.state_dir, slot, None)  # first, so that `canary up` does not report it as a crash
+    if entry:
+        stop_tree(entry["pid"], entry.get("started"))
+    for owner in listeners(settings.slot_port(slot)):
+        if "bentoml" in " ".join(owner.cmdline()):
+            stop_tree(owner.pid, owner.create_time())
 
 
 def through_nginx(settings: Settings, state: routing.RoutingState) -> None:
@@ -272,10 +186,12 @@ def through_nginx(settings: Settings, state: routing.RoutingState) -> None:
 
 
 def initial_state(settings: Settings) -> routing.RoutingState:
-    """The state to start with: the last one (versions and split survive restarts), with the weight asked for;
-    at the first start, the configured versions and the default split."""
+    """The state to start with: the last one (versions and split survive restarts; a damaged file is rebuilt from
+    the change log), with the weight asked for; at the first start, the configured versions and the default split."""
     path = settings.state_dir / routing.STATE_FILE
-    last = routing.read(path)
+    last = routing.read(path) or routing.recovered(path)
+    if last is not None and last.green_version is None and settings.green_weight:
+        raise CanaryError("green serves no version (after `canary finalize`): start without --green-weight, then deploy")
     if last is None or last.blue_version is None:
         weight = routing.INITIAL_GREEN_WEIGHT if settings.green_weight is None else settings.green_weight
         state = (last or routing.FALLBACK).next(
@@ -309,7 +225,9 @@ def record_backend(state_dir: Path, slot: str, entry: dict | None) -> None:
 
 
 def backend_entry(settings: Settings, slot: str, version: str, pid: int) -> dict:
-    return {"version": version, "url": settings.slot_url(slot), "pid": pid}
+    started = process(pid)
+    return {"version": version, "url": settings.slot_url(slot), "pid": pid,
+            "started": started.create_time() if started else None}
 
 
 class Stack:
@@ -376,23 +294,23 @@ class Stack:
         for child in self.children:
             child.exit_code()  # reap our own children, so that a dead one is not a zombie
         stack = read_stack_file(self.settings.state_dir)
-        running = {name: entry["pid"] for name, entry in stack.get("backends", {}).items()}
-        running["nginx"] = stack.get("nginx", {}).get("pid")
-        return [(name, pid) for name, pid in running.items() if pid and not alive(pid)]
+        running = {name: (e["pid"], e.get("started")) for name, e in stack.get("backends", {}).items()}
+        running["nginx"] = (stack.get("nginx", {}).get("pid"), None)
+        return [(name, pid) for name, (pid, started) in running.items() if pid and not alive(pid, started)]
 
     def stop(self) -> None:
-        """nginx first (no new requests), then every backend, ours or started later by `canary deploy`; remove
-        the state file that says we run."""
-        listed = read_stack_file(self.settings.state_dir).get("backends", {})
+        """nginx first (no new requests), then every backend, ours or started later by `canary deploy` (read
+        again at the end, in case a deploy listed one meanwhile); remove the state file that says we run."""
         for child in reversed(self.children):
             try:
                 child.stop()
             except Exception as exc:  # keep stopping the others whatever happened to this one
                 print(f"could not stop {child.name}: {exc}", file=sys.stderr)
-        ours = {c.proc.pid for c in self.children if c.proc is not None}
-        for name, entry in listed.items():
-            if entry.get("pid") not in ours:
-                stop_tree(entry["pid"])
+        for slot in SLOTS:
+            try:
+                retire(self.settings, slot)
+            except Exception as exc:
+                print(f"could not stop {slot}: {exc}", file=sys.stderr)
         (self.settings.state_dir / STACK_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> "Stack":

@@ -1,6 +1,6 @@
 """The two stacks `canary` steers, with one interface: the local one that `canary up` runs, and docker compose.
 
-Each knows where its routing state lives and how to ask nginx what it applies (`state_file`, `split_url`), how
+Each knows where its routing state lives and how to ask nginx what it applies (`state_file`, `admin_url`), how
 to reach a version's backend, and how to start a version as green or restart blue with one (`canary deploy`,
 `canary finalize`). The local stack starts the next green in green's free slot while the current one serves;
 compose recreates the `ml-green` (or `ml-blue`) container with the version's image.
@@ -29,21 +29,13 @@ from canary_kit.compose import (
     set_variables,
 )
 from canary_kit.config import CanaryError, Settings
+from canary_kit.nginx import admin_socket
 from canary_kit.routing import STATE_FILE
-from canary_kit.stack import (
-    STACK_FILE,
-    alive,
-    backend_entry,
-    launch,
-    missing_version,
-    read_stack_file,
-    record_backend,
-    serving,
-    stop_tree,
-)
+from canary_kit.processes import alive
+from canary_kit.stack import STACK_FILE, launch, missing_version, retire, serving
 
 COMPOSE_STATE_MOUNT = "/var/lib/canary"  # where the compose nginx reads the routing state folder
-COMPOSE_NGINX_PORT = 8000  # the port nginx listens on inside its container (CANARY_LISTEN)
+COMPOSE_ADMIN_PORT = 8001  # nginx's admin server in its container (CANARY_ADMIN_LISTEN), on the host's loopback
 COMPOSE_READY_TIMEOUT = 180.0  # seconds a recreated container has to answer as its new version
 VERSION_VARIABLE = {"blue": "CANARY_BLUE_VERSION", "green": "CANARY_GREEN_VERSION"}  # image tags in the compose file
 
@@ -79,7 +71,10 @@ class LocalTarget:
         if not running:
             raise CanaryError(f"the canary stack in {self.state_dir} is not running; start it with `canary up`")
         self.state_file = self.state_dir / STATE_FILE
-        self.split_url = f"{self.settings.url}/_nginx/split"
+        self.admin_url = "http://nginx"
+
+    def admin_transport(self) -> httpx.HTTPTransport:
+        return httpx.HTTPTransport(uds=str(admin_socket(self.settings)))
 
     def slot_of(self, color: str) -> str:
         return "blue" if color == "blue" else routing.current(self.state_file).green_slot
@@ -87,7 +82,7 @@ class LocalTarget:
     def backend(self, color: str, path: str) -> str | None:
         """GET a path of a version's backend directly; None when it does not answer 200."""
         try:
-            response = httpx.get(f"{self.settings.slot_url(self.slot_of(color))}{path}", timeout=2)
+            response = httpx.get(f"{self.settings.slot_url(self.slot_of(color))}{path}", timeout=2, trust_env=False)
         except httpx.HTTPError:
             return None
         return response.text if response.status_code == 200 else None
@@ -102,29 +97,30 @@ class LocalTarget:
     def start_green(self, version: str, timeout: float | None = None) -> str:
         """Start `version` in green's free slot, next to the running versions; returns the slot once it is ready."""
         slot = "green_b" if routing.current(self.state_file).green_slot == "green_a" else "green_a"
-        self.discard(slot)  # a leftover of an interrupted deploy
+        retire(self.settings, slot)  # a leftover of an interrupted deploy
         settings = self.settings.model_copy(update={"ready_timeout": timeout}) if timeout else self.settings
-        child = launch(settings, slot, version)
-        record_backend(self.state_dir, slot, backend_entry(self.settings, slot, version, child.proc.pid))
+        launch(settings, slot, version)
         return slot
+
+    def undo_green(self, slot: str, previous: str | None) -> None:
+        """A started green that will not be switched in: stop it (the previous one still runs in its own slot)."""
+        retire(self.settings, slot)
 
     def discard(self, slot: str) -> None:
         """Stop what runs in `slot` (it no longer gets requests)."""
-        entry = read_stack_file(self.state_dir).get("backends", {}).get(slot)
-        record_backend(self.state_dir, slot, None)  # first, so that `canary up` does not report it as a crash
-        if entry:
-            stop_tree(entry["pid"])
+        retire(self.settings, slot)
 
     def restart_blue(self, version: str, previous: str) -> None:
-        """Replace blue's process with one serving `version`, on blue's address; put `previous` back on failure."""
-        self.discard("blue")
+        """Replace blue's process with one serving `version`, on blue's address; put `previous` back if that fails
+        or is interrupted."""
+        retire(self.settings, "blue")
         try:
-            child = launch(self.settings, "blue", version)
-        except CanaryError as exc:
-            child = launch(self.settings, "blue", previous)
-            record_backend(self.state_dir, "blue", backend_entry(self.settings, "blue", previous, child.proc.pid))
-            raise CanaryError(f"{version} did not start as blue ({exc}); blue serves {previous} again") from None
-        record_backend(self.state_dir, "blue", backend_entry(self.settings, "blue", version, child.proc.pid))
+            launch(self.settings, "blue", version)
+        except BaseException as exc:
+            launch(self.settings, "blue", previous)
+            if isinstance(exc, CanaryError):
+                raise CanaryError(f"{version} did not start as blue ({exc}); blue serves {previous} again") from None
+            raise
 
     def log_mark(self) -> int:
         log = self.settings.state_dir / "logs" / "access.log"
@@ -152,17 +148,20 @@ class ComposeTarget:
         nginx = compose_service(self.compose_file, "nginx")
         self.state_dir = mounted_folder(nginx, COMPOSE_STATE_MOUNT, folder)
         self.state_file = self.state_dir / STATE_FILE
-        self.split_url = f"http://127.0.0.1:{published_port(nginx, COMPOSE_NGINX_PORT)}/_nginx/split"
+        self.admin_url = f"http://127.0.0.1:{published_port(nginx, COMPOSE_ADMIN_PORT)}"
         self.repository = image_repository(compose_service(self.compose_file, "ml-green"), compose_variables(folder))
         try:
-            answered = httpx.get(self.split_url, timeout=2).status_code == 200
+            answered = httpx.get(f"{self.admin_url}/_nginx/split", timeout=2, trust_env=False).status_code == 200
         except httpx.HTTPError:
             answered = False
         if not answered:
             raise CanaryError(
-                f"the compose stack of {self.compose_file} is not running (nginx does not answer {self.split_url});"
-                " start it with `docker compose up`"
+                f"the compose stack of {self.compose_file} is not running (nginx's admin server does not answer on "
+                f"{self.admin_url}); start it with `docker compose up`"
             )
+
+    def admin_transport(self) -> None:
+        return None
 
     def _run(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         argv = [*self.compose_cmd, "-f", str(self.compose_file), *args]
@@ -225,15 +224,22 @@ class ComposeTarget:
             time.sleep(1)
 
     def start_green(self, version: str, timeout: float | None = None) -> str:
-        """Recreate ml-green from the version's image (green has no traffic then); put the old one back on failure."""
+        """Recreate ml-green from the version's image (green has no traffic then); put the old one back if that
+        fails or is interrupted."""
         previous = self.serving("green") or compose_variables(self.compose_file.parent).get(VERSION_VARIABLE["green"])
         try:
             self._recreate("green", version, timeout or COMPOSE_READY_TIMEOUT)
-        except CanaryError as exc:
-            if previous:
-                self._recreate("green", previous)
-            raise CanaryError(f"{exc}; ml-green runs {previous or 'nothing'} again") from None
+        except BaseException as exc:
+            self.undo_green(None, previous)
+            if isinstance(exc, CanaryError):
+                raise CanaryError(f"{exc}; ml-green runs {previous or 'nothing'} again") from None
+            raise
         return routing.current(self.state_file).green_slot
+
+    def undo_green(self, slot: str | None, previous: str | None) -> None:
+        """A recreated green that will not be switched in: ml-green back to the previous version's image."""
+        if previous:
+            self._recreate("green", previous)
 
     def discard(self, slot: str) -> None:
         """Compose keeps ml-green running (the next deploy recreates it): stopping it would make requests pinned to
@@ -242,9 +248,11 @@ class ComposeTarget:
     def restart_blue(self, version: str, previous: str) -> None:
         try:
             self._recreate("blue", version)
-        except CanaryError as exc:
+        except BaseException as exc:
             self._recreate("blue", previous)
-            raise CanaryError(f"{exc}; ml-blue runs {previous} again") from None
+            if isinstance(exc, CanaryError):
+                raise CanaryError(f"{exc}; ml-blue runs {previous} again") from None
+            raise
 
     def log_mark(self) -> str:
         return datetime.now(timezone.utc).isoformat(timespec="seconds")

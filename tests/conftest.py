@@ -150,3 +150,13 @@ def k8s_target(**given):
     from canary_kit.config import Settings
 
     return k8s.Target.from_settings(Settings(), **given)
+
+
+def nginx_applies(settings) -> dict:
+    """The routing state the local stack's nginx applies, from its admin socket (one worker's answer)."""
+    import httpx
+
+    from canary_kit.nginx import admin_socket
+
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(admin_socket(settings))), timeout=5) as client:
+        return client.get("http://nginx/_nginx/split").json()

@@ -38,7 +38,8 @@ def test_no_top_level_name(spec):
 def test_only_nginx_publishes_a_port(spec):
     published = {name for name, svc in spec["services"].items() if svc.get("ports")}
     assert published == {"nginx"}
-    assert spec["services"]["nginx"]["ports"] == ["8000:8000"]
+    assert spec["services"]["nginx"]["ports"] == ["8000:8000", "127.0.0.1:8001:8001"]  # admin: this host only
+    assert spec["services"]["nginx"]["environment"]["CANARY_ADMIN_LISTEN"] == "8001"
 
 
 def test_backends_are_health_checked_and_nginx_waits_for_them(spec):

@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from canary_kit import routing
-from canary_kit.stack import alive, read_stack_file
+from canary_kit.config import SLOTS
+from canary_kit.processes import alive, listeners
+from canary_kit.stack import read_stack_file
 from conftest import EXAMPLE_ROW, ROOT, canary_process, nginx_pids, run, running_stack
 from load import Load, tally
 
@@ -165,3 +167,40 @@ def test_figures_stay_true_across_a_deploy_and_status_watch_refreshes_in_place(r
             watch.kill()
     print(f"status --watch printed its table {out.count('split:')} times in 4 s")
     assert out.count("split:") >= 3 and watch.returncode == 0, out
+
+
+def test_finalize_is_refused_while_green_does_not_answer(own_stack):
+    """After a promote, green dies: nginx quietly serves everyone from blue, and finalize must not stop blue."""
+    state_dir = own_stack.settings.state_dir
+    assert canary_process(state_dir, "promote").returncode == 0
+    green = next(c for c in own_stack.children if c.name == "green_a")
+    green.kill()
+    with Load(own_stack.settings.url, workers=4, max_requests=20_000, max_seconds=120) as load:
+        load.wait_for(0, 50)
+        result = canary_process(state_dir, "finalize")
+        after = versions_after(load, 100)
+    print(f"\nfinalize with green dead: exit {result.returncode}: {result.stderr.strip()}\nanswers after: {dict(after)}")
+    assert result.returncode == 1 and "green does not answer" in result.stderr
+    assert not load.failed() and set(after) == {"v1.0.0"}
+    assert routing.read(state_dir / routing.STATE_FILE).blue_version == "v1.0.0"
+
+
+def test_an_interrupted_deploy_leaves_nothing_running_and_stopping_the_stack_stops_what_deploy_started(own_stack):
+    settings, state_dir = own_stack.settings, own_stack.settings.state_dir
+    argv = [sys.executable, "-m", "canary_kit.cli", "deploy", "v1.0.0", "--state-dir", str(state_dir)]
+    deploying = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while "green_b" not in read_stack_file(state_dir).get("backends", {}) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the new version's process is listed: it is starting
+    deploying.send_signal(signal.SIGTERM)
+    out, _ = deploying.communicate(timeout=60)
+    listed = read_stack_file(state_dir)["backends"]
+    print(f"\ndeploy interrupted while starting: exit {deploying.returncode}, {out.strip()[-200:]}; listed: {list(listed)}")
+    assert deploying.returncode != 0 and "green_b" not in listed and not listeners(settings.green_port_b)
+    assert routing.read(state_dir / routing.STATE_FILE).green_version == "v1.1.0"
+
+    assert canary_process(state_dir, "deploy", "v1.0.0").returncode == 0  # green_b now, started by `canary deploy`
+    started = [entry["pid"] for entry in read_stack_file(state_dir)["backends"].values()]
+    own_stack.stop()
+    left = [pid for pid in started if alive(pid)] + [p.pid for s in SLOTS for p in listeners(settings.slot_port(s))]
+    assert not left, f"still running after the stack stopped: {left}"

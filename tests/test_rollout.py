@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from canary_kit.cli import app
-from canary_kit.control import split_of
+from canary_kit.control import applied, split_of
 from canary_kit.targets import LocalTarget
 from canary_kit.shadow import run_shadow
 
@@ -104,7 +104,7 @@ def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
     shadowing = threading.Thread(target=lambda: report.update(run_shadow(target, 12, lambda _: None)))
     shadowing.start()
     deadline = time.monotonic() + 10
-    while not httpx.get(target.split_url).json()["shadow"] and time.monotonic() < deadline:
+    while not (applied(target) or {}).get("shadow") and time.monotonic() < deadline:
         time.sleep(0.05)
     with httpx.Client(timeout=10) as client:
         for batch in batches:

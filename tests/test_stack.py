@@ -23,6 +23,12 @@ from load import Load, assert_split, tally
 
 pytestmark = pytest.mark.integration
 VERSION_OF = {"blue": "v1.0.0", "green": "v1.1.0"}
+
+
+def free_ports() -> dict[str, str]:
+    """CANARY_* variables giving a `canary up` process free ports for nginx and every slot."""
+    names = ("CANARY_PORT", "CANARY_BLUE_PORT", "CANARY_GREEN_PORT", "CANARY_GREEN_PORT_B")
+    return {name: str(free_port()) for name in names}
 SLOT_OF = {"blue": "blue", "green": "green_a"}  # a fresh stack
 
 
@@ -112,8 +118,7 @@ def test_refuses_without_nginx_in_one_line(trained, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_canary_up_runs_in_foreground_and_stops_everything(trained, tmp_path, stop_signal):
-    ports = {"CANARY_PORT": free_port(), "CANARY_BLUE_PORT": free_port(), "CANARY_GREEN_PORT": free_port()}
-    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "CANARY_STATE_DIR": str(tmp_path)}
+    env = {**os.environ, **free_ports(), "CANARY_STATE_DIR": str(tmp_path)}
     argv = [sys.executable, "-m", "canary_kit.cli", "up"]
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -124,7 +129,7 @@ def test_canary_up_runs_in_foreground_and_stops_everything(trained, tmp_path, st
             lines.append(line)
         tree = psutil.Process(proc.pid).children(recursive=True)  # serve processes, their workers, nginx
         assert len(tree) >= 6, tree
-        url = f"http://127.0.0.1:{ports['CANARY_PORT']}"
+        url = f"http://127.0.0.1:{env['CANARY_PORT']}"
         assert httpx.post(f"{url}/predict", json={"instances": [EXAMPLE_ROW]}).status_code == 200
         proc.send_signal(stop_signal)
         out, _ = proc.communicate(timeout=60)
@@ -205,9 +210,8 @@ def stop_up(proc: subprocess.Popen) -> str:
 def test_ready_means_ready_and_the_last_split_survives_a_restart(trained, tmp_path):
     """Clients poll :PORT throughout `canary up`: the first 1,000 requests sent after "ready" all succeed. Then
     a change, a restart, and the stack comes back with that split (nginx applies it, `canary status` says so)."""
-    ports = {"CANARY_PORT": free_port(), "CANARY_BLUE_PORT": free_port(), "CANARY_GREEN_PORT": free_port()}
-    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "CANARY_STATE_DIR": str(tmp_path)}
-    url = f"http://127.0.0.1:{ports['CANARY_PORT']}"
+    env = {**os.environ, **free_ports(), "CANARY_STATE_DIR": str(tmp_path)}
+    url = f"http://127.0.0.1:{env['CANARY_PORT']}"
     proc = None
     try:
         with Pollers(url) as pollers:
