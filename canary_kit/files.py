@@ -8,7 +8,10 @@ from pathlib import Path
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder and rename it: readers see the old or the new file."""
+    """Write through a temporary file in the same folder and rename it: readers see the old or the new file.
+    An existing file keeps its permissions, and a symbolic link keeps pointing where it did (its target changes)."""
+    path = path.resolve() if path.is_symlink() else path
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -16,7 +19,7 @@ def write_atomic(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from canary_kit.config import CanaryError
+from canary_kit.config import CanaryError, Settings
 from canary_kit.metrics import DURATION, ENDPOINT, REQUESTS
 from canary_kit.rollout import RolloutSpec
 
@@ -43,15 +43,21 @@ class Target(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    service_name: str = Field("penguin_classifier", description="the BentoML service (`service_name` metric label)")
-    image: str = Field("penguin_classifier", description="image repository, as `bentoml containerize` names it")
-    image_tag: str = Field("v1.1.0", pattern=r"^[\w][\w.-]{0,127}$", description="tag of the version being shipped")
+    service_name: str = Field(description="the BentoML service (`service_name` metric label)")
+    image: str = Field(description="image repository, as `bentoml containerize` names it")
+    image_tag: str = Field(pattern=r"^[\w][\w.-]{0,127}$", description="tag of the version being shipped")
     port: int = Field(3000, ge=1, le=65535, description="the port `bentoml serve` listens on in the image")
     endpoint: str = Field(ENDPOINT, description="the model's API endpoint that the gates judge")
     replicas: int = Field(2, ge=1, le=100)
     gateway: str = Field("gateway", description="the Gateway the routes attach to (same namespace)")
     prometheus: str = Field("http://prometheus.monitoring.svc:9090", description="Prometheus as Argo reaches it")
     run_as_user: int = Field(1034, description="the non-root uid of BentoML's images")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **given) -> "Target":
+        """The service and the version being shipped from the project's settings ([tool.canary]); `given` wins."""
+        known = {"service_name": settings.service_name, "image": settings.service_name, "image_tag": settings.green_version}
+        return cls(**{**known, **{k: v for k, v in given.items() if v is not None}})
 
     @property
     def app(self) -> str:

@@ -48,12 +48,22 @@ def routes_variables(settings: Settings) -> dict[str, str]:
     return {
         "CANARY_BLUE_SERVER": f"127.0.0.1:{settings.blue_port}",
         "CANARY_GREEN_SERVER": f"127.0.0.1:{settings.green_port}",
+        "CANARY_GREEN_B_SERVER": f"127.0.0.1:{settings.green_port_b}",
         "CANARY_LISTEN": f"{settings.host}:{settings.port}",
         "CANARY_ACCESS_LOG": str(settings.state_dir / "logs" / "access.log"),
         "CANARY_NJS": str(settings.project_dir / "nginx" / NJS_SCRIPT),
         "CANARY_STATE_FILE": str(settings.state_dir / STATE_FILE),
         "CANARY_MAX_INFLIGHT": str(settings.max_inflight),
+        "CANARY_ADMIN_LISTEN": f"unix:{admin_socket(settings)}",
     }
+
+
+def admin_socket(settings: Settings) -> Path:
+    """The unix socket of nginx's admin server (the routing state it applies), in the state folder."""
+    path = settings.state_dir / "nginx-admin.sock"
+    if len(str(path)) > 100:  # sun_path holds 108 bytes
+        raise CanaryError(f"the state folder's path is too long for nginx's admin socket: {path}")
+    return path
 
 
 def njs_module(nginx_bin: str) -> Path:

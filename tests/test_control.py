@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 from canary_kit import routing
 from canary_kit.cli import app
-from canary_kit.control import LocalTarget, split_of
-from conftest import EXAMPLE_ROW, ROOT, canary_process, nginx_pids
+from canary_kit.control import split_of
+from canary_kit.targets import LocalTarget
+from conftest import EXAMPLE_ROW, ROOT, canary_process, nginx_applies, nginx_pids
 from load import Load, assert_split, tally
 
 pytestmark = pytest.mark.integration
@@ -106,27 +107,32 @@ def test_the_split_through_the_backends_at_50_percent(control):
 
 
 def test_every_worker_applies_a_change_on_its_next_request(control):
-    """Keep-alive connections spread over all nginx workers; the first request each sends after `set-weight`
-    returns already reports the new state (nginx reads the state file per request)."""
+    """48 keep-alive connections, spread over all nginx workers; the first request each sends after `set-weight`
+    returns already goes where the new state says (nginx reads the state file per request)."""
     _, workers = nginx_pids(control)
-    clients = [httpx.Client(timeout=5) for _ in range(48)]
+    url, log = control.settings.url, control.settings.state_dir / "logs" / "access.log"
+    assert canary(control, "set-weight", "0").exit_code == 0
+    clients = [httpx.Client(timeout=10) for _ in range(48)]
     try:
-        seen = {c: c.get(f"{control.settings.url}/_nginx/split").json()["pid"] for c in clients}
-        assert set(seen.values()) == set(workers), f"connections reached workers {set(seen.values())} of {workers}"
-        result = canary(control, "set-weight", "42")
+        before = [c.get(f"{url}/health").headers["x-canary-route"] for c in clients]  # opens the connections
+        mark = log.stat().st_size
+        result = canary(control, "set-weight", "100")
         returned = time.monotonic()
         assert result.exit_code == 0, result.output
-        serial = routing.read(control.settings.state_dir / routing.STATE_FILE).serial
-        delays = []
-        for client in clients:
-            report = client.get(f"{control.settings.url}/_nginx/split").json()
-            delays.append((time.monotonic() - returned) * 1000)
-            assert (report["green_weight"], report["serial"]) == (42, serial), (seen[client], report)
+        answers = [(c.get(f"{url}/health"), (time.monotonic() - returned) * 1000) for c in clients]
     finally:
         for client in clients:
             client.close()
-    print(f"\nall {len(workers)} workers, over 48 connections, applied the change on their first request after the "
-          f"command returned (within {max(delays):.1f} ms of it)")
+    time.sleep(0.2)
+    with open(log, "rb") as handle:
+        handle.seek(mark)
+        served_by = {json.loads(line)["worker"] for line in handle.read().splitlines() if line.startswith(b"{")}
+    routes = Counter(response.headers["x-canary-route"] for response, _ in answers)
+    print(f"\nbefore the change: {dict(Counter(before))}; the first request of each of 48 connections after it: "
+          f"{dict(routes)}, served by workers {sorted(served_by)} of {workers}, the last "
+          f"{max(ms for _, ms in answers):.1f} ms after the command returned")
+    assert set(before) == {"blue"} and routes == {"green": 48}
+    assert served_by == set(workers), "the connections did not reach every worker"
 
 
 def test_concurrent_changes_never_interleave(control):
@@ -194,10 +200,11 @@ def test_killing_the_tool_never_leaves_a_half_written_state(control):
         state = routing.read(state_file)
         assert state is not None and state.green_weight in (10, 60), f"attempt {attempt}: {state_file.read_text()!r}"
         outcomes[state.green_weight] += 1
-        leftovers = [p.name for p in state_file.parent.glob(f".{state_file.name}.*")]
-        assert state.green_weight == httpx.get(f"{control.settings.url}/_nginx/split").json()["green_weight"]
-    print(f"\nstate after 12 killed changes: {dict(outcomes)}; temporary files left: {leftovers}")
+        assert state.green_weight == nginx_applies(control.settings)["green_weight"]
+    print(f"\nstate after 12 killed changes: {dict(outcomes)}")
     assert canary(control, "set-weight", "10").exit_code == 0  # the tool carries on from any of them
+    leftovers = [p.name for p in state_file.parent.glob(f".{state_file.name}.*")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
 
 
 def test_header_and_cookie_pins_beat_the_weight(control):

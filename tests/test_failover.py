@@ -7,25 +7,21 @@ import pytest
 from typer.testing import CliRunner
 
 from canary_kit.cli import app
-from canary_kit.stack import Stack
-from conftest import local_settings
+
+from conftest import running_stack
 from load import Load, tally
 
 pytestmark = pytest.mark.integration
 
-
 @pytest.fixture
-def own_stack(trained, tmp_path):
+def half_and_half(trained, tmp_path):
     """A stack of its own at 50/50: this test kills one of its processes."""
-    running = Stack(local_settings(tmp_path, green_weight=50)).start()
-    try:
+    with running_stack(tmp_path, green_weight=50) as running:
         yield running
-    finally:
-        running.stop()
 
-
-def test_killing_green_under_load_fails_no_request(own_stack):
-    green = next(c for c in own_stack.children if c.name == "green")
+def test_killing_green_under_load_fails_no_request(half_and_half):
+    own_stack = half_and_half
+    green = next(c for c in own_stack.children if c.name == "green_a")
     with Load(own_stack.settings.url, workers=8, max_requests=1500, max_seconds=240) as load:
         load.wait_for(0, 300)
         green.kill()  # the serve process and its worker, at once

@@ -22,6 +22,7 @@ from canary_kit.cli import app
 from canary_kit.config import CanaryError
 from canary_kit.rollout import load_spec
 from conftest import ROOT
+from conftest import k8s_target as target
 
 BASE = ROOT / "deploy" / "k8s"
 SCHEMAS = Path(__file__).with_name("k8s_schemas")
@@ -95,9 +96,9 @@ def rendered() -> list[dict]:
 
 
 def test_committed_base_is_what_the_generator_writes(tmp_path):
-    k8s.render(k8s.Target(), load_spec(None, {}), tmp_path, "canary_kit/rollout.yaml")
+    k8s.render(target(), load_spec(None, {}), tmp_path, "canary_kit/rollout.yaml")
     again = tmp_path / "again"
-    k8s.render(k8s.Target(), load_spec(None, {}), again, "canary_kit/rollout.yaml")
+    k8s.render(target(), load_spec(None, {}), again, "canary_kit/rollout.yaml")
     assert sorted(p.name for p in BASE.iterdir()) == sorted(k8s.FILES), "deploy/k8s holds files the generator does not write"
     for name in k8s.FILES:
         assert (tmp_path / name).read_text() == (again / name).read_text(), f"{name} differs between two renders"
@@ -142,7 +143,7 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
         "gates: {max_error_rate: 0.02, max_p99_ms: 200, max_p99_ratio: 2.5}\n"
     )
     spec = load_spec(spec_file, {})
-    files = k8s.manifests(k8s.Target(image_tag="v1.2.0"), spec)
+    files = k8s.manifests(target(image_tag="v1.2.0"), spec)
     rollout = yaml.safe_load(files["rollout.yaml"])
     canary = rollout["spec"]["strategy"]["canary"]
     hold = {"pause": {"duration": "12500ms"}}
@@ -182,7 +183,7 @@ def test_cookie_pins_match_as_full_and_as_partial_regex(cookie, pinned):
 
 
 def test_an_empty_answer_is_inconclusive_and_thresholds_decide_the_rest():
-    template = yaml.safe_load(k8s.manifests(k8s.Target(), load_spec(None, {}))["analysistemplate.yaml"])
+    template = yaml.safe_load(k8s.manifests(target(), load_spec(None, {}))["analysistemplate.yaml"])
     for metric in template["spec"]["metrics"]:
         assert k8s_checks.verdict(metric, []) == "Inconclusive", metric["name"]
     error_rate = template["spec"]["metrics"][0]
@@ -277,7 +278,7 @@ def test_canary_k8s_render_writes_the_base_and_refuses_bad_values(tmp_path):
 
 def test_checks_refuse_a_base_without_rollout_or_with_holes():
     assert k8s_checks.problems([]) == ["the base must hold exactly one Rollout, found 0"]
-    texts = k8s.manifests(k8s.Target(), load_spec(None, {})).values()
+    texts = k8s.manifests(target(), load_spec(None, {})).values()
     docs = [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
     assert k8s_checks.problems(docs) == []
     broken = copy.deepcopy(docs)

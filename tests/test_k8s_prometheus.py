@@ -29,6 +29,7 @@ from canary_kit.metrics import Snapshot, window
 from canary_kit.rollout import Gates, judge, load_spec
 from canary_kit.stack import Child
 from conftest import EXAMPLE_ROW, ROOT, free_port
+from conftest import k8s_target as target
 from load import Load, tally
 
 pytestmark = pytest.mark.integration
@@ -115,7 +116,7 @@ def evaluate(url: str, query: str, args: dict[str, str], at: float) -> list[floa
 
 
 def requests_in(url: str, which: str, seconds: int, at: float) -> float | None:
-    total = k8s.increase("bentoml_service_request_total", k8s.selector(k8s.Target(), "canary"))
+    total = k8s.increase("bentoml_service_request_total", k8s.selector(target(), "canary"))
     found = evaluate(url, f"sum({total})", {"canary-hash": which, "namespace": NAMESPACE, "window": f"{seconds}s"}, at)
     return found[0] if found else None
 
@@ -139,8 +140,8 @@ def test_gates_in_prometheus_judge_the_window_as_canary_status_does(stack, tmp_p
     server = ThreadingHTTPServer(("127.0.0.1", 0), Synthetic)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     targets = {
-        "blue": settings.backend_url("blue").removeprefix("http://"),
-        "green": settings.backend_url("green").removeprefix("http://"),
+        "blue": settings.slot_url("blue").removeprefix("http://"),
+        "green": settings.slot_url("green_a").removeprefix("http://"),
         "synthetic": f"127.0.0.1:{server.server_address[1]}",
     }
     try:
@@ -170,7 +171,7 @@ def test_gates_in_prometheus_judge_the_window_as_canary_status_does(stack, tmp_p
                 slack = figures["requests"] * 2.2 / (seconds - 2.2) + 5  # up to 1.1 scrape intervals each side
                 assert abs(counted[color] - figures["requests"]) <= slack, (color, counted, figures)
             assert found["error-rate"] == [pytest.approx(green["error_rate"], abs=1e-9)]
-            bounds = sorted(float(b) for b in Snapshot.parse(httpx.get(settings.backend_url("green") + "/metrics").text).buckets if b != math.inf)
+            bounds = sorted(float(b) for b in Snapshot.parse(httpx.get(settings.slot_url("green_a") + "/metrics").text).buckets if b != math.inf)
             low, high = bucket(green["p99_ms"] / 1000, bounds)
             assert abs(found["p99-seconds"][0] - green["p99_ms"] / 1000) <= high - low, (found, green, (low, high))
             (g_low, g_high), (b_low, b_high) = bucket(green["p99_ms"] / 1000, bounds), bucket(blue["p99_ms"] / 1000, bounds)
@@ -184,7 +185,7 @@ def test_gates_in_prometheus_judge_the_window_as_canary_status_does(stack, tmp_p
             time.sleep(2.5)
             with httpx.Client(timeout=10) as client:
                 for _ in range(5):
-                    client.post(settings.backend_url("green") + "/predict", json={"instances": [EXAMPLE_ROW]})
+                    client.post(settings.slot_url("green_a") + "/predict", json={"instances": [EXAMPLE_ROW]})
             time.sleep(3)
             thin = json.loads(canary(settings, "status", "--json"))["backends"]["green"]["since_change"]
             seconds, found = judged(url, started, time.time())
@@ -210,12 +211,12 @@ def test_gates_in_prometheus_judge_the_window_as_canary_status_does(stack, tmp_p
 
 def test_the_gates_use_only_series_and_labels_that_bentoml_exports(stack):
     with httpx.Client(timeout=10) as client:
-        client.post(stack.settings.backend_url("green") + "/predict", json={"instances": [EXAMPLE_ROW]})
-        text = client.get(stack.settings.backend_url("green") + "/metrics").text
+        client.post(stack.settings.slot_url("green_a") + "/predict", json={"instances": [EXAMPLE_ROW]})
+        text = client.get(stack.settings.slot_url("green_a") + "/metrics").text
     live = k8s_checks.exported_from(text)
     print(f"\nlive /metrics series: { {s: sorted(labels) for s, labels in live.items() if s.startswith('bentoml_')} }")
     for series, labels in k8s_checks.EXPORTED.items():
         assert live.get(series) == labels, f"{series}: checks assume {sorted(labels)}, BentoML exports {sorted(live.get(series, []))}"
-    texts = k8s.manifests(k8s.Target(), load_spec(None, {})).values()
+    texts = k8s.manifests(target(), load_spec(None, {})).values()
     docs = [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
     assert k8s_checks.problems(docs, exported=live) == []

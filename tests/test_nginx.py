@@ -19,7 +19,7 @@ from canary_kit import routing
 from canary_kit.config import CanaryError
 from canary_kit.nginx import LocalNginx, render
 from canary_kit.stack import Child, wait_ready
-from conftest import local_settings
+from conftest import local_settings, nginx_applies
 from load import assert_split
 
 needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
@@ -39,7 +39,7 @@ def test_render_refuses_missing_or_unexpected_variables(variables):
 @pytest.mark.parametrize("weight", [-1, 101, 150])
 def test_a_bad_weight_is_refused_before_anything_is_written(weight):
     with pytest.raises(ValueError):
-        routing.FALLBACK.next(weight, shadow=False)
+        routing.FALLBACK.next(green_weight=weight, shadow=False)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def routes(settings, count: int, headers=None, cookies=None) -> Counter:
 
 
 def applied(settings) -> dict:
-    return httpx.get(f"{settings.url}/_nginx/split").json()
+    return nginx_applies(settings)
 
 
 @needs_nginx
@@ -164,9 +164,31 @@ def test_no_version_answering_is_a_json_503_with_retry_after(bare):
 
 
 @needs_nginx
-def test_the_routing_report_is_for_this_host_only(bare):
-    assert httpx.get(f"{bare.url}/_nginx/split").status_code == 200  # from 127.0.0.1
-    text = (bare.state_dir / "canary.conf").read_text()
-    block = text[text.index("location = /_nginx/split"):]
-    block = block[: block.index("}")]
-    assert "deny all;" in block and "allow 127.0.0.1;" in block
+def test_the_routing_report_is_on_the_admin_socket_only(bare):
+    put_state(bare, green_weight=0, shadow=False, serial=5000)
+    public = httpx.get(f"{bare.url}/_nginx/split")
+    assert public.status_code == 503 and "green_weight" not in public.text  # proxied like any path: no backend here
+    assert applied(bare)["serial"] == 5000
+    ping = httpx.get(f"{bare.url}/_nginx/ping")
+    assert ping.text == "pong\n" and "x-canary-route" not in ping.headers  # no state read for a liveness probe
+
+
+@needs_nginx
+def test_green_runs_in_the_slot_the_state_names(bare):
+    """Green's requests go to slot a or b as the state says (the next version starts in the other one)."""
+    for slot, port in (("green_a", bare.green_port), ("green_b", bare.green_port_b), ("green_a", bare.green_port)):
+        put_state(bare, green_weight=100, shadow=False, green_slot=slot, serial=4000)
+        tried = httpx.get(f"{bare.url}/health").headers["x-canary-upstream"]
+        assert tried.startswith(f"127.0.0.1:{port}"), (slot, tried)  # then blue, its backup
+    put_state(bare, green_weight=100, shadow=False, green_slot="green_c", serial=4001)
+    assert routes(bare, 50) == {"blue": 50} and "green_slot" in applied(bare)["problem"]
+
+
+@needs_nginx
+def test_requests_pinned_to_a_free_green_go_to_blue_directly(bare):
+    """After `canary finalize` green runs nothing: pins to green must not try its empty slot first."""
+    put_state(bare, green_weight=0, shadow=False, green_slot="green_b", blue_version="v1.1.0", green_version=None,
+              serial=6000)
+    tried = httpx.get(f"{bare.url}/health", headers={"X-Canary": "always"}).headers["x-canary-upstream"]
+    assert tried.startswith(f"127.0.0.1:{bare.blue_port}"), tried
+    assert applied(bare)["green_free"] is True

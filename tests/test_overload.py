@@ -13,23 +13,13 @@ from pathlib import Path
 import pytest
 
 from canary_kit.nginx import open_files_limit
-from canary_kit.stack import Stack
-from conftest import EXAMPLE_ROW, local_settings
+
+from conftest import EXAMPLE_ROW
 from load import Load, tally
 
 pytestmark = pytest.mark.integration
 CLIENTS, SECONDS = 2048, 15
 SCRIPT = Path(__file__).with_name("overload.lua")
-
-
-@pytest.fixture
-def own_stack(trained, tmp_path):
-    running = Stack(local_settings(tmp_path)).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
 def test_2048_keepalive_clients_get_200_or_a_json_503_and_service_resumes(own_stack):

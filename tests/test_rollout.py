@@ -14,20 +14,19 @@ import pytest
 from typer.testing import CliRunner
 
 from canary_kit.cli import app
-from canary_kit.control import LocalTarget, split_of
+from canary_kit.control import applied, split_of
+from canary_kit.targets import LocalTarget
 from canary_kit.shadow import run_shadow
-from canary_kit.stack import Stack
-from conftest import ROOT, local_settings, nginx_pids
+
+from conftest import ROOT, nginx_pids
 from load import Load, tally
 
 pytestmark = pytest.mark.integration
 # Short holds and loose latency gates: this tests the mechanism on a shared 2-core machine, not the speed.
 FAST = ["--hold", "3", "--min-requests", "5", "--max-p99-ms", "10000", "--max-p99-ratio", "50"]
 
-
 def canary(settings, *args):
     return CliRunner().invoke(app, [*args, "--state-dir", str(settings.state_dir)])
-
 
 @pytest.fixture
 def at_ten(stack):
@@ -36,7 +35,6 @@ def at_ten(stack):
         yield stack
     finally:
         canary(stack.settings, "set-weight", "10")
-
 
 def test_healthy_green_is_promoted_step_by_step_with_no_failed_request(at_ten):
     """A 4-step rollout under 16 keep-alive clients that never resend: no failed request, no nginx reload."""
@@ -58,14 +56,12 @@ def test_healthy_green_is_promoted_step_by_step_with_no_failed_request(at_ten):
     assert [c["weight"] for c in report["checks"] if c["verdict"] == "advance"] == [10, 25, 50, 100]
     assert reports[-1].with_suffix(".md").is_file() and reports[-1].with_suffix(".svg").is_file()
 
-
 def test_too_little_traffic_holds_and_does_not_promote(at_ten):
     result = canary(at_ten.settings, "rollout", *FAST, "--min-requests", "1000", "--max-inconclusive", "2")
     print(f"\n{result.output}")
     assert result.exit_code == 2, result.output
     assert "paused" in result.output and result.output.count("HOLD") == 2
     assert split_of(LocalTarget(at_ten.settings.state_dir))[0] == 10
-
 
 @contextmanager
 def rollout_reaching(settings, weight: int, outcome: dict):
@@ -80,19 +76,9 @@ def rollout_reaching(settings, weight: int, outcome: dict):
     finally:
         rolling.join(timeout=120)
 
-
-@pytest.fixture
-def own_stack(trained, tmp_path):
-    running = Stack(local_settings(tmp_path)).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
 def test_green_dying_mid_rollout_is_rolled_back_and_clients_see_no_error(own_stack):
     settings = own_stack.settings
-    green = next(c for c in own_stack.children if c.name == "green")
+    green = next(c for c in own_stack.children if c.name == "green_a")
     outcome = {}
     with Load(settings.url, workers=6, max_requests=20000, max_seconds=300) as load:
         load.wait_for(0, 30)
@@ -104,7 +90,6 @@ def test_green_dying_mid_rollout_is_rolled_back_and_clients_see_no_error(own_sta
     assert "rolled back" in result.output and "green is not ready" in result.output
     assert split_of(LocalTarget(settings.state_dir))[0] == 0
     assert not [k for k in counts if k.startswith("failed")], counts
-
 
 def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
     import bentoml
@@ -119,7 +104,7 @@ def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
     shadowing = threading.Thread(target=lambda: report.update(run_shadow(target, 12, lambda _: None)))
     shadowing.start()
     deadline = time.monotonic() + 10
-    while not httpx.get(target.split_url).json()["shadow"] and time.monotonic() < deadline:
+    while not (applied(target) or {}).get("shadow") and time.monotonic() < deadline:
         time.sleep(0.05)
     with httpx.Client(timeout=10) as client:
         for batch in batches:
@@ -136,7 +121,6 @@ def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
     assert report["agreement"] == expected and expected < 1.0
     assert report["green_failed_copies"] == 0
     assert split_of(target)[0] == 10  # the weight it had before
-
 
 def test_an_operator_rollback_during_a_rollout_stands(at_ten):
     """The rollout never overwrites a change someone else made: it stops, and green stays where they put it."""

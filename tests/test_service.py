@@ -34,7 +34,8 @@ def test_service_class_called_directly(trained):
 def backend(request, stack):
     """Each version's real `bentoml serve` process, addressed directly (not through nginx)."""
     color = request.param
-    return stack.settings.backend_url(color), stack.settings.version(color)
+    slot = "blue" if color == "blue" else stack.state.green_slot
+    return stack.settings.slot_url(slot), stack.state.blue_version if color == "blue" else stack.state.green_version
 
 
 @pytest.mark.integration

@@ -25,6 +25,13 @@ pytestmark = pytest.mark.integration
 VERSION_OF = {"blue": "v1.0.0", "green": "v1.1.0"}
 
 
+def free_ports() -> dict[str, str]:
+    """CANARY_* variables giving a `canary up` process free ports for nginx and every slot."""
+    names = ("CANARY_PORT", "CANARY_BLUE_PORT", "CANARY_GREEN_PORT", "CANARY_GREEN_PORT_B")
+    return {name: str(free_port()) for name in names}
+SLOT_OF = {"blue": "blue", "green": "green_a"}  # a fresh stack
+
+
 def test_split_is_90_10_and_every_request_succeeds(stack):
     load = Load(stack.settings.url, workers=8, max_requests=2000, max_seconds=240).run()
     counts = tally(load.answers)
@@ -47,7 +54,7 @@ def test_nginx_adds_route_upstream_and_request_id(stack):
     response = httpx.post(f"{stack.settings.url}/predict", json={"instances": [EXAMPLE_ROW]})
     route = response.headers["x-canary-route"]
     assert response.headers["x-model-version"] == VERSION_OF[route] == response.json()["model_version"]
-    assert response.headers["x-canary-upstream"] == f"127.0.0.1:{stack.settings.backend_port(route)}"
+    assert response.headers["x-canary-upstream"] == f"127.0.0.1:{stack.settings.slot_port(SLOT_OF[route])}"
     assert len(response.headers["x-request-id"]) == 32
     assert response.headers["server"] == "nginx"  # server_tokens off: no version number
 
@@ -77,7 +84,7 @@ def test_each_backend_metrics_count_only_what_it_served(stack):
     """Separate BENTOML_HOMEs: blue's /metrics must not report green's requests (the shared-folder trap)."""
 
     def snap(color):
-        return Snapshot.parse(httpx.get(f"{stack.settings.backend_url(color)}/metrics").text)
+        return Snapshot.parse(httpx.get(f"{stack.settings.slot_url(SLOT_OF[color])}/metrics").text)
 
     before = {color: snap(color) for color in VERSION_OF}
     load = Load(stack.settings.url, workers=4, max_requests=600, max_seconds=120).run()
@@ -111,8 +118,7 @@ def test_refuses_without_nginx_in_one_line(trained, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_canary_up_runs_in_foreground_and_stops_everything(trained, tmp_path, stop_signal):
-    ports = {"CANARY_PORT": free_port(), "CANARY_BLUE_PORT": free_port(), "CANARY_GREEN_PORT": free_port()}
-    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "CANARY_STATE_DIR": str(tmp_path)}
+    env = {**os.environ, **free_ports(), "CANARY_STATE_DIR": str(tmp_path)}
     argv = [sys.executable, "-m", "canary_kit.cli", "up"]
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -123,7 +129,7 @@ def test_canary_up_runs_in_foreground_and_stops_everything(trained, tmp_path, st
             lines.append(line)
         tree = psutil.Process(proc.pid).children(recursive=True)  # serve processes, their workers, nginx
         assert len(tree) >= 6, tree
-        url = f"http://127.0.0.1:{ports['CANARY_PORT']}"
+        url = f"http://127.0.0.1:{env['CANARY_PORT']}"
         assert httpx.post(f"{url}/predict", json={"instances": [EXAMPLE_ROW]}).status_code == 200
         proc.send_signal(stop_signal)
         out, _ = proc.communicate(timeout=60)
@@ -204,9 +210,8 @@ def stop_up(proc: subprocess.Popen) -> str:
 def test_ready_means_ready_and_the_last_split_survives_a_restart(trained, tmp_path):
     """Clients poll :PORT throughout `canary up`: the first 1,000 requests sent after "ready" all succeed. Then
     a change, a restart, and the stack comes back with that split (nginx applies it, `canary status` says so)."""
-    ports = {"CANARY_PORT": free_port(), "CANARY_BLUE_PORT": free_port(), "CANARY_GREEN_PORT": free_port()}
-    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "CANARY_STATE_DIR": str(tmp_path)}
-    url = f"http://127.0.0.1:{ports['CANARY_PORT']}"
+    env = {**os.environ, **free_ports(), "CANARY_STATE_DIR": str(tmp_path)}
+    url = f"http://127.0.0.1:{env['CANARY_PORT']}"
     proc = None
     try:
         with Pollers(url) as pollers:
