@@ -35,6 +35,7 @@ class Load:
     workers: int = 8
     max_requests: int = 5000
     max_seconds: float = 120.0
+    rate: float | None = None  # requests per second from all workers together (None: as fast as answered)
     headers: dict[str, str] = field(default_factory=dict)
     answers: list[Answer] = field(default_factory=list)
 
@@ -46,8 +47,11 @@ class Load:
         with self._lock:
             if self._stop.is_set() or self._sent >= self.max_requests or time.monotonic() > self._deadline:
                 return False
+            slot = None if self.rate is None else self._began + self._sent / self.rate
             self._sent += 1
-            return True
+        if slot is not None:  # paced: wait for this request's turn (a long wait ends early when the load stops)
+            self._stop.wait(max(0.0, min(slot, self._deadline) - time.monotonic()))
+        return not self._stop.is_set()
 
     def _work(self) -> None:
         body = {"instances": [EXAMPLE_ROW]}
@@ -65,7 +69,8 @@ class Load:
                     self.answers.append(answer)
 
     def __enter__(self) -> "Load":
-        self._deadline = time.monotonic() + self.max_seconds
+        self._began = time.monotonic()
+        self._deadline = self._began + self.max_seconds
         for thread in self._threads:
             thread.start()
         return self
