@@ -22,9 +22,12 @@ $(BIN)/canary: pyproject.toml
 
 setup: $(BIN)/canary  ## the Python environment in .venv
 
-nginx:  ## Debian's nginx, installed through apt-get when missing (the stack runs its own instance)
-	@command -v nginx >/dev/null || (echo "installing nginx ..." && $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx >/dev/null)
+NJS := /usr/lib/nginx/modules/ngx_http_js_module.so
+
+nginx:  ## Debian's nginx and its njs module, installed through apt-get when missing (the stack runs its own nginx)
+	@command -v nginx >/dev/null && [ -f $(NJS) ] || (echo "installing nginx and njs ..." && \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+		--no-install-recommends nginx libnginx-mod-http-js >/dev/null)
 
 train: setup  ## train both versions into the BentoML model store (kept when already there)
 	@if [ -d "$(BENTOML_HOME)/models/$(MODEL)/v1.0.0" ] && [ -d "$(BENTOML_HOME)/models/$(MODEL)/v1.1.0" ]; then \

@@ -47,6 +47,7 @@ from targets import (
     NGINX_FLOOR,
     ROOT,
     Target,
+    backends,
     baseline_child,
     canary_settings,
     check_targets,
@@ -57,6 +58,7 @@ from targets import (
     log,
     memory_of,
     model_file,
+    part,
     predict_floor,
     profile_worker,
     run_wrk,
@@ -199,9 +201,9 @@ class Run:
         started = time.monotonic()
         deadline = started + 60 * a.max_minutes
         bodies = write_bodies(self.work / "bodies", a.batches)
-        ports = free_ports(7 + 3 * len(a.extras))
-        extra_ports = dict(zip(a.extras, (ports[7 + 3 * i: 10 + 3 * i] for i in range(len(a.extras)))))
-        settings = canary_settings(self.work / "canary", ROOT, self.store, ports[:3])
+        ports = free_ports(8 + 4 * len(a.extras))  # the canary 4, baseline, service, service@sklearn, floor
+        extra_ports = dict(zip(a.extras, (ports[8 + 4 * i: 12 + 4 * i] for i in range(len(a.extras)))))
+        settings = canary_settings(self.work / "canary", ROOT, self.store, ports[:4])
 
         log("timing the canary stack's cold start ...")
         cold = self.cold_starts(settings)
@@ -211,11 +213,11 @@ class Run:
         log("starting the baseline, the service (onnx, sklearn) and the framework floor ...")
         ready = {"canary_stack": statistics.median(cold)}
         targets = {}
-        baseline = baseline_child(ports[3], self.work, model_file(self.store, STABLE_VERSION))
-        ready["baseline"] = self.start_child(baseline, f"http://{HOST}:{ports[3]}/health")
-        targets["baseline"] = Target("baseline", f"http://{HOST}:{ports[3]}", [baseline.proc.pid])
-        for name, runtime, port in (("service", "onnx", ports[4]), ("service@sklearn", "sklearn", ports[5]),
-                                    (FRAMEWORK_FLOOR, "constant", ports[6])):
+        baseline = baseline_child(ports[4], self.work, model_file(self.store, STABLE_VERSION))
+        ready["baseline"] = self.start_child(baseline, f"http://{HOST}:{ports[4]}/health")
+        targets["baseline"] = Target("baseline", f"http://{HOST}:{ports[4]}", [baseline.proc.pid])
+        for name, runtime, port in (("service", "onnx", ports[5]), ("service@sklearn", "sklearn", ports[6]),
+                                    (FRAMEWORK_FLOOR, "constant", ports[7])):
             child = service_child(name.replace("@", "-"), ROOT, port, self.work, self.store, runtime)
             ready[name] = self.start_child(child, f"http://{HOST}:{port}/readyz")
             targets[name] = Target(name, f"http://{HOST}:{port}", [child.proc.pid])
@@ -236,7 +238,7 @@ class Run:
                 targets[name] = Target(name, extra.url, [c.proc.pid for c in self.extra_stacks[name].children])
         self.results["ready_s"] = ready
         targets["canary"] = Target("canary", settings.url, [c.proc.pid for c in self.stack.children],
-                                   parts={c.name: [c.proc.pid] for c in self.stack.children})
+                                   parts={part(c.name): [c.proc.pid] for c in self.stack.children})
         targets[NGINX_FLOOR] = Target(NGINX_FLOOR, settings.url, [self.stack.children[-1].proc.pid], method="GET")
         self.results["check"] = check_targets(targets, bodies)
         if a.targets:
@@ -284,11 +286,11 @@ class Run:
         self.results["memory"]["after_load"] = self.memory(targets)
         self.results["canary_versions"] = version_split(settings.state_dir / "logs" / "access.log")
         after = self.results["memory"]["after_load"].get("canary", {})
-        self.results["memory_per_version"] = {settings.version(c): after[c] for c in ("blue", "green") if c in after}
+        running = backends(self.stack)
+        self.results["memory_per_version"] = {v: after[color] for v, (color, _) in running.items() if color in after}
 
         log("parity: every data row and the generated rows through each canary backend ...")
-        self.results["parity"] = served_parity({settings.version(c): settings.backend_url(c) for c in ("blue", "green")},
-                                               self.store)
+        self.results["parity"] = served_parity({v: url for v, (_, url) in running.items()}, self.store)
 
         if a.profile:
             log("profiling the service worker with py-spy under 32 connections ...")

@@ -305,20 +305,33 @@ def served_parity(urls: dict[str, str], store: Path) -> dict[str, dict]:
 
 
 def canary_settings(state: Path, project: Path, store: Path, ports: list[int]) -> Settings:
+    """The stack on four free ports (nginx, blue, green's two slots); what it ships from [tool.canary]."""
     return Settings(project_dir=project, state_dir=state, host=HOST, port=ports[0], blue_port=ports[1],
-                    green_port=ports[2], green_weight=GREEN_WEIGHT, bentoml_home=store, ready_timeout=60,
-                    source="code")
+                    green_port=ports[2], green_port_b=ports[3], green_weight=GREEN_WEIGHT, bentoml_home=store,
+                    ready_timeout=60, source="code")
 
 
 def wait_ports_free(settings: Settings, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
-    ports = (settings.port, settings.blue_port, settings.green_port)
+    ports = (settings.port, settings.blue_port, settings.green_port, settings.green_port_b)
     while any(port_in_use(HOST, p) for p in ports) and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
+def part(child_name: str) -> str:
+    """blue, green or nginx: green runs in slot green_a or green_b."""
+    return "green" if child_name.startswith("green") else child_name
+
+
+def backends(stack: Stack) -> dict[str, tuple[str, str]]:
+    """version -> (blue or green, loopback URL) of the stack's two backends."""
+    state, s = stack.state, stack.settings
+    return {state.blue_version: ("blue", s.slot_url("blue")),
+            state.green_version: ("green", s.slot_url(state.green_slot))}
+
+
 def stack_memory(stack: Stack) -> dict:
-    parts = {c.name: memory_of([c.proc.pid]) for c in stack.children}
+    parts = {part(c.name): memory_of([c.proc.pid]) for c in stack.children}
     total = {k: round(sum(p[k] for p in parts.values()), 1) for k in ("rss_mib", "pss_mib", "uss_mib", "processes")}
     return {"total": total, **parts}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from canary_kit.config import COLORS, CanaryError, Settings, describe
+from canary_kit.config import CanaryError, Settings, describe
 
 
 class CanaryGroup(TyperGroup):
@@ -40,7 +41,7 @@ class CanaryGroup(TyperGroup):
 
 app = typer.Typer(
     cls=CanaryGroup,
-    help="Canary deployments for the BentoML penguin classifier: blue (stable) and green (candidate) behind nginx.",
+    help="Canary deployments for a BentoML service: blue (stable) and green (candidate) behind nginx.",
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -78,13 +79,17 @@ def _stop_once(signum, frame) -> None:
 @app.command()
 def up(
     port: Annotated[Optional[int], typer.Option(help="nginx's public port [default: 8000]")] = None,
-    green_weight: Annotated[Optional[int], typer.Option(help="percent of traffic to green [default: 10]")] = None,
+    green_weight: Annotated[
+        Optional[int], typer.Option(help="percent of traffic to green [default: the last split, or 10]")
+    ] = None,
     from_bentos: Annotated[bool, typer.Option("--from-bentos", help="serve the built Bentos, not service.py")] = False,
     workers: Annotated[Optional[int], typer.Option(help="BentoML workers per version [default: 1]")] = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Start blue, green and nginx; stay in the foreground until Ctrl-C, then stop all three."""
-    from canary_kit.stack import Stack, preflight  # imported here: keeps `canary --help` fast
+    """Start blue, green and nginx; stay in the foreground until Ctrl-C, then stop them all."""
+    from canary_kit.control import record
+    from canary_kit.stack import Stack
+    from canary_kit.targets import LocalTarget
 
     settings = settings_from(
         port=port,
@@ -93,24 +98,27 @@ def up(
         state_dir=state_dir,
         source="bento" if from_bentos else None,
     )
-    preflight(settings)  # refuse before printing anything else
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stop_once)
-    typer.echo(f"starting blue {settings.blue_version}, green {settings.green_version} and nginx ...")
     stack = Stack(settings)
+    stack.check()  # refuse before printing anything else
+    typer.echo("starting blue, green and nginx ...")
     try:
         stack.start()
-        typer.echo(f"ready in {time.monotonic() - stack.started_at:.1f}s: {settings.url}  (green gets {settings.green_weight}%)")
-        for color in COLORS:
-            typer.echo(f"  {color:<5} {settings.version(color)}  {settings.backend_url(color)}")
-        typer.echo(f"  state  {settings.state_dir}   (Ctrl-C stops all three)")
-        reported: set[str] = set()
+        state = stack.state
+        record(LocalTarget(settings.state_dir), "up", state, state, "canary up")
+        typer.echo(f"ready in {time.monotonic() - stack.started_at:.1f}s: {settings.url}  (green gets {state.green_weight}%)")
+        typer.echo(f"  blue   {state.blue_version}  {settings.slot_url('blue')}")
+        green = f"{state.green_version}  {settings.slot_url(state.green_slot)}" if state.green_version else "free"
+        typer.echo(f"  green  {green}")
+        typer.echo(f"  state  {settings.state_dir}   (Ctrl-C stops them all)")
+        reported: set[int] = set()
         while True:
             time.sleep(0.5)
-            for name, code in stack.exited():
-                if name not in reported:
-                    reported.add(name)
-                    typer.echo(f"{name} exited with code {code}; see {settings.state_dir / 'logs' / name}.log", err=True)
+            for name, pid in stack.gone():
+                if pid not in reported:
+                    reported.add(pid)
+                    typer.echo(f"{name} (pid {pid}) stopped; see {settings.state_dir / 'logs' / name}.log", err=True)
     except KeyboardInterrupt:
         typer.echo("stopping ...")
     finally:
@@ -125,12 +133,11 @@ Reason = Annotated[str, typer.Option("--reason", "-m", help="why, for the change
 
 def target_for(state_dir: Optional[Path], compose: bool, compose_file: Path):
     """The stack to act on: the local one (found through its state folder) or the compose one."""
-    from canary_kit.control import ComposeTarget, LocalTarget
+    from canary_kit.targets import ComposeTarget, LocalTarget
 
-    folder = state_dir or Path(os.environ.get("CANARY_STATE_DIR", ".canary"))
     if compose:
-        return ComposeTarget(folder, compose_file, os.environ.get("CANARY_COMPOSE_CMD") or compose_command())
-    return LocalTarget(folder)
+        return ComposeTarget(compose_file, os.environ.get("CANARY_COMPOSE_CMD") or compose_command())
+    return LocalTarget(state_dir or Path(os.environ.get("CANARY_STATE_DIR", ".canary")))
 
 
 def compose_command() -> str:
@@ -142,10 +149,11 @@ def compose_command() -> str:
     return "docker compose" if v2 or shutil.which("docker-compose") is None else "docker-compose"
 
 
-def change(weight: int, reason: str, state_dir: Optional[Path], compose: bool, compose_file: Path) -> None:
+def change(weight: int, reason: str, state_dir: Optional[Path], compose: bool, compose_file: Path, event: str) -> None:
     from canary_kit.control import set_weight
 
-    old, new = set_weight(target_for(state_dir, compose, compose_file), weight, reason)
+    before, after = set_weight(target_for(state_dir, compose, compose_file), weight, reason, event=event)
+    old, new = before.green_weight, after.green_weight
     if old == new:
         typer.echo(f"green already gets {new}%: nothing changed")
     else:
@@ -161,7 +169,7 @@ def set_weight_command(
     compose_file: ComposeFile = Path("docker-compose.yml"),
 ) -> None:
     """Send WEIGHT percent of requests to green and the rest to blue."""
-    change(weight, reason, state_dir, compose, compose_file)
+    change(weight, reason, state_dir, compose, compose_file, "set-weight")
 
 
 @app.command()
@@ -172,7 +180,7 @@ def promote(
     compose_file: ComposeFile = Path("docker-compose.yml"),
 ) -> None:
     """Send every request to green."""
-    change(100, reason, state_dir, compose, compose_file)
+    change(100, reason, state_dir, compose, compose_file, "promote")
 
 
 @app.command()
@@ -183,38 +191,101 @@ def rollback(
     compose_file: ComposeFile = Path("docker-compose.yml"),
 ) -> None:
     """Send every request to blue (green gets 0%)."""
-    change(0, reason, state_dir, compose, compose_file)
-
-
-def fmt(value, spec: str = "") -> str:
-    return "-" if value is None else format(value, spec)
+    change(0, reason, state_dir, compose, compose_file, "rollback")
 
 
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh in place until Ctrl-C")] = False,
+    interval: Annotated[float, typer.Option(min=0.5, max=60, help="seconds between refreshes (--watch)")] = 2.0,
     state_dir: StateDir = None,
     compose: Compose = False,
     compose_file: ComposeFile = Path("docker-compose.yml"),
 ) -> None:
-    """The split, each version's health, and its requests, errors and latency since the last change."""
+    """The split nginx applies, both versions, their health, and requests, errors and latency since the last change."""
     from canary_kit.control import status as read_status
+    from canary_kit.views import status_lines
 
-    report = read_status(target_for(state_dir, compose, compose_file))
+    target = target_for(state_dir, compose, compose_file)
+    try:
+        while True:
+            report = read_status(target)
+            if as_json:
+                typer.echo(json.dumps(report, indent=2))
+            else:
+                lines, warnings = status_lines(report)
+                if watch:
+                    lines.append(f"(every {interval:g}s; Ctrl-C stops)")
+                    typer.echo("\x1b[H\x1b[2J" if sys.stdout.isatty() else "", nl=False)
+                typer.echo("\n".join(lines))
+                for warning in warnings:
+                    typer.echo(warning, err=True)
+            if not watch:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        if not watch:
+            raise
+
+
+@app.command()
+def history(
+    limit: Annotated[Optional[int], typer.Option(min=1, help="only the last LIMIT changes")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
+    state_dir: StateDir = None,
+    compose: Compose = False,
+    compose_file: ComposeFile = Path("docker-compose.yml"),
+) -> None:
+    """What served when: starts, deploys, weight changes, promotions, rollbacks, finalizations, and why."""
+    from canary_kit.views import history_lines, read_history
+
+    if compose:
+        folder = target_for(state_dir, compose, compose_file).state_dir
+    else:
+        folder = (state_dir or Path(os.environ.get("CANARY_STATE_DIR", ".canary"))).expanduser().absolute()
+    entries = read_history(folder / "changes.log", limit)
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    since = f"since {report['since']}" if report["since"] else "since start"
-    typer.echo(f"split: blue {100 - report['green_weight']}% / green {report['green_weight']}%   figures {since}")
-    typer.echo(f"{'':6}{'version':<9}{'weight':>7}  {'health':<7}{'requests':>9}{'5xx':>6}{'err%':>7}{'p50 ms':>8}{'p99 ms':>8}")
-    for color, b in report["backends"].items():
-        f = b["since_change"] or {}
-        rate = None if f.get("error_rate") is None else 100 * f["error_rate"]
-        typer.echo(
-            f"{color:<6}{b['version']:<9}{b['weight']:>6}%  {'up' if b['healthy'] else 'DOWN':<7}"
-            f"{fmt(f.get('requests')):>9}{fmt(f.get('errors')):>6}{fmt(rate, '.2f'):>7}"
-            f"{fmt(f.get('p50_ms'), '.1f'):>8}{fmt(f.get('p99_ms'), '.1f'):>8}"
-        )
+        typer.echo("\n".join(json.dumps(e) for e in entries))
+    elif not entries:
+        typer.echo(f"no changes recorded in {folder / 'changes.log'}")
+    else:
+        typer.echo("\n".join(history_lines(entries)))
+
+
+@app.command()
+def deploy(
+    version: Annotated[str, typer.Argument(help="the version to ship as green, e.g. v1.2.0")],
+    timeout: Annotated[
+        Optional[float], typer.Option(min=1, max=600, help="seconds it has to become ready [default: 60; 180 compose]")
+    ] = None,
+    reason: Reason = "",
+    state_dir: StateDir = None,
+    compose: Compose = False,
+    compose_file: ComposeFile = Path("docker-compose.yml"),
+) -> None:
+    """Start VERSION as green next to blue (green at 0% until it is ready), then replace the old green."""
+    from canary_kit.config import VERSION
+    from canary_kit.release import deploy as run_deploy
+
+    if not re.fullmatch(VERSION, version):
+        raise CanaryError(f"version must look like v1.2.0, got {version!r}")
+    state = run_deploy(target_for(state_dir, compose, compose_file), version, reason, typer.echo, timeout)
+    typer.echo(f"green serves {state.green_version} at 0% (blue {state.blue_version} 100%); next: canary rollout")
+
+
+@app.command()
+def finalize(
+    reason: Reason = "",
+    state_dir: StateDir = None,
+    compose: Compose = False,
+    compose_file: ComposeFile = Path("docker-compose.yml"),
+) -> None:
+    """After promote: blue takes over the promoted version and green is freed for the next deploy."""
+    from canary_kit.release import finalize as run_finalize
+
+    state = run_finalize(target_for(state_dir, compose, compose_file), reason, typer.echo)
+    typer.echo(f"blue serves {state.blue_version} at 100%; green is free for the next `canary deploy`")
 
 
 @app.command()
@@ -279,9 +350,9 @@ def rollout(
     try:
         result = plan.run(target, chosen, typer.echo, run_shadow)
     except KeyboardInterrupt:
-        from canary_kit.control import weight_of
+        from canary_kit.control import split_of
 
-        typer.echo(f"interrupted: green stays at {weight_of(target.routes())}%; `canary rollback` is always safe", err=True)
+        typer.echo(f"interrupted: green stays at {split_of(target)[0]}%; `canary rollback` is always safe", err=True)
         raise typer.Exit(130) from None
     report = plan.write_report(result, target.state_dir / "rollouts")
     typer.echo(f"{result.outcome}: {result.reason}; green at {result.final_weight}%  (report: {report})")
@@ -289,7 +360,46 @@ def rollout(
         raise typer.Exit(2 if result.outcome == "paused" else 1)
 
 
+k8s_app = typer.Typer(help="The same canary on Kubernetes: Argo Rollouts + Gateway API, from the rollout spec.")
+app.add_typer(k8s_app, name="k8s")
+
+
+@k8s_app.command("render")
+def k8s_render(
+    spec: Annotated[Optional[Path], typer.Option(help="rollout spec YAML [default: the committed one]")] = None,
+    out: Annotated[Path, typer.Option(help="folder of the kustomize base")] = Path("deploy/k8s"),
+    image_tag: Annotated[
+        Optional[str], typer.Option(help="image tag of the version shipped [default: green_version of [tool.canary]]")
+    ] = None,
+    gateway: Annotated[Optional[str], typer.Option(help="Gateway the routes attach to [default: gateway]")] = None,
+    prometheus: Annotated[Optional[str], typer.Option(help="Prometheus URL for the analysis")] = None,
+) -> None:
+    """Write the kustomize base (Rollout, Services, HTTPRoutes, AnalysisTemplate) from the rollout spec."""
+    from canary_kit import k8s
+    from canary_kit.rollout import load_spec
+
+    try:
+        target = k8s.Target.from_settings(settings_from(), image_tag=image_tag, gateway=gateway, prometheus=prometheus)
+    except ValidationError as exc:
+        raise CanaryError(f"invalid setting: {describe(exc)}") from None
+    written = k8s.render(target, load_spec(spec, {}), out, str(spec or "canary_kit/rollout.yaml"))
+    typer.echo(f"wrote {len(written)} files to {out}: kubectl apply -k {out}")
+
+
+@k8s_app.command("check")
+def k8s_check(folder: Annotated[Path, typer.Argument(help="kustomize base")] = Path("deploy/k8s")) -> None:
+    """Render FOLDER with kubectl kustomize and check what schemas miss: steps, routes, names, gates."""
+    from canary_kit import k8s_checks
+
+    docs = k8s_checks.kustomize(folder)
+    k8s_checks.ensure(docs)
+    typer.echo(f"{folder}: {len(docs)} resources ({', '.join(sorted({d['kind'] for d in docs}))}), no problem found")
+
+
 def main() -> None:
+    # `kill` or a closed terminal unwinds a command as Ctrl-C does: a deploy stops the version it was starting.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_once)
     app()
 
 

@@ -1,6 +1,13 @@
-"""All settings of the canary stack in one typed object; every field can come from a CANARY_* variable.
+"""All settings of the canary stack in one typed object: the `[tool.canary]` table of the project's pyproject.toml,
+overridden by CANARY_* variables, overridden by command-line options. Bad values are refused.
 
-    CANARY_PORT=9000 canary up       # the same as: canary up --port 9000
+    [tool.canary]                          # what to ship: the tool knows a model only through these
+    model_name = "penguin_classifier"
+    service_name = "penguin_classifier"
+    blue_version = "v1.0.0"
+    green_version = "v1.1.0"
+
+    CANARY_PORT=9000 canary up             # the same as: canary up --port 9000
 """
 
 from __future__ import annotations
@@ -10,12 +17,13 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from penguin.features import CANDIDATE_VERSION, MODEL_NAME, STABLE_VERSION
+from pydantic_settings import BaseSettings, PyprojectTomlConfigSettingsSource, SettingsConfigDict
 
 Port = int
 COLORS = ("blue", "green")
+SLOTS = ("blue", "green_a", "green_b")  # where a version runs: blue's place, and two for green (see stack.py)
+VERSION = r"^v\d+\.\d+\.\d+$"
+NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 
 
 class CanaryError(Exception):
@@ -32,24 +40,43 @@ def default_bentoml_home() -> Path:
 
 
 class Settings(BaseSettings):
-    """Where the stack runs, which versions it serves and how traffic is split."""
+    """What is shipped, where the stack runs, and how traffic is split at the first start."""
 
-    model_config = SettingsConfigDict(env_prefix="CANARY_", extra="forbid", validate_assignment=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CANARY_", extra="forbid", validate_assignment=True, pyproject_toml_table_header=("tool", "canary")
+    )
 
-    project_dir: Path = Field(default_factory=Path.cwd, description="folder holding service.py")
-    state_dir: Path = Field(Path(".canary"), description="rendered nginx config, logs, pid files")
+    # What is shipped: a BentoML service serving versions of one model from the store.
+    model_name: str = Field(pattern=NAME, description="the BentoML model whose versions are shipped")
+    service_name: str = Field(pattern=NAME, description="the BentoML service; Bentos and images are NAME:VERSION")
+    service: str = Field(".", description="what `bentoml serve` runs from code: a bentofile folder or module:Class")
+    version_arg: str = Field("model_version", pattern=r"^\w+$", description="the --arg naming the version to serve")
+    blue_version: str = Field(pattern=VERSION, description="the stable version at the first start")
+    green_version: str = Field(pattern=VERSION, description="the candidate version at the first start")
+
+    # Where the local stack runs.
+    project_dir: Path = Field(default_factory=Path.cwd, description="folder holding the service and nginx/")
+    state_dir: Path = Field(Path(".canary"), description="routing state, rendered nginx config, logs, pid files")
     host: str = Field("127.0.0.1", description="address nginx listens on")
     port: Port = Field(8000, ge=1, le=65535, description="nginx's public port")
     blue_port: Port = Field(3001, ge=1, le=65535, description="blue's loopback port")
-    green_port: Port = Field(3002, ge=1, le=65535, description="green's loopback port")
-    blue_version: str = Field(STABLE_VERSION, pattern=r"^v\d+\.\d+\.\d+$")
-    green_version: str = Field(CANDIDATE_VERSION, pattern=r"^v\d+\.\d+\.\d+$")
-    green_weight: int = Field(10, ge=0, le=100, description="percent of requests sent to green")
-    source: Literal["code", "bento"] = Field("code", description="serve service.py, or the built Bentos")
+    green_port: Port = Field(3002, ge=1, le=65535, description="green's loopback port (slot a)")
+    green_port_b: Port = Field(3003, ge=1, le=65535, description="green's second port: the next version starts here")
+    green_weight: int | None = Field(
+        None, ge=0, le=100, description="green's percent at start [default: the last split, or 10 at the first start]"
+    )
+    source: Literal["code", "bento"] = Field("code", description="serve the service's code, or the built Bentos")
     workers: int = Field(1, ge=1, le=16, description="BentoML worker processes per version")
+    max_inflight: int = Field(
+        128, ge=1, le=10000, description="requests in flight per version; nginx answers more with a fast 503"
+    )
     bentoml_home: Path = Field(default_factory=default_bentoml_home)
     nginx_bin: str = "nginx"
-    ready_timeout: float = Field(60.0, gt=0, le=600, description="seconds to wait for all three to be ready")
+    ready_timeout: float = Field(60.0, gt=0, le=600, description="seconds a version has to become ready")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return init_settings, env_settings, PyprojectTomlConfigSettingsSource(settings_cls)
 
     @field_validator("project_dir", "state_dir", "bentoml_home")
     @classmethod
@@ -58,23 +85,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> "Settings":
-        ports = (self.port, self.blue_port, self.green_port)
-        if len(set(ports)) != 3:
-            raise ValueError(f"port, blue_port and green_port must differ, got {ports}")
+        ports = (self.port, self.blue_port, self.green_port, self.green_port_b)
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"port, blue_port, green_port and green_port_b must differ, got {ports}")
         return self
 
-    def version(self, color: str) -> str:
-        return self.blue_version if color == "blue" else self.green_version
+    def slot_port(self, slot: str) -> int:
+        return {"blue": self.blue_port, "green_a": self.green_port, "green_b": self.green_port_b}[slot]
 
-    def backend_port(self, color: str) -> int:
-        return self.blue_port if color == "blue" else self.green_port
+    def slot_url(self, slot: str) -> str:
+        return f"http://127.0.0.1:{self.slot_port(slot)}"
 
-    def bento_tag(self, color: str) -> str:
-        return f"{MODEL_NAME}:{self.version(color)}"
+    def bento_tag(self, version: str) -> str:
+        return f"{self.service_name}:{version}"
+
+    def model_tag(self, version: str) -> str:
+        return f"{self.model_name}:{version}"
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    def backend_url(self, color: str) -> str:
-        return f"http://127.0.0.1:{self.backend_port(color)}"

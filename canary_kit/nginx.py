@@ -1,39 +1,30 @@
-"""Render the committed nginx templates, check them with `nginx -t`, write them atomically, reload nginx.
+"""Render the committed nginx templates for the local stack and check them with `nginx -t`.
 
 Templates live in `nginx/`. Only `${CANARY_*}` placeholders are substituted, and every one must be given:
 nginx's own `$variables` are never touched, and a forgotten placeholder is an error, not an empty string.
+The rendered config holds the backends' addresses only: the split lives in the routing state (routing.py),
+which nginx reads per request, so nothing here runs while the stack serves.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import resource
 import subprocess
-import tempfile
 from pathlib import Path
 
-import httpx
-
 from canary_kit.config import CanaryError, Settings
+from canary_kit.files import write_atomic
+from canary_kit.routing import STATE_FILE
 
 ROUTES_TEMPLATE = "canary.conf.template"
 LOCAL_MAIN_TEMPLATE = "nginx.local.conf.template"
+NJS_SCRIPT = "canary.js"
+NJS_MODULE = "ngx_http_js_module.so"
 PLACEHOLDER = re.compile(r"\$\{(CANARY_[A-Z0-9_]+)\}")
-
-
-def split_directive(green_weight: int) -> str:
-    """The body of nginx's split_clients block for a green weight of 0-100 (nginx refuses a 0% entry)."""
-    if not 0 <= green_weight <= 100:
-        raise CanaryError(f"green weight must be between 0 and 100, got {green_weight}")
-    return "* blue;" if green_weight == 0 else f"{green_weight}% green; * blue;"
-
-
-SHADOW_LOCATION = "/_canary/shadow"
-
-
-def mirror_directive(shadow: bool) -> str:
-    """The argument of nginx's `mirror` for /predict: copies to green in shadow mode, none otherwise."""
-    return SHADOW_LOCATION if shadow else "off"
+MAX_NOFILE = 65536
 
 
 def render(template: str, variables: dict[str, str]) -> str:
@@ -52,16 +43,61 @@ def read_template(name: str, template_dir: Path) -> str:
     return path.read_text()
 
 
-def routes_variables(settings: Settings, green_weight: int, shadow: bool = False) -> dict[str, str]:
-    """The routing template's variables for the local stack: loopback backends, logs in the state folder."""
+def routes_variables(settings: Settings) -> dict[str, str]:
+    """The routing template's variables for the local stack: loopback backends, state and logs in the state folder."""
     return {
         "CANARY_BLUE_SERVER": f"127.0.0.1:{settings.blue_port}",
         "CANARY_GREEN_SERVER": f"127.0.0.1:{settings.green_port}",
+        "CANARY_GREEN_B_SERVER": f"127.0.0.1:{settings.green_port_b}",
         "CANARY_LISTEN": f"{settings.host}:{settings.port}",
-        "CANARY_SPLIT": split_directive(green_weight),
-        "CANARY_MIRROR": mirror_directive(shadow),
         "CANARY_ACCESS_LOG": str(settings.state_dir / "logs" / "access.log"),
+        "CANARY_NJS": str(settings.project_dir / "nginx" / NJS_SCRIPT),
+        "CANARY_STATE_FILE": str(settings.state_dir / STATE_FILE),
+        "CANARY_MAX_INFLIGHT": str(settings.max_inflight),
+        "CANARY_ADMIN_LISTEN": f"unix:{admin_socket(settings)}",
     }
+
+
+def admin_socket(settings: Settings) -> Path:
+    """The unix socket of nginx's admin server (the routing state it applies), in the state folder."""
+    path = settings.state_dir / "nginx-admin.sock"
+    if len(str(path)) > 100:  # sun_path holds 108 bytes
+        raise CanaryError(f"the state folder's path is too long for nginx's admin socket: {path}")
+    return path
+
+
+def njs_module(nginx_bin: str) -> Path:
+    """The njs dynamic module of this nginx build (its --modules-path, else the usual folders)."""
+    try:
+        built = subprocess.run([nginx_bin, "-V"], capture_output=True, text=True, timeout=10).stderr
+    except (OSError, subprocess.SubprocessError):
+        built = ""
+    found = re.search(r"--modules-path=(\S+)", built)
+    folders = [Path(found.group(1))] if found else []
+    folders += [Path(p) for p in ("/usr/lib/nginx/modules", "/usr/share/nginx/modules", "/etc/nginx/modules")]
+    for folder in folders:
+        if (folder / NJS_MODULE).is_file():
+            return folder / NJS_MODULE
+    raise CanaryError(
+        "nginx's njs module is not installed (it reads the routing state): "
+        "sudo apt-get install -y libnginx-mod-http-js (Debian/Ubuntu) or nginx-module-njs (nginx.org packages)"
+    )
+
+
+def open_files_limit() -> int:
+    """Raise this process's open-files limit to its hard limit (at most MAX_NOFILE); children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def capped(limit: int) -> int:
+        return MAX_NOFILE if limit == resource.RLIM_INFINITY else min(limit, MAX_NOFILE)
+
+    if capped(soft) < capped(hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (capped(hard), hard))
+            soft = capped(hard)
+        except (ValueError, OSError):
+            pass
+    return capped(soft)
 
 
 class LocalNginx:
@@ -74,57 +110,34 @@ class LocalNginx:
         self.pid_file = settings.state_dir / "nginx.pid"
         self.templates = settings.project_dir / "nginx"
 
-    def render_main(self, routes: Path | None = None) -> str:
-        variables = {"CANARY_STATE_DIR": str(self.settings.state_dir), "CANARY_ROUTES": str(routes or self.routes_conf)}
+    def render_main(self, nofile: int | None = None) -> str:
+        """The process config: njs loaded once, and connections sized from the open-files limit."""
+        nofile = nofile or open_files_limit()
+        variables = {
+            "CANARY_STATE_DIR": str(self.settings.state_dir),
+            "CANARY_USER": pwd.getpwuid(os.geteuid()).pw_name,
+            "CANARY_ROUTES": str(self.routes_conf),
+            "CANARY_NJS_MODULE": str(njs_module(self.settings.nginx_bin)),
+            "CANARY_NOFILE": str(nofile),
+            "CANARY_WORKER_CONNECTIONS": str(worker_connections(nofile)),
+        }
         return render(read_template(LOCAL_MAIN_TEMPLATE, self.templates), variables)
 
-    def render_routes(self, green_weight: int, shadow: bool = False) -> str:
-        variables = routes_variables(self.settings, green_weight, shadow)
-        return render(read_template(ROUTES_TEMPLATE, self.templates), variables)
+    def render_routes(self) -> str:
+        return render(read_template(ROUTES_TEMPLATE, self.templates), routes_variables(self.settings))
 
-    def write(self, green_weight: int) -> None:
-        """First start: write both files (no running nginx to protect yet), then check them."""
+    def write(self) -> None:
+        """Before nginx starts: write both files, then check them."""
         for sub in ("logs", "nginx-tmp"):
             (self.settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
         write_atomic(self.main_conf, self.render_main())
-        write_atomic(self.routes_conf, self.render_routes(green_weight))
+        write_atomic(self.routes_conf, self.render_routes())
         self.test()
 
-    def routes(self) -> str:
-        return self.routes_conf.read_text()
-
-    def apply(self, routes: str) -> None:
-        """Replace the running routes with `routes`: `nginx -t` on the candidate first, then swap and reload.
-
-        The candidate is checked through a throw-away main config that includes it, so the live files change only
-        after nginx accepted it, and then only by an atomic rename; a rejected candidate leaves them untouched.
-        """
-        candidate = self.settings.state_dir / "canary.conf.next"
-        probe = self.settings.state_dir / "nginx.next.conf"
-        try:
-            write_atomic(candidate, routes)
-            write_atomic(probe, self.render_main(candidate))
-            self.test(probe)
-            os.replace(candidate, self.routes_conf)
-        finally:
-            candidate.unlink(missing_ok=True)
-            probe.unlink(missing_ok=True)
-        self.reload()
-
-    def running_split(self) -> str | None:
-        """The routing the running nginx reports, read on a fresh connection; None if it does not answer."""
-        try:
-            response = httpx.get(f"http://{self.settings.host}:{self.settings.port}/_nginx/split", timeout=1)
-        except httpx.HTTPError:
-            return None
-        return response.text.strip() if response.status_code == 200 else None
-
-    def test(self, main_conf: Path | None = None) -> None:
+    def test(self) -> None:
         """`nginx -t` on the main config (which includes the routes); raise with nginx's words if it fails."""
         result = subprocess.run(
-            [self.settings.nginx_bin, "-t", "-q", "-c", str(main_conf or self.main_conf)],
-            capture_output=True,
-            text=True,
+            [self.settings.nginx_bin, "-t", "-q", "-c", str(self.main_conf)], capture_output=True, text=True
         )
         if result.returncode != 0:
             reason = " ".join(line for line in result.stderr.splitlines() if "emerg" in line or "error" in line)
@@ -133,23 +146,7 @@ class LocalNginx:
     def command(self) -> list[str]:
         return [self.settings.nginx_bin, "-c", str(self.main_conf)]
 
-    def reload(self) -> None:
-        result = subprocess.run([*self.command(), "-s", "reload"], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise CanaryError(f"nginx reload failed: {result.stderr.strip()}")
 
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder and rename it: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def worker_connections(nofile: int) -> int:
+    """Connections per nginx worker within `nofile` open files (a few are logs and listening sockets)."""
+    return max(256, min(16384, nofile - 64))

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from canary_kit.config import CanaryError, describe
-from canary_kit.control import SplitChanged, set_weight, shadow_of, snapshots, weight_of
+from canary_kit.control import SplitChanged, current, set_weight, snapshots
 from canary_kit.metrics import figures_between
 
 DEFAULT_SPEC = Path(__file__).with_name("rollout.yaml")
@@ -141,24 +141,25 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
         result.shadow = shadow_phase(target, spec.shadow_seconds, echo)
         agreement = result.shadow.get("agreement")
         if spec.min_agreement is not None and (agreement is None or agreement < spec.min_agreement):
-            set_weight(target, 0, reason="rollout: shadow agreement too low")
+            set_weight(target, 0, reason="rollout: shadow agreement too low", event="rollout")
             result.outcome, result.final_weight = "rolled back", 0
             result.reason = f"shadow agreement {agreement} below {spec.min_agreement}"
             return result
     failed = 0
-    routes = target.routes()
-    state = (weight_of(routes), shadow_of(routes))
-    result.final_weight = state[0]
+    state = current(target)
+    result.final_weight = state.green_weight
     for number, weight in enumerate(spec.steps, start=1):
-        if weight < state[0] and not state[1]:
+        if weight < state.green_weight and not state.shadow:
             continue  # green already has more than this share: carry on from where it is
-        try:  # only from the state the rollout left: an operator's change meanwhile stops it
-            set_weight(target, weight, reason=f"rollout step {number}/{len(spec.steps)}", expect=state)
+        try:  # only from the state the rollout left: any change meanwhile (an operator, a deploy) stops it
+            _, state = set_weight(
+                target, weight, reason=f"rollout step {number}/{len(spec.steps)}", expect=state.serial, event="rollout"
+            )
         except SplitChanged as exc:
             result.outcome, result.reason = "stopped", str(exc)
-            result.final_weight = weight_of(target.routes())
+            result.final_weight = current(target).green_weight
             return result
-        state, result.final_weight = (weight, False), weight
+        result.final_weight = weight
         inconclusive = 0
         while True:
             before, started = snapshots(target), time.monotonic()
@@ -166,10 +167,10 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
             shown = 0.0
             while (elapsed := time.monotonic() - started) < spec.hold_seconds:
                 time.sleep(min(spec.check_every, spec.hold_seconds - elapsed))
-                routes = target.routes()
-                if (weight_of(routes), shadow_of(routes)) != state:
-                    result.outcome, result.final_weight = "stopped", weight_of(routes)
-                    result.reason = f"the split was changed by someone else (green now {weight_of(routes)}%)"
+                now = current(target)
+                if now.serial != state.serial:
+                    result.outcome, result.final_weight = "stopped", now.green_weight
+                    result.reason = f"the state was changed by someone else (green now {now.green_weight}%)"
                     return result
                 if target.backend("green", "/readyz") is None:
                     verdict, reason = "fail", "green is not ready (health check failed)"
@@ -195,7 +196,7 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
                 continue
             failed += 1
             if failed >= spec.max_failed_checks:
-                set_weight(target, 0, reason=f"rollout: {reason}")
+                set_weight(target, 0, reason=f"rollout: {reason}", event="rollout")
                 result.outcome, result.final_weight = "rolled back", 0
                 result.reason = f"{failed} failed checks; last: {reason}"
                 return result

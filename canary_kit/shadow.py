@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from typing import Callable
 
-from canary_kit.control import set_weight, shadow_of, weight_of
+from canary_kit.control import current, set_weight
 
 
 def _ms(entry: dict) -> float | None:
@@ -64,10 +64,11 @@ def compare(entries: list[dict], blue_version: str) -> dict:
 
 def run_shadow(target, seconds: float, echo: Callable[[str], None]) -> dict:
     """Mirror for `seconds` with green at 0%, then restore the weight it had and compare what was logged."""
-    routes = target.routes()
-    previous = (weight_of(routes), shadow_of(routes))
+    previous = current(target)
     mark = target.log_mark()
-    set_weight(target, 0, reason=f"shadow for {seconds:.0f}s", shadow=True, expect=previous)
+    _, mirroring = set_weight(
+        target, 0, reason=f"shadow for {seconds:.0f}s", shadow=True, expect=previous.serial, event="shadow"
+    )
     try:
         started = time.monotonic()
         while (left := seconds - (time.monotonic() - started)) > 0:
@@ -75,6 +76,6 @@ def run_shadow(target, seconds: float, echo: Callable[[str], None]) -> dict:
             echo(f"  shadow: {max(0.0, seconds - (time.monotonic() - started)):4.0f}s left")
     finally:
         # back to the weight it had, unless an operator changed the split meanwhile (then theirs stands)
-        set_weight(target, previous[0], reason="shadow done", expect=(0, True))
+        set_weight(target, previous.green_weight, reason="shadow done", expect=mirroring.serial, event="shadow")
     time.sleep(0.2)  # the last mirrored copies finish after their live answers
-    return compare(target.log_since(mark), target.version("blue"))
+    return compare(target.log_since(mark), target.serving("blue"))

@@ -1,10 +1,14 @@
 """The local canary stack: blue and green as real `bentoml serve` processes and nginx in front, as one unit.
 
-    with Stack(settings) as stack:   # starts all three and waits until each is ready
-        ...                          # leaving the block stops all three, whatever happened
+    with Stack(settings) as stack:   # starts them and waits until each is ready, through nginx too
+        ...                          # leaving the block stops them all, whatever happened
 
-Each version gets its own BENTOML_HOME (sharing the model store through symlinks), because `bentoml serve` wipes
-and reuses `$BENTOML_HOME/prometheus_multiproc_dir`: two servers sharing one home report each other's counts.
+Versions run in slots, each with its own port and its own BENTOML_HOME (sharing the model store through
+symlinks; `bentoml serve` wipes and reuses `$BENTOML_HOME/prometheus_multiproc_dir`, so two servers sharing one
+home would report each other's counts): blue always runs in slot `blue`, and green in `green_a` or `green_b`,
+so that `canary deploy` can start the next version in the free one while the current one serves. `stack.json`
+in the state folder lists what runs where; `canary deploy` and `canary finalize` keep it up to date, and
+stopping the stack stops everything it lists.
 """
 
 from __future__ import annotations
@@ -13,108 +17,25 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
 
-from canary_kit.config import COLORS, CanaryError, Settings
-from penguin.features import MODEL_NAME
-from canary_kit.nginx import LocalNginx, write_atomic
+from canary_kit import routing
+from canary_kit.config import SLOTS, CanaryError, Settings
+from canary_kit.files import write_atomic
+from canary_kit.nginx import LocalNginx, njs_module
+from canary_kit.processes import Child, alive, listeners, port_in_use, process, stop_tree
 
 STACK_FILE = "stack.json"
 BASELINE = "baseline.json"  # the metrics at the last change, for `canary status`
 
 
-@dataclass
-class Child:
-    """One supervised process, started in its own session so that stopping it stops all it spawned."""
-
-    name: str
-    argv: list[str]
-    log: Path
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: Path | None = None
-    stop_signal: int = signal.SIGTERM
-    proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=self.cwd,
-                env={**os.environ, **self.env},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def exit_code(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def tree(self) -> list[psutil.Process]:
-        """The process and all its descendants (bentoml's workers run in sessions of their own)."""
-        try:
-            leader = psutil.Process(self.proc.pid)
-            return [leader, *leader.children(recursive=True)]
-        except (psutil.NoSuchProcess, AttributeError):
-            return []
-
-    def stop(self, grace: float = 10.0) -> None:
-        """Signal the process group to stop, then SIGKILL every process of the tree still there after `grace` s."""
-        if self.proc is None:
-            return
-        tree = self.tree()  # taken first: once the leader is gone, its orphans can no longer be found
-        try:
-            os.killpg(self.proc.pid, self.stop_signal)
-        except ProcessLookupError:
-            pass
-        _, alive = psutil.wait_procs(tree, timeout=grace)
-        for straggler in alive:
-            try:
-                straggler.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def kill(self) -> None:
-        """SIGKILL the whole tree at once, as a crash would (used to test failover)."""
-        for process in self.tree():
-            process.kill()
-        self.proc.wait(timeout=10)
-
-    def last_lines(self, count: int = 5) -> str:
-        try:
-            lines = self.log.read_text(errors="replace").strip().splitlines()
-        except FileNotFoundError:
-            return ""
-        return "\n".join(lines[-count:])
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def backend_home(settings: Settings, color: str) -> Path:
-    """A private BENTOML_HOME for one version: its own metrics folder, the shared model store and Bentos."""
-    home = settings.state_dir / color / "bentoml"
+def backend_home(settings: Settings, slot: str) -> Path:
+    """A private BENTOML_HOME for one slot: its own metrics folder, the shared model store and Bentos."""
+    home = settings.state_dir / slot / "bentoml"
     home.mkdir(parents=True, exist_ok=True)
     for store in ("models", "bentos"):
         target, link = settings.bentoml_home / store, home / store
@@ -127,55 +48,78 @@ def backend_home(settings: Settings, color: str) -> Path:
     return home
 
 
-def backend_child(settings: Settings, color: str) -> Child:
-    """`bentoml serve` for one version: service.py with --arg model_version, or the version's built Bento."""
-    version, port = settings.version(color), settings.backend_port(color)
+def backend_child(settings: Settings, slot: str, version: str) -> Child:
+    """`bentoml serve` for one version in one slot: the service's code with --arg VERSION_ARG=version, or the
+    version's built Bento."""
     if settings.source == "bento":
-        target = [settings.bento_tag(color)]
+        target = [settings.bento_tag(version)]
     else:
-        target = ["service:PenguinClassifier", "--arg", f"model_version={version}"]
+        target = [settings.service, "--arg", f"{settings.version_arg}={version}"]
     bentoml = Path(sys.executable).with_name("bentoml")
     argv = [str(bentoml) if bentoml.exists() else "bentoml", "serve", *target, "--host", "127.0.0.1"]
-    argv += ["--port", str(port)]
+    argv += ["--port", str(settings.slot_port(slot))]
     env = {
-        "BENTOML_HOME": str(backend_home(settings, color)),
+        "BENTOML_HOME": str(backend_home(settings, slot)),
         "BENTOML_DO_NOT_TRACK": "true",
         "PYTHONUNBUFFERED": "1",
     }
     if settings.workers != 1:
-        env["BENTOML_CONFIG_OPTIONS"] = f"services.penguin_classifier.workers={settings.workers}"
-    return Child(color, argv, settings.state_dir / "logs" / f"{color}.log", env, settings.project_dir)
+        env["BENTOML_CONFIG_OPTIONS"] = f"services.{settings.service_name}.workers={settings.workers}"
+    return Child(slot, argv, settings.state_dir / "logs" / f"{slot}.log", env, settings.project_dir)
 
 
-def preflight(settings: Settings) -> None:
+def missing_version(settings: Settings, version: str) -> str | None:
+    """Why `version` cannot be served from this store, or None when it can."""
+    if settings.source == "bento":
+        where, hint = settings.bentoml_home / "bentos" / settings.service_name / version, "bentoml build"
+        tag = settings.bento_tag(version)
+    else:
+        where, hint = settings.bentoml_home / "models" / settings.model_name / version, "train it"
+        tag = settings.model_tag(version)
+    if where.is_dir():
+        return None
+    found = sorted(p.name for p in where.parent.iterdir() if p.is_dir() and p.name != "latest") if where.parent.is_dir() else []
+    return f"{tag} is not in {where.parent.parent} ({hint} first; versions there: {', '.join(found) or 'none'})"
+
+
+def preflight(settings: Settings, versions: list[str] | None = None) -> None:
     """Refuse, in one line, what would make the start fail half-way."""
     if shutil.which(settings.nginx_bin) is None:
-        raise CanaryError(f"nginx is not installed ({settings.nginx_bin!r} not found): sudo apt-get install -y nginx")
-    if settings.source == "code" and not (settings.project_dir / "service.py").is_file():
-        raise CanaryError(f"no service.py in {settings.project_dir}: run canary from the project folder")
-    for color in COLORS:
-        store = "bentos" if settings.source == "bento" else "models"
-        where = settings.bentoml_home / store / MODEL_NAME / settings.version(color)
-        if not where.is_dir():
-            hint = "make bentos" if store == "bentos" else "python train_model.py"
-            raise CanaryError(f"{settings.bento_tag(color)} is not in {where.parent.parent} (run `{hint}`)")
-    named = [("nginx", settings.host, settings.port)]
-    named += [(color, "127.0.0.1", settings.backend_port(color)) for color in COLORS]
+        raise CanaryError(
+            f"nginx is not installed ({settings.nginx_bin!r} not found): sudo apt-get install -y nginx libnginx-mod-http-js"
+        )
+    njs_module(settings.nginx_bin)
+    if settings.source == "code" and not settings.project_dir.is_dir():
+        raise CanaryError(f"project folder {settings.project_dir} not found: run canary from the project folder")
+    for version in versions or [settings.blue_version, settings.green_version]:
+        problem = missing_version(settings, version)
+        if problem:
+            raise CanaryError(problem)
+    named = [("nginx", settings.host, settings.port), ("blue", "127.0.0.1", settings.blue_port)]
+    named += [("green", "127.0.0.1", settings.green_port), ("green", "127.0.0.1", settings.green_port_b)]
     for name, host, port in named:
         if port_in_use(host, port):
             raise CanaryError(f"port {port} on {host} ({name}) is already in use")
 
 
 def wait_ready(children: list[Child], urls: dict[str, str], timeout: float) -> None:
-    """Poll each child's ready URL until all answer 200; fail early if a child exits."""
+    """Poll each child's ready URL until all answer 200; fail early if a child exits, or if its worker processes
+    keep dying while it starts (a service that crashes in its __init__ is restarted over and over)."""
     deadline = time.monotonic() + timeout
     pending = dict(urls)
+    seen: dict[str, set[int]] = {child.name: set() for child in children}
     with httpx.Client(timeout=2.0, trust_env=False) as client:
         while pending:
             for child in children:
                 code = child.exit_code()
                 if code is not None:
-                    raise CanaryError(f"{child.name} exited with code {code} while starting:\n{child.last_lines()}")
+                    raise CanaryError(f"{child.name} exited with code {code} while starting; {child.last_line()}")
+                running = {p.pid for p in child.tree()[1:]}
+                seen[child.name] |= running
+                if len(seen[child.name] - running) >= 2:
+                    died = len(seen[child.name] - running)
+                    raise CanaryError(f"{child.name} keeps crashing while starting (its worker died {died} times); "
+                                      f"{child.last_line()}")
             for name, url in list(pending.items()):
                 try:
                     if client.get(url).status_code == 200:
@@ -188,6 +132,104 @@ def wait_ready(children: list[Child], urls: dict[str, str], timeout: float) -> N
                 time.sleep(0.2)
 
 
+def serving(url: str, headers: dict | None = None) -> str | None:
+    """The model version that answers /readyz at `url` (its X-Model-Version), or None when it is not ready."""
+    try:
+        response = httpx.get(f"{url}/readyz", headers=headers, timeout=5.0, trust_env=False)
+    except httpx.HTTPError:
+        return None
+    return response.headers.get("x-model-version") if response.status_code == 200 else None
+
+
+def launch(settings: Settings, slot: str, version: str) -> Child:
+    """Start `version` in `slot`, listed in stack.json from its first moment, and wait until it is ready and says
+    it serves `version`; stop it, unlist it and raise if it does not get there within the ready timeout."""
+    port = settings.slot_port(slot)
+    if port_in_use("127.0.0.1", port):
+        raise CanaryError(f"port {port} of slot {slot} is in use by another process")
+    child = backend_child(settings, slot, version)
+    child.start()
+    record_backend(settings.state_dir, slot, backend_entry(settings, slot, version, child.proc.pid))
+    try:
+        wait_ready([child], {f"{slot} ({version})": f"{settings.slot_url(slot)}/readyz"}, settings.ready_timeout)
+        answered = serving(settings.slot_url(slot))
+        if answered != version:
+            raise CanaryError(f"{slot} answers as version {answered}, not {version}")
+    except BaseException:
+        child.stop()
+        record_backend(settings.state_dir, slot, None)
+        raise
+    return child
+
+
+def retire(settings: Settings, slot: str) -> None:
+    """Stop what runs in `slot` and unlist it: the process stack.json names, and any `bentoml serve` of ours left
+    listening on the slot's port (a leftover of a killed command)."""
+    entry = read_stack_file(settings.state_dir).get("backends", {}).get(slot)
+    record_backend(settings.state_dir, slot, None)  # first, so that `canary up` does not report it as a crash
+    if entry:
+        stop_tree(entry["pid"], entry.get("started"))
+    for owner in listeners(settings.slot_port(slot)):
+        if "bentoml" in " ".join(owner.cmdline()):
+            stop_tree(owner.pid, owner.create_time())
+
+
+def through_nginx(settings: Settings, state: routing.RoutingState) -> None:
+    """Ask each running version through nginx (pinned with X-Canary) and check that the right one answers."""
+    pins = {"blue": ("never", state.blue_version), "green": ("always", state.green_version)}
+    for color, (pin, version) in pins.items():
+        if version is None:
+            continue
+        answered = serving(settings.url, {"X-Canary": pin})
+        if answered != version:
+            raise CanaryError(f"through nginx, {color} answered as version {answered}, not {version}")
+
+
+def initial_state(settings: Settings) -> routing.RoutingState:
+    """The state to start with: the last one (versions and split survive restarts; a damaged file is rebuilt from
+    the change log), with the weight asked for; at the first start, the configured versions and the default split."""
+    path = settings.state_dir / routing.STATE_FILE
+    last = routing.read(path) or routing.recovered(path)
+    if last is not None and last.green_version is None and settings.green_weight:
+        raise CanaryError("green serves no version (after `canary finalize`): start without --green-weight, then deploy")
+    if last is None or last.blue_version is None:
+        weight = routing.INITIAL_GREEN_WEIGHT if settings.green_weight is None else settings.green_weight
+        state = (last or routing.FALLBACK).next(
+            green_weight=weight, shadow=False, green_slot="green_a",
+            blue_version=settings.blue_version, green_version=settings.green_version,
+        )
+    elif settings.green_weight is not None and settings.green_weight != last.green_weight:
+        state = last.next(green_weight=settings.green_weight)
+    else:
+        return last
+    routing.write(path, state)
+    return state
+
+
+def read_stack_file(state_dir: Path) -> dict:
+    try:
+        return json.loads((state_dir / STACK_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def record_backend(state_dir: Path, slot: str, entry: dict | None) -> None:
+    """Say in stack.json what runs in `slot` now (None: nothing)."""
+    stack = read_stack_file(state_dir)
+    backends = stack.setdefault("backends", {})
+    if entry is None:
+        backends.pop(slot, None)
+    else:
+        backends[slot] = entry
+    write_atomic(state_dir / STACK_FILE, json.dumps(stack, indent=2) + "\n")
+
+
+def backend_entry(settings: Settings, slot: str, version: str, pid: int) -> dict:
+    started = process(pid)
+    return {"version": version, "url": settings.slot_url(slot), "pid": pid,
+            "started": started.create_time() if started else None}
+
+
 class Stack:
     """Blue, green and nginx started together, stopped together."""
 
@@ -196,56 +238,79 @@ class Stack:
         self.nginx = LocalNginx(settings)
         self.children: list[Child] = []
         self.started_at = 0.0
+        self.state: routing.RoutingState | None = None
+
+    def check(self) -> None:
+        """Refuse, in one line, what would make the start fail: the versions to resume, or the configured ones."""
+        last = routing.read(self.settings.state_dir / routing.STATE_FILE)
+        resumed = [v for v in (last.blue_version, last.green_version) if v] if last and last.blue_version else None
+        preflight(self.settings, resumed)
 
     def start(self) -> "Stack":
+        """Backends first; nginx once they are ready (so no early failure is ever held against them), then one
+        request to each version through nginx. Returns when a client gets an answer from either version."""
         s = self.settings
-        preflight(s)
         s.state_dir.mkdir(parents=True, exist_ok=True)
+        self.check()
         (s.state_dir / BASELINE).unlink(missing_ok=True)  # figures from an earlier run mean nothing now
-        self.nginx.write(s.green_weight)
+        (s.state_dir / STACK_FILE).unlink(missing_ok=True)
+        self.nginx.write()
+        self.state = state = initial_state(s)
         self.started_at = time.monotonic()
-        backends = [backend_child(s, color) for color in COLORS]
+        placed = [("blue", state.blue_version), (state.green_slot, state.green_version)]
+        backends = [backend_child(s, slot, version) for slot, version in placed if version]
         # SIGQUIT: nginx's graceful stop, finishing the requests in flight
         nginx = Child("nginx", self.nginx.command(), s.state_dir / "logs" / "nginx.log", stop_signal=signal.SIGQUIT)
-        self.children = [*backends, nginx]
         try:
-            for child in self.children:
+            for child in backends:
                 child.start()
-            urls = {color: f"{s.backend_url(color)}/readyz" for color in COLORS}
-            urls["nginx"] = f"http://{s.host}:{s.port}/_nginx/ping"
-            wait_ready(self.children, urls, s.ready_timeout)
+            self.children = list(backends)
+            wait_ready(backends, {c.name: f"{s.slot_url(c.name)}/readyz" for c in backends}, s.ready_timeout)
+            nginx.start()
+            self.children.append(nginx)
+            wait_ready(self.children, {"nginx": f"http://{s.host}:{s.port}/_nginx/ping"}, 10)
+            through_nginx(s, state)
         except BaseException:
             self.stop()
             raise
-        self.write_state()
+        self.write_stack_file(dict(placed))
         return self
 
-    def write_state(self) -> None:
+    def write_stack_file(self, versions: dict[str, str]) -> None:
         s = self.settings
-        state = {
+        stack = {
             "supervisor_pid": os.getpid(),
             "url": s.url,
-            "green_weight": s.green_weight,
             "backends": {
-                c.name: {"version": s.version(c.name), "url": s.backend_url(c.name), "pid": c.proc.pid}
-                for c in self.children
-                if c.name in COLORS
+                c.name: backend_entry(s, c.name, versions[c.name], c.proc.pid) for c in self.children if c.name != "nginx"
             },
             "nginx": {"conf": str(self.nginx.main_conf), "pid": self.children[-1].proc.pid},
             "settings": json.loads(s.model_dump_json()),
         }
-        write_atomic(s.state_dir / STACK_FILE, json.dumps(state, indent=2) + "\n")
+        write_atomic(s.state_dir / STACK_FILE, json.dumps(stack, indent=2) + "\n")
 
-    def exited(self) -> list[tuple[str, int]]:
-        return [(c.name, code) for c in self.children if (code := c.exit_code()) is not None]
+    def gone(self) -> list[tuple[str, int]]:
+        """What the stack runs that has stopped: (name, pid) of nginx and of the backends stack.json lists."""
+        for child in self.children:
+            child.exit_code()  # reap our own children, so that a dead one is not a zombie
+        stack = read_stack_file(self.settings.state_dir)
+        running = {name: (e["pid"], e.get("started")) for name, e in stack.get("backends", {}).items()}
+        running["nginx"] = (stack.get("nginx", {}).get("pid"), None)
+        return [(name, pid) for name, (pid, started) in running.items() if pid and not alive(pid, started)]
 
     def stop(self) -> None:
-        """nginx first (no new requests), then the backends; remove the state file that says we run."""
+        """nginx first (no new requests), then every backend, ours or started later by `canary deploy` (read
+        again at the end, in case a deploy listed one meanwhile); remove the state file that says we run."""
         for child in reversed(self.children):
             try:
                 child.stop()
             except Exception as exc:  # keep stopping the others whatever happened to this one
                 print(f"could not stop {child.name}: {exc}", file=sys.stderr)
+        for slot in SLOTS:
+            try:
+                retire(self.settings, slot)
+            except Exception as exc:
+                print(f"could not stop {slot}: {exc}", file=sys.stderr)
         (self.settings.state_dir / STACK_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> "Stack":

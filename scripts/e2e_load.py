@@ -43,47 +43,30 @@ def loopback(url: str) -> tuple[str, int, str]:
     return host, parts.port or 80, parts.path or "/"
 
 
-# A kept-alive connection the server closed (nginx closes idle ones when it reloads) fails with one of these before
-# any response byte; like urllib3 and browsers, the client then resends once on a new connection.
-STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-
-
 class Client:
-    """One keepalive connection (or a fresh one per request) that returns (status, version, error)."""
+    """One keepalive connection (or a fresh one per request) that returns (status, version, error). It never
+    resends a request: one that gets no answer counts as failed, as it would for most API clients."""
 
     def __init__(self, url: str, timeout: float, keepalive: bool) -> None:
         self.host, self.port, self.path = loopback(url)
         self.timeout, self.keepalive, self.conn = timeout, keepalive, None
-        self.used = False  # the connection has already carried a request
-        self.resent = 0  # requests resent after a kept-alive connection turned out closed
 
     def post(self, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
         hdrs = {"Content-Type": "application/json", **(headers or {})}
         if not self.keepalive:
             hdrs["Connection"] = "close"
-        for attempt in (1, 2):
-            reused = self.conn is not None and self.used
-            try:
-                if self.conn is None:
-                    self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-                    self.used = False
-                self.conn.request("POST", self.path, body=BODY, headers=hdrs)
-                self.used = True
-                resp = self.conn.getresponse()
-                raw = resp.read()
-                header = resp.getheader("X-Model-Version") or ""
-                if not self.keepalive or resp.will_close:
-                    self.close()
-                break
-            except STALE as exc:
+        try:
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self.conn.request("POST", self.path, body=BODY, headers=hdrs)
+            resp = self.conn.getresponse()
+            raw = resp.read()
+            header = resp.getheader("X-Model-Version") or ""
+            if not self.keepalive or resp.will_close:
                 self.close()
-                if reused and attempt == 1:
-                    self.resent += 1
-                    continue
-                return 0, "", f"{type(exc).__name__}: {exc}"
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                return 0, "", f"{type(exc).__name__}: {exc}"
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            return 0, "", f"{type(exc).__name__}: {exc}"
         if resp.status != 200:
             return resp.status, header, f"HTTP {resp.status}: {raw[:200]!r}"
         try:
@@ -200,10 +183,7 @@ def during(args: argparse.Namespace) -> int:
                     break
                 records.append((sent, time.monotonic(), version, error))
         client.close()
-        with lock:
-            resent.append(client.resent)
 
-    resent: list[int] = []
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.concurrency)]
     for t in threads:
         t.start()
@@ -238,7 +218,7 @@ def during(args: argparse.Namespace) -> int:
     print(
         f"during `{name}` (rc {rc}, {returned - started:.2f}s): {len(done)} requests by "
         f"{args.concurrency} clients at ≤{args.rate:g}/s ({'keepalive' if args.keepalive else 'a connection per request'}), "
-        f"resent on a closed kept-alive connection {sum(resent)}, failed {len(failed)}; before it: blue {count(before, BLUE)} green "
+        f"failed {len(failed)}; before it: blue {count(before, BLUE)} green "
         f"{count(before, GREEN)}; sent after it returned: {len(after)}, blue {count(after, BLUE)} "
         f"green {count(after, GREEN)}"
     )

@@ -97,19 +97,66 @@ def local_settings(state_dir: Path, **overrides):
         port=free_port(),
         blue_port=free_port(),
         green_port=free_port(),
+        green_port_b=free_port(),
         bentoml_home=_HOME,
         ready_timeout=120,
     )
     return Settings(**{**values, **overrides})
 
 
-@pytest.fixture(scope="session")
-def stack(trained, tmp_path_factory):
-    """The whole local canary stack (blue, green, nginx) from service.py, shared by the integration tests."""
+@contextmanager
+def running_stack(state_dir: Path, **overrides):
+    """A whole local stack (blue, green, nginx) from the service's code, stopped whatever happens."""
     from canary_kit.stack import Stack
 
-    running = Stack(local_settings(tmp_path_factory.mktemp("state"))).start()
+    running = Stack(local_settings(state_dir, **overrides)).start()
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(trained, tmp_path_factory):
+    """The stack shared by the integration tests that leave it as they found it."""
+    with running_stack(tmp_path_factory.mktemp("state")) as running:
+        yield running
+
+
+@pytest.fixture
+def own_stack(trained, tmp_path):
+    """A stack of the test's own, for tests that kill, overload or reconfigure it."""
+    with running_stack(tmp_path) as running:
+        yield running
+
+
+def nginx_pids(stack) -> tuple[int, list[int]]:
+    """The running nginx's master pid and its workers' pids: a reload would replace the workers."""
+    import psutil
+
+    master = next(c for c in stack.children if c.name == "nginx").proc.pid
+    return master, sorted(p.pid for p in psutil.Process(master).children())
+
+
+def canary_process(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`canary ARGS --state-dir STATE_DIR` as its own process, as an operator runs it."""
+    argv = [sys.executable, "-m", "canary_kit.cli", *args, "--state-dir", str(state_dir)]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def k8s_target(**given):
+    """The Kubernetes target of this project's settings ([tool.canary]), as `canary k8s render` builds it."""
+    from canary_kit import k8s
+    from canary_kit.config import Settings
+
+    return k8s.Target.from_settings(Settings(), **given)
+
+
+def nginx_applies(settings) -> dict:
+    """The routing state the local stack's nginx applies, from its admin socket (one worker's answer)."""
+    import httpx
+
+    from canary_kit.nginx import admin_socket
+
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(admin_socket(settings))), timeout=5) as client:
+        return client.get("http://nginx/_nginx/split").json()

@@ -1,6 +1,8 @@
 """A bounded load client for the tests: N worker threads POST /predict until a count or a time limit is reached.
 
-Every answer is kept with the moment it was sent, so a test can judge only the requests sent after a change.
+Each worker keeps one keep-alive connection and never resends a request: a request that gets no HTTP answer
+counts as failed, as it would for most API clients. Every answer is kept with the moment it was sent, so a test
+can judge only the requests sent after a change.
 """
 
 from __future__ import annotations
@@ -33,50 +35,42 @@ class Load:
     workers: int = 8
     max_requests: int = 5000
     max_seconds: float = 120.0
+    rate: float | None = None  # requests per second from all workers together (None: as fast as answered)
     headers: dict[str, str] = field(default_factory=dict)
     answers: list[Answer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock, self._stop, self._sent = threading.Lock(), threading.Event(), 0
-        self.resent = 0  # requests sent again after a keep-alive connection closed before any answer
         self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(self.workers)]
 
     def _take(self) -> bool:
         with self._lock:
             if self._stop.is_set() or self._sent >= self.max_requests or time.monotonic() > self._deadline:
                 return False
+            slot = None if self.rate is None else self._began + self._sent / self.rate
             self._sent += 1
-            return True
+        if slot is not None:  # paced: wait for this request's turn (a long wait ends early when the load stops)
+            self._stop.wait(max(0.0, min(slot, self._deadline) - time.monotonic()))
+        return not self._stop.is_set()
 
     def _work(self) -> None:
-        with httpx.Client(timeout=15, headers=self.headers) as client:
+        body = {"instances": [EXAMPLE_ROW]}
+        # one connection per worker, reused for every request; no retries at any layer
+        transport = httpx.HTTPTransport(retries=0, limits=httpx.Limits(max_connections=1))
+        with httpx.Client(timeout=15, headers=self.headers, transport=transport) as client:
             while self._take():
                 sent = time.monotonic()
                 try:
-                    r = self._post(client)
+                    r = client.post(f"{self.url}/predict", json=body)
                     answer = Answer(sent, r.status_code, r.headers.get("x-model-version"), r.headers.get("x-canary-route"))
                 except httpx.HTTPError as exc:
                     answer = Answer(sent, None, None, None, repr(exc))
                 with self._lock:
                     self.answers.append(answer)
 
-    def _post(self, client: httpx.Client) -> httpx.Response:
-        """POST one row. Like a browser, resend once if a pooled connection was closed under the request before
-        any answer: a reloading nginx closes its idle keep-alive connections, and a request may cross that close
-        on the wire (seen as "disconnected without sending a response", or a reset if it had arrived)."""
-        body = {"instances": [EXAMPLE_ROW]}
-        try:
-            return client.post(f"{self.url}/predict", json=body)
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            closed = "without sending a response" in str(exc) or "reset by peer" in str(exc) or "Broken pipe" in str(exc)
-            if not closed:
-                raise
-            with self._lock:
-                self.resent += 1
-            return client.post(f"{self.url}/predict", json=body)
-
     def __enter__(self) -> "Load":
-        self._deadline = time.monotonic() + self.max_seconds
+        self._began = time.monotonic()
+        self._deadline = self._began + self.max_seconds
         for thread in self._threads:
             thread.start()
         return self
@@ -92,6 +86,10 @@ class Load:
             for thread in self._threads:
                 thread.join(timeout=self.max_seconds + 30)
         return self
+
+    def failed(self) -> list[Answer]:
+        with self._lock:
+            return [a for a in self.answers if a.status is None or a.status >= 500]
 
     def since(self, moment: float) -> list[Answer]:
         with self._lock:

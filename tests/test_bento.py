@@ -40,8 +40,8 @@ def test_each_bento_holds_only_its_own_model(bentos):
 def test_the_stack_serves_the_built_bentos(bentos, tmp_path):
     """`canary up --from-bentos`: `bentoml serve penguin_classifier:vX` behind nginx, each answering its version."""
     with Stack(local_settings(tmp_path, source="bento")) as stack:
-        for color, version in zip(("blue", "green"), VERSIONS):
-            health = httpx.get(f"{stack.settings.backend_url(color)}/health").json()
+        for slot, version in zip(("blue", "green_a"), VERSIONS):
+            health = httpx.get(f"{stack.settings.slot_url(slot)}/health").json()
             assert health["model_version"] == version
         pinned = httpx.post(
             f"{stack.settings.url}/predict", json={"instances": [EXAMPLE_ROW]}, headers={"X-Canary": "always"}

@@ -38,7 +38,8 @@ def test_no_top_level_name(spec):
 def test_only_nginx_publishes_a_port(spec):
     published = {name for name, svc in spec["services"].items() if svc.get("ports")}
     assert published == {"nginx"}
-    assert spec["services"]["nginx"]["ports"] == ["8000:8000"]
+    assert spec["services"]["nginx"]["ports"] == ["8000:8000", "127.0.0.1:8001:8001"]  # admin: this host only
+    assert spec["services"]["nginx"]["environment"]["CANARY_ADMIN_LISTEN"] == "8001"
 
 
 def test_backends_are_health_checked_and_nginx_waits_for_them(spec):
@@ -46,8 +47,18 @@ def test_backends_are_health_checked_and_nginx_waits_for_them(spec):
     for name in ("ml-blue", "ml-green"):
         assert "/readyz" in " ".join(services[name]["healthcheck"]["test"]), name
         assert services["nginx"]["depends_on"][name] == {"condition": "service_healthy"}
-    assert services["ml-blue"]["image"] == "penguin_classifier:v1.0.0"
-    assert services["ml-green"]["image"] == "penguin_classifier:v1.1.0"
+    assert services["ml-blue"]["image"] == "penguin_classifier:${CANARY_BLUE_VERSION:-v1.0.0}"
+    assert services["ml-green"]["image"] == "penguin_classifier:${CANARY_GREEN_VERSION:-v1.1.0}"
+
+
+def test_backends_keep_their_addresses_when_recreated(spec):
+    """nginx resolves ml-blue and ml-green once; `canary deploy|finalize --compose` recreates them."""
+    import ipaddress
+
+    subnet = ipaddress.ip_network(spec["networks"]["canary"]["ipam"]["config"][0]["subnet"])
+    addresses = {name: svc["networks"]["canary"]["ipv4_address"] for name, svc in spec["services"].items()}
+    assert set(addresses) == {"ml-blue", "ml-green", "nginx"} and len(set(addresses.values())) == 3
+    assert all(ipaddress.ip_address(a) in subnet for a in addresses.values())
 
 
 def test_nginx_renders_the_shared_template_with_every_variable(spec):
@@ -55,6 +66,66 @@ def test_nginx_renders_the_shared_template_with_every_variable(spec):
     template = (ROOT / "nginx" / "canary.conf.template").read_text()
     wanted = set(re.findall(r"\$\{(CANARY_[A-Z0-9_]+)\}", template))
     given = {k for k in nginx["environment"] if k.startswith("CANARY_")}
-    assert given == wanted
-    assert nginx["environment"]["CANARY_SPLIT"] == "10% green; * blue;"
+    assert given == wanted | {"CANARY_GREEN_WEIGHT"}  # that one is for the first-state hook only
     assert any(v.startswith("./nginx/canary.conf.template:/etc/nginx/templates/") for v in nginx["volumes"])
+
+
+def test_nginx_loads_njs_and_reads_the_routing_state_from_a_mounted_folder(spec):
+    from canary_kit.compose import compose_service, mounted_folder, published_port
+    from canary_kit.targets import COMPOSE_STATE_MOUNT
+
+    nginx = compose_service(COMPOSE, "nginx")
+    env = nginx["environment"]
+    assert mounted_folder(nginx, COMPOSE_STATE_MOUNT, ROOT) == ROOT / "nginx" / "state"
+    assert (ROOT / "nginx" / "state").is_dir()  # committed, so docker never creates it as root
+    assert env["CANARY_STATE_FILE"].startswith(COMPOSE_STATE_MOUNT + "/")
+    assert published_port(nginx, int(env["CANARY_LISTEN"])) == 8000
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in nginx["volumes"]}
+    assert mounts[env["CANARY_NJS"]] == "./nginx/canary.js"
+    assert mounts["/etc/nginx/nginx.conf"] == "./nginx/nginx.compose.conf"
+    assert "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;" in (ROOT / "nginx" / "nginx.compose.conf").read_text()
+
+
+def first_state(tmp_path, weight: str | None, existing: str | None = None) -> subprocess.CompletedProcess:
+    """Run the compose nginx's first-state hook against a folder of ours."""
+    state = tmp_path / "routing.json"
+    if existing is not None:
+        state.write_text(existing)
+    env = {"PATH": "/usr/bin:/bin", "CANARY_STATE_FILE": str(state)}
+    if weight is not None:
+        env["CANARY_GREEN_WEIGHT"] = weight
+    return subprocess.run(["sh", str(ROOT / "nginx" / "canary-state-init.sh")], env=env, capture_output=True, text=True)
+
+
+def test_the_first_state_hook_writes_the_initial_split_once(tmp_path):
+    from canary_kit import routing
+
+    result = first_state(tmp_path, "25")
+    assert result.returncode == 0, result.stderr
+    assert routing.read(tmp_path / "routing.json").green_weight == 25
+    again = first_state(tmp_path, "60")  # a restart keeps the last split
+    assert again.returncode == 0 and "keeping" in again.stdout
+    assert routing.read(tmp_path / "routing.json").green_weight == 25
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "routing.json"]
+
+
+@pytest.mark.parametrize("weight", ["150", "-1", "ten", "1e2"])
+def test_the_first_state_hook_refuses_a_bad_weight(tmp_path, weight):
+    result = first_state(tmp_path, weight)
+    assert result.returncode == 1 and "CANARY_GREEN_WEIGHT must be a whole number" in result.stderr
+    assert not (tmp_path / "routing.json").exists()
+
+
+def test_compose_variables_interpolate_like_compose(tmp_path, monkeypatch):
+    from canary_kit.compose import compose_variables, image_repository, interpolate, set_variables
+
+    (tmp_path / ".env").write_text("# mine\nOTHER=1\nCANARY_GREEN_VERSION=v1.1.0\n")
+    set_variables(tmp_path, {"CANARY_GREEN_VERSION": "v1.2.0", "CANARY_BLUE_VERSION": "v1.1.0"})
+    assert (tmp_path / ".env").read_text() == "# mine\nOTHER=1\nCANARY_GREEN_VERSION=v1.2.0\nCANARY_BLUE_VERSION=v1.1.0\n"
+    monkeypatch.delenv("CANARY_GREEN_VERSION", raising=False)
+    variables = compose_variables(tmp_path)
+    assert interpolate("app:${CANARY_GREEN_VERSION:-v1.0.0}", variables) == "app:v1.2.0"
+    assert interpolate("app:${UNSET:-v1.0.0} ${EMPTY-x} ${EMPTY:-y}", {"EMPTY": ""}) == "app:v1.0.0  y"
+    monkeypatch.setenv("CANARY_GREEN_VERSION", "v9.9.9")  # the shell wins over .env, as in compose
+    assert interpolate("${CANARY_GREEN_VERSION}", compose_variables(tmp_path)) == "v9.9.9"
+    assert image_repository({"image": "registry:5000/team/app:${T:-v1}"}, {}) == "registry:5000/team/app"

@@ -1,16 +1,26 @@
-"""Rendering the nginx templates: named variables only, every weight renders to a config `nginx -t` accepts."""
+"""nginx alone, with the real templates and nginx/canary.js, and no backend: rendering, the routing state it reads
+per request (and its fallback to blue), the weighted split, sticky users, pins, and JSON 503s with Retry-After.
+
+With no backend listening, every proxied request is answered by nginx itself (503, naming no version), but its
+X-Canary-Route header still says where nginx sent it: enough to test the routing fast and exactly.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+from collections import Counter
 
+import httpx
 import pytest
 
+from canary_kit import routing
 from canary_kit.config import CanaryError
-from canary_kit.control import reported_by, shadow_of, weight_of
-from canary_kit.nginx import LocalNginx, render, split_directive
-from conftest import local_settings
+from canary_kit.nginx import LocalNginx, render
+from canary_kit.stack import Child, wait_ready
+from conftest import local_settings, nginx_applies
+from load import assert_split
 
 needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
 
@@ -26,47 +36,159 @@ def test_render_refuses_missing_or_unexpected_variables(variables):
         render("listen ${CANARY_LISTEN};", variables)
 
 
-@pytest.mark.parametrize("weight,expected", [(0, "* blue;"), (10, "10% green; * blue;"), (100, "100% green; * blue;")])
-def test_split_directive(weight, expected):
-    assert split_directive(weight) == expected
-
-
 @pytest.mark.parametrize("weight", [-1, 101, 150])
-def test_split_directive_refuses_out_of_range(weight):
-    with pytest.raises(CanaryError):
-        split_directive(weight)
+def test_a_bad_weight_is_refused_before_anything_is_written(weight):
+    with pytest.raises(ValueError):
+        routing.FALLBACK.next(green_weight=weight, shadow=False)
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory):
+    """A real nginx from the real templates, its backends' ports left closed."""
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed")
+    settings = local_settings(tmp_path_factory.mktemp("bare-nginx"))
+    nginx = LocalNginx(settings)
+    nginx.write()  # runs nginx -t
+    child = Child("nginx", nginx.command(), settings.state_dir / "logs" / "nginx.log")
+    try:
+        child.start()
+        wait_ready([child], {"nginx": f"{settings.url}/_nginx/ping"}, timeout=10)
+        yield settings
+    finally:
+        child.stop()
+
+
+def put_state(settings, **fields) -> None:
+    (settings.state_dir / routing.STATE_FILE).write_text(json.dumps(fields))
+
+
+def routes(settings, count: int, headers=None, cookies=None) -> Counter:
+    with httpx.Client(headers=headers, cookies=cookies, timeout=5) as client:
+        return Counter(client.get(f"{settings.url}/health").headers["x-canary-route"] for _ in range(count))
+
+
+def applied(settings) -> dict:
+    return nginx_applies(settings)
 
 
 @needs_nginx
-@pytest.mark.parametrize("weight", [0, 1, 10, 50, 99, 100])
-def test_every_weight_renders_a_config_nginx_accepts(tmp_path, weight):
-    nginx = LocalNginx(local_settings(tmp_path))
-    nginx.write(weight)  # runs nginx -t and raises if it fails
-    routes = nginx.routes_conf.read_text()
-    assert weight_of(routes) == weight
-    assert reported_by(routes) == f"{split_directive(weight)} mirror=off"
-    assert not shadow_of(routes)
-    assert not re.search(r"\$\{CANARY_[A-Z_]+\}", routes)  # no placeholder left behind
-    assert "server_tokens off" in routes and "keepalive 64" in routes
+def test_rendered_routes_hold_addresses_but_no_split(bare):
+    text = (bare.state_dir / "canary.conf").read_text()
+    assert not re.search(r"\$\{CANARY_[A-Z_]+\}", text)  # no placeholder left behind
+    assert f"127.0.0.1:{bare.blue_port}" in text and "split_clients" not in text
+    assert str(bare.state_dir / routing.STATE_FILE) in text and "server_tokens off" in text
 
 
 @needs_nginx
-def test_shadow_mode_renders_a_mirror_nginx_accepts(tmp_path):
-    nginx = LocalNginx(local_settings(tmp_path))
-    nginx.write(0)
-    routes = nginx.render_routes(0, shadow=True)
-    assert shadow_of(routes) and reported_by(routes) == "* blue; mirror=/_canary/shadow"
-    nginx.routes_conf.write_text(routes)
-    nginx.test()
+def test_nginx_applies_the_state_file_on_the_next_request(bare):
+    for serial, (weight, shadow) in enumerate([(0, False), (37, False), (0, True), (100, False)], start=1):
+        routing.write(bare.state_dir / routing.STATE_FILE, routing.RoutingState(green_weight=weight, shadow=shadow, serial=serial))
+        report = applied(bare)
+        assert (report["green_weight"], report["shadow"], report["serial"]) == (weight, shadow, serial), report
+        assert "problem" not in report and report["pid"] > 0
 
 
 @needs_nginx
-def test_a_config_nginx_rejects_is_never_applied(tmp_path):
-    nginx = LocalNginx(local_settings(tmp_path))
-    nginx.write(10)
-    before = nginx.routes_conf.read_bytes()
-    with pytest.raises(CanaryError, match="nginx -t rejected"):
-        nginx.apply(nginx.render_routes(50).replace("keepalive 64;", "keepalive sixty-four;"))
-    assert nginx.routes_conf.read_bytes() == before
-    leftovers = {p.name for p in tmp_path.iterdir() if p.is_file()} - {"canary.conf", "nginx.conf", "nginx.pid"}
-    assert not leftovers, leftovers  # the candidate and its probe config are cleaned up
+@pytest.mark.parametrize(
+    "content",
+    [None, "", "{not json", '{"green_weight": 150, "shadow": false}', '{"green_weight": "10", "shadow": false}',
+     '{"green_weight": 10.5, "shadow": false}', '{"green_weight": 10, "shadow": "yes"}', "[10]"],
+    ids=["missing", "empty", "corrupt", "weight 150", "weight as text", "fraction", "shadow as text", "a list"],
+)
+def test_a_missing_or_invalid_state_sends_everything_to_blue(bare, content):
+    state = bare.state_dir / routing.STATE_FILE
+    state.unlink(missing_ok=True)
+    if content is not None:
+        state.write_text(content)
+    report = applied(bare)
+    seen = routes(bare, 200)
+    print(f"\n{content!r}: nginx reports {report}; 200 requests went to {dict(seen)}")
+    assert report["green_weight"] == 0 and report["shadow"] is False and report["problem"], report
+    assert seen == {"blue": 200}
+
+
+@needs_nginx
+@pytest.mark.parametrize("weight", [0, 1, 10, 50, 90, 100])
+def test_the_weighted_split_holds_at_every_weight(bare, weight):
+    put_state(bare, green_weight=weight, shadow=False, serial=weight + 1)
+    seen = routes(bare, 2000)
+    print(f"\nweight {weight}%: {dict(seen)} of 2000")
+    assert seen["blue"] + seen["green"] == 2000
+    assert_split(seen["green"], 2000, weight)
+
+
+@needs_nginx
+def test_users_are_sticky_and_green_only_grows_with_the_weight(bare):
+    users = [f"user-{i}" for i in range(400)]
+    on_green = {}
+    with httpx.Client(timeout=5) as client:
+        for weight in (5, 10, 25, 50, 90):
+            put_state(bare, green_weight=weight, shadow=False, serial=1000 + weight)
+            seen = {}
+            for user in users:
+                answers = {client.get(f"{bare.url}/health", headers={"X-User-ID": user}).headers["x-canary-route"] for _ in range(2)}
+                assert len(answers) == 1, (user, answers)  # the same user, the same version
+                seen[user] = answers.pop()
+            on_green[weight] = {u for u, route in seen.items() if route == "green"}
+    sizes = {w: len(s) for w, s in on_green.items()}
+    print(f"\nusers on green by weight (of 400): {sizes}")
+    weights = sorted(on_green)
+    for low, high in zip(weights, weights[1:]):
+        assert on_green[low] <= on_green[high], f"users left green when the weight rose {low}->{high}"
+    for weight, group in on_green.items():
+        assert_split(len(group), len(users), weight)
+
+
+@needs_nginx
+def test_pins_by_header_then_cookie_beat_the_weight(bare):
+    put_state(bare, green_weight=0, shadow=False, serial=2000)
+    assert routes(bare, 30, headers={"X-Canary": "always"}) == {"green": 30}
+    assert routes(bare, 30, cookies={"canary": "always"}) == {"green": 30}
+    assert routes(bare, 30, headers={"X-Canary": "never"}, cookies={"canary": "always"}) == {"blue": 30}
+    assert routes(bare, 30, headers={"X-Canary": "maybe"}, cookies={"canary": "always"}) == {"green": 30}
+    put_state(bare, green_weight=100, shadow=False, serial=2001)
+    assert routes(bare, 30, headers={"X-Canary": "never"}) == {"blue": 30}
+    assert routes(bare, 30, cookies={"canary": "never"}) == {"blue": 30}
+    assert routes(bare, 30, headers={"X-Canary": "maybe"}) == {"green": 30}
+
+
+@needs_nginx
+def test_no_version_answering_is_a_json_503_with_retry_after(bare):
+    put_state(bare, green_weight=50, shadow=False, serial=3000)
+    response = httpx.post(f"{bare.url}/predict", json={"instances": []})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1", response.headers
+    assert response.headers["content-type"] == "application/json" and "retry" in response.json()["error"]
+    big = httpx.post(f"{bare.url}/predict", content=b"x" * (2 * 1024 * 1024), headers={"content-type": "application/json"})
+    assert big.status_code == 413 and "larger than" in big.json()["error"] and "retry-after" not in big.headers
+
+
+@needs_nginx
+def test_the_routing_report_is_on_the_admin_socket_only(bare):
+    put_state(bare, green_weight=0, shadow=False, serial=5000)
+    public = httpx.get(f"{bare.url}/_nginx/split")
+    assert public.status_code == 503 and "green_weight" not in public.text  # proxied like any path: no backend here
+    assert applied(bare)["serial"] == 5000
+    ping = httpx.get(f"{bare.url}/_nginx/ping")
+    assert ping.text == "pong\n" and "x-canary-route" not in ping.headers  # no state read for a liveness probe
+
+
+@needs_nginx
+def test_green_runs_in_the_slot_the_state_names(bare):
+    """Green's requests go to slot a or b as the state says (the next version starts in the other one)."""
+    for slot, port in (("green_a", bare.green_port), ("green_b", bare.green_port_b), ("green_a", bare.green_port)):
+        put_state(bare, green_weight=100, shadow=False, green_slot=slot, serial=4000)
+        tried = httpx.get(f"{bare.url}/health").headers["x-canary-upstream"]
+        assert tried.startswith(f"127.0.0.1:{port}"), (slot, tried)  # then blue, its backup
+    put_state(bare, green_weight=100, shadow=False, green_slot="green_c", serial=4001)
+    assert routes(bare, 50) == {"blue": 50} and "green_slot" in applied(bare)["problem"]
+
+
+@needs_nginx
+def test_requests_pinned_to_a_free_green_go_to_blue_directly(bare):
+    """After `canary finalize` green runs nothing: pins to green must not try its empty slot first."""
+    put_state(bare, green_weight=0, shadow=False, green_slot="green_b", blue_version="v1.1.0", green_version=None,
+              serial=6000)
+    tried = httpx.get(f"{bare.url}/health", headers={"X-Canary": "always"}).headers["x-canary-upstream"]
+    assert tried.startswith(f"127.0.0.1:{bare.blue_port}"), tried
+    assert applied(bare)["green_free"] is True

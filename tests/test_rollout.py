@@ -14,20 +14,19 @@ import pytest
 from typer.testing import CliRunner
 
 from canary_kit.cli import app
-from canary_kit.control import LocalTarget, weight_of
+from canary_kit.control import applied, split_of
+from canary_kit.targets import LocalTarget
 from canary_kit.shadow import run_shadow
-from canary_kit.stack import Stack
-from conftest import ROOT, local_settings
+
+from conftest import ROOT, nginx_pids
 from load import Load, tally
 
 pytestmark = pytest.mark.integration
 # Short holds and loose latency gates: this tests the mechanism on a shared 2-core machine, not the speed.
 FAST = ["--hold", "3", "--min-requests", "5", "--max-p99-ms", "10000", "--max-p99-ratio", "50"]
 
-
 def canary(settings, *args):
     return CliRunner().invoke(app, [*args, "--state-dir", str(settings.state_dir)])
-
 
 @pytest.fixture
 def at_ten(stack):
@@ -37,31 +36,32 @@ def at_ten(stack):
     finally:
         canary(stack.settings, "set-weight", "10")
 
-
 def test_healthy_green_is_promoted_step_by_step_with_no_failed_request(at_ten):
+    """A 4-step rollout under 16 keep-alive clients that never resend: no failed request, no nginx reload."""
     settings = at_ten.settings
-    with Load(settings.url, workers=6, max_requests=20000, max_seconds=300) as load:
+    pids_before = nginx_pids(at_ten)
+    with Load(settings.url, workers=16, max_requests=40000, max_seconds=300) as load:
         load.wait_for(0, 30)
         result = canary(settings, "rollout", *FAST)
-    counts = tally(load.answers)
-    print(f"\n{result.output}\nclient answers during the rollout: {dict(counts)}; resent after a closed keep-alive connection: {load.resent}")
+    counts, pids_after = tally(load.answers), nginx_pids(at_ten)
+    print(f"\n{result.output}\n{len(load.answers)} client requests during the rollout: {dict(counts)}"
+          f"\nnginx master and workers before {pids_before}, after {pids_after}")
     assert result.exit_code == 0, result.output
     assert "promoted" in result.output
-    assert weight_of(LocalTarget(settings.state_dir).routes()) == 100
-    assert not [k for k in counts if k.startswith("failed")], counts
+    assert split_of(LocalTarget(settings.state_dir))[0] == 100
+    assert not load.failed(), counts
+    assert pids_after == pids_before, "nginx was reloaded or restarted"
     reports = sorted((settings.state_dir / "rollouts").glob("rollout-*.json"))
     report = json.loads(reports[-1].read_text())
     assert [c["weight"] for c in report["checks"] if c["verdict"] == "advance"] == [10, 25, 50, 100]
     assert reports[-1].with_suffix(".md").is_file() and reports[-1].with_suffix(".svg").is_file()
-
 
 def test_too_little_traffic_holds_and_does_not_promote(at_ten):
     result = canary(at_ten.settings, "rollout", *FAST, "--min-requests", "1000", "--max-inconclusive", "2")
     print(f"\n{result.output}")
     assert result.exit_code == 2, result.output
     assert "paused" in result.output and result.output.count("HOLD") == 2
-    assert weight_of(LocalTarget(at_ten.settings.state_dir).routes()) == 10
-
+    assert split_of(LocalTarget(at_ten.settings.state_dir))[0] == 10
 
 @contextmanager
 def rollout_reaching(settings, weight: int, outcome: dict):
@@ -69,38 +69,27 @@ def rollout_reaching(settings, weight: int, outcome: dict):
     rolling = threading.Thread(target=lambda: outcome.update(result=canary(settings, "rollout", *FAST)))
     rolling.start()
     deadline = time.monotonic() + 60
-    while weight_of(LocalTarget(settings.state_dir).routes()) < weight and time.monotonic() < deadline:
+    while split_of(LocalTarget(settings.state_dir))[0] < weight and time.monotonic() < deadline:
         time.sleep(0.1)
     try:
         yield
     finally:
         rolling.join(timeout=120)
 
-
-@pytest.fixture
-def own_stack(trained, tmp_path):
-    running = Stack(local_settings(tmp_path)).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
 def test_green_dying_mid_rollout_is_rolled_back_and_clients_see_no_error(own_stack):
     settings = own_stack.settings
-    green = next(c for c in own_stack.children if c.name == "green")
+    green = next(c for c in own_stack.children if c.name == "green_a")
     outcome = {}
     with Load(settings.url, workers=6, max_requests=20000, max_seconds=300) as load:
         load.wait_for(0, 30)
         with rollout_reaching(settings, 25, outcome):
             green.kill()  # mid-rollout, at step 2
     result, counts = outcome["result"], tally(load.answers)
-    print(f"\n{result.output}\nclient answers: {dict(counts)}; resent after a closed keep-alive connection: {load.resent}")
+    print(f"\n{result.output}\nclient answers: {dict(counts)}")
     assert result.exit_code == 1, result.output
     assert "rolled back" in result.output and "green is not ready" in result.output
-    assert weight_of(LocalTarget(settings.state_dir).routes()) == 0
+    assert split_of(LocalTarget(settings.state_dir))[0] == 0
     assert not [k for k in counts if k.startswith("failed")], counts
-
 
 def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
     import bentoml
@@ -115,7 +104,7 @@ def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
     shadowing = threading.Thread(target=lambda: report.update(run_shadow(target, 12, lambda _: None)))
     shadowing.start()
     deadline = time.monotonic() + 10
-    while "mirror=/_canary/shadow" not in (target.running_split() or "") and time.monotonic() < deadline:
+    while not (applied(target) or {}).get("shadow") and time.monotonic() < deadline:
         time.sleep(0.05)
     with httpx.Client(timeout=10) as client:
         for batch in batches:
@@ -131,8 +120,7 @@ def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
     assert report["rows_compared"] == len(frame) and report["requests_mirrored"] == len(batches)
     assert report["agreement"] == expected and expected < 1.0
     assert report["green_failed_copies"] == 0
-    assert weight_of(target.routes()) == 10  # the weight it had before
-
+    assert split_of(target)[0] == 10  # the weight it had before
 
 def test_an_operator_rollback_during_a_rollout_stands(at_ten):
     """The rollout never overwrites a change someone else made: it stops, and green stays where they put it."""
@@ -145,5 +133,5 @@ def test_an_operator_rollback_during_a_rollout_stands(at_ten):
     result = outcome["result"]
     print(f"\n{result.output}")
     assert result.exit_code == 1 and "stopped" in result.output and "changed by someone else" in result.output
-    assert weight_of(LocalTarget(settings.state_dir).routes()) == 0
+    assert split_of(LocalTarget(settings.state_dir))[0] == 0
     assert not [k for k in tally(load.answers) if k.startswith("failed")]

@@ -44,7 +44,8 @@ def backend(request, stack):
         with bentoml_serve(target) as url:
             yield url, CANDIDATE_VERSION
         return
-    yield stack.settings.backend_url(request.param), stack.settings.version(request.param)
+    slot = "blue" if request.param == "blue" else stack.state.green_slot
+    yield stack.settings.slot_url(slot), stack.state.blue_version if slot == "blue" else stack.state.green_version
 
 
 @pytest.mark.integration
@@ -205,7 +206,7 @@ def test_a_chunked_body_obeys_the_same_limit(backend):
 def test_bad_input_is_logged_as_one_line(stack):
     log = next(c.log for c in stack.children if c.name == "blue")
     start = log.stat().st_size
-    url = stack.settings.backend_url("blue")
+    url = stack.settings.slot_url("blue")
     httpx.post(f"{url}/predict", json={"instances": [{**EXAMPLE_ROW, "island": "Atlantis"}]})
     httpx.post(f"{url}/predict", content=b"island=Dream", headers={"content-type": "application/json"})
     httpx.post(f"{url}/predict", content=b"a=b", headers={"content-type": "text/csv"})

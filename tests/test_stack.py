@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -17,11 +18,18 @@ from typer.testing import CliRunner
 
 from canary_kit.cli import app
 from canary_kit.metrics import Snapshot
-from conftest import ROOT, EXAMPLE_ROW, free_port, local_settings
+from conftest import ROOT, EXAMPLE_ROW, canary_process, free_port, local_settings
 from load import Load, assert_split, tally
 
 pytestmark = pytest.mark.integration
 VERSION_OF = {"blue": "v1.0.0", "green": "v1.1.0"}
+
+
+def free_ports() -> dict[str, str]:
+    """CANARY_* variables giving a `canary up` process free ports for nginx and every slot."""
+    names = ("CANARY_PORT", "CANARY_BLUE_PORT", "CANARY_GREEN_PORT", "CANARY_GREEN_PORT_B")
+    return {name: str(free_port()) for name in names}
+SLOT_OF = {"blue": "blue", "green": "green_a"}  # a fresh stack
 
 
 def test_split_is_90_10_and_every_request_succeeds(stack):
@@ -46,7 +54,7 @@ def test_nginx_adds_route_upstream_and_request_id(stack):
     response = httpx.post(f"{stack.settings.url}/predict", json={"instances": [EXAMPLE_ROW]})
     route = response.headers["x-canary-route"]
     assert response.headers["x-model-version"] == VERSION_OF[route] == response.json()["model_version"]
-    assert response.headers["x-canary-upstream"] == f"127.0.0.1:{stack.settings.backend_port(route)}"
+    assert response.headers["x-canary-upstream"] == f"127.0.0.1:{stack.settings.slot_port(SLOT_OF[route])}"
     assert len(response.headers["x-request-id"]) == 32
     assert response.headers["server"] == "nginx"  # server_tokens off: no version number
 
@@ -76,7 +84,7 @@ def test_each_backend_metrics_count_only_what_it_served(stack):
     """Separate BENTOML_HOMEs: blue's /metrics must not report green's requests (the shared-folder trap)."""
 
     def snap(color):
-        return Snapshot.parse(httpx.get(f"{stack.settings.backend_url(color)}/metrics").text)
+        return Snapshot.parse(httpx.get(f"{stack.settings.slot_url(SLOT_OF[color])}/metrics").text)
 
     before = {color: snap(color) for color in VERSION_OF}
     load = Load(stack.settings.url, workers=4, max_requests=600, max_seconds=120).run()
@@ -110,8 +118,7 @@ def test_refuses_without_nginx_in_one_line(trained, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_canary_up_runs_in_foreground_and_stops_everything(trained, tmp_path, stop_signal):
-    ports = {"CANARY_PORT": free_port(), "CANARY_BLUE_PORT": free_port(), "CANARY_GREEN_PORT": free_port()}
-    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "CANARY_STATE_DIR": str(tmp_path)}
+    env = {**os.environ, **free_ports(), "CANARY_STATE_DIR": str(tmp_path)}
     argv = [sys.executable, "-m", "canary_kit.cli", "up"]
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -122,7 +129,7 @@ def test_canary_up_runs_in_foreground_and_stops_everything(trained, tmp_path, st
             lines.append(line)
         tree = psutil.Process(proc.pid).children(recursive=True)  # serve processes, their workers, nginx
         assert len(tree) >= 6, tree
-        url = f"http://127.0.0.1:{ports['CANARY_PORT']}"
+        url = f"http://127.0.0.1:{env['CANARY_PORT']}"
         assert httpx.post(f"{url}/predict", json={"instances": [EXAMPLE_ROW]}).status_code == 200
         proc.send_signal(stop_signal)
         out, _ = proc.communicate(timeout=60)
@@ -133,5 +140,103 @@ def test_canary_up_runs_in_foreground_and_stops_everything(trained, tmp_path, st
         assert not (tmp_path / "stack.json").exists()
     finally:
         if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class Pollers:
+    """Clients that POST /predict to `url` in a loop from before the stack starts (keep-alive, never resending),
+    each answer kept with the moment it was sent; a refused connection is retried after 10 ms."""
+
+    def __init__(self, url: str, workers: int = 4, max_seconds: float = 180) -> None:
+        self.url, self.answers, self._stop = url, [], threading.Event()
+        self._deadline = time.monotonic() + max_seconds
+        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+
+    def _work(self) -> None:
+        transport = httpx.HTTPTransport(retries=0)
+        with httpx.Client(timeout=15, transport=transport) as client:
+            while not self._stop.is_set() and time.monotonic() < self._deadline:
+                sent = time.monotonic()
+                try:
+                    status = client.post(f"{self.url}/predict", json={"instances": [EXAMPLE_ROW]}).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                self.answers.append((sent, status))
+                if status != 200:
+                    time.sleep(0.01)
+
+    def sent_after(self, moment: float, count: int, timeout: float = 120) -> list:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            after = sorted(a for a in list(self.answers) if a[0] >= moment)
+            if len(after) >= count:
+                return after[:count]
+            time.sleep(0.05)
+        return sorted(a for a in list(self.answers) if a[0] >= moment)
+
+    def __enter__(self) -> "Pollers":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+def start_up(env: dict) -> tuple[subprocess.Popen, float, list[str]]:
+    """`canary up` as a process; returns it with the moment it said it was ready."""
+    proc = subprocess.Popen([sys.executable, "-m", "canary_kit.cli", "up"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, f"canary up ended early: {''.join(lines)}"
+        lines.append(line)
+        if "ready in" in line:
+            return proc, time.monotonic(), lines
+    raise AssertionError(f"canary up not ready in 120 s: {''.join(lines)}")
+
+
+def stop_up(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_ready_means_ready_and_the_last_split_survives_a_restart(trained, tmp_path):
+    """Clients poll :PORT throughout `canary up`: the first 1,000 requests sent after "ready" all succeed. Then
+    a change, a restart, and the stack comes back with that split (nginx applies it, `canary status` says so)."""
+    env = {**os.environ, **free_ports(), "CANARY_STATE_DIR": str(tmp_path)}
+    url = f"http://127.0.0.1:{env['CANARY_PORT']}"
+    proc = None
+    try:
+        with Pollers(url) as pollers:
+            proc, ready_at, _ = start_up(env)
+            after = pollers.sent_after(ready_at, 1000)
+        before = Counter(status for sent, status in pollers.answers if sent < ready_at)
+        statuses = Counter(status for _, status in after)
+        print(f"\nwhile starting: {dict(before)}; the first {len(after)} requests sent after ready: {dict(statuses)}")
+        assert statuses == {200: 1000}, statuses
+
+        result = canary_process(tmp_path, "set-weight", "35", "-m", "before the restart")
+        assert result.returncode == 0, result.stderr
+        stop_up(proc)
+        proc, _, lines = start_up(env)
+        report = json.loads(canary_process(tmp_path, "status", "--json").stdout)
+        print(f"after the restart: {lines[1].strip()}; nginx applies {report['nginx']}")
+        assert "(green gets 35%)" in lines[1]
+        assert report["nginx"]["green_weight"] == 35 and report["green_weight"] == 35
+        with httpx.Client() as client:
+            seen = Counter(client.get(f"{url}/health").json()["model_version"] for _ in range(400))
+        print(f"400 requests after the restart: {dict(seen)}")
+        assert_split(seen["v1.1.0"], 400, 35)
+        stop_up(proc)
+        proc = None
+    finally:
+        if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()

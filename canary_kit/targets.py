@@ -1,0 +1,263 @@
+"""The two stacks `canary` steers, with one interface: the local one that `canary up` runs, and docker compose.
+
+Each knows where its routing state lives and how to ask nginx what it applies (`state_file`, `admin_url`), how
+to reach a version's backend, and how to start a version as green or restart blue with one (`canary deploy`,
+`canary finalize`). The local stack starts the next green in green's free slot while the current one serves;
+compose recreates the `ml-green` (or `ml-blue`) container with the version's image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+from canary_kit import routing
+from canary_kit.compose import (
+    compose_service,
+    compose_variables,
+    image_repository,
+    mounted_folder,
+    published_port,
+    set_variables,
+)
+from canary_kit.config import CanaryError, Settings
+from canary_kit.nginx import admin_socket
+from canary_kit.routing import STATE_FILE
+from canary_kit.processes import alive
+from canary_kit.stack import STACK_FILE, launch, missing_version, retire, serving
+
+COMPOSE_STATE_MOUNT = "/var/lib/canary"  # where the compose nginx reads the routing state folder
+COMPOSE_ADMIN_PORT = 8001  # nginx's admin server in its container (CANARY_ADMIN_LISTEN), on the host's loopback
+COMPOSE_READY_TIMEOUT = 180.0  # seconds a recreated container has to answer as its new version
+VERSION_VARIABLE = {"blue": "CANARY_BLUE_VERSION", "green": "CANARY_GREEN_VERSION"}  # image tags in the compose file
+
+
+def parse_log(text: str) -> list[dict]:
+    """The JSON objects among log lines (nginx's own messages and partial lines are skipped)."""
+    entries = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return entries
+
+
+class LocalTarget:
+    """The stack that `canary up` runs, found through its state folder."""
+
+    name = "local"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir.expanduser().absolute()
+        stack_file = self.state_dir / STACK_FILE
+        if not stack_file.is_file():
+            raise CanaryError(f"the canary stack is not running (no {stack_file}); start it with `canary up`")
+        try:
+            stack = json.loads(stack_file.read_text())
+            running = alive(stack["supervisor_pid"]) and alive(stack["nginx"]["pid"])
+            self.settings = Settings(**stack["settings"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CanaryError(f"{stack_file} is damaged ({exc}); restart the stack with `canary up`") from None
+        if not running:
+            raise CanaryError(f"the canary stack in {self.state_dir} is not running; start it with `canary up`")
+        self.state_file = self.state_dir / STATE_FILE
+        self.admin_url = "http://nginx"
+
+    def admin_transport(self) -> httpx.HTTPTransport:
+        return httpx.HTTPTransport(uds=str(admin_socket(self.settings)))
+
+    def slot_of(self, color: str) -> str:
+        return "blue" if color == "blue" else routing.current(self.state_file).green_slot
+
+    def backend(self, color: str, path: str) -> str | None:
+        """GET a path of a version's backend directly; None when it does not answer 200."""
+        try:
+            response = httpx.get(f"{self.settings.slot_url(self.slot_of(color))}{path}", timeout=2, trust_env=False)
+        except httpx.HTTPError:
+            return None
+        return response.text if response.status_code == 200 else None
+
+    def serving(self, color: str) -> str | None:
+        """The version that answers as `color`, or None when it is not ready."""
+        return serving(self.settings.slot_url(self.slot_of(color)))
+
+    def missing(self, version: str) -> str | None:
+        return missing_version(self.settings, version)
+
+    def start_green(self, version: str, timeout: float | None = None) -> str:
+        """Start `version` in green's free slot, next to the running versions; returns the slot once it is ready."""
+        slot = "green_b" if routing.current(self.state_file).green_slot == "green_a" else "green_a"
+        retire(self.settings, slot)  # a leftover of an interrupted deploy
+        settings = self.settings.model_copy(update={"ready_timeout": timeout}) if timeout else self.settings
+        launch(settings, slot, version)
+        return slot
+
+    def undo_green(self, slot: str, previous: str | None) -> None:
+        """A started green that will not be switched in: stop it (the previous one still runs in its own slot)."""
+        retire(self.settings, slot)
+
+    def discard(self, slot: str) -> None:
+        """Stop what runs in `slot` (it no longer gets requests)."""
+        retire(self.settings, slot)
+
+    def restart_blue(self, version: str, previous: str) -> None:
+        """Replace blue's process with one serving `version`, on blue's address; put `previous` back if that fails
+        or is interrupted."""
+        retire(self.settings, "blue")
+        try:
+            launch(self.settings, "blue", version)
+        except BaseException as exc:
+            launch(self.settings, "blue", previous)
+            if isinstance(exc, CanaryError):
+                raise CanaryError(f"{version} did not start as blue ({exc}); blue serves {previous} again") from None
+            raise
+
+    def log_mark(self) -> int:
+        log = self.settings.state_dir / "logs" / "access.log"
+        return log.stat().st_size if log.exists() else 0
+
+    def log_since(self, mark: int) -> list[dict]:
+        """nginx's JSON access-log entries written after `mark`."""
+        with open(self.settings.state_dir / "logs" / "access.log", "rb") as log:
+            log.seek(mark)
+            return parse_log(log.read().decode(errors="replace"))
+
+
+class ComposeTarget:
+    """The docker compose stack: its routing state is a file in the folder the nginx service mounts, nginx is
+    asked on its published port, and the backends are reached with `docker compose exec`."""
+
+    name = "compose"
+
+    def __init__(self, compose_file: Path, compose_cmd: str) -> None:
+        self.compose_file = compose_file.absolute()
+        self.compose_cmd = shlex.split(compose_cmd)
+        if not self.compose_file.is_file():
+            raise CanaryError(f"compose file {self.compose_file} not found")
+        folder = self.compose_file.parent
+        nginx = compose_service(self.compose_file, "nginx")
+        self.state_dir = mounted_folder(nginx, COMPOSE_STATE_MOUNT, folder)
+        self.state_file = self.state_dir / STATE_FILE
+        self.admin_url = f"http://127.0.0.1:{published_port(nginx, COMPOSE_ADMIN_PORT)}"
+        self.repository = image_repository(compose_service(self.compose_file, "ml-green"), compose_variables(folder))
+        try:
+            answered = httpx.get(f"{self.admin_url}/_nginx/split", timeout=2, trust_env=False).status_code == 200
+        except httpx.HTTPError:
+            answered = False
+        if not answered:
+            raise CanaryError(
+                f"the compose stack of {self.compose_file} is not running (nginx's admin server does not answer on "
+                f"{self.admin_url}); start it with `docker compose up`"
+            )
+
+    def admin_transport(self) -> None:
+        return None
+
+    def _run(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        argv = [*self.compose_cmd, "-f", str(self.compose_file), *args]
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        except FileNotFoundError:
+            raise CanaryError(f"{self.compose_cmd[0]!r} not found: is Docker Compose installed?") from None
+        except subprocess.TimeoutExpired:
+            raise CanaryError(f"`{' '.join(argv[:2])} {' '.join(args[:3])}` did not answer within {timeout:.0f}s") from None
+        if check and result.returncode != 0:
+            raise CanaryError(f"{' '.join(args[:3])} failed: {(result.stderr or result.stdout).strip()[-300:]}")
+        return result
+
+    def _exec(self, service: str, *command: str) -> subprocess.CompletedProcess | None:
+        """`docker exec` in the service's container, found by compose's labels (faster than `compose exec`)."""
+        project = os.environ.get("COMPOSE_PROJECT_NAME") or re.sub(r"[^-_a-z0-9]", "", self.compose_file.parent.name.lower())
+        labels = ["--filter", f"label=com.docker.compose.project={project}"]
+        labels += ["--filter", f"label=com.docker.compose.service={service}"]
+        try:
+            found = subprocess.run(["docker", "ps", "-q", *labels], capture_output=True, text=True, timeout=30)
+            container = found.stdout.split()[0] if found.returncode == 0 and found.stdout.split() else None
+            if container is None:
+                return None
+            return subprocess.run(["docker", "exec", container, *command], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    def backend(self, color: str, path: str) -> str | None:
+        result = self._exec(f"ml-{color}", "curl", "-fsS", f"http://127.0.0.1:3000{path}")
+        return result.stdout if result and result.returncode == 0 else None
+
+    def serving(self, color: str) -> str | None:
+        """The version that answers /readyz in the `ml-COLOR` container, or None when it is not ready."""
+        result = self._exec(f"ml-{color}", "curl", "-fsS", "-D", "-", "-o", "/dev/null", "http://127.0.0.1:3000/readyz")
+        if result is None or result.returncode != 0:
+            return None
+        for line in result.stdout.splitlines():
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "x-model-version":
+                return value.strip()
+        return None
+
+    def missing(self, version: str) -> str | None:
+        image = f"{self.repository}:{version}"
+        try:
+            found = subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"cannot ask docker for image {image}: {exc}"
+        return None if found else f"image {image} not found (bentoml build, then bentoml containerize {image})"
+
+    def _recreate(self, color: str, version: str, timeout: float = COMPOSE_READY_TIMEOUT) -> None:
+        """Run `ml-COLOR` from the version's image (pinned in .env) and wait until it answers as that version."""
+        set_variables(self.compose_file.parent, {VERSION_VARIABLE[color]: version})
+        env = {**compose_variables(self.compose_file.parent), VERSION_VARIABLE[color]: version}
+        self._run("up", "-d", "--no-deps", f"ml-{color}", env=env, timeout=COMPOSE_READY_TIMEOUT)
+        deadline = time.monotonic() + timeout
+        while (answered := self.serving(color)) != version:
+            if time.monotonic() > deadline:
+                raise CanaryError(f"ml-{color} did not answer as {version} within {timeout:.0f}s (it answers: {answered})")
+            time.sleep(1)
+
+    def start_green(self, version: str, timeout: float | None = None) -> str:
+        """Recreate ml-green from the version's image (green has no traffic then); put the old one back if that
+        fails or is interrupted."""
+        previous = self.serving("green") or compose_variables(self.compose_file.parent).get(VERSION_VARIABLE["green"])
+        try:
+            self._recreate("green", version, timeout or COMPOSE_READY_TIMEOUT)
+        except BaseException as exc:
+            self.undo_green(None, previous)
+            if isinstance(exc, CanaryError):
+                raise CanaryError(f"{exc}; ml-green runs {previous or 'nothing'} again") from None
+            raise
+        return routing.current(self.state_file).green_slot
+
+    def undo_green(self, slot: str | None, previous: str | None) -> None:
+        """A recreated green that will not be switched in: ml-green back to the previous version's image."""
+        if previous:
+            self._recreate("green", previous)
+
+    def discard(self, slot: str) -> None:
+        """Compose keeps ml-green running (the next deploy recreates it): stopping it would make requests pinned to
+        green wait for a connect time-out before they fail over."""
+
+    def restart_blue(self, version: str, previous: str) -> None:
+        try:
+            self._recreate("blue", version)
+        except BaseException as exc:
+            self._recreate("blue", previous)
+            if isinstance(exc, CanaryError):
+                raise CanaryError(f"{exc}; ml-blue runs {previous} again") from None
+            raise
+
+    def log_mark(self) -> str:
+        return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def log_since(self, mark: str) -> list[dict]:
+        """nginx's JSON access-log entries (it logs to stdout here) from the second of `mark` on."""
+        text = self._run("logs", "--no-color", "--no-log-prefix", "nginx").stdout
+        return [entry for entry in parse_log(text) if entry.get("time", "") >= mark]

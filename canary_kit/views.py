@@ -1,0 +1,66 @@
+"""What a person reads: the status table and the history of changes, as lines of text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+EVENTS = ("up", "deploy", "set-weight", "promote", "rollback", "rollout", "shadow", "finalize")
+
+
+def fmt(value, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def status_lines(report: dict) -> tuple[list[str], list[str]]:
+    """The status table, and the warnings to show beside it."""
+    since = f"since {report['since']}" if report["since"] else "since start"
+    weight = report["green_weight"]
+    shadow = "   shadow: green gets a copy of each /predict" if report["shadow"] else ""
+    lines = [f"split: blue {100 - weight}% / green {weight}%{shadow}   figures {since}"]
+    lines.append(f"{'':6}{'version':<9}{'weight':>7}  {'health':<7}{'requests':>9}{'5xx':>6}{'err%':>7}{'p50 ms':>8}{'p99 ms':>8}")
+    for color, b in report["backends"].items():
+        f = b["since_change"] or {}
+        rate = None if f.get("error_rate") is None else 100 * f["error_rate"]
+        free = color == "green" and report.get("green_free")
+        health = "free" if free else "up" if b["healthy"] else "DOWN"
+        lines.append(
+            f"{color:<6}{fmt(b['version']) if not free else '-':<9}{b['weight']:>6}%  {health:<7}"
+            f"{fmt(f.get('requests')):>9}{fmt(f.get('errors')):>6}{fmt(rate, '.2f'):>7}"
+            f"{fmt(f.get('p50_ms'), '.1f'):>8}{fmt(f.get('p99_ms'), '.1f'):>8}"
+        )
+    warnings = []
+    applied, in_file = report["nginx"], report["state_file"]
+    if applied is None:
+        warnings.append("warning: nginx did not answer; the split shown is the state file's")
+    elif "problem" in applied:
+        warnings.append(f"warning: nginx sends everything to blue: {applied['problem']}")
+    elif in_file and applied.get("serial") != in_file["serial"]:
+        warnings.append(f"warning: nginx applies state {applied.get('serial')}, the file holds {in_file['serial']}")
+    return lines, warnings
+
+
+def read_history(log: Path, limit: int | None = None) -> list[dict]:
+    """The change log's entries, oldest first (the last `limit` of them)."""
+    if not log.is_file():
+        return []
+    entries = []
+    for line in log.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries[-limit:] if limit else entries
+
+
+def history_lines(entries: list[dict]) -> list[str]:
+    """One line per change: when, what, which versions served, the split before and after, who and why."""
+    lines = [f"{'time (UTC)':<20} {'event':<10} {'blue':<8} {'green':<8} {'green %':>9}  {'by':<10} reason"]
+    for e in entries:
+        split = f"{e.get('old_green_weight', '-'):>3} -> {e.get('new_green_weight', '-'):<3}"
+        lines.append(
+            f"{e.get('time', '')[:19].replace('T', ' '):<20} {e.get('event', 'set-weight'):<10} "
+            f"{fmt(e.get('blue_version')):<8} {fmt(e.get('green_version')):<8} {split:>9}  "
+            f"{e.get('by', ''):<10} {e.get('reason', '')}"
+        )
+    return lines

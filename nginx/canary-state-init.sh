@@ -1,0 +1,27 @@
+#!/bin/sh
+# Compose only (mounted into /docker-entrypoint.d/, run by the nginx image before nginx starts): write the first
+# routing state, green at $CANARY_GREEN_WEIGHT percent, unless a state is already there. A restarted stack keeps
+# the last split; `canary … --compose` replaces the file from the host. The file is given to the owner of its
+# folder, so that person can replace it without root.
+set -eu
+state=${CANARY_STATE_FILE:?}
+weight=${CANARY_GREEN_WEIGHT:-10}
+if [ -s "$state" ]; then
+    echo "$0: keeping the routing state in $state"
+    exit 0
+fi
+case $weight in
+    '' | *[!0-9]*) echo "$0: CANARY_GREEN_WEIGHT must be a whole number from 0 to 100, got '$weight'" >&2; exit 1 ;;
+esac
+if [ "$weight" -gt 100 ]; then
+    echo "$0: CANARY_GREEN_WEIGHT must be a whole number from 0 to 100, got '$weight'" >&2
+    exit 1
+fi
+folder=$(dirname "$state")
+tmp="$folder/.routing.init.$$"
+printf '{"green_weight": %d, "shadow": false, "serial": 1, "changed_at": "%s"}\n' \
+    "$weight" "$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" >"$tmp"
+chmod 644 "$tmp"
+chown "$(stat -c %u:%g "$folder")" "$tmp" 2>/dev/null || true
+mv "$tmp" "$state"
+echo "$0: wrote the first routing state to $state (green $weight%)"

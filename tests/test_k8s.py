@@ -1,0 +1,286 @@
+"""deploy/k8s: generated from the rollout spec, rendered offline by `kubectl kustomize`, validated against the
+Kubernetes schemas (core kinds with kubernetes-validate, the CRDs with the copies in tests/k8s_schemas/, unknown
+fields as errors) and checked for what schemas miss. Seeded errors are refused with a message naming them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from jsonschema import Draft7Validator
+from typer.testing import CliRunner
+
+from canary_kit import k8s, k8s_checks
+from canary_kit.cli import app
+from canary_kit.config import CanaryError
+from canary_kit.rollout import load_spec
+from conftest import ROOT
+from conftest import k8s_target as target
+
+BASE = ROOT / "deploy" / "k8s"
+SCHEMAS = Path(__file__).with_name("k8s_schemas")
+CRDS = {
+    ("argoproj.io/v1alpha1", "Rollout"): "argoproj.io_rollout_v1alpha1.json",
+    ("argoproj.io/v1alpha1", "AnalysisTemplate"): "argoproj.io_analysistemplate_v1alpha1.json",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "gateway.networking.k8s.io_httproute_v1.json",
+}
+CORE = {("v1", "Service")}
+K8S_VERSION = "1.32.0"  # the kubectl on these machines
+needs_kubectl = pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl is not installed: deploy/k8s cannot be rendered offline here"
+)
+
+
+def _strict(node):
+    """The API server prunes unknown fields; offline, make them errors (see tests/k8s_schemas/README.md)."""
+    if isinstance(node, dict):
+        if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node.setdefault("additionalProperties", False)
+        for value in node.values():
+            _strict(value)
+    elif isinstance(node, list):
+        for value in node:
+            _strict(value)
+    return node
+
+
+@lru_cache
+def crd_validator(name: str) -> Draft7Validator:
+    schema = _strict(json.loads((SCHEMAS / name).read_text()))
+    schema["properties"].update({"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}})
+    return Draft7Validator(schema)
+
+
+def validate(doc: dict) -> list[str]:
+    """Schema problems of one manifest; a kind that no schema covers is a problem too (nothing goes unchecked)."""
+    key, name = (doc.get("apiVersion"), doc.get("kind")), f"{doc.get('kind')} {doc.get('metadata', {}).get('name')}"
+    if key in CRDS:
+        errors = sorted(crd_validator(CRDS[key]).iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+        return [f"{name}: {'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors]
+    if key in CORE:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            return [f"{name}: {'.'.join(map(str, exc.path))}: {exc.message}"]
+        return []
+    return [f"{name}: no schema checks kind {key[1]} ({key[0]}); add one to the tests before shipping it"]
+
+
+def as_deployment(rollout: dict) -> dict:
+    """The Rollout's pod template as the core kind it is, so kubernetes-validate checks it too."""
+    spec = rollout["spec"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": rollout["metadata"],
+        "spec": {"replicas": spec["replicas"], "selector": spec["selector"], "template": spec["template"]},
+    }
+
+
+def render(folder: Path) -> list[dict]:
+    return k8s_checks.kustomize(folder)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed: deploy/k8s cannot be rendered offline here")
+    return render(BASE)
+
+
+def test_committed_base_is_what_the_generator_writes(tmp_path):
+    k8s.render(target(), load_spec(None, {}), tmp_path, "canary_kit/rollout.yaml")
+    again = tmp_path / "again"
+    k8s.render(target(), load_spec(None, {}), again, "canary_kit/rollout.yaml")
+    assert sorted(p.name for p in BASE.iterdir()) == sorted(k8s.FILES), "deploy/k8s holds files the generator does not write"
+    for name in k8s.FILES:
+        assert (tmp_path / name).read_text() == (again / name).read_text(), f"{name} differs between two renders"
+        assert (BASE / name).read_text() == (tmp_path / name).read_text(), f"deploy/k8s/{name} is stale: run `canary k8s render`"
+
+
+@needs_kubectl
+def test_every_rendered_kind_is_validated_and_passes(rendered):
+    kinds = sorted({d["kind"] for d in rendered})
+    print(f"\nrendered: {len(rendered)} resources, kinds {kinds}")
+    assert kinds == ["AnalysisTemplate", "HTTPRoute", "Rollout", "Service"]
+    problems = [p for doc in rendered for p in validate(doc)]
+    rollout = next(d for d in rendered if d["kind"] == "Rollout")
+    try:
+        kubernetes_validate.validate(as_deployment(rollout), K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        problems.append(f"Rollout pod template: {'.'.join(map(str, exc.path))}: {exc.message}")
+    assert problems == []
+
+
+def test_a_kind_without_schema_goes_not_unchecked():
+    problems = validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {}})
+    assert problems and "no schema checks kind ConfigMap" in problems[0]
+
+
+@needs_kubectl
+def test_semantic_checks_pass_and_image_tag_is_set(rendered):
+    assert k8s_checks.problems(rendered) == []
+    rollout = next(d for d in rendered if d["kind"] == "Rollout")
+    assert rollout["spec"]["template"]["spec"]["containers"][0]["image"] == "penguin_classifier:v1.1.0"
+    # kubectl apply creates them in this order: the pins route is the older one and wins ties (never wins).
+    assert [d["metadata"]["name"] for d in rendered if d["kind"] == "HTTPRoute"] == [
+        "penguin-classifier-pins",
+        "penguin-classifier-split",
+    ]
+
+
+def test_steps_gates_and_pins_follow_the_spec(tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        "steps: [5, 50, 100]\nhold_seconds: 12.5\nmin_requests: 20\nmax_inconclusive: 4\nmax_failed_checks: 3\n"
+        "gates: {max_error_rate: 0.02, max_p99_ms: 200, max_p99_ratio: 2.5}\n"
+    )
+    spec = load_spec(spec_file, {})
+    files = k8s.manifests(target(image_tag="v1.2.0"), spec)
+    rollout = yaml.safe_load(files["rollout.yaml"])
+    canary = rollout["spec"]["strategy"]["canary"]
+    hold = {"pause": {"duration": "12500ms"}}
+    routes = [s for s in canary["steps"] if "setHeaderRoute" in s]
+    assert canary["steps"] == [{"setWeight": 5}, *routes, hold, {"setWeight": 50}, hold, {"setWeight": 100}, hold]
+    assert [r["setHeaderRoute"]["name"] for r in routes] == [m["name"] for m in canary["trafficRouting"]["managedRoutes"]]
+    assert [r["setHeaderRoute"]["match"] for r in routes] == [
+        [{"headerName": "X-Canary", "headerValue": {"exact": "always"}}],
+        [{"headerName": "Cookie", "headerValue": {"regex": k8s.cookie_regex("always")}}],
+    ]
+    template = yaml.safe_load(files["analysistemplate.yaml"])
+    metrics = {m["name"]: m for m in template["spec"]["metrics"]}
+    assert sorted(metrics) == ["error-rate", "p99-ratio", "p99-seconds"]
+    for metric in metrics.values():
+        assert (metric["interval"], metric["initialDelay"]) == ("12500ms", "12500ms")
+        assert (metric["failureLimit"], metric["inconclusiveLimit"]) == (2, 3)
+        assert ">= 20)" in metric["provider"]["prometheus"]["query"]  # min_requests
+    assert metrics["error-rate"]["failureCondition"].endswith("result[0] > 0.02")
+    assert metrics["p99-seconds"]["failureCondition"].endswith("result[0] > 0.2")
+    assert metrics["p99-ratio"]["failureCondition"].endswith("result[0] > 2.5")
+    assert {"name": "window", "value": "12500ms"} in template["spec"]["args"]
+    assert yaml.safe_load(files["kustomization.yaml"])["images"] == [{"name": "penguin_classifier", "newTag": "v1.2.0"}]
+    assert "/livez" in files["rollout.yaml"] and "/readyz" in files["rollout.yaml"]
+
+
+@pytest.mark.parametrize(
+    "cookie,pinned",
+    [("canary=always", "always"), ("a=1; canary=always", "always"), ("canary=always;b=2", "always"),
+     ("canary=never", "never"), ("x=2;  canary=never ; y=3", "never"), ("notcanary=always", None),
+     ("canary=alwaysx", None), ("canary=sometimes", None)],
+)
+def test_cookie_pins_match_as_full_and_as_partial_regex(cookie, pinned):
+    for value in ("always", "never"):
+        regex = k8s.cookie_regex(value)
+        expected = pinned == value
+        assert bool(re.fullmatch(regex, cookie)) is expected and bool(re.search(regex, cookie)) is expected
+
+
+def test_an_empty_answer_is_inconclusive_and_thresholds_decide_the_rest():
+    template = yaml.safe_load(k8s.manifests(target(), load_spec(None, {}))["analysistemplate.yaml"])
+    for metric in template["spec"]["metrics"]:
+        assert k8s_checks.verdict(metric, []) == "Inconclusive", metric["name"]
+    error_rate = template["spec"]["metrics"][0]
+    assert k8s_checks.verdict(error_rate, [0.0]) == "Successful"
+    assert k8s_checks.verdict(error_rate, [0.5]) == "Failed"
+    only_success = {"name": "x", "successCondition": "result[0] <= 1"}
+    with pytest.raises(CanaryError, match="fails on"):
+        k8s_checks.verdict(only_success, [])
+    with pytest.raises(CanaryError, match="beyond what this check reads"):
+        k8s_checks.verdict({"name": "x", "successCondition": "__import__('os')"}, [1.0])
+
+
+# --- seeded errors: each refused, naming the problem ------------------------------------------------------------
+
+def seeded(tmp_path: Path, file: str, old: str, new: str) -> Path:
+    folder = tmp_path / "k8s"
+    shutil.copytree(BASE, folder)
+    text = (folder / file).read_text()
+    assert old in text, f"{old!r} is not in {file}"
+    (folder / file).write_text(text.replace(old, new, 1))
+    return folder
+
+
+@needs_kubectl
+@pytest.mark.parametrize(
+    "file,old,new,message",
+    [
+        ("rollout.yaml", "canaryService:", "canarySevice:", "'canarySevice' was unexpected"),
+        ("httproutes.yaml", "backendRefs:", "backendRef:", "'backendRef' was unexpected"),
+        ("analysistemplate.yaml", "successCondition:", "sucessCondition:", "'sucessCondition' was unexpected"),
+        ("httproutes.yaml", "type: Exact", "type: Exactly", "'Exactly' is not one of"),
+    ],
+)
+def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, message):
+    problems = [p for doc in render(seeded(tmp_path, file, old, new)) for p in validate(doc)]
+    print(f"\n{problems}")
+    assert any(message in p for p in problems), problems
+
+
+@needs_kubectl
+@pytest.mark.parametrize(
+    "file,old,new,message",
+    [
+        ("rollout.yaml", "setWeight: 50", "setWeight: 150", "steps[6].setWeight: 150 is outside 0-100"),
+        ("rollout.yaml", "setWeight: 50", "setWeight: 20", "setWeight: 20 does not rise above the previous step's 25"),
+        ("services.yaml", "name: penguin-classifier-canary", "name: penguin-classifier-canery",
+         "canaryService 'penguin-classifier-canary' is not a Service of this base"),
+        ("analysistemplate.yaml", "bentoml_service_request_duration_seconds_bucket", "bentoml_request_latency_bucket",
+         "series 'bentoml_request_latency_bucket' is not exported by BentoML"),
+        ("analysistemplate.yaml", 'endpoint="/predict"', 'path="/predict"', "label 'path' is not on bentoml_service_request_total"),
+        ("analysistemplate.yaml", 'endpoint="/predict"', 'endpoint="/readyz"', "so probes never count"),
+        ("rollout.yaml", "- name: canary-cookie", "- name: canary-cookies", "route 'canary-cookie' is not in managedRoutes"),
+        ("httproutes.yaml", "name: never-cookie", "name: never-header", "rule names are not unique"),
+        ("rollout.yaml", "templateName: penguin-classifier-gates", "templateName: gates", "templateName 'gates' is not an AnalysisTemplate"),
+        ("rollout.yaml", "- name: penguin-classifier-split", "- name: split", "httpRoute 'split' is not an HTTPRoute"),
+        ("analysistemplate.yaml", "{{args.stable-hash}}", "{{args.blue-hash}}", "uses {{args.blue-hash}}, which the template does not declare"),
+        ("analysistemplate.yaml", "    failureCondition: len(result) == 1 && result[0] > 0.01\n", "",
+         "an empty answer (too little traffic) would be Failed, not Inconclusive"),
+        ("services.yaml", "targetPort: http", "targetPort: web", "targetPort 'web' is not a container port"),
+        ("rollout.yaml", "startingStep: 1", "startingStep: 12", "analysis.startingStep 12 is not a step (0-9)"),
+    ],
+)
+def test_what_schemas_miss_is_refused_by_the_checks(tmp_path, file, old, new, message):
+    docs = render(seeded(tmp_path, file, old, new))
+    problems = k8s_checks.problems(docs)
+    print(f"\n{problems}")
+    assert any(message in p for p in problems), problems
+
+
+@needs_kubectl
+def test_canary_k8s_check_refuses_in_one_line_and_passes_the_committed_base(tmp_path):
+    ok = CliRunner().invoke(app, ["k8s", "check", str(BASE)])
+    assert ok.exit_code == 0 and "no problem found" in ok.output, ok.output
+    folder = seeded(tmp_path, "rollout.yaml", "setWeight: 50", "setWeight: 150")
+    assert [p for doc in render(folder) for p in validate(doc)] == []  # the schemas let it through
+    bad = CliRunner().invoke(app, ["k8s", "check", str(folder)])
+    assert bad.exit_code == 1 and "setWeight: 150 is outside 0-100" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1, bad.output
+
+
+def test_canary_k8s_render_writes_the_base_and_refuses_bad_values(tmp_path):
+    out = tmp_path / "out"
+    done = CliRunner().invoke(app, ["k8s", "render", "--out", str(out), "--image-tag", "v1.2.0"])
+    assert done.exit_code == 0, done.output
+    assert "newTag: v1.2.0" in (out / "kustomization.yaml").read_text()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("steps: [10, 150]\n")
+    for args in (["--spec", str(spec)], ["--image-tag", "v1 2"]):
+        bad = CliRunner().invoke(app, ["k8s", "render", "--out", str(tmp_path / "x"), *args])
+        assert bad.exit_code == 1 and bad.output.startswith("error: ") and len(bad.output.strip().splitlines()) == 1
+
+
+def test_checks_refuse_a_base_without_rollout_or_with_holes():
+    assert k8s_checks.problems([]) == ["the base must hold exactly one Rollout, found 0"]
+    texts = k8s.manifests(target(), load_spec(None, {})).values()
+    docs = [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
+    assert k8s_checks.problems(docs) == []
+    broken = copy.deepcopy(docs)
+    del next(d for d in broken if d["kind"] == "Rollout")["spec"]["template"]["spec"]["containers"]
+    assert "a required field is missing" in k8s_checks.problems(broken)[0]

@@ -1,0 +1,222 @@
+"""The Kubernetes gates run for real: the committed AnalysisTemplate's PromQL, evaluated by a real Prometheus
+scraping the two backends of a running canary stack, judges the same window as `canary status` with the same
+figures; thin traffic comes out Inconclusive; and the series and labels the gates use are what BentoML exports.
+
+On Kubernetes the template selects pods by `namespace` and `rollouts_pod_template_hash` (Argo's args); here the
+scrape config puts those labels on the local backends: namespace "local", hash "blue", "green" (and "synthetic",
+a stand-in exporter whose green answers 10% 5xx, as no real backend can be made to fail on purpose).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from canary_kit import k8s, k8s_checks
+from canary_kit.cli import app
+from canary_kit.metrics import Snapshot, window
+from canary_kit.rollout import Gates, judge, load_spec
+from canary_kit.stack import Child
+from conftest import EXAMPLE_ROW, ROOT, free_port
+from conftest import k8s_target as target
+from load import Load, tally
+
+pytestmark = pytest.mark.integration
+TEMPLATE = ROOT / "deploy" / "k8s" / "analysistemplate.yaml"
+NAMESPACE = "local"
+LIMIT = 60.0  # seconds for anything to come up
+
+
+def canary(settings, *args):
+    result = CliRunner().invoke(app, [*args, "--state-dir", str(settings.state_dir)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@contextmanager
+def prometheus(targets: dict[str, str], folder: Path):
+    """A real Prometheus on a free loopback port, scraping {hash label: host:port} every second; stopped on exit."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus): the gates cannot run for real")
+    static = [{"targets": [addr], "labels": {"namespace": NAMESPACE, k8s.HASH_LABEL: h}} for h, addr in targets.items()]
+    config = {"global": {"scrape_interval": "1s"}, "scrape_configs": [{"job_name": "bentoml", "static_configs": static}]}
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    argv = [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    child = Child("prometheus", argv, folder / "prometheus.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        child.start()
+        deadline = time.monotonic() + LIMIT
+        while True:
+            try:
+                active = httpx.get(f"{url}/api/v1/targets", timeout=2).json()["data"]["activeTargets"]
+                if len(active) == len(targets) and all(t["health"] == "up" for t in active):
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            assert time.monotonic() < deadline, f"prometheus targets not up: {(folder / 'prometheus.log').read_text()[-2000:]}"
+            assert child.exit_code() is None, f"prometheus exited: {(folder / 'prometheus.log').read_text()[-2000:]}"
+            time.sleep(0.3)
+        yield url
+    finally:
+        child.stop()
+
+
+class Synthetic(BaseHTTPRequestHandler):
+    """BentoML-shaped counters growing 50 requests a second, one in ten answered 500."""
+
+    started = time.monotonic()
+
+    @classmethod
+    def text(cls, at: float | None = None) -> str:
+        k = 100 + int(((at or time.monotonic()) - cls.started) * 5)
+        labels = 'endpoint="/predict",service_name="penguin_classifier",runner_name="penguin_classifier"'
+        return (
+            "# TYPE bentoml_service_request_total counter\n"
+            f'bentoml_service_request_total{{{labels},http_response_code="200"}} {9 * k}\n'
+            f'bentoml_service_request_total{{{labels},http_response_code="500"}} {k}\n'
+        )
+
+    def do_GET(self):
+        body = self.text().encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def gates() -> dict[str, dict]:
+    return {m["name"]: m for m in yaml.safe_load(TEMPLATE.read_text())["spec"]["metrics"]}
+
+
+def evaluate(url: str, query: str, args: dict[str, str], at: float) -> list[float]:
+    """One AnalysisTemplate query, its {{args.*}} filled in as Argo does, through Prometheus' HTTP API."""
+    resolved = k8s_checks.ARG.sub(lambda m: args[m.group(1)], query)
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": resolved, "time": f"{at:.3f}"}, timeout=10).json()
+    assert answer["status"] == "success", answer
+    return [float(sample["value"][1]) for sample in answer["data"]["result"]]
+
+
+def requests_in(url: str, which: str, seconds: int, at: float) -> float | None:
+    total = k8s.increase("bentoml_service_request_total", k8s.selector(target(), "canary"))
+    found = evaluate(url, f"sum({total})", {"canary-hash": which, "namespace": NAMESPACE, "window": f"{seconds}s"}, at)
+    return found[0] if found else None
+
+
+def bucket(seconds: float, bounds: list[float]) -> tuple[float, float]:
+    """The histogram bucket (lower, upper] holding a latency: the resolution a quantile has."""
+    upper = min((b for b in bounds if b >= seconds), default=math.inf)
+    return max((b for b in bounds if b < upper), default=0.0), upper
+
+
+def judged(url: str, started: float, at: float, canary_hash: str = "green") -> tuple[int, dict[str, list[float]]]:
+    """The window from just after `started` to `at`, as each gate's query sees it."""
+    seconds = int(at - started) - 1  # begins after the baseline, before any request of the window
+    args = {"canary-hash": canary_hash, "stable-hash": "blue", "namespace": NAMESPACE, "window": f"{seconds}s"}
+    return seconds, {name: evaluate(url, m["provider"]["prometheus"]["query"], args, at) for name, m in gates().items()}
+
+
+def test_gates_in_prometheus_judge_the_window_as_canary_status_does(stack, tmp_path):
+    settings = stack.settings
+    spec = load_spec(None, {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Synthetic)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    targets = {
+        "blue": settings.slot_url("blue").removeprefix("http://"),
+        "green": settings.slot_url("green_a").removeprefix("http://"),
+        "synthetic": f"127.0.0.1:{server.server_address[1]}",
+    }
+    try:
+        canary(settings, "set-weight", "50", "-m", "k8s gates test")
+        Load(settings.url, workers=2, max_requests=40, max_seconds=60).run()  # both /predict series exist before
+        with prometheus(targets, tmp_path) as url:
+            time.sleep(2)
+            canary(settings, "set-weight", "50", "-m", "k8s gates test: window")  # the status baseline
+            started = time.time()
+            time.sleep(2.5)  # scrapes of the baseline counts inside the window
+            load = Load(settings.url, workers=4, max_requests=600, max_seconds=90).run()
+            time.sleep(3)  # the last requests scraped
+            status = json.loads(canary(settings, "status", "--json"))
+            at = time.time()
+            seconds, found = judged(url, started, at)
+            green, blue = (status["backends"][c]["since_change"] for c in ("green", "blue"))
+            counted = {c: requests_in(url, c, seconds, at) for c in ("green", "blue")}
+            verdicts = {name: k8s_checks.verdict(m, found[name]) for name, m in gates().items()}
+            print(
+                f"\nwindow {seconds}s, load {dict(tally(load.answers))}\n"
+                f"canary status: green {green}\n               blue  {blue}\n"
+                f"prometheus:    green requests {counted['green']}, blue requests {counted['blue']}, "
+                f"gates {found}\nverdicts:      {verdicts}; one-host judge: {judge(green, blue, spec.gates, spec.min_requests)}"
+            )
+            assert green["requests"] >= spec.min_requests and blue["requests"] >= spec.min_requests
+            for color, figures in (("green", green), ("blue", blue)):  # increase() extrapolates to the window's ends
+                slack = figures["requests"] * 2.2 / (seconds - 2.2) + 5  # up to 1.1 scrape intervals each side
+                assert abs(counted[color] - figures["requests"]) <= slack, (color, counted, figures)
+            assert found["error-rate"] == [pytest.approx(green["error_rate"], abs=1e-9)]
+            bounds = sorted(float(b) for b in Snapshot.parse(httpx.get(settings.slot_url("green_a") + "/metrics").text).buckets if b != math.inf)
+            low, high = bucket(green["p99_ms"] / 1000, bounds)
+            assert abs(found["p99-seconds"][0] - green["p99_ms"] / 1000) <= high - low, (found, green, (low, high))
+            (g_low, g_high), (b_low, b_high) = bucket(green["p99_ms"] / 1000, bounds), bucket(blue["p99_ms"] / 1000, bounds)
+            assert g_low / b_high <= found["p99-ratio"][0] <= (g_high / b_low if b_low else math.inf)
+            one_host = judge(green, blue, spec.gates, spec.min_requests)[0]  # advance, or fail on a slow machine
+            assert ("Failed" in verdicts.values()) == (one_host == "fail") and "Inconclusive" not in verdicts.values()
+
+            # Thin traffic: a handful of green requests is no evidence either way.
+            canary(settings, "set-weight", "50", "-m", "k8s gates test: thin window")
+            started = time.time()
+            time.sleep(2.5)
+            with httpx.Client(timeout=10) as client:
+                for _ in range(5):
+                    client.post(settings.slot_url("green_a") + "/predict", json={"instances": [EXAMPLE_ROW]})
+            time.sleep(3)
+            thin = json.loads(canary(settings, "status", "--json"))["backends"]["green"]["since_change"]
+            seconds, found = judged(url, started, time.time())
+            verdicts = {name: k8s_checks.verdict(m, found[name]) for name, m in gates().items()}
+            print(f"thin window {seconds}s: canary status green {thin}\nprometheus gates {found} -> {verdicts}")
+            assert thin["requests"] == 5 and judge(thin, None, spec.gates, spec.min_requests)[0] == "hold"
+            assert found == {name: [] for name in gates()} and set(verdicts.values()) == {"Inconclusive"}
+
+            # 5xx for real arithmetic: the stand-in exporter's green answers one request in ten with 500.
+            first, at = Snapshot.parse(Synthetic.text(time.monotonic() - 8)), time.time()
+            seconds, found = judged(url, at - 9, at, canary_hash="synthetic")
+            figures = window(first, Snapshot.parse(Synthetic.text())).as_dict()
+            verdict = k8s_checks.verdict(gates()["error-rate"], found["error-rate"])
+            print(f"synthetic {seconds}s: prometheus error rate {found['error-rate']} -> {verdict}; "
+                  f"snapshots {figures['errors']}/{figures['requests']} -> {judge(figures, None, Gates(), spec.min_requests)}")
+            assert found["error-rate"] == [pytest.approx(figures["error_rate"], rel=1e-6)] and verdict == "Failed"
+            assert judge(figures, None, Gates(), spec.min_requests)[0] == "fail"
+    finally:
+        server.shutdown()
+        server.server_close()
+        canary(settings, "set-weight", "10", "-m", "k8s gates test: back to the fixture's split")
+
+
+def test_the_gates_use_only_series_and_labels_that_bentoml_exports(stack):
+    with httpx.Client(timeout=10) as client:
+        client.post(stack.settings.slot_url("green_a") + "/predict", json={"instances": [EXAMPLE_ROW]})
+        text = client.get(stack.settings.slot_url("green_a") + "/metrics").text
+    live = k8s_checks.exported_from(text)
+    print(f"\nlive /metrics series: { {s: sorted(labels) for s, labels in live.items() if s.startswith('bentoml_')} }")
+    for series, labels in k8s_checks.EXPORTED.items():
+        assert live.get(series) == labels, f"{series}: checks assume {sorted(labels)}, BentoML exports {sorted(live.get(series, []))}"
+    texts = k8s.manifests(target(), load_spec(None, {})).values()
+    docs = [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
+    assert k8s_checks.problems(docs, exported=live) == []
