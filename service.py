@@ -1,6 +1,8 @@
 """The penguin classifier as one BentoML service; which model version it serves is chosen at build/serve time.
 
     bentoml serve --arg model_version=v1.1.0          # or MODEL_VERSION=v1.1.0 bentoml serve
+    MODEL_PATH=models/penguin_classifier-v1.1.0.bentomodel bentoml serve   # an exported archive
+    bentoml serve --arg runtime=sklearn                # the scikit-learn pipeline instead of its ONNX graph
     bentoml build --version v1.1.0 --arg model_version=v1.1.0
 """
 
@@ -8,15 +10,15 @@ from __future__ import annotations
 
 import os
 
-# One OpenMP thread for the model (HistGradientBoosting predicts with OpenMP): the trees are tiny, a request's
-# rows are few, and on a busy host a second spinning OpenMP thread per worker costs far more than it saves
-# (bench/: v1.1.0 1-row predict ~10 ms -> 150 ms under load with 2 threads). Set before anything loads libgomp;
-# an operator's own OMP_NUM_THREADS wins.
+# One OpenMP thread for the scikit-learn runtime (HistGradientBoosting predicts with OpenMP): the trees are tiny,
+# a request's rows are few, and on a busy host a second spinning OpenMP thread per worker costs far more than it
+# saves. Set before anything loads libgomp; an operator's own OMP_NUM_THREADS wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import gc  # noqa: E402
 import re  # noqa: E402
-from typing import Annotated  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Any, Literal, Optional  # noqa: E402
 
 import bentoml  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
@@ -25,6 +27,8 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
+from penguin import predictor, web  # noqa: E402
+from penguin.archive import ArchiveError, import_archive  # noqa: E402
 from penguin.features import (  # noqa: E402
     EXAMPLE,
     FEATURES,
@@ -37,9 +41,29 @@ from penguin.features import (  # noqa: E402
 
 
 class Args(BaseModel):
-    """Build/serve-time arguments: `--arg model_version=…` wins over $MODEL_VERSION, then the stable version."""
+    """Build/serve-time arguments (`--arg name=value`); the model version and archive also from the environment."""
 
-    model_version: str = Field(default_factory=lambda: os.environ.get("MODEL_VERSION") or STABLE_VERSION)
+    model_version: Optional[str] = Field(
+        default_factory=lambda: os.environ.get("MODEL_VERSION") or None,
+        description="the version to serve (default: the stable one)",
+    )
+    model_path: Optional[str] = Field(
+        default_factory=lambda: os.environ.get("MODEL_PATH") or None,
+        description="a .bentomodel archive to serve, imported into the model store if missing",
+    )
+    runtime: Literal["onnx", "sklearn", "constant"] = Field(
+        "onnx", description="onnx: the exported graph; sklearn: the pipeline; constant: no model (bench floor)"
+    )
+
+
+def model_version(args: Args) -> str:
+    """The version to serve: the archive's (which an explicit version must not contradict), else the one asked."""
+    if args.model_path is None:
+        return args.model_version or STABLE_VERSION
+    try:
+        return import_archive(Path(args.model_path), MODEL_NAME, args.model_version)
+    except ArchiveError as exc:
+        raise bentoml.exceptions.BentoMLException(str(exc)) from None
 
 
 def model_tag(version: str) -> str:
@@ -54,8 +78,9 @@ def model_tag(version: str) -> str:
 
 
 ARGS = bentoml.use_arguments(Args)
-MODEL_VERSION = ARGS.model_version
+MODEL_VERSION = model_version(ARGS)
 MODEL_TAG = model_tag(MODEL_VERSION)
+RUNTIME = ARGS.runtime
 
 
 class Prediction(BaseModel):
@@ -64,60 +89,39 @@ class Prediction(BaseModel):
     model_version: str = Field(description="The model version that answered", examples=[MODEL_VERSION])
 
 
-class VersionHeader:
-    """ASGI middleware: every response (errors and probes included) says which model version answered."""
-
-    def __init__(self, app, version: str) -> None:
-        self.app, self.header = app, (b"x-model-version", version.encode())
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_with_header(message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), self.header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    model_version: str = Field(description="The model version this server answers with")
 
 
-class JsonBodyGuard:
-    """ASGI middleware: POST bodies must be JSON (415) and at most `max_bytes` long (413), answered in JSON."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            headers = dict(scope["headers"])
-            media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
-            length = headers.get(b"content-length", b"0")
-            if media_type != b"application/json":
-                problem = (415, f"content type must be application/json, not {media_type.decode(errors='replace')}")
-            elif not length.isdigit() or int(length) > self.max_bytes:
-                problem = (413, f"request body larger than {self.max_bytes} bytes; send at most {MAX_INSTANCES} rows")
-            else:
-                return await self.app(scope, receive, send)
-            response = JSONResponse({"error": problem[1]}, status_code=problem[0])
-            return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+class Metadata(BaseModel):
+    tag: str = Field(description="The model's tag in the BentoML model store")
+    model_version: str
+    runtime: str = Field(description="What predicts: onnx (the exported graph), sklearn (the pipeline) or constant")
+    labels: dict[str, str]
+    metadata: dict[str, Any] = Field(description="Training metadata: algorithm, features, metrics, ONNX parity")
 
 
 async def health(request: Request) -> JSONResponse:
     """GET /health: the original design's plain liveness check."""
-    return JSONResponse({"status": "ok", "model_version": MODEL_VERSION})
+    return JSONResponse(Health(model_version=MODEL_VERSION).model_dump())
 
 
 async def metadata(request: Request) -> JSONResponse:
     """GET /metadata: the served model's tag, labels and training metadata from the model store."""
     info = bentoml.models.get(MODEL_TAG).info
-    return JSONResponse(
-        {"tag": MODEL_TAG, "model_version": MODEL_VERSION, "labels": info.labels, "metadata": info.metadata}
-    )
+    answer = Metadata(tag=MODEL_TAG, model_version=MODEL_VERSION, runtime=RUNTIME, labels=info.labels,
+                      metadata=info.metadata)
+    return JSONResponse(answer.model_dump())
 
 
-routes = Starlette(routes=[Route("/health", health), Route("/metadata", metadata)])
+async def openapi(request: Request) -> JSONResponse:
+    """GET /docs.json: the service's contract as valid OpenAPI 3.1, /health and /metadata included."""
+    extra = {"/health": (health.__doc__, Health), "/metadata": (metadata.__doc__, Metadata)}
+    return JSONResponse(web.openapi_document(PenguinClassifier.openapi_spec.asdict(), MODEL_VERSION, extra))
+
+
+routes = Starlette(routes=[Route("/health", health), Route("/metadata", metadata), Route("/docs.json", openapi)])
 
 
 @bentoml.asgi_app(routes, path="/")
@@ -128,6 +132,10 @@ routes = Starlette(routes=[Route("/health", health), Route("/metadata", metadata
     # No per-request access log line from the worker (~8% of its CPU per single-row request, see bench/):
     # in the canary stack nginx already logs every request as JSON with the version that answered.
     logging={"access": {"enabled": False}},
+    # No OpenTelemetry span per prediction: no exporter is configured (sample rate 0), yet its middleware cost
+    # ~40% of a single-row request's CPU (bench/). nginx gives every request an X-Request-ID. To trace /predict,
+    # override tracing.excluded_urls in a BentoML configuration.
+    tracing={"excluded_urls": ["/predict"]},
 )
 class PenguinClassifier:
     """Classifies Palmer penguins into Adelie, Chinstrap or Gentoo."""
@@ -135,28 +143,33 @@ class PenguinClassifier:
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        # joblib/pandas/scikit-learn are imported here, in the worker that predicts, not at module level: the
-        # `bentoml serve` supervisor also imports this module and never needs them (faster cold start).
-        import joblib
-        import pandas
-
-        self.frame = pandas.DataFrame
-        self.pipeline = joblib.load(self.model.path_of("model.joblib"))
-        self.classes = [str(c) for c in self.pipeline.classes_]
-        # One prediction before the worker reports ready: the first request does not pay scikit-learn's lazy setup.
-        self.pipeline.predict_proba(self.frame({name: [EXAMPLE[name]] for name in FEATURES}))
+        # onnxruntime (or joblib, pandas and scikit-learn) load here, in the worker that predicts, not at module
+        # level: the `bentoml serve` supervisor also imports this module and never needs them (faster cold start).
+        classes = self.model.info.metadata["classes"]
+        try:
+            self.predictor = predictor.load(RUNTIME, self.model.path_of, classes)
+        except FileNotFoundError as exc:
+            raise bentoml.exceptions.BentoMLException(
+                f"{MODEL_TAG} lacks {Path(exc.filename or '').name or 'a file'} for runtime {RUNTIME!r}: retrain it"
+                " with `python train_model.py --force` (or serve it with --arg runtime=sklearn)"
+            ) from None
+        self.classes = self.predictor.classes
+        web.install_bad_input_log()
+        # One prediction before the worker reports ready: the first request does not pay any lazy setup.
+        self.predictor.predict_proba({name: [EXAMPLE[name]] for name in FEATURES})
         gc.freeze()  # the loaded model is long-lived: keep it out of the collector's way
 
     @bentoml.api
-    def predict(
+    async def predict(
         self,
         instances: Annotated[list[Penguin], Field(min_length=1, max_length=MAX_INSTANCES, examples=[[EXAMPLE]])],
         ctx: bentoml.Context,
     ) -> Prediction:
         """Predict the species of one or more penguins, with class probabilities."""
-        # Column by column: the same frame (names, order, dtypes) as from a list of row dicts, ~3x faster.
-        frame = self.frame({name: [getattr(row, name) for row in instances] for name in FEATURES})
-        proba = self.pipeline.predict_proba(frame)
+        # async, on the event loop: an ONNX call takes tens of microseconds, less than a hand-off to a thread.
+        # (The sklearn runtime's milliseconds block the loop meanwhile: acceptable for a comparison path.)
+        columns = {name: [getattr(row, name) for row in instances] for name in FEATURES}
+        proba = self.predictor.predict_proba(columns)
         predictions = [self.classes[i] for i in proba.argmax(axis=1).tolist()]
         # For nginx's access log: shadow mode matches blue's and green's answers to the same request by this header.
         ctx.response.headers["X-Predictions"] = ",".join(predictions)
@@ -169,5 +182,7 @@ class PenguinClassifier:
 
 
 # The first middleware added is the outermost: the version header also lands on the guard's refusals.
-PenguinClassifier.add_asgi_middleware(VersionHeader, version=MODEL_VERSION)
-PenguinClassifier.add_asgi_middleware(JsonBodyGuard, max_bytes=MAX_BODY_BYTES)
+PenguinClassifier.add_asgi_middleware(web.VersionHeader, version=MODEL_VERSION)
+PenguinClassifier.add_asgi_middleware(
+    web.JsonBodyGuard, max_bytes=MAX_BODY_BYTES, hint=f"; send at most {MAX_INSTANCES} rows"
+)

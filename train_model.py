@@ -1,12 +1,16 @@
-"""Train the two versions of the penguin classifier and save them to the BentoML model store.
+"""Train model versions of the penguin classifier, each with an exact ONNX graph, into the BentoML model store.
 
-    python train_model.py            # train v1.0.0 (stable) and v1.1.0 (candidate), export to models/
-    python train_model.py --force    # replace versions that already exist in the store
-    python train_model.py --write-data   # (maintainers) rewrite data/data.csv from the palmerpenguins package
+    python train_model.py                                         # v1.0.0 (stable) and v1.1.0 (candidate)
+    python train_model.py --version v1.2.0                        # a recipe declared in penguin/recipes.py
+    python train_model.py --version v1.3.0 --algorithm hist_gradient_boosting --param max_iter=100
+    python train_model.py --force                                 # replace versions that already exist
+    python train_model.py --write-data                            # (maintainers) rewrite data/data.csv
 
-v1.0.0 is a regularised logistic regression; v1.1.0 is a histogram gradient-boosted tree ensemble. Both share
-one preprocessing recipe (impute, scale, one-hot) inside a scikit-learn Pipeline, a fixed stratified split and
-fixed seeds, so running this twice gives the same models.
+Each version is a scikit-learn Pipeline (penguin/recipes.py: shared preprocessing, the version's estimator) fitted
+on a fixed stratified split with fixed seeds, so running this twice gives the same models. The pipeline stays the
+source of truth; its ONNX graph (penguin/onnx_export.py) is saved next to it in the same BentoML model only if
+it answers like the pipeline on every data row and on the generated rows (penguin/parity.py): no probability
+further than 1e-6, no class different. The figures go into the model's metadata.
 """
 
 from __future__ import annotations
@@ -22,48 +26,22 @@ import joblib
 import numpy as np
 import pandas as pd
 import sklearn
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, log_loss
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from penguin.features import (
-    CANDIDATE_VERSION,
-    CATEGORICAL,
-    FEATURES,
-    MODEL_NAME,
-    NUMERIC,
-    STABLE_VERSION,
-    TARGET,
-)
+from penguin import onnx_export, parity
+from penguin.features import CATEGORICAL, FEATURES, MODEL_NAME, STABLE_VERSION, TARGET
+from penguin.predictor import ONNX_FILE, PIPELINE_FILE, OnnxPredictor
+from penguin.recipes import DEFAULT_VERSIONS, SEED, Recipe, parse_param, recipe_for
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / "data" / "data.csv"
 EXPORT_DIR = ROOT / "models"
-SEED = 42
 HOLDOUT = 0.25
-MODEL_FILE = "model.joblib"
 
-# One entry per version: (algorithm name, estimator factory, hyper-parameters, features it learns from).
-# The stable model sees the four body measurements; the candidate adds island and sex and boosted trees.
-VERSION_SPECS = {
-    STABLE_VERSION: (
-        "LogisticRegression",
-        LogisticRegression,
-        {"C": 0.5, "max_iter": 2000},
-        NUMERIC,
-    ),
-    CANDIDATE_VERSION: (
-        "HistGradientBoostingClassifier",
-        HistGradientBoostingClassifier,
-        {"max_iter": 60, "learning_rate": 0.1, "max_depth": 3, "l2_regularization": 1.0, "random_state": SEED},
-        FEATURES,
-    ),
-}
+
+class Refused(Exception):
+    """A version that must not be saved, or a request that cannot be met: one line for the user."""
 
 
 def write_data(path: Path = DATA) -> None:
@@ -89,24 +67,7 @@ def load_data(path: Path = DATA) -> tuple[pd.DataFrame, pd.Series, str]:
     return df[list(FEATURES)], df[TARGET].astype(str), digest
 
 
-def make_pipeline(estimator, used: tuple[str, ...] = FEATURES) -> Pipeline:
-    """Impute and scale the measurements, impute and one-hot the categories, then the estimator.
-
-    Columns not in `used` are dropped, so every version accepts the same request schema.
-    """
-    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-    categorical = Pipeline(
-        [
-            ("impute", SimpleImputer(strategy="constant", fill_value="unknown")),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-        ]
-    )
-    steps = [("num", numeric, [f for f in NUMERIC if f in used]), ("cat", categorical, [f for f in CATEGORICAL if f in used])]
-    pre = ColumnTransformer([step for step in steps if step[2]], remainder="drop")
-    return Pipeline([("preprocess", pre), ("model", estimator)])
-
-
-def evaluate(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series) -> dict[str, float]:
+def evaluate(pipeline, X: pd.DataFrame, y: pd.Series) -> dict[str, float]:
     """Holdout metrics: accuracy, macro F1 (classes are unbalanced) and log loss."""
     proba = pipeline.predict_proba(X)
     pred = pipeline.classes_[np.argmax(proba, axis=1)]
@@ -117,30 +78,79 @@ def evaluate(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series) -> dict[str, flo
     }
 
 
-def train_version(version: str, X_train, y_train, X_test, y_test) -> tuple[Pipeline, dict]:
-    """Fit one version and return it with the metadata stored beside it."""
-    algorithm, factory, params, used = VERSION_SPECS[version]
-    pipeline = make_pipeline(factory(**params), used).fit(X_train, y_train)
+def storable(value):
+    """A value BentoML's metadata accepts: None (e.g. max_depth=None) is stored as the string "None"."""
+    if isinstance(value, dict):
+        return {k: storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    return "None" if value is None else value
+
+
+def library_versions() -> dict[str, str]:
+    import google.protobuf
+    import onnx
+    import onnxruntime
+    import skl2onnx
+
+    return {
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "pandas": pd.__version__,
+        "numpy": np.__version__,
+        "bentoml": bentoml.__version__,
+        "skl2onnx": skl2onnx.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "protobuf": google.protobuf.__version__,
+    }
+
+
+def train_version(version: str, recipe: Recipe, split: tuple, data_rows: list[dict]) -> tuple[object, bytes, dict]:
+    """Fit one version, export its graph and check it; return the pipeline, the graph and the stored metadata."""
+    X_train, X_test, y_train, y_test = split
+    try:
+        pipeline = recipe.pipeline().fit(X_train, y_train)
+    except ValueError as exc:  # e.g. a --param value the estimator rejects
+        raise Refused(f"{version} ({recipe.algorithm}) could not be trained: {str(exc).splitlines()[0]}") from None
+    graph = onnx_export.to_onnx(pipeline, recipe.features)
+    check = onnx_parity(pipeline, graph, data_rows)
+    if not check["ok"]:
+        raise Refused(f"{version} not saved: its ONNX graph answers differently from scikit-learn: "
+                      f"{parity.summary(check)} {check['first_mismatches']}")
     metadata = {
-        "algorithm": algorithm,
-        "hyperparameters": params,
+        "algorithm": recipe.estimator_name,
+        "recipe": storable(recipe.describe()),
+        "hyperparameters": storable(recipe.params),
         "features": list(FEATURES),
-        "features_used": list(used),
+        "features_used": list(recipe.features),
         "feature_types": {f: ("categorical" if f in CATEGORICAL else "numeric") for f in FEATURES},
         "classes": [str(c) for c in pipeline.classes_],
         "holdout_metrics": evaluate(pipeline, X_test, y_test),
         "train_rows": int(len(X_train)),
         "holdout_rows": int(len(X_test)),
         "split": {"holdout_fraction": HOLDOUT, "seed": SEED, "stratified": True},
-        "library_versions": {
-            "python": platform.python_version(),
-            "scikit-learn": sklearn.__version__,
-            "pandas": pd.__version__,
-            "numpy": np.__version__,
-            "bentoml": bentoml.__version__,
+        "files": {"pipeline": PIPELINE_FILE, "onnx": ONNX_FILE},
+        "onnx": {
+            "inputs": [name for name, _ in onnx_export.input_types(recipe.features)],
+            "outputs": ["label", "probabilities"],
+            "dtype": "float64",
+            "missing_category": onnx_export.MISSING_SENTINEL,
+            "parity": check,
         },
+        "library_versions": library_versions(),
     }
-    return pipeline, metadata
+    return pipeline, graph, metadata
+
+
+def onnx_parity(pipeline, graph: bytes, data_rows: list[dict]) -> dict:
+    """The graph against the pipeline on every data row and the generated rows (penguin/parity.py)."""
+    generated = parity.generated_rows(pipeline, data_rows)
+    rows = data_rows + generated
+    classes = [str(c) for c in pipeline.classes_]
+    got = OnnxPredictor(graph, classes).predict_proba(parity.columns_of(rows))
+    result = parity.compare(parity.reference(pipeline, rows), got, classes)
+    return {**result, "data_rows": len(data_rows), "generated_rows": len(generated), "seed": parity.SEED}
 
 
 def existing(tag: str):
@@ -151,15 +161,24 @@ def existing(tag: str):
         return None
 
 
-def save_version(version: str, pipeline: Pipeline, metadata: dict, data_hash: str, force: bool) -> str:
-    """Save to the model store (skip when already there from the same data; replace only with --force)."""
+def keep_or_refuse(found, recipe: Recipe, data_hash: str) -> None:
+    """An existing version is kept only if it is what this run would make; otherwise say why, in one line."""
+    tag = str(found.tag)
+    if found.info.labels.get("data_sha256") != data_hash[:16]:
+        raise Refused(f"{tag} exists but was trained on other data; run with --force to replace it")
+    stored = found.info.metadata.get("recipe")
+    if stored is not None and stored != storable(recipe.describe()):
+        raise Refused(f"{tag} exists with another recipe ({stored['algorithm']}); run with --force to replace it "
+                      "or train a new version")
+    if not Path(found.path_of(ONNX_FILE)).is_file():
+        raise Refused(f"{tag} exists without an ONNX graph (trained before the graph was added); "
+                      "run with --force to replace it")
+
+
+def save_version(version: str, pipeline, graph: bytes, metadata: dict, data_hash: str, replace: bool) -> str:
+    """Save the pipeline and its graph as one BentoML model (replacing the stored one if `replace`)."""
     tag = f"{MODEL_NAME}:{version}"
-    found = existing(tag)
-    if found is not None and not force:
-        if found.info.labels.get("data_sha256") != data_hash[:16]:
-            raise SystemExit(f"error: {tag} exists but was trained on other data; run with --force to replace it")
-        return "kept"
-    if found is not None:
+    if replace:
         bentoml.models.delete(tag)
     labels = {
         "stage": "stable" if version == STABLE_VERSION else "candidate",
@@ -167,8 +186,9 @@ def save_version(version: str, pipeline: Pipeline, metadata: dict, data_hash: st
         "data_sha256": data_hash[:16],
     }
     with bentoml.models.create(tag, labels=labels, metadata={**metadata, "data_sha256": data_hash}) as model:
-        joblib.dump(pipeline, model.path_of(MODEL_FILE))
-    return "replaced" if found is not None else "saved"
+        joblib.dump(pipeline, model.path_of(PIPELINE_FILE))
+        Path(model.path_of(ONNX_FILE)).write_bytes(graph)
+    return "replaced" if replace else "saved"
 
 
 def export(version: str, export_dir: Path = EXPORT_DIR) -> Path:
@@ -191,7 +211,13 @@ def shorter(path: Path) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train both model versions into the BentoML model store.")
+    parser = argparse.ArgumentParser(description="Train model versions into the BentoML model store.")
+    parser.add_argument("--version", help="train this version only (default: v1.0.0 and v1.1.0)")
+    parser.add_argument("--algorithm", help="for a new version: logistic_regression, hist_gradient_boosting "
+                        "or random_forest (a declared version already has one)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="for a new version: a hyper-parameter of the algorithm (repeatable)")
+    parser.add_argument("--features", help="for a new version: comma-separated features to learn from (default: all)")
     parser.add_argument("--force", action="store_true", help="replace versions that already exist in the store")
     parser.add_argument("--export-dir", type=Path, default=EXPORT_DIR, help="where to export the archives")
     parser.add_argument("--no-export", action="store_true", help="skip exporting the archives")
@@ -199,27 +225,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def plan(args: argparse.Namespace) -> dict[str, Recipe]:
+    """The versions to train and their recipes, or ValueError naming what is wrong."""
+    if args.version is None:
+        if args.algorithm or args.param or args.features:
+            raise ValueError("--algorithm, --param and --features describe a new version: add --version vX.Y.Z")
+        return {v: recipe_for(v) for v in DEFAULT_VERSIONS}
+    params = dict(parse_param(p) for p in args.param)
+    features = tuple(f.strip() for f in args.features.split(",")) if args.features is not None else None
+    return {args.version: recipe_for(args.version, args.algorithm, params, features)}
+
+
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.write_data:
         write_data()
-        return
+        return 0
+    try:
+        recipes = plan(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     X, y, data_hash = load_data()
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=HOLDOUT, stratify=y, random_state=SEED)
-    print(f"data: {DATA.name} ({len(X)} rows, sha256 {data_hash[:12]}), holdout {len(X_test)} rows")
+    split = train_test_split(X, y, test_size=HOLDOUT, stratify=y, random_state=SEED)
+    data_rows = parity.data_rows(DATA)
+    print(f"data: {DATA.name} ({len(X)} rows, sha256 {data_hash[:12]}), holdout {len(split[1])} rows")
     rows = []
-    for version in VERSION_SPECS:
-        pipeline, metadata = train_version(version, X_train, y_train, X_test, y_test)
-        action = save_version(version, pipeline, metadata, data_hash, args.force)
-        stored = bentoml.models.get(f"{MODEL_NAME}:{version}").info.metadata["holdout_metrics"]
-        exported = "" if args.no_export else shorter(export(version, args.export_dir))
-        rows.append((version, metadata["algorithm"], stored, action, exported))
-    print(f"{'version':<8}  {'algorithm':<31} {'accuracy':>8} {'f1_macro':>8} {'log_loss':>8}  store     export")
-    for version, algorithm, m, action, exported in rows:
-        print(
-            f"{version:<8}  {algorithm:<31} {m['accuracy']:>8.4f} {m['f1_macro']:>8.4f} {m['log_loss']:>8.4f}"
-            f"  {action:<8}  {exported}"
-        )
+    try:
+        for version, recipe in recipes.items():
+            found = existing(f"{MODEL_NAME}:{version}")
+            if found is not None and not args.force:
+                keep_or_refuse(found, recipe, data_hash)
+                action = "kept"
+            else:
+                pipeline, graph, metadata = train_version(version, recipe, split, data_rows)
+                action = save_version(version, pipeline, graph, metadata, data_hash, replace=found is not None)
+            stored = bentoml.models.get(f"{MODEL_NAME}:{version}").info.metadata
+            exported = "" if args.no_export else shorter(export(version, args.export_dir))
+            rows.append((version, stored, action, exported))
+    except Refused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'version':<8}  {'algorithm':<31} {'accuracy':>8} {'f1_macro':>8} {'log_loss':>8}  {'onnx max|dp|':>12}"
+          "  store     export")
+    for version, meta, action, exported in rows:
+        m, check = meta["holdout_metrics"], meta["onnx"]["parity"]
+        print(f"{version:<8}  {meta['algorithm']:<31} {m['accuracy']:>8.4f} {m['f1_macro']:>8.4f} "
+              f"{m['log_loss']:>8.4f}  {check['max_abs_prob_diff']:>12.1e}  {action:<8}  {exported}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def test_a_whole_release_loop_fails_no_request_and_each_step_serves_exactly_its_
     assert (state.blue_version, state.green_version, state.green_weight) == (NEXT, None, 0)
     assert list(read_stack_file(state_dir)["backends"]) == ["blue"]  # green's processes were stopped
 
-    history = json.loads("[" + ",".join(canary_process(state_dir, "history", "--json").stdout.split("\n")) + "]")
+    history = [json.loads(line) for line in canary_process(state_dir, "history", "--json").stdout.splitlines()]
     events = [(e["event"], e["blue_version"], e["green_version"]) for e in history]
     print("history: " + ", ".join(f"{e}({b}/{g})" for e, b, g in events))
     finals = [e for e in events if e[0] in ("deploy", "finalize")]

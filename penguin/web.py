@@ -1,0 +1,170 @@
+"""The service's HTTP edges: headers and guards around every request, the OpenAPI document, one-line logs.
+
+- VersionHeader: every response says which model version answered.
+- JsonBodyGuard: a POST body must be JSON (415) and at most `max_bytes` long (413), whether it declares its
+  length or arrives chunked; answered in JSON and logged as one line.
+- BadInputLog: BentoML logs a client's invalid body with a full traceback; this makes it one line.
+- openapi_document: BentoML's document, made valid OpenAPI 3.1 (its schemas are JSON Schema 2020-12, which 3.0
+  tools cannot read) and completed with /health, /metadata and the 413/415 answers.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
+
+logger = logging.getLogger("bentoml.penguin_classifier")
+BENTOML_HTTP_LOGGER = "bentoml._internal.server.http_app"  # logs "Exception on /predict [POST]" with a traceback
+OPENAPI_VERSION = "3.1.0"
+
+
+class VersionHeader:
+    """ASGI middleware: every response (errors and probes included) says which model version answered."""
+
+    def __init__(self, app, version: str) -> None:
+        self.app, self.header = app, (b"x-model-version", version.encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_header(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+class JsonBodyGuard:
+    """ASGI middleware: POST bodies must be JSON (415) and at most `max_bytes` long (413), answered in JSON.
+
+    A body with a Content-Length is judged by it. A body without one (chunked) is read here, up to the limit, before
+    the service sees any of it, then handed on whole.
+    """
+
+    def __init__(self, app, max_bytes: int, hint: str = "") -> None:
+        self.app, self.max_bytes, self.hint = app, max_bytes, hint
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        if media_type != b"application/json":
+            detail = f"content type must be application/json, not {media_type.decode(errors='replace')}"
+            return await self.refuse(scope, receive, send, 415, detail)
+        too_large = f"request body larger than {self.max_bytes} bytes{self.hint}"
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await self.refuse(scope, receive, send, 413, too_large)
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await self.refuse(scope, receive, send, 413, too_large)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay():
+            nonlocal body
+            if body is None:
+                return await receive()  # after the body: wait for the disconnect, as the server would
+            message, body = body, None
+            return message
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def refuse(scope, receive, send, status: int, detail: str) -> None:
+        logger.warning("bad request on %s [%s] (%d): %s", scope["path"], scope["method"], status, detail)
+        await JSONResponse({"error": detail}, status_code=status)(scope, receive, send)
+
+
+def describe(exc: BaseException, limit: int = 3) -> str:
+    """A validation error in one line: `instances.0.island: Input should be ...; ...` (never the input values)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    found = errors(include_url=False, include_input=False)
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in found[:limit]]
+    more = f"; and {len(found) - limit} more" if len(found) > limit else ""
+    return f"{len(found)} validation error(s): " + "; ".join(parts) + more
+
+
+class BadInputLog(logging.Filter):
+    """BentoML's "Exception on /predict [POST]" + traceback, for a client's mistake (4xx), as one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from bentoml.exceptions import BentoMLException
+        from pydantic import ValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        client_error = isinstance(exc, ValidationError) or (
+            isinstance(exc, BentoMLException) and int(exc.error_code) < 500
+        )
+        if client_error:
+            status = 400 if isinstance(exc, ValidationError) else int(exc.error_code)
+            where = record.getMessage().removeprefix("Exception on ")
+            record.msg, record.args = "bad request on %s (%d): %s", (where, status, describe(exc))
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def install_bad_input_log() -> None:
+    target = logging.getLogger(BENTOML_HTTP_LOGGER)
+    if not any(isinstance(f, BadInputLog) for f in target.filters):
+        target.addFilter(BadInputLog())
+
+
+class Error(BaseModel):
+    """The service's own refusals (413, 415)."""
+
+    error: str = Field(description="What is wrong with the request")
+
+
+def add_schema(schemas: dict, model: type[BaseModel]) -> dict:
+    """Put a pydantic model's JSON schema (and the models it nests) under components/schemas; return its $ref."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    schemas[model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def openapi_document(spec: dict, version: str, extra_paths: dict[str, tuple[str, object]]) -> dict:
+    """BentoML's spec as valid OpenAPI 3.1, titled with the model version, with our GET routes and 413/415 answers.
+
+    `extra_paths`: path -> (description, pydantic model of the JSON answer).
+    """
+    doc = {**spec, "openapi": OPENAPI_VERSION}
+    doc["info"] = {**spec.get("info", {}), "version": version}
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    error = {"content": {"application/json": {"schema": add_schema(schemas, Error)}}}
+    paths = dict(doc.get("paths", {}))
+    for path, (description, model) in extra_paths.items():
+        answer = add_schema(schemas, model)
+        paths[path] = {"get": {
+            "description": description,
+            "tags": ["Infrastructure"],
+            "operationId": path.strip("/").replace("/", "_") or "root",
+            "responses": {"200": {"description": "Successful Response", "content": {"application/json": {"schema": answer}}}},
+        }}
+    for item in paths.values():
+        post = item.get("post")
+        if post is not None:
+            post.setdefault("responses", {}).update({
+                "413": {"description": "Request body too large", **error},
+                "415": {"description": "Content type is not application/json", **error},
+            })
+    doc["paths"] = paths
+    return doc
