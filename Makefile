@@ -29,9 +29,13 @@ nginx:  ## Debian's nginx and its njs module, installed through apt-get when mis
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 		--no-install-recommends nginx libnginx-mod-http-js >/dev/null)
 
-train: setup  ## train both versions into the BentoML model store (kept when already there)
-	@if [ -d "$(BENTOML_HOME)/models/$(MODEL)/v1.0.0" ] && [ -d "$(BENTOML_HOME)/models/$(MODEL)/v1.1.0" ]; then \
+STORE = $(BENTOML_HOME)/models/$(MODEL)
+
+train: setup  ## train both versions into the BentoML model store (kept when already there with their ONNX graphs)
+	@if [ -f "$(STORE)/v1.0.0/model.onnx" ] && [ -f "$(STORE)/v1.1.0/model.onnx" ]; then \
 		echo "models $(MODEL):v1.0.0 and :v1.1.0 are in $(BENTOML_HOME)"; \
+	elif [ -d "$(STORE)/v1.0.0" ] || [ -d "$(STORE)/v1.1.0" ]; then \
+		echo "models from before the ONNX export: training them again"; $(BIN)/python train_model.py --force; \
 	else $(BIN)/python train_model.py; fi
 
 bentos: train  ## one Bento per model version, tagged like the model
@@ -47,7 +51,7 @@ test: setup nginx  ## the whole test suite: unit, integration (real nginx and be
 test-fast: setup  ## unit tests only
 	$(BIN)/pytest -m "not integration and not bento"
 
-bench: setup nginx train  ## benchmarks (~14 min on 2 cores; BENCH_ARGS=--quick: ~2 min); results in bench/results/
+bench: setup nginx train  ## benchmarks (~15 min on 2 cores; BENCH_ARGS=--quick: ~4 min); results in bench/results/
 	@command -v wrk >/dev/null || (echo "installing wrk ..." && $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null)
 	@$(BIN)/python -c "import fastapi, uvicorn, matplotlib, locust" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,bench]'
