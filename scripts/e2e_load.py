@@ -213,14 +213,18 @@ def during(args: argparse.Namespace) -> int:
     after = [r for r in done if r[0] > returned]
     before = [r for r in done if r[1] < started]
     wrong_after = [r for r in after if not r[3] and r[2] != args.expect_after]
-    count = lambda rs, v: sum(1 for r in rs if not r[3] and r[2] == v)  # noqa: E731
+    def versions(records: list) -> str:
+        counts: dict[str, int] = {}
+        for r in records:
+            if not r[3]:
+                counts[r[2]] = counts.get(r[2], 0) + 1
+        return ", ".join(f"{v} {n}" for v, n in sorted(counts.items())) or "none"
+
     name = " ".join([args.command[0].rsplit("/", 1)[-1], *args.command[1:2]])
     print(
         f"during `{name}` (rc {rc}, {returned - started:.2f}s): {len(done)} requests by "
         f"{args.concurrency} clients at ≤{args.rate:g}/s ({'keepalive' if args.keepalive else 'a connection per request'}), "
-        f"failed {len(failed)}; before it: blue {count(before, BLUE)} green "
-        f"{count(before, GREEN)}; sent after it returned: {len(after)}, blue {count(after, BLUE)} "
-        f"green {count(after, GREEN)}"
+        f"failed {len(failed)}; before it: {versions(before)}; sent after it returned: {len(after)}, {versions(after)}"
     )
     if out:
         print("  command said: " + out.replace("\n", "\n  command said: "))

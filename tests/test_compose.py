@@ -66,7 +66,7 @@ def test_nginx_renders_the_shared_template_with_every_variable(spec):
     template = (ROOT / "nginx" / "canary.conf.template").read_text()
     wanted = set(re.findall(r"\$\{(CANARY_[A-Z0-9_]+)\}", template))
     given = {k for k in nginx["environment"] if k.startswith("CANARY_")}
-    assert given == wanted | {"CANARY_GREEN_WEIGHT"}  # that one is for the first-state hook only
+    assert given == wanted | {"CANARY_GREEN_WEIGHT", "CANARY_BLUE_VERSION", "CANARY_GREEN_VERSION"}  # first state
     assert any(v.startswith("./nginx/canary.conf.template:/etc/nginx/templates/") for v in nginx["volumes"])
 
 
@@ -86,12 +86,12 @@ def test_nginx_loads_njs_and_reads_the_routing_state_from_a_mounted_folder(spec)
     assert "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;" in (ROOT / "nginx" / "nginx.compose.conf").read_text()
 
 
-def first_state(tmp_path, weight: str | None, existing: str | None = None) -> subprocess.CompletedProcess:
+def first_state(tmp_path, weight: str | None, existing: str | None = None, **versions) -> subprocess.CompletedProcess:
     """Run the compose nginx's first-state hook against a folder of ours."""
     state = tmp_path / "routing.json"
     if existing is not None:
         state.write_text(existing)
-    env = {"PATH": "/usr/bin:/bin", "CANARY_STATE_FILE": str(state)}
+    env = {"PATH": "/usr/bin:/bin", "CANARY_STATE_FILE": str(state), **versions}
     if weight is not None:
         env["CANARY_GREEN_WEIGHT"] = weight
     return subprocess.run(["sh", str(ROOT / "nginx" / "canary-state-init.sh")], env=env, capture_output=True, text=True)
@@ -100,9 +100,10 @@ def first_state(tmp_path, weight: str | None, existing: str | None = None) -> su
 def test_the_first_state_hook_writes_the_initial_split_once(tmp_path):
     from canary_kit import routing
 
-    result = first_state(tmp_path, "25")
+    result = first_state(tmp_path, "25", CANARY_BLUE_VERSION="v1.0.0", CANARY_GREEN_VERSION="latest")
     assert result.returncode == 0, result.stderr
-    assert routing.read(tmp_path / "routing.json").green_weight == 25
+    state = routing.read(tmp_path / "routing.json")
+    assert (state.green_weight, state.blue_version, state.green_version) == (25, "v1.0.0", None)
     again = first_state(tmp_path, "60")  # a restart keeps the last split
     assert again.returncode == 0 and "keeping" in again.stdout
     assert routing.read(tmp_path / "routing.json").green_weight == 25
