@@ -17,7 +17,7 @@ up: setup nginx train  ## install what is missing, train if the store lacks the 
 $(BIN)/canary: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
 setup: $(BIN)/canary  ## the Python environment in .venv

@@ -102,7 +102,7 @@ def up(
         signal.signal(sig, _stop_once)
     stack = Stack(settings)
     stack.check()  # refuse before printing anything else
-    typer.echo("starting blue, green and nginx ...")
+    typer.echo("starting the canary stack ...")
     try:
         stack.start()
         state = stack.state
@@ -297,9 +297,11 @@ def shadow(
     compose_file: ComposeFile = Path("docker-compose.yml"),
 ) -> None:
     """Mirror every /predict to green while blue answers all clients; compare their predictions."""
+    from canary_kit.control import current, require_green
     from canary_kit.shadow import run_shadow
 
     target = target_for(state_dir, compose, compose_file)
+    require_green(current(target))
     typer.echo(f"shadow: blue answers every client, green gets a copy of each /predict for {seconds:.0f}s ...")
     report = run_shadow(target, seconds, typer.echo)
     if as_json:
@@ -333,6 +335,7 @@ def rollout(
 ) -> None:
     """Walk green through the steps, judging each on its metrics; roll back automatically if it fails."""
     from canary_kit import rollout as plan
+    from canary_kit.control import current, require_green
     from canary_kit.shadow import run_shadow
 
     try:
@@ -346,6 +349,7 @@ def rollout(
     )
     chosen = plan.load_spec(spec, overrides)
     target = target_for(state_dir, compose, compose_file)
+    require_green(current(target))
     typer.echo(f"rollout: steps {chosen.steps}, hold {chosen.hold_seconds:.0f}s, gates {chosen.gates.model_dump()}")
     try:
         result = plan.run(target, chosen, typer.echo, run_shadow)

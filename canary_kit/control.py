@@ -55,6 +55,12 @@ def split_of(target) -> tuple[int, bool]:
     return current(target).split
 
 
+def require_green(state: RoutingState) -> None:
+    """Refuse to send green anything while it serves no version (after `canary finalize`)."""
+    if state.green_version is None and state.blue_version is not None:
+        raise CanaryError("green serves no version: `canary deploy VERSION` first")
+
+
 def serial_of(target) -> int:
     """The number of the state in force: any change makes a new one."""
     return current(target).serial
@@ -151,8 +157,8 @@ def set_weight(
             raise SplitChanged(
                 f"the state was changed by someone else (green now {before.green_weight}%); leaving it as it is"
             )
-        if (weight > 0 or shadow) and before.green_version is None and before.blue_version is not None:
-            raise CanaryError("green serves no version: `canary deploy VERSION` first")
+        if weight > 0 or shadow:
+            require_green(before)
         if before.split != (weight, shadow) or routing.read(target.state_file) is None:
             after = commit(target, before, event, reason, green_weight=weight, shadow=shadow)
         else:  # nothing to change: confirm nginx applies it, and start the figures again from here

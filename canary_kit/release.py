@@ -80,11 +80,10 @@ def finalize(target, reason: str, echo: Callable[[str], None]) -> RoutingState:
         before = current(target)
         versions = _versions(target, before)
         promoted, stable = versions["green_version"], versions["blue_version"]
-        if before.split != (100, False) or promoted is None:
-            raise CanaryError(
-                f"nothing to finalize: green has {before.green_weight}%"
-                f"{' and serves no version' if promoted is None else ''} (`canary promote` first)"
-            )
+        if promoted is None:
+            raise CanaryError("nothing to finalize: green serves no version (`canary deploy VERSION` first)")
+        if before.split != (100, False):
+            raise CanaryError(f"nothing to finalize: green has {before.green_weight}% (`canary promote` first)")
         answering = target.serving("green")
         if answering != promoted:
             raise CanaryError(

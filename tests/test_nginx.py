@@ -189,6 +189,7 @@ def test_requests_pinned_to_a_free_green_go_to_blue_directly(bare):
     """After `canary finalize` green runs nothing: pins to green must not try its empty slot first."""
     put_state(bare, green_weight=0, shadow=False, green_slot="green_b", blue_version="v1.1.0", green_version=None,
               serial=6000)
-    tried = httpx.get(f"{bare.url}/health", headers={"X-Canary": "always"}).headers["x-canary-upstream"]
-    assert tried.startswith(f"127.0.0.1:{bare.blue_port}"), tried
+    headers = httpx.get(f"{bare.url}/health", headers={"X-Canary": "always"}).headers
+    assert headers["x-canary-upstream"].startswith(f"127.0.0.1:{bare.blue_port}"), headers
+    assert headers["x-canary-route"] == "blue"  # the version that serves it, not the pin's wish
     assert applied(bare)["green_free"] is True

@@ -205,3 +205,17 @@ def test_an_interrupted_deploy_leaves_nothing_running_and_stopping_the_stack_sto
     own_stack.stop()
     left = [pid for pid in started if alive(pid)] + [p.pid for s in SLOTS for p in listeners(settings.slot_port(s))]
     assert not left, f"still running after the stack stopped: {left}"
+
+
+def test_commands_that_need_a_green_version_refuse_in_one_line_while_green_is_free(own_stack):
+    state_dir = own_stack.settings.state_dir
+    assert canary_process(state_dir, "promote").returncode == 0
+    assert canary_process(state_dir, "finalize").returncode == 0  # v1.1.0 is blue now, green is free
+    state_file = state_dir / routing.STATE_FILE
+    before = state_file.read_bytes()
+    for args in (["set-weight", "10"], ["promote"], ["rollout"], ["shadow", "--seconds", "1"], ["finalize"]):
+        result = canary_process(state_dir, *args)
+        print(f"canary {' '.join(args)}: exit {result.returncode}: {result.stdout!r} {result.stderr.strip()!r}")
+        assert result.returncode == 1 and not result.stdout and result.stderr.count("\n") == 1, args
+        assert "serves no version" in result.stderr and "deploy VERSION" in result.stderr, result.stderr
+    assert state_file.read_bytes() == before
