@@ -36,6 +36,7 @@ from penguin.features import (  # noqa: E402
     MAX_INSTANCES,
     MODEL_NAME,
     STABLE_VERSION,
+    VERSION_PATTERN,
     Penguin,
 )
 
@@ -69,7 +70,7 @@ def model_version(args: Args) -> str:
 def model_tag(version: str) -> str:
     """The store tag for a version, refusing (with the versions that exist) one the store does not hold."""
     found = sorted(str(m.tag.version) for m in bentoml.models.list(MODEL_NAME))
-    if not re.fullmatch(r"v\d+\.\d+\.\d+", version) or version not in found:
+    if not re.fullmatch(VERSION_PATTERN, version) or version not in found:
         raise bentoml.exceptions.NotFound(
             f"model version {version!r} is not in the model store; versions found: {', '.join(found) or 'none'}"
             " (run `python train_model.py` or `bentoml models import models/*.bentomodel`)"

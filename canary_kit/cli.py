@@ -137,7 +137,12 @@ def target_for(state_dir: Optional[Path], compose: bool, compose_file: Path):
 
     if compose:
         return ComposeTarget(compose_file, os.environ.get("CANARY_COMPOSE_CMD") or compose_command())
-    return LocalTarget(state_dir or Path(os.environ.get("CANARY_STATE_DIR", ".canary")))
+    return LocalTarget(local_state_dir(state_dir))
+
+
+def local_state_dir(state_dir: Optional[Path]) -> Path:
+    """The local stack's state folder: --state-dir, else $CANARY_STATE_DIR, else .canary."""
+    return (state_dir or Path(os.environ.get("CANARY_STATE_DIR", ".canary"))).expanduser().absolute()
 
 
 def compose_command() -> str:
@@ -240,10 +245,7 @@ def history(
     """What served when: starts, deploys, weight changes, promotions, rollbacks, finalizations, and why."""
     from canary_kit.views import history_lines, read_history
 
-    if compose:
-        folder = target_for(state_dir, compose, compose_file).state_dir
-    else:
-        folder = (state_dir or Path(os.environ.get("CANARY_STATE_DIR", ".canary"))).expanduser().absolute()
+    folder = target_for(state_dir, compose, compose_file).state_dir if compose else local_state_dir(state_dir)
     entries = read_history(folder / "changes.log", limit)
     if as_json:
         typer.echo("\n".join(json.dumps(e) for e in entries))
@@ -297,11 +299,11 @@ def shadow(
     compose_file: ComposeFile = Path("docker-compose.yml"),
 ) -> None:
     """Mirror every /predict to green while blue answers all clients; compare their predictions."""
-    from canary_kit.control import current, require_green
-    from canary_kit.shadow import run_shadow
+    from canary_kit.control import current
+    from canary_kit.shadow import require_shadowable, run_shadow
 
     target = target_for(state_dir, compose, compose_file)
-    require_green(current(target))
+    require_shadowable(current(target))
     typer.echo(f"shadow: blue answers every client, green gets a copy of each /predict for {seconds:.0f}s ...")
     report = run_shadow(target, seconds, typer.echo)
     if as_json:

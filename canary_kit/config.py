@@ -32,7 +32,9 @@ class CanaryError(Exception):
 
 def describe(exc: ValidationError) -> str:
     """A pydantic validation error as one line: `field: problem; field: problem`."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+    )
 
 
 def default_bentoml_home() -> Path:

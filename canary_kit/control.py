@@ -61,11 +61,6 @@ def require_green(state: RoutingState) -> None:
         raise CanaryError("green serves no version: `canary deploy VERSION` first")
 
 
-def serial_of(target) -> int:
-    """The number of the state in force: any change makes a new one."""
-    return current(target).serial
-
-
 @contextmanager
 def change_lock(folder: Path, name: str = ".routing.lock"):
     """One change at a time per state: concurrent `canary` commands wait for each other."""
@@ -108,7 +103,7 @@ def commit(target, before: RoutingState, event: str, reason: str = "", **changes
         wait_applied(target, state.serial)
     except CanaryError as exc:
         record(target, event, before, state, f"{reason} ({exc})".strip(), applied_ms=None)
-        raise
+        raise CanaryError(f"wrote the change, but {exc}; nginx applies it on its next request if it runs") from None
     record(target, event, before, state, reason, applied_ms=round((time.monotonic() - started) * 1000, 1))
     return state
 
@@ -171,7 +166,12 @@ def set_weight(
 def status(target) -> dict:
     """The split nginx applies, each version's health, and its figures since the last change (or since start)."""
     baseline_file = target.state_dir / BASELINE
-    baseline = json.loads(baseline_file.read_text()) if baseline_file.is_file() else {"backends": {}}
+    try:
+        baseline = json.loads(baseline_file.read_text())
+    except (OSError, ValueError):  # none yet, or damaged: figures since start
+        baseline = {}
+    if not isinstance(baseline, dict) or not isinstance(baseline.get("backends"), dict):
+        baseline = {"backends": {}}
     in_file, in_nginx = routing.read(target.state_file), applied(target)
     state = in_file or routing.FALLBACK
     weight = in_nginx["green_weight"] if in_nginx else state.green_weight

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from canary_kit.config import CanaryError
-from canary_kit.k8s import PLUGIN, SCRAPE_LABELS
+from canary_kit.k8s import DNS_NAME, HTTP_URL, PLUGIN, SCRAPE_LABELS
 from canary_kit.metrics import DURATION, REQUESTS
 
 # What `bentoml serve` exports (BentoML 1.4, checked against a live /metrics by the tests): series -> labels.
@@ -78,6 +78,19 @@ def verdict(metric: dict, result: list[float]) -> str:
 
 def _kinds(docs: list[dict], kind: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d.get("kind") == kind}
+
+
+def check_names(docs: list[dict]) -> list[str]:
+    """Every object's name, and every Gateway a route attaches to, is a valid Kubernetes name."""
+    problems = []
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        parents = doc.get("spec", {}).get("parentRefs") or [] if doc["kind"] == "HTTPRoute" else []
+        refs = [ref.get("name") for ref in parents]
+        for given, what in [(name, "name"), *((ref, "parentRef") for ref in refs)]:
+            if not re.match(DNS_NAME, str(given)) or len(str(given)) > 253:
+                problems.append(f"{doc['kind']} {name}: {what} {given!r} is not a valid Kubernetes name")
+    return problems
 
 
 def check_steps(rollout: dict) -> list[str]:
@@ -195,7 +208,10 @@ def check_template(template: dict, supplied: set[str], exported: dict[str, set[s
         problems.append(f"AnalysisTemplate {name}: metric names are not unique: {metric_names}")
     for metric in template["spec"]["metrics"]:
         where = f"AnalysisTemplate {name}: metric {metric['name']}"
-        query = ((metric.get("provider") or {}).get("prometheus") or {}).get("query")
+        prometheus = (metric.get("provider") or {}).get("prometheus") or {}
+        query = prometheus.get("query")
+        if not re.match(HTTP_URL, str(prometheus.get("address", ""))):
+            problems.append(f"{where}: Prometheus address {prometheus.get('address')!r} is not an http(s) URL")
         if not query:
             problems.append(f"{where}: no Prometheus query")
             continue
@@ -251,7 +267,8 @@ def problems(docs: list[dict], exported: dict[str, set[str]] | None = None) -> l
     if not (rollout.get("spec", {}).get("strategy") or {}).get("canary"):
         return [f"Rollout {rollout['metadata']['name']}: strategy.canary is missing"]
     try:
-        return check_steps(rollout) + check_routes(rollout, docs) + check_analysis(rollout, docs, exported)
+        return (check_names(docs) + check_steps(rollout) + check_routes(rollout, docs)
+                + check_analysis(rollout, docs, exported))
     except (KeyError, TypeError, AttributeError) as exc:  # a structural hole: the schemas name it precisely
         return [f"a required field is missing or mistyped ({exc!r}); validate the base against the schemas"]
 

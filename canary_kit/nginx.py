@@ -55,14 +55,24 @@ def routes_variables(settings: Settings) -> dict[str, str]:
         "CANARY_STATE_FILE": str(settings.state_dir / STATE_FILE),
         "CANARY_MAX_INFLIGHT": str(settings.max_inflight),
         "CANARY_ADMIN_LISTEN": f"unix:{admin_socket(settings)}",
+        "CANARY_SHADOW_SOCKET": str(shadow_socket(settings)),
     }
 
 
 def admin_socket(settings: Settings) -> Path:
     """The unix socket of nginx's admin server (the routing state it applies), in the state folder."""
-    path = settings.state_dir / "nginx-admin.sock"
+    return _socket(settings, "nginx-admin.sock")
+
+
+def shadow_socket(settings: Settings) -> Path:
+    """The unix socket of nginx's shadow relay (it passes mirrored copies on to green), in the state folder."""
+    return _socket(settings, "nginx-shadow.sock")
+
+
+def _socket(settings: Settings, name: str) -> Path:
+    path = settings.state_dir / name
     if len(str(path)) > 100:  # sun_path holds 108 bytes
-        raise CanaryError(f"the state folder's path is too long for nginx's admin socket: {path}")
+        raise CanaryError(f"the state folder's path is too long for nginx's unix sockets: {path}")
     return path
 
 
@@ -130,6 +140,8 @@ class LocalNginx:
         """Before nginx starts: write both files, then check them."""
         for sub in ("logs", "nginx-tmp"):
             (self.settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        for sock in (admin_socket(self.settings), shadow_socket(self.settings)):
+            sock.unlink(missing_ok=True)  # left by an nginx that was killed: its bind() would fail
         write_atomic(self.main_conf, self.render_main())
         write_atomic(self.routes_conf, self.render_routes())
         self.test()

@@ -13,7 +13,10 @@ import time
 from collections import Counter
 from typing import Callable
 
-from canary_kit.control import current, set_weight
+from canary_kit.config import CanaryError
+from canary_kit.control import current, require_green, set_weight
+
+COPY_TIMEOUT = 5.5  # the shadow relay's connect and read timeouts for green (nginx/canary.conf.template)
 
 
 def _ms(entry: dict) -> float | None:
@@ -62,9 +65,20 @@ def compare(entries: list[dict], blue_version: str) -> dict:
     }
 
 
+def require_shadowable(state) -> None:
+    """Shadow needs a green, and sends every client to blue: not after a promote, when green serves everyone."""
+    require_green(state)
+    if state.green_weight == 100:
+        raise CanaryError(
+            f"green ({state.green_version}) has 100% after a promote: shadow would send everyone back to blue; "
+            "`canary finalize` first (or `canary rollback`)"
+        )
+
+
 def run_shadow(target, seconds: float, echo: Callable[[str], None]) -> dict:
     """Mirror for `seconds` with green at 0%, then restore the weight it had and compare what was logged."""
     previous = current(target)
+    require_shadowable(previous)
     mark = target.log_mark()
     _, mirroring = set_weight(
         target, 0, reason=f"shadow for {seconds:.0f}s", shadow=True, expect=previous.serial, event="shadow"
@@ -77,5 +91,19 @@ def run_shadow(target, seconds: float, echo: Callable[[str], None]) -> dict:
     finally:
         # back to the weight it had, unless an operator changed the split meanwhile (then theirs stands)
         set_weight(target, previous.green_weight, reason="shadow done", expect=mirroring.serial, event="shadow")
-    time.sleep(0.2)  # the last mirrored copies finish after their live answers
-    return compare(target.log_since(mark), target.serving("blue"))
+    return compare(settled_log(target, mark), target.serving("blue"))
+
+
+def settled_log(target, mark) -> list[dict]:
+    """The log since `mark`, read again until green's answers to the last copies (which come after their live
+    answers) stop arriving, for at most as long as the relay waits for green."""
+    deadline = time.monotonic() + COPY_TIMEOUT
+    entries, copies = target.log_since(mark), -1
+    while time.monotonic() < deadline:
+        count = sum(1 for e in entries if e.get("shadow"))
+        if count == copies:
+            break
+        copies = count
+        time.sleep(0.5)
+        entries = target.log_since(mark)
+    return entries

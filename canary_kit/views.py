@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-EVENTS = ("up", "deploy", "set-weight", "promote", "rollback", "rollout", "shadow", "finalize")
-
-
 def fmt(value, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -47,9 +44,11 @@ def read_history(log: Path, limit: int | None = None) -> list[dict]:
     entries = []
     for line in log.read_text().splitlines():
         try:
-            entries.append(json.loads(line))
-        except ValueError:
+            entry = json.loads(line)
+        except ValueError:  # a line cut short by a crash: skip it
             continue
+        if isinstance(entry, dict):
+            entries.append(entry)
     return entries[-limit:] if limit else entries
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 MODEL_NAME = "penguin_classifier"
 STABLE_VERSION = "v1.0.0"
 CANDIDATE_VERSION = "v1.1.0"
-VERSIONS = (STABLE_VERSION, CANDIDATE_VERSION)
+VERSION_PATTERN = r"v\d+\.\d+\.\d+"  # a model version: vMAJOR.MINOR.PATCH
 TARGET = "target"
 MAX_INSTANCES = 1000  # rows per /predict request; more is refused with 400 naming the limit
 MAX_BODY_BYTES = 1024 * 1024  # request body limit, the same in the service (413) and in nginx (client_max_body_size)

@@ -20,10 +20,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from penguin.features import CANDIDATE_VERSION, CATEGORICAL, FEATURES, NUMERIC, STABLE_VERSION
+from penguin.features import (
+    CANDIDATE_VERSION,
+    CATEGORICAL,
+    FEATURES,
+    NUMERIC,
+    STABLE_VERSION,
+    VERSION_PATTERN,
+)
 
 SEED = 42
-VERSION_PATTERN = r"v\d+\.\d+\.\d+"
 MISSING_CATEGORY = "unknown"  # what the category imputer writes for a missing island or sex
 
 # name on the command line -> (estimator class, default hyper-parameters). Each has an exact ONNX converter
@@ -128,8 +134,8 @@ def recipe_for(version: str, algorithm: str | None = None, params: dict | None =
     cls, defaults = ALGORITHMS[algorithm]
     merged = {**defaults, **(params or {})}
     try:
-        cls(**merged)
-    except TypeError as exc:
+        cls(**merged)._validate_params()  # names and values, as fit() would check them, before any training
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"bad --param for {algorithm}: {exc}") from None
     chosen = tuple(f for f in FEATURES if f in features) if features else FEATURES
     return Recipe(algorithm, merged, chosen)

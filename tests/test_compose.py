@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, free_port
 
 COMPOSE = ROOT / "docker-compose.yml"
 
@@ -66,7 +66,9 @@ def test_nginx_renders_the_shared_template_with_every_variable(spec):
     template = (ROOT / "nginx" / "canary.conf.template").read_text()
     wanted = set(re.findall(r"\$\{(CANARY_[A-Z0-9_]+)\}", template))
     given = {k for k in nginx["environment"] if k.startswith("CANARY_")}
-    assert given == wanted | {"CANARY_GREEN_WEIGHT", "CANARY_BLUE_VERSION", "CANARY_GREEN_VERSION"}  # first state
+    assert given == wanted | {"CANARY_GREEN_WEIGHT"}  # the first state's split
+    # versions in nginx's environment would change with every deploy: `docker compose up` would recreate nginx
+    assert not given & {"CANARY_BLUE_VERSION", "CANARY_GREEN_VERSION"}
     assert any(v.startswith("./nginx/canary.conf.template:/etc/nginx/templates/") for v in nginx["volumes"])
 
 
@@ -86,12 +88,15 @@ def test_nginx_loads_njs_and_reads_the_routing_state_from_a_mounted_folder(spec)
     assert "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;" in (ROOT / "nginx" / "nginx.compose.conf").read_text()
 
 
-def first_state(tmp_path, weight: str | None, existing: str | None = None, **versions) -> subprocess.CompletedProcess:
-    """Run the compose nginx's first-state hook against a folder of ours."""
+def first_state(tmp_path, weight: str | None, existing: str | None = None, **servers) -> subprocess.CompletedProcess:
+    """Run the compose nginx's first-state hook against a folder of ours (backends that do not answer, unless
+    `servers` names some)."""
     state = tmp_path / "routing.json"
     if existing is not None:
         state.write_text(existing)
-    env = {"PATH": "/usr/bin:/bin", "CANARY_STATE_FILE": str(state), **versions}
+    nowhere = f"127.0.0.1:{free_port()}"
+    env = {"PATH": "/usr/bin:/bin", "CANARY_STATE_FILE": str(state),
+           "CANARY_BLUE_SERVER": nowhere, "CANARY_GREEN_SERVER": nowhere, **servers}
     if weight is not None:
         env["CANARY_GREEN_WEIGHT"] = weight
     return subprocess.run(["sh", str(ROOT / "nginx" / "canary-state-init.sh")], env=env, capture_output=True, text=True)
@@ -100,14 +105,25 @@ def first_state(tmp_path, weight: str | None, existing: str | None = None, **ver
 def test_the_first_state_hook_writes_the_initial_split_once(tmp_path):
     from canary_kit import routing
 
-    result = first_state(tmp_path, "25", CANARY_BLUE_VERSION="v1.0.0", CANARY_GREEN_VERSION="latest")
+    result = first_state(tmp_path, "25")
     assert result.returncode == 0, result.stderr
     state = routing.read(tmp_path / "routing.json")
-    assert (state.green_weight, state.blue_version, state.green_version) == (25, "v1.0.0", None)
+    assert (state.green_weight, state.blue_version, state.green_version) == (25, None, None)  # asked at `deploy`
     again = first_state(tmp_path, "60")  # a restart keeps the last split
     assert again.returncode == 0 and "keeping" in again.stdout
     assert routing.read(tmp_path / "routing.json").green_weight == 25
     assert not [p.name for p in tmp_path.iterdir() if p.name != "routing.json"]
+
+
+def test_the_first_state_hook_names_the_versions_the_backends_answer_with(stack, tmp_path):
+    from canary_kit import routing
+
+    s = stack.settings
+    result = first_state(tmp_path, "10", CANARY_BLUE_SERVER=f"127.0.0.1:{s.blue_port}",
+                         CANARY_GREEN_SERVER=f"127.0.0.1:{s.green_port}")
+    assert result.returncode == 0, result.stderr
+    state = routing.read(tmp_path / "routing.json")
+    assert (state.blue_version, state.green_version) == (s.blue_version, s.green_version), state
 
 
 @pytest.mark.parametrize("weight", ["150", "-1", "ten", "1e2"])

@@ -32,6 +32,8 @@ REFUSED = {
     "algorithm without version": (["--algorithm", "random_forest"], "--version"),
     "unknown hyper-parameter": (["--version", "v1.3.0", "--algorithm", "random_forest", "--param", "colour=1"],
                                 "colour"),
+    "out-of-range hyper-parameter": (["--version", "v1.3.0", "--algorithm", "logistic_regression", "--param", "C=-1"],
+                                     "'C' parameter"),
     "unknown feature": (["--version", "v1.3.0", "--algorithm", "random_forest", "--features", "beak"], "beak"),
 }
 

@@ -122,6 +122,58 @@ def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
     assert report["green_failed_copies"] == 0
     assert split_of(target)[0] == 10  # the weight it had before
 
+def test_shadow_after_a_promote_is_refused_and_changes_nothing(at_ten):
+    settings = at_ten.settings
+    assert canary(settings, "promote").exit_code == 0
+    before = (settings.state_dir / "routing.json").read_bytes()
+    refused = canary(settings, "shadow", "--seconds", "1")
+    print(f"\n{refused.output}")
+    assert refused.exit_code == 1 and "shadow would send everyone back to blue" in refused.output, refused.output
+    assert (settings.state_dir / "routing.json").read_bytes() == before
+
+
+def test_a_frozen_green_in_shadow_mode_never_slows_a_client(own_stack):
+    """nginx finishes a request only when its mirrored copy is done: the relay answers each copy at once, so a
+    keep-alive client's next request never waits for green, and green's late answers are still logged."""
+    import psutil
+
+    from canary_kit.control import set_weight
+
+    settings = own_stack.settings
+    target = LocalTarget(settings.state_dir)
+    green = psutil.Process(next(c for c in own_stack.children if c.name == "green_a").proc.pid)
+    frozen = [green, *green.children(recursive=True)]
+    set_weight(target, 0, reason="test: shadow", shadow=True)
+    mark, timings, ids = target.log_mark(), [], []
+    body = {"instances": [{"island": "Biscoe", "bill_length_mm": 45.1, "bill_depth_mm": 14.5,
+                           "flipper_length_mm": 215.0, "body_mass_g": 5000.0, "sex": "female"}]}
+    try:
+        for p in frozen:
+            p.suspend()
+        with httpx.Client(timeout=10) as client:  # one keep-alive connection that never resends
+            for _ in range(30):
+                started = time.monotonic()
+                r = client.post(f"{settings.url}/predict", json=body)
+                timings.append(time.monotonic() - started)
+                assert r.status_code == 200 and r.headers["x-model-version"] == "v1.0.0", r.text
+                ids.append(r.headers["x-request-id"])
+        time.sleep(1)
+    finally:
+        for p in frozen:
+            p.resume()
+        set_weight(target, 10, reason="test: shadow done")
+    copies, deadline = {}, time.monotonic() + 30
+    while len(copies) < len(ids) and time.monotonic() < deadline:  # green answers the copies it was sent
+        copies = {e["request_id"]: e["upstream_status"] for e in target.log_since(mark) if e.get("shadow")}
+        time.sleep(0.2)
+    answered = sum(copies.get(i) == "200" for i in ids)
+    print(f"\n30 requests with green frozen: median {sorted(timings)[15] * 1000:.1f} ms, "
+          f"max {max(timings) * 1000:.1f} ms; green answered {answered} of their copies afterwards")
+    # a copy that waited for green would hold each next request for the relay's 1 s timeout at least
+    assert sorted(timings)[15] < 0.5, timings
+    assert answered == len(ids), copies
+
+
 def test_an_operator_rollback_during_a_rollout_stands(at_ten):
     """The rollout never overwrites a change someone else made: it stops, and green stays where they put it."""
     settings = at_ten.settings
