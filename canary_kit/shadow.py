@@ -1,7 +1,8 @@
 """Shadow mode: blue answers every client while nginx mirrors each /predict to green; then compare the two.
 
-nginx logs both answers to one request under the same request id (the live one, and the mirrored copy marked
-`"shadow": true`), each with the `X-Predictions` header its backend set. Pairing them gives the agreement of
+nginx logs both answers to one request under the same request id (the live one, marked `"mirrored": "on"`, and
+green's answer to the copy, marked `"shadow": true` and logged by nginx's relay when green answers, after the live
+one), each with the `X-Predictions` header its backend set. Pairing them gives the agreement of
 the two models on real traffic, the shift in predicted class shares, and the latency difference, before any
 user sees green. Predictions have no side effects, which is what makes mirroring them safe.
 """
@@ -95,15 +96,17 @@ def run_shadow(target, seconds: float, echo: Callable[[str], None]) -> dict:
 
 
 def settled_log(target, mark) -> list[dict]:
-    """The log since `mark`, read again until green's answers to the last copies (which come after their live
-    answers) stop arriving, for at most as long as the relay waits for green."""
+    """The log since `mark` once green has answered the copy of every mirrored request (its answers come after the
+    live ones), or once the relay has stopped waiting for green."""
     deadline = time.monotonic() + COPY_TIMEOUT
-    entries, copies = target.log_since(mark), -1
-    while time.monotonic() < deadline:
-        count = sum(1 for e in entries if e.get("shadow"))
-        if count == copies:
-            break
-        copies = count
-        time.sleep(0.5)
+    while True:
         entries = target.log_since(mark)
-    return entries
+        copied = {e["request_id"] for e in entries if e.get("shadow")}
+        waiting = [
+            e for e in entries
+            if e.get("mirrored") == "on" and e.get("status") == 200 and e.get("uri", "").startswith("/predict")
+            and e["request_id"] not in copied
+        ]
+        if not waiting or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.25)

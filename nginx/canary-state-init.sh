@@ -27,10 +27,27 @@ served() { # the version the backend at $1 answers with, as JSON: "v1.2.0", or n
         *) printf 'null' ;;
     esac
 }
+# Both versions, or neither (then `canary` asks the stack later). One alone would be read as "green is free" and
+# send green's share to blue: ask the silent one again for 10 s, then give up without writing (the container
+# restarts and tries again).
+blue=$(served "${CANARY_BLUE_SERVER:?}")
+green=$(served "${CANARY_GREEN_SERVER:?}")
+one_alone() { [ "$blue" = null ] && [ "$green" != null ] || { [ "$blue" != null ] && [ "$green" = null ]; }; }
+tries=0
+while one_alone; do
+    tries=$((tries + 1))
+    if [ "$tries" -gt 10 ]; then
+        echo "$0: only one of blue and green says its version (blue $blue, green $green); not writing a state" >&2
+        exit 1
+    fi
+    sleep 1
+    if [ "$blue" = null ]; then blue=$(served "$CANARY_BLUE_SERVER"); fi
+    if [ "$green" = null ]; then green=$(served "$CANARY_GREEN_SERVER"); fi
+done
 folder=$(dirname "$state")
 tmp="$folder/.routing.init.$$"
 printf '{"green_weight": %d, "shadow": false, "green_slot": "green_a", "blue_version": %s, "green_version": %s, "serial": 1, "changed_at": "%s"}\n' \
-    "$weight" "$(served "${CANARY_BLUE_SERVER:?}")" "$(served "${CANARY_GREEN_SERVER:?}")" \
+    "$weight" "$blue" "$green" \
     "$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" >"$tmp"
 chmod 644 "$tmp"
 chown "$(stat -c %u:%g "$folder")" "$tmp" 2>/dev/null || true

@@ -126,6 +126,13 @@ def test_the_first_state_hook_names_the_versions_the_backends_answer_with(stack,
     assert (state.blue_version, state.green_version) == (s.blue_version, s.green_version), state
 
 
+def test_the_first_state_hook_writes_nothing_when_only_one_backend_says_its_version(stack, tmp_path):
+    """One version alone would read as "green is free": green's share would silently go to blue."""
+    result = first_state(tmp_path, "10", CANARY_BLUE_SERVER=f"127.0.0.1:{stack.settings.blue_port}")
+    assert result.returncode == 1 and "only one of blue and green" in result.stderr, result.stderr
+    assert not (tmp_path / "routing.json").exists()
+
+
 @pytest.mark.parametrize("weight", ["150", "-1", "ten", "1e2"])
 def test_the_first_state_hook_refuses_a_bad_weight(tmp_path, weight):
     result = first_state(tmp_path, weight)

@@ -245,6 +245,8 @@ def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, me
         ("services.yaml", "targetPort: http", "targetPort: web", "targetPort 'web' is not a container port"),
         ("rollout.yaml", "startingStep: 1", "startingStep: 12", "analysis.startingStep 12 is not a step (0-9)"),
         ("httproutes.yaml", "  - name: gateway", "  - name: Bad_Gateway!", "parentRef 'Bad_Gateway!' is not a valid"),
+        ("services.yaml", "name: penguin-classifier-canary", "name: penguin.classifier-canary",
+         "a Service name must be a DNS label"),
         ("analysistemplate.yaml", "address: http://prometheus.monitoring.svc:9090", "address: prometheus:9090",
          "Prometheus address 'prometheus:9090' is not an http(s) URL"),
     ],
@@ -274,7 +276,8 @@ def test_canary_k8s_render_writes_the_base_and_refuses_bad_values(tmp_path):
     assert "newTag: v1.2.0" in (out / "kustomization.yaml").read_text()
     spec = tmp_path / "spec.yaml"
     spec.write_text("steps: [10, 150]\n")
-    for args in (["--spec", str(spec)], ["--image-tag", "v1 2"], ["--gateway", "Bad_Name!"], ["--prometheus", "x y"]):
+    for args in (["--spec", str(spec)], ["--image-tag", "v1 2"], ["--gateway", "Bad_Name!"], ["--gateway", "gateway\n"],
+                 ["--prometheus", "x y"]):
         bad = CliRunner().invoke(app, ["k8s", "render", "--out", str(tmp_path / "x"), *args])
         assert bad.exit_code == 1 and bad.output.startswith("error: ") and len(bad.output.strip().splitlines()) == 1
 
