@@ -115,6 +115,10 @@ def test_the_first_state_hook_writes_the_initial_split_once(tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if p.name != "routing.json"]
 
 
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is missing here (the nginx image has it)")
+
+
+@needs_curl
 def test_the_first_state_hook_names_the_versions_the_backends_answer_with(stack, tmp_path):
     from canary_kit import routing
 
@@ -126,6 +130,7 @@ def test_the_first_state_hook_names_the_versions_the_backends_answer_with(stack,
     assert (state.blue_version, state.green_version) == (s.blue_version, s.green_version), state
 
 
+@needs_curl
 def test_the_first_state_hook_writes_nothing_when_only_one_backend_says_its_version(stack, tmp_path):
     """One version alone would read as "green is free": green's share would silently go to blue."""
     result = first_state(tmp_path, "10", CANARY_BLUE_SERVER=f"127.0.0.1:{stack.settings.blue_port}")
