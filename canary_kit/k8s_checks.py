@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from canary_kit.config import CanaryError
-from canary_kit.k8s import DNS_LABEL, DNS_NAME, HTTP_URL, PLUGIN, SCRAPE_LABELS
+from canary_kit.k8s import PLUGIN, SCRAPE_LABELS, is_http_url, is_name, is_service_name
 from canary_kit.metrics import DURATION, REQUESTS
 
 # What `bentoml serve` exports (BentoML 1.4, checked against a live /metrics by the tests): series -> labels.
@@ -88,9 +88,9 @@ def check_names(docs: list[dict]) -> list[str]:
         parents = doc.get("spec", {}).get("parentRefs") or [] if doc["kind"] == "HTTPRoute" else []
         refs = [ref.get("name") for ref in parents]
         for given, what in [(name, "name"), *((ref, "parentRef") for ref in refs)]:
-            if not re.fullmatch(DNS_NAME, str(given)) or len(str(given)) > 253:
+            if not is_name(given):
                 problems.append(f"{doc['kind']} {name}: {what} {given!r} is not a valid Kubernetes name")
-        if doc["kind"] == "Service" and (not re.fullmatch(DNS_LABEL, str(name)) or len(str(name)) > 63):
+        if doc["kind"] == "Service" and not is_service_name(name):
             problems.append(f"Service {name}: a Service name must be a DNS label (a-z, 0-9, '-', at most 63)")
     return problems
 
@@ -212,7 +212,7 @@ def check_template(template: dict, supplied: set[str], exported: dict[str, set[s
         where = f"AnalysisTemplate {name}: metric {metric['name']}"
         prometheus = (metric.get("provider") or {}).get("prometheus") or {}
         query = prometheus.get("query")
-        if not re.fullmatch(HTTP_URL, str(prometheus.get("address", ""))):
+        if not is_http_url(prometheus.get("address")):
             problems.append(f"{where}: Prometheus address {prometheus.get('address')!r} is not an http(s) URL")
         if not query:
             problems.append(f"{where}: no Prometheus query")
