@@ -156,6 +156,9 @@ class PenguinClassifier:
             ) from None
         self.classes = self.predictor.classes
         web.install_bad_input_log()
+        # A response's head leaves with its body: a worker that dies mid-answer never leaves nginx a half answer it
+        # cannot fail over.
+        web.send_heads_with_bodies()
         # One prediction before the worker reports ready: the first request does not pay any lazy setup.
         self.predictor.predict_proba({name: [EXAMPLE[name]] for name in FEATURES})
         gc.freeze()  # the loaded model is long-lived: keep it out of the collector's way

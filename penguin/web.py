@@ -4,6 +4,7 @@
 - JsonBodyGuard: a POST body must be JSON (415) and at most `max_bytes` long (413), whether it declares its
   length or arrives chunked; answered in JSON and logged as one line.
 - BadInputLog: BentoML logs a client's invalid body with a full traceback; this makes it one line.
+- send_heads_with_bodies: the ASGI server writes a response's head together with its body, in one write.
 - openapi_document: BentoML's document, made valid OpenAPI 3.1 (its schemas are JSON Schema 2020-12, which 3.0
   tools cannot read) and completed with /health, /metadata and the 413/415 answers.
 """
@@ -88,6 +89,73 @@ class JsonBodyGuard:
     async def refuse(scope, receive, send, status: int, detail: str) -> None:
         logger.warning("bad request on %s [%s] (%d): %s", scope["path"], scope["method"], status, detail)
         await JSONResponse({"error": detail}, status_code=status)(scope, receive, send)
+
+
+class HeldHead:
+    """A response's transport that keeps the head's bytes back and writes them with the next bytes (the body)."""
+
+    def __init__(self, transport, complete) -> None:
+        self.transport, self.complete, self.head = transport, complete, None
+        self.released = False
+
+    def write(self, data: bytes) -> None:
+        if self.released:
+            return self.transport.write(data)
+        if self.head is None:
+            self.head = bytes(data)
+            return None
+        self.released = True
+        self.transport.write(self.head + bytes(data))
+
+    def flush(self) -> None:
+        """Write a head still held (a response without body bytes: HEAD, 204)."""
+        if self.head is not None and not self.released:
+            self.write(b"")
+
+    def close(self) -> None:
+        if self.complete():  # closed after a whole response (no keep-alive): send it; after a failure: nothing
+            self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.transport, name)  # is_closing, get_extra_info, ...: the connection's own
+
+
+def send_heads_with_bodies() -> None:
+    """Make uvicorn write each response's head in the same write as its body (or its first body part).
+
+    uvicorn writes the head as soon as the app starts the response, and the body after the framework's outer layers
+    (metrics, timeout) have run: on a busy host, tens of microseconds to milliseconds later. A worker killed in that
+    gap leaves nginx holding a head it has begun to forward: it can no longer fail over, and the client gets a cut
+    answer. Written together, an answer reaches nginx whole or not at all, and "not at all" fails over to the other
+    version. A response that never sends a body after its head is closed without one (nginx fails it over too).
+    Any cycle not of the expected shape (no `transport`, no `response_started`) is left as it is.
+    """
+    import importlib
+
+    for name in ("uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.http.h11_impl"):
+        try:
+            cycle = importlib.import_module(name).RequestResponseCycle
+        except (ImportError, AttributeError):  # httptools not installed, or another uvicorn layout
+            continue
+        if not getattr(cycle.send, "heads_with_bodies", False):
+            cycle.send = _holding_the_head(cycle.send)
+
+
+def _holding_the_head(send):
+    async def send_holding_the_head(self, message) -> None:
+        if (
+            message.get("type") == "http.response.start"
+            and getattr(self, "response_started", True) is False
+            and not isinstance(getattr(self, "transport", None), (HeldHead, type(None)))
+        ):
+            self.transport = HeldHead(self.transport, lambda: getattr(self, "response_complete", False))
+        await send(self, message)
+        if getattr(self, "response_complete", False) and isinstance(self.transport, HeldHead):
+            self.transport.flush()  # the response is done: a head still held goes out now
+
+    send_holding_the_head.heads_with_bodies = True
+    return send_holding_the_head
 
 
 def describe(exc: BaseException, limit: int = 3) -> str:
