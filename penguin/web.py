@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
@@ -92,7 +93,7 @@ class JsonBodyGuard:
 
 
 class HeldHead:
-    """A response's transport that keeps the head's bytes back and writes them with the next bytes (the body)."""
+    """A response's transport that keeps the head's bytes back and writes them with the first body bytes."""
 
     def __init__(self, transport, complete) -> None:
         self.transport, self.complete, self.head = transport, complete, None
@@ -103,14 +104,19 @@ class HeldHead:
             return self.transport.write(data)
         if self.head is None:
             self.head = bytes(data)
-            return None
-        self.released = True
-        self.transport.write(self.head + bytes(data))
+        elif data:  # an empty part (a stream's first chunk may be) has nothing to carry the head with
+            self.released = True
+            self.transport.write(self.head + bytes(data))
+        return None
+
+    def writelines(self, chunks) -> None:
+        self.write(b"".join(chunks))
 
     def flush(self) -> None:
-        """Write a head still held (a response without body bytes: HEAD, 204)."""
+        """Write a head still held: the response is complete without body bytes (HEAD, 204, an empty body)."""
         if self.head is not None and not self.released:
-            self.write(b"")
+            self.released = True
+            self.transport.write(self.head)
 
     def close(self) -> None:
         if self.complete():  # closed after a whole response (no keep-alive): send it; after a failure: nothing
@@ -149,7 +155,8 @@ def _holding_the_head(send):
             and getattr(self, "response_started", True) is False
             and not isinstance(getattr(self, "transport", None), (HeldHead, type(None)))
         ):
-            self.transport = HeldHead(self.transport, lambda: getattr(self, "response_complete", False))
+            cycle = weakref.ref(self)  # no reference cycle: the request's state is freed as soon as it is done
+            self.transport = HeldHead(self.transport, lambda: getattr(cycle(), "response_complete", False))
         await send(self, message)
         if getattr(self, "response_complete", False) and isinstance(self.transport, HeldHead):
             self.transport.flush()  # the response is done: a head still held goes out now
