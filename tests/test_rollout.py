@@ -18,7 +18,7 @@ from canary_kit.control import applied, split_of
 from canary_kit.targets import LocalTarget
 from canary_kit.shadow import run_shadow
 
-from conftest import ROOT, nginx_pids
+from conftest import EXAMPLE_ROW, ROOT, nginx_pids
 from load import Load, tally
 
 pytestmark = pytest.mark.integration
@@ -122,6 +122,7 @@ def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
     assert report["green_failed_copies"] == 0
     assert split_of(target)[0] == 10  # the weight it had before
 
+
 def test_shadow_after_a_promote_is_refused_and_changes_nothing(at_ten):
     settings = at_ten.settings
     assert canary(settings, "promote").exit_code == 0
@@ -145,8 +146,7 @@ def test_a_frozen_green_in_shadow_mode_never_slows_a_client(own_stack):
     frozen = [green, *green.children(recursive=True)]
     set_weight(target, 0, reason="test: shadow", shadow=True)
     mark, timings, ids = target.log_mark(), [], []
-    body = {"instances": [{"island": "Biscoe", "bill_length_mm": 45.1, "bill_depth_mm": 14.5,
-                           "flipper_length_mm": 215.0, "body_mass_g": 5000.0, "sex": "female"}]}
+    body = {"instances": [EXAMPLE_ROW]}
     rows = pd.read_csv(ROOT / "data" / "data.csv").drop(columns="target").sample(1000, replace=True, random_state=0)
     batch = {"instances": rows.astype(object).where(rows.notna(), None).to_dict(orient="records")}
     with httpx.Client(timeout=10) as client:  # the largest batch: its copy's answer has the largest headers
