@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from penguin import predictor, web  # noqa: E402
+from penguin.prediction_metrics import prediction_metrics  # noqa: E402
 from penguin.archive import ArchiveError, import_archive  # noqa: E402
 from penguin.features import (  # noqa: E402
     EXAMPLE,
@@ -54,6 +55,9 @@ class Args(BaseModel):
     )
     runtime: Literal["onnx", "sklearn", "constant"] = Field(
         "onnx", description="onnx: the exported graph; sklearn: the pipeline; constant: no model (bench floor)"
+    )
+    prediction_metrics: bool = Field(
+        True, description="export predicted classes and confidence on /metrics (false: only to measure their cost)"
     )
 
 
@@ -155,6 +159,8 @@ class PenguinClassifier:
                 " with `python train_model.py --force` (or serve it with --arg runtime=sklearn)"
             ) from None
         self.classes = self.predictor.classes
+        # What the model predicts, per row, on /metrics: the canary's quality gates compare blue's and green's.
+        self.metrics = prediction_metrics(self.classes) if ARGS.prediction_metrics else None
         web.install_bad_input_log()
         # A response's head leaves with its body: a worker that dies mid-answer never leaves nginx a half answer it
         # cannot fail over.
@@ -174,7 +180,10 @@ class PenguinClassifier:
         # (The sklearn runtime's milliseconds block the loop meanwhile: acceptable for a comparison path.)
         columns = {name: [getattr(row, name) for row in instances] for name in FEATURES}
         proba = self.predictor.predict_proba(columns)
-        predictions = [self.classes[i] for i in proba.argmax(axis=1).tolist()]
+        top = proba.argmax(axis=1)
+        predictions = [self.classes[i] for i in top.tolist()]
+        if self.metrics is not None:
+            self.metrics.record(top, proba.max(axis=1))
         # For nginx's access log: shadow mode matches blue's and green's answers to the same request by this header.
         ctx.response.headers["X-Predictions"] = ",".join(predictions)
         # The fields are built from the model's own output, already of the declared types: no re-validation.

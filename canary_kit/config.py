@@ -24,6 +24,7 @@ COLORS = ("blue", "green")
 SLOTS = ("blue", "green_a", "green_b")  # where a version runs: blue's place, and two for green (see stack.py)
 VERSION = r"^v\d+\.\d+\.\d+$"
 NAME = r"^[a-z0-9][a-z0-9_.-]*$"
+METRIC = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"  # a Prometheus metric name
 
 
 class CanaryError(Exception):
@@ -53,6 +54,12 @@ class Settings(BaseSettings):
     service_name: str = Field(pattern=NAME, description="the BentoML service; Bentos and images are NAME:VERSION")
     service: str = Field(".", description="what `bentoml serve` runs from code: a bentofile folder or module:Class")
     version_arg: str = Field("model_version", pattern=r"^\w+$", description="the --arg naming the version to serve")
+    class_metric: str | None = Field(
+        None, pattern=METRIC, description="the service's counter of rows per predicted class (label `class`)"
+    )
+    confidence_metric: str | None = Field(
+        None, pattern=METRIC, description="the service's histogram of each row's top-class probability"
+    )
     blue_version: str = Field(pattern=VERSION, description="the stable version at the first start")
     green_version: str = Field(pattern=VERSION, description="the candidate version at the first start")
 
@@ -103,6 +110,12 @@ class Settings(BaseSettings):
 
     def model_tag(self, version: str) -> str:
         return f"{self.model_name}:{version}"
+
+    @property
+    def prediction_metrics(self):
+        from canary_kit.metrics import PredictionMetrics
+
+        return PredictionMetrics(self.class_metric, self.confidence_metric)
 
     @property
     def url(self) -> str:

@@ -77,7 +77,8 @@ def snapshots(target) -> dict[str, dict | None]:
     """Both backends' /metrics, read at the same time."""
     with ThreadPoolExecutor(len(COLORS)) as pool:
         texts = dict(zip(COLORS, pool.map(lambda color: target.backend(color, "/metrics"), COLORS)))
-    return {color: None if text is None else Snapshot.parse(text).to_json() for color, text in texts.items()}
+    names = target.prediction_metrics
+    return {color: None if text is None else Snapshot.parse(text, names).to_json() for color, text in texts.items()}
 
 
 def wait_applied(target, serial: int, timeout: float = APPLY_TIMEOUT) -> None:

@@ -1,4 +1,6 @@
-"""Per-version figures from each backend's Prometheus `/metrics`: requests, errors and latency over a window.
+"""Per-version figures from each backend's Prometheus `/metrics` over a window: requests, errors and latency
+(BentoML's own metrics), and what the model predicted (rows per class, mean confidence) when the service exports
+the metrics `[tool.canary]` names (class_metric, confidence_metric).
 
 A Snapshot holds the cumulative counters of one backend at one moment; the difference of two snapshots is
 that window's Figures. Latency quantiles are read from the histogram buckets as Prometheus'
@@ -18,18 +20,43 @@ DURATION = "bentoml_service_request_duration_seconds"  # histogram family
 ENDPOINT = "/predict"
 
 
+@dataclass(frozen=True)
+class PredictionMetrics:
+    """The names of the service's prediction metrics: a counter of rows per predicted class (label `class`) and a
+    histogram of each row's top-class probability. None: the service exports none (no quality figures)."""
+
+    class_metric: str | None = None
+    confidence_metric: str | None = None
+
+
 @dataclass
 class Snapshot:
-    """Cumulative counts of one backend: requests by HTTP status, and latency buckets {le: count}."""
+    """Cumulative counts of one backend: requests by HTTP status, latency buckets {le: count}, and (when the
+    service exports them) rows per predicted class and the sum and count of the rows' confidence."""
 
     by_status: dict[str, float] = field(default_factory=dict)
     buckets: dict[float, float] = field(default_factory=dict)
     taken_at: float = 0.0
+    classes: dict[str, float] = field(default_factory=dict)
+    confidence: tuple[float, float] | None = None  # (sum, count) of the top-class probabilities
 
     @classmethod
-    def parse(cls, text: str, endpoint: str = ENDPOINT) -> "Snapshot":
+    def parse(cls, text: str, names: PredictionMetrics = PredictionMetrics(), endpoint: str = ENDPOINT) -> "Snapshot":
         snap = cls(taken_at=time.time())
+        confidence = {}
         for family in text_string_to_metric_families(text):
+            if family.name == names.class_metric:
+                for sample in family.samples:
+                    if sample.name.endswith("_total") and "class" in sample.labels:
+                        name = sample.labels["class"]
+                        snap.classes[name] = snap.classes.get(name, 0.0) + sample.value
+                continue
+            if family.name == names.confidence_metric:
+                for sample in family.samples:
+                    for part in ("_sum", "_count"):
+                        if sample.name == family.name + part:
+                            confidence[part] = confidence.get(part, 0.0) + sample.value
+                continue
             for sample in family.samples:
                 if sample.labels.get("endpoint") != endpoint:
                     continue
@@ -39,15 +66,25 @@ class Snapshot:
                 elif family.name == DURATION and sample.name.endswith("_bucket"):
                     le = float(sample.labels["le"])
                     snap.buckets[le] = snap.buckets.get(le, 0.0) + sample.value
+        if len(confidence) == 2:
+            snap.confidence = (confidence["_sum"], confidence["_count"])
         return snap
 
     def to_json(self) -> dict:
-        return {"by_status": self.by_status, "buckets": {str(k): v for k, v in self.buckets.items()}, "taken_at": self.taken_at}
+        data = {"by_status": self.by_status, "buckets": {str(k): v for k, v in self.buckets.items()},
+                "taken_at": self.taken_at}
+        if self.classes:
+            data["classes"] = self.classes
+        if self.confidence is not None:
+            data["confidence"] = list(self.confidence)
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "Snapshot":
         buckets = {float(k): v for k, v in data.get("buckets", {}).items()}
-        return cls(dict(data.get("by_status", {})), buckets, data.get("taken_at", 0.0))
+        confidence = data.get("confidence")
+        return cls(dict(data.get("by_status", {})), buckets, data.get("taken_at", 0.0), dict(data.get("classes", {})),
+                   None if confidence is None else (float(confidence[0]), float(confidence[1])))
 
 
 @dataclass
@@ -60,6 +97,9 @@ class Figures:
     p50_ms: float | None
     p99_ms: float | None
     seconds: float
+    rows: int | None = None  # rows predicted (None: the service exports no prediction metrics)
+    class_rows: dict[str, int] | None = None  # rows per predicted class
+    confidence_mean: float | None = None  # mean top-class probability of those rows
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,7 +126,7 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
 def window(before: Snapshot | None, after: Snapshot) -> Figures:
     """What happened between two snapshots (a restarted backend, any of whose counters fell, counts from zero)."""
     before = before or Snapshot(taken_at=after.taken_at)
-    pairs = [(after.by_status, before.by_status), (after.buckets, before.buckets)]
+    pairs = [(after.by_status, before.by_status), (after.buckets, before.buckets), (after.classes, before.classes)]
     if any(now.get(key, 0.0) < then for now, old in pairs for key, then in old.items()):
         before = Snapshot(taken_at=before.taken_at)
     by_status = {code: n - before.by_status.get(code, 0.0) for code, n in after.by_status.items()}
@@ -94,6 +134,15 @@ def window(before: Snapshot | None, after: Snapshot) -> Figures:
     requests = int(round(sum(by_status.values())))
     errors = int(round(sum(n for code, n in by_status.items() if code.startswith("5"))))
     p50, p99 = quantile(0.5, buckets), quantile(0.99, buckets)
+    class_rows = rows = mean = None
+    if after.classes:
+        class_rows = {name: int(round(n - before.classes.get(name, 0.0))) for name, n in sorted(after.classes.items())}
+        rows = sum(class_rows.values())
+    if after.confidence is not None:
+        total, count = after.confidence
+        if before.confidence is not None and before.confidence[1] <= count:
+            total, count = total - before.confidence[0], count - before.confidence[1]
+        mean = round(total / count, 6) if count > 0 else None
     return Figures(
         requests=requests,
         errors=errors,
@@ -101,6 +150,9 @@ def window(before: Snapshot | None, after: Snapshot) -> Figures:
         p50_ms=None if p50 is None else round(p50 * 1000, 2),
         p99_ms=None if p99 is None else round(p99 * 1000, 2),
         seconds=round(after.taken_at - before.taken_at, 1),
+        rows=rows,
+        class_rows=class_rows,
+        confidence_mean=mean,
     )
 
 

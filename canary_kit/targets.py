@@ -28,7 +28,10 @@ from canary_kit.compose import (
     published_port,
     set_variables,
 )
+from pydantic import ValidationError
+
 from canary_kit.config import CanaryError, Settings
+from canary_kit.metrics import PredictionMetrics
 from canary_kit.nginx import admin_socket
 from canary_kit.routing import STATE_FILE
 from canary_kit.processes import alive
@@ -38,6 +41,14 @@ COMPOSE_STATE_MOUNT = "/var/lib/canary"  # where the compose nginx reads the rou
 COMPOSE_ADMIN_PORT = 8001  # nginx's admin server in its container (CANARY_ADMIN_LISTEN), on the host's loopback
 COMPOSE_READY_TIMEOUT = 180.0  # seconds a recreated container has to answer as its new version
 VERSION_VARIABLE = {"blue": "CANARY_BLUE_VERSION", "green": "CANARY_GREEN_VERSION"}  # image tags in the compose file
+
+
+def prediction_metrics_of_project() -> PredictionMetrics:
+    """The prediction metrics `[tool.canary]` (or CANARY_* variables) name here; none when no settings are found."""
+    try:
+        return Settings().prediction_metrics
+    except ValidationError:
+        return PredictionMetrics()
 
 
 def parse_log(text: str) -> list[dict]:
@@ -72,6 +83,7 @@ class LocalTarget:
             raise CanaryError(f"the canary stack in {self.state_dir} is not running; start it with `canary up`")
         self.state_file = self.state_dir / STATE_FILE
         self.admin_url = "http://nginx"
+        self.prediction_metrics = self.settings.prediction_metrics
 
     def admin_transport(self) -> httpx.HTTPTransport:
         return httpx.HTTPTransport(uds=str(admin_socket(self.settings)))
@@ -150,6 +162,7 @@ class ComposeTarget:
         self.state_file = self.state_dir / STATE_FILE
         self.admin_url = f"http://127.0.0.1:{published_port(nginx, COMPOSE_ADMIN_PORT)}"
         self.repository = image_repository(compose_service(self.compose_file, "ml-green"), compose_variables(folder))
+        self.prediction_metrics = prediction_metrics_of_project()
         try:
             answered = httpx.get(f"{self.admin_url}/_nginx/split", timeout=2, trust_env=False).status_code == 200
         except httpx.HTTPError:
