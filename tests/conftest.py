@@ -22,6 +22,12 @@ from penguin.features import EXAMPLE
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 EXAMPLE_ROW = dict(EXAMPLE)
+NEXT = "v1.2.0"  # the next declared version: a healthy candidate
+WEAK = "v1.9.0"  # a clearly worse model from the existing recipes: logistic regression on bill depth alone
+TRAIN = {
+    NEXT: ["--version", NEXT, "--algorithm", "random_forest"],
+    WEAK: ["--version", WEAK, "--algorithm", "logistic_regression", "--features", "bill_depth_mm"],
+}
 _HOME = Path(tempfile.mkdtemp(prefix="canary-tests-bentoml-"))
 
 
@@ -67,6 +73,22 @@ def trained(bentoml_home, tmp_path_factory) -> Path:
     export_dir = tmp_path_factory.mktemp("exported")
     run([sys.executable, "train_model.py", "--export-dir", str(export_dir)])
     return export_dir
+
+
+@pytest.fixture(scope="session")
+def more_versions(trained) -> tuple[str, str]:
+    """The next version and the weak one, trained into the private store (kept when already there)."""
+    for argv in TRAIN.values():
+        run([sys.executable, "train_model.py", *argv, "--no-export"])
+    return NEXT, WEAK
+
+
+def data_rows() -> list[dict]:
+    """Every row of data/data.csv as a request's instance (features only, null where a value is missing)."""
+    import pandas as pd
+
+    frame = pd.read_csv(ROOT / "data" / "data.csv").drop(columns="target")
+    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
 
 @contextmanager

@@ -37,6 +37,7 @@ class Load:
     max_seconds: float = 120.0
     rate: float | None = None  # requests per second from all workers together (None: as fast as answered)
     headers: dict[str, str] = field(default_factory=dict)
+    rows: list[dict] | None = None  # one of these per request, in turn (default: the example row every time)
     answers: list[Answer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -54,14 +55,15 @@ class Load:
         return not self._stop.is_set()
 
     def _work(self) -> None:
-        body = {"instances": [EXAMPLE_ROW]}
+        bodies = [{"instances": [row]} for row in self.rows or [EXAMPLE_ROW]]
+        turn = threading.get_ident()  # workers start at different rows
         # one connection per worker, reused for every request; no retries at any layer
         transport = httpx.HTTPTransport(retries=0, limits=httpx.Limits(max_connections=1))
         with httpx.Client(timeout=15, headers=self.headers, transport=transport) as client:
             while self._take():
-                sent = time.monotonic()
+                sent, turn = time.monotonic(), turn + 1
                 try:
-                    r = client.post(f"{self.url}/predict", json=body)
+                    r = client.post(f"{self.url}/predict", json=bodies[turn % len(bodies)])
                     answer = Answer(sent, r.status_code, r.headers.get("x-model-version"), r.headers.get("x-canary-route"))
                 except httpx.HTTPError as exc:
                     answer = Answer(sent, None, None, None, repr(exc))
