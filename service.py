@@ -57,7 +57,8 @@ class Args(BaseModel):
         "onnx", description="onnx: the exported graph; sklearn: the pipeline; constant: no model (bench floor)"
     )
     prediction_metrics: bool = Field(
-        True, description="export predicted classes and confidence on /metrics (false: only to measure their cost)"
+        default_factory=lambda: os.environ.get("PREDICTION_METRICS", "true").lower() not in ("0", "false", "no"),
+        description="export predicted classes and confidence on /metrics (false: only to measure their cost)",
     )
 
 

@@ -17,6 +17,8 @@ GOALS = {
     "canary_rows_per_s_batch1000": (">=", 150_000),
     "parity_max_abs_prob_diff": ("<=", 1e-6),
     "cold_start_s": ("<", 10.0),
+    "quality_metrics_rps_ratio_c32": (">=", 0.95),
+    "quality_metrics_rows_ratio_batch1000": (">=", 0.95),
 }
 
 
@@ -83,6 +85,11 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         ratios[f"canary_rows_per_s_batch{big}"] = round(rows_s["canary"][big])
         if floor:
             ratios[f"canary_batch{big}_vs_inprocess_onnx_mix"] = round(rows_s["canary"][big] / floor["mix_90_10"][big], 2)
+    # The prediction metrics' cost: the canary with them (as shipped) over the same canary without them, same rounds.
+    if {"canary", "canary@nometrics"} <= cells.keys():
+        ratios["quality_metrics_rps_ratio_c32"] = round(cells["canary"]["rps"] / cells["canary@nometrics"]["rps"], 3)
+    if big in rows_s.get("canary@nometrics", {}) and big in rows_s.get("canary", {}):
+        ratios[f"quality_metrics_rows_ratio_batch{big}"] = round(rows_s["canary"][big] / rows_s["canary@nometrics"][big], 3)
     parity = results.get("parity") or {}
     if parity:
         ratios["parity_max_abs_prob_diff"] = max(p["max_abs_prob_diff"] for p in parity.values())
@@ -95,6 +102,7 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
 def by_round(runs: dict[str, list[dict]]) -> dict[str, list[float]]:
     """The req/s ratios of targets measured in the same round (minutes apart at most): how much the median moved."""
     pairs = {"canary_vs_baseline_rps_c32": ("canary", "baseline"),
+             "quality_metrics_rps_ratio_c32": ("canary", "canary@nometrics"),
              "canary_vs_framework_floor_rps_c32": ("canary", FRAMEWORK_FLOOR)}
     return {key: [round(x["rps"] / y["rps"], 2) for x, y in zip(runs[a], runs[b])]
             for key, (a, b) in pairs.items() if a in runs and b in runs}
@@ -107,6 +115,8 @@ LABELS = {
     "canary_rows_per_s_batch1000": ("canary rows/s, 1,000-row batches", "{:,.0f}"),
     "parity_max_abs_prob_diff": ("served vs scikit-learn, largest probability difference", "{:.1e}"),
     "cold_start_s": ("canary stack cold start (median)", "{:.1f} s"),
+    "quality_metrics_rps_ratio_c32": ("prediction metrics on / off, canary req/s at 32 conns", "{:.3f}x"),
+    "quality_metrics_rows_ratio_batch1000": ("prediction metrics on / off, canary rows/s at 1,000-row batches", "{:.3f}x"),
 }
 
 
@@ -183,6 +193,11 @@ def markdown(summary: dict, results: dict, meta: dict, args: argparse.Namespace)
         lines.append(f"| {label} | {value} | {goal} | {'yes' if ok else 'no'} |")
     for key, values in summary.get("ratios_by_round", {}).items():
         lines.append(f"\n{key} in each round (same-round pairs): {', '.join(f'{v:.2f}' for v in values)}.")
+    # The prediction metrics' cost: the canary with them (as shipped) over the same canary without them, same rounds.
+    if {"canary", "canary@nometrics"} <= cells.keys():
+        ratios["quality_metrics_rps_ratio_c32"] = round(cells["canary"]["rps"] / cells["canary@nometrics"]["rps"], 3)
+    if big in rows_s.get("canary@nometrics", {}) and big in rows_s.get("canary", {}):
+        ratios[f"quality_metrics_rows_ratio_batch{big}"] = round(rows_s["canary"][big] / rows_s["canary@nometrics"][big], 3)
     parity = results.get("parity") or {}
     if parity:
         lines += ["", "## Parity of the served answers (canary backends vs scikit-learn)", "",

@@ -75,6 +75,7 @@ from canary_kit.stack import Child, Stack, wait_ready  # noqa: E402
 from penguin.features import CANDIDATE_VERSION, MODEL_NAME, STABLE_VERSION  # noqa: E402
 
 BENCH = ROOT / "bench"
+NO_METRICS = "canary@nometrics"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -101,6 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--extra-canary-workers", type=int, default=0, metavar="N",
                    help="also measure, as canary@wN, a canary stack whose backends run N workers each "
                         "(BENTOML_CONFIG_OPTIONS, no code change) [0 = off]")
+    p.add_argument("--extra-canary-no-metrics", action="store_true",
+                   help="also measure, as canary@nometrics, a canary stack whose backends export no prediction "
+                        "metrics (PREDICTION_METRICS=false): their cost, as quality_metrics_* ratios")
     p.add_argument("--targets", default=None, help="measure only these (comma-separated names), e.g. for A/B runs")
     p.add_argument("--out", type=Path, default=None, help="results folder [bench/results; quick: bench/results/quick]")
     p.add_argument("--max-minutes", type=float, default=30.0, help="stop starting new rounds after this long [30]")
@@ -121,6 +125,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             extras[f"{kind}@{name}"] = Path(folder).resolve()
     if args.extra_canary_workers > 1:
         extras[f"canary@w{args.extra_canary_workers}"] = ROOT
+    if args.extra_canary_no_metrics:
+        extras[NO_METRICS] = ROOT
     args.extras = extras
     if args.duration < 1 or args.repeats < 1 or min(args.concurrency + args.batches) < 1:
         p.error("durations, repeats, connections and batch sizes must be at least 1")
@@ -232,7 +238,8 @@ class Run:
                 extra = canary_settings(self.work / f"canary-{label}", folder, self.store, extra_ports[name])
                 workers = f"services.penguin_classifier.workers={a.extra_canary_workers}"
                 t0 = time.monotonic()
-                with environment(BENTOML_CONFIG_OPTIONS=workers if label == f"w{a.extra_canary_workers}" else None):
+                with environment(BENTOML_CONFIG_OPTIONS=workers if label == f"w{a.extra_canary_workers}" else None,
+                                 PREDICTION_METRICS="false" if name == NO_METRICS else None):
                     self.extra_stacks[name] = Stack(extra).start()
                 ready[name] = round(time.monotonic() - t0, 2)
                 targets[name] = Target(name, extra.url, [c.proc.pid for c in self.extra_stacks[name].children])

@@ -323,36 +323,57 @@ def rollout(
     spec: Annotated[Optional[Path], typer.Option(help="rollout spec YAML [default: the committed one]")] = None,
     steps: Annotated[Optional[str], typer.Option(help="green weights, e.g. 10,25,50,100")] = None,
     hold: Annotated[Optional[float], typer.Option(help="seconds to hold each step")] = None,
-    min_requests: Annotated[Optional[int], typer.Option(help="green requests needed to judge a step")] = None,
+    min_requests: Annotated[Optional[int], typer.Option(help="green requests the HTTP gates need")] = None,
+    min_rows: Annotated[Optional[int], typer.Option(help="rows each version must predict for the quality gates")] = None,
     max_error_rate: Annotated[Optional[float], typer.Option(help="gate: green's 5xx share, e.g. 0.01")] = None,
     max_p99_ms: Annotated[Optional[float], typer.Option(help="gate: green's p99 latency in ms")] = None,
     max_p99_ratio: Annotated[Optional[float], typer.Option(help="gate: green p99 / blue p99")] = None,
-    max_failed_checks: Annotated[Optional[int], typer.Option(help="failed checks before rolling back")] = None,
-    max_inconclusive: Annotated[Optional[int], typer.Option(help="too-quiet windows before pausing")] = None,
+    max_class_divergence: Annotated[
+        Optional[float], typer.Option(help="gate: JS distance of green's and blue's predicted-class shares")
+    ] = None,
+    max_confidence_drop: Annotated[
+        Optional[float], typer.Option(help="gate: blue's mean top-class probability minus green's")
+    ] = None,
+    srm_p_value: Annotated[Optional[float], typer.Option(help="gate: split mismatch below this p-value fails")] = None,
+    dry_run: Annotated[
+        Optional[list[str]], typer.Option("--dry-run", help="measure and report this gate, never act on it (repeat)")
+    ] = None,
+    on_failure: Annotated[Optional[str], typer.Option(help="after the failed checks: rollback or pause")] = None,
+    max_failed_checks: Annotated[Optional[int], typer.Option(help="failed checks before on_failure")] = None,
+    max_inconclusive: Annotated[Optional[int], typer.Option(help="inconclusive windows before pausing")] = None,
     shadow_seconds: Annotated[Optional[float], typer.Option(help="shadow phase before going live")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option(help="shadow agreement needed to go live")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="shadow agreement (95% lower bound) to go live")] = None,
     state_dir: StateDir = None,
     compose: Compose = False,
     compose_file: ComposeFile = Path("docker-compose.yml"),
 ) -> None:
-    """Walk green through the steps, judging each on its metrics; roll back automatically if it fails."""
+    """Walk green through the steps, judging each on its server and model figures; roll back or pause on failure."""
     from canary_kit import rollout as plan
     from canary_kit.control import current, require_green
+    from canary_kit.report import write_report
     from canary_kit.shadow import run_shadow
+    from canary_kit.spec import load_spec
 
     try:
         weights = None if steps is None else [int(s) for s in steps.split(",")]
     except ValueError:
         raise CanaryError(f"--steps must be comma-separated whole numbers, got {steps!r}") from None
     overrides = dict(
-        steps=weights, hold_seconds=hold, min_requests=min_requests, max_error_rate=max_error_rate,
-        max_p99_ms=max_p99_ms, max_p99_ratio=max_p99_ratio, max_failed_checks=max_failed_checks,
-        max_inconclusive=max_inconclusive, shadow_seconds=shadow_seconds, min_agreement=min_agreement,
+        steps=weights, hold_seconds=hold, min_requests=min_requests, min_rows=min_rows, max_error_rate=max_error_rate,
+        max_p99_ms=max_p99_ms, max_p99_ratio=max_p99_ratio, max_class_divergence=max_class_divergence,
+        max_confidence_drop=max_confidence_drop, srm_p_value=srm_p_value, dry_run=dry_run, on_failure=on_failure,
+        max_failed_checks=max_failed_checks, max_inconclusive=max_inconclusive, shadow_seconds=shadow_seconds,
+        min_agreement=min_agreement,
     )
-    chosen = plan.load_spec(spec, overrides)
+    chosen = load_spec(spec, overrides)
     target = target_for(state_dir, compose, compose_file)
     require_green(current(target))
-    typer.echo(f"rollout: steps {chosen.steps}, hold {chosen.hold_seconds:.0f}s, gates {chosen.gates.model_dump()}")
+    gates = ", ".join(
+        f"{name} {gate.threshold:g}{' (dry-run)' if gate.dry_run else ''}"
+        for name, gate in chosen.gates.items() if gate.threshold is not None
+    )
+    typer.echo(f"rollout: steps {chosen.steps}, hold {chosen.hold_seconds:.0f}s, on failure {chosen.on_failure}; "
+               f"gates: {gates}")
     try:
         result = plan.run(target, chosen, typer.echo, run_shadow)
     except KeyboardInterrupt:
@@ -360,7 +381,7 @@ def rollout(
 
         typer.echo(f"interrupted: green stays at {split_of(target)[0]}%; `canary rollback` is always safe", err=True)
         raise typer.Exit(130) from None
-    report = plan.write_report(result, target.state_dir / "rollouts")
+    report = write_report(result, target.state_dir / "rollouts")
     typer.echo(f"{result.outcome}: {result.reason}; green at {result.final_weight}%  (report: {report})")
     if result.outcome != "promoted":
         raise typer.Exit(2 if result.outcome == "paused" else 1)
@@ -382,7 +403,7 @@ def k8s_render(
 ) -> None:
     """Write the kustomize base (Rollout, Services, HTTPRoutes, AnalysisTemplate) from the rollout spec."""
     from canary_kit import k8s
-    from canary_kit.rollout import load_spec
+    from canary_kit.spec import load_spec
 
     try:
         target = k8s.Target.from_settings(settings_from(), image_tag=image_tag, gateway=gateway, prometheus=prometheus)

@@ -25,6 +25,7 @@ from canary_kit.config import COLORS, CanaryError
 from canary_kit.files import write_atomic
 from canary_kit.metrics import Snapshot, figures_between
 from canary_kit.routing import CHANGELOG, RoutingState
+from canary_kit.stats import js_distance
 from canary_kit.stack import BASELINE
 
 APPLY_TIMEOUT = 5.0
@@ -188,9 +189,12 @@ def status(target) -> dict:
             "healthy": answering[color] is not None,
             "since_change": figures_between(baseline["backends"].get(color), now[color]),
         }
+    figures = {color: versions[color]["since_change"] or {} for color in COLORS}
+    divergence = js_distance(figures["green"].get("class_rows") or {}, figures["blue"].get("class_rows") or {})
     return {
         "target": target.name,
         "green_weight": weight,
+        "class_divergence": None if divergence is None else round(divergence, 4),
         "shadow": bool(in_nginx["shadow"]) if in_nginx else state.shadow,
         "green_free": state.green_version is None and state.blue_version is not None,
         "nginx": in_nginx,

@@ -162,3 +162,17 @@ def figures_between(before: dict | None, after: dict | None) -> dict | None:
         return None
     start = Snapshot.from_json(before) if before else None
     return window(start, Snapshot.from_json(after)).as_dict()
+
+
+def unpinned_split(entries: list[dict], versions: dict[str, str | None]) -> dict[str, int]:
+    """Unpinned /predict answers by colour, from nginx's access log: what the weighted draw sent where (pinned
+    requests, shadow copies, and answers from neither version, such as a shed 503, are left out)."""
+    colour = {version: name for name, version in versions.items() if version}
+    counts = {name: 0 for name in versions}
+    for entry in entries:
+        if entry.get("shadow") or entry.get("pin") or not str(entry.get("uri", "")).startswith(ENDPOINT):
+            continue
+        name = colour.get(entry.get("version"))
+        if name is not None:
+            counts[name] += 1
+    return counts

@@ -16,6 +16,7 @@ from typing import Callable
 
 from canary_kit.config import CanaryError
 from canary_kit.control import current, require_green, set_weight
+from canary_kit.stats import wilson
 
 COPY_TIMEOUT = 5.5  # the shadow relay's connect and read timeouts for green (nginx/canary.conf.template)
 
@@ -51,6 +52,12 @@ def compare(entries: list[dict], blue_version: str) -> dict:
         counts = Counter(row[index] for row in rows)
         shares[side] = {cls: round(n / len(rows), 4) for cls, n in sorted(counts.items())} if rows else {}
     classes = sorted(set(shares["blue"]) | set(shares["green"]))
+    flips: dict[str, dict[str, int]] = {}  # blue's class -> green's class -> rows, where they differ
+    for (b, g), n in sorted(Counter(rows).items()):
+        if b != g:
+            flips.setdefault(b, {})[g] = n
+    agreed = sum(b == g for b, g in rows)
+    bounds = wilson(agreed, len(rows))
     blue_ms = [m for rid in mirrored if (m := _ms(live[rid])) is not None]
     green_ms = [m for rid in mirrored if (m := _ms(copies[rid])) is not None]
     median = lambda xs: round(statistics.median(xs), 2) if xs else None  # noqa: E731
@@ -59,7 +66,10 @@ def compare(entries: list[dict], blue_version: str) -> dict:
         "requests_mirrored": len(mirrored),
         "green_failed_copies": failed_copies,
         "rows_compared": len(rows),
-        "agreement": round(sum(b == g for b, g in rows) / len(rows), 4) if rows else None,
+        "rows_agreed": agreed,
+        "agreement": round(agreed / len(rows), 4) if rows else None,
+        "agreement_95": None if bounds is None else [round(bounds[0], 4), round(bounds[1], 4)],
+        "flips": flips,
         "class_shares": shares,
         "share_shift": {c: round(shares["green"].get(c, 0) - shares["blue"].get(c, 0), 4) for c in classes},
         "latency_p50_ms": {"blue": median(blue_ms), "green": median(green_ms)},

@@ -63,7 +63,7 @@ class Gates(BaseModel):
     max_p99_ms: Gate = Field(default_factory=lambda: _gate(500.0, 50))
     max_p99_ratio: Gate = Field(default_factory=lambda: _gate(3.0, 50))
     srm_p_value: Gate = Field(default_factory=lambda: _gate(0.001, 100))
-    max_class_divergence: Gate = Field(default_factory=lambda: _gate(0.15, 200))
+    max_class_divergence: Gate = Field(default_factory=lambda: _gate(0.2, 200))
     max_confidence_drop: Gate = Field(default_factory=lambda: _gate(0.1, 200))
     min_agreement: Gate = Field(default_factory=lambda: _gate(None, 100))
 

@@ -26,6 +26,7 @@ def status_lines(report: dict) -> tuple[list[str], list[str]]:
             f"{fmt(f.get('requests')):>9}{fmt(f.get('errors')):>6}{fmt(rate, '.2f'):>7}"
             f"{fmt(f.get('p50_ms'), '.1f'):>8}{fmt(f.get('p99_ms'), '.1f'):>8}"
         )
+    lines.extend(prediction_lines(report))
     warnings = []
     applied, in_file = report["nginx"], report["state_file"]
     if applied is None:
@@ -35,6 +36,21 @@ def status_lines(report: dict) -> tuple[list[str], list[str]]:
     elif in_file and applied.get("serial") != in_file["serial"]:
         warnings.append(f"warning: nginx applies state {applied.get('serial')}, the file holds {in_file['serial']}")
     return lines, warnings
+
+
+def prediction_lines(report: dict) -> list[str]:
+    """What each version predicted since the last change: class shares and mean confidence, and the divergence
+    (nothing when the service exports no prediction metrics)."""
+    lines = []
+    for color, b in report["backends"].items():
+        f = b["since_change"] or {}
+        if not f.get("rows"):
+            continue
+        shares = "  ".join(f"{name} {100 * n / f['rows']:.0f}%" for name, n in (f.get("class_rows") or {}).items())
+        lines.append(f"{color:<6}predicted {f['rows']} rows: {shares}   mean confidence {fmt(f.get('confidence_mean'), '.3f')}")
+    if lines and report.get("class_divergence") is not None:
+        lines.append(f"class divergence (JS distance, green vs blue): {report['class_divergence']:.3f}")
+    return lines
 
 
 def read_history(log: Path, limit: int | None = None) -> list[dict]:

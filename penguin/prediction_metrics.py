@@ -29,15 +29,17 @@ _made: dict[tuple[str, ...], "PredictionMetrics"] = {}
 class PredictionMetrics:
     """The two metrics of one process, for a model's classes."""
 
-    def __init__(self, classes: list[str]) -> None:
+    def __init__(self, classes: list[str], registry=None) -> None:
         # Imported here, in the worker: BentoML sets PROMETHEUS_MULTIPROC_DIR after the service module is imported,
         # and prometheus_client chooses its (multiprocess) value store when first imported.
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import REGISTRY, Counter, Histogram
 
-        counter = Counter(CLASS_METRIC, "Rows answered by /predict, per predicted class", ["class"])
+        registry = REGISTRY if registry is None else registry
+        counter = Counter(CLASS_METRIC, "Rows answered by /predict, per predicted class", ["class"], registry=registry)
         self.per_class = [counter.labels(name) for name in classes]
         self.confidence = Histogram(
-            CONFIDENCE_METRIC, "Top-class probability of each row answered by /predict", buckets=CONFIDENCE_BUCKETS
+            CONFIDENCE_METRIC, "Top-class probability of each row answered by /predict", buckets=CONFIDENCE_BUCKETS,
+            registry=registry,
         )
         # Batches go straight into the histogram's buckets (its `observe` internals, checked by the tests); were a
         # prometheus_client release to rename them, each row is observed on its own instead: slower, still right.

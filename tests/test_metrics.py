@@ -8,7 +8,8 @@ import pytest
 
 from canary_kit.config import CanaryError
 from canary_kit.metrics import Snapshot, quantile, window
-from canary_kit.rollout import Gates, judge, load_spec
+from canary_kit.gates import Step, Window, decide
+from canary_kit.spec import load_spec
 
 TEXT = """# TYPE bentoml_service_request_total counter
 bentoml_service_request_total{endpoint="/predict",http_response_code="200",service_name="s"} 90.0
@@ -52,6 +53,9 @@ def figures(requests, errors, p99=10.0):
     return {"requests": requests, "errors": errors, "error_rate": errors / requests if requests else None, "p99_ms": p99}
 
 
+OUTCOME = {"advance": "pass", "hold": "inconclusive", "fail": "fail"}
+
+
 @pytest.mark.parametrize(
     "green,blue,verdict",
     [
@@ -66,12 +70,13 @@ def figures(requests, errors, p99=10.0):
     ],
 )
 def test_judge(green, blue, verdict):
-    assert judge(green, blue, Gates(max_error_rate=0.01, max_p99_ms=500, max_p99_ratio=3), 50)[0] == verdict
+    spec = load_spec(None, {"max_error_rate": 0.01, "max_p99_ms": 500, "max_p99_ratio": 3, "min_requests": 50})
+    assert decide(spec, Step(1, 10), Window(green, blue)).outcome == OUTCOME[verdict]
 
 
 def test_committed_spec_loads_and_flags_override_it():
     spec = load_spec(None, {"steps": [5, 100], "max_p99_ms": 200.0, "hold_seconds": None})
-    assert spec.steps == [5, 100] and spec.gates.max_p99_ms == 200 and spec.hold_seconds == 30
+    assert spec.steps == [5, 100] and spec.gates.max_p99_ms.threshold == 200 and spec.hold_seconds == 30
 
 
 @pytest.mark.parametrize("overrides", [{"steps": [50, 10, 100]}, {"steps": [10, 50]}, {"max_error_rate": 2.0}])

@@ -23,7 +23,7 @@ from load import Load, tally
 
 pytestmark = pytest.mark.integration
 # Short holds and loose latency gates: this tests the mechanism on a shared 2-core machine, not the speed.
-FAST = ["--hold", "3", "--min-requests", "5", "--max-p99-ms", "10000", "--max-p99-ratio", "50"]
+FAST = ["--hold", "3", "--min-requests", "5", "--min-rows", "20", "--max-p99-ms", "10000", "--max-p99-ratio", "50"]
 
 def canary(settings, *args):
     return CliRunner().invoke(app, [*args, "--state-dir", str(settings.state_dir)])

@@ -1,0 +1,243 @@
+"""The decision of one rollout window, as data: a pure function of (spec, step, both versions' window figures).
+
+    decide(spec, Step(...), Window(...)) -> Decision(verdict, outcome, reason, gates)
+
+No clock, no network, no state file: `rollout.py` measures a window, asks this, and acts. The verdicts:
+- advance: every live gate passed;
+- hold: judge another window at this step (too little evidence, or a failed check with failures left, or blue is
+  down and the spec says wait);
+- fail: the rollout has failed (max_failed_checks reached, on_failure: rollback): roll back;
+- pause: stop where it is (on_failure: pause; too many inconclusive windows; blue down and the spec says pause).
+Each gate's result is kept whether live or dry-run, for the report: pass | fail | inconclusive | skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from canary_kit.spec import Gate, RolloutSpec
+from canary_kit.stats import js_distance, srm_p_value, wilson
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where the rollout is: the step, the weight set, and what earlier windows counted."""
+
+    number: int
+    weight: int
+    failed: int = 0  # failed checks so far, in the whole rollout
+    inconclusive: int = 0  # inconclusive windows so far, at this step
+    blue_down_seconds: float = 0.0  # how long blue has been seen down (0: it is up)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Both versions' figures over one window (metrics.Figures as dicts; None: that backend's /metrics did not
+    answer), the unpinned /predict answers by colour (None: not measured), and the health checks."""
+
+    green: dict | None
+    blue: dict | None
+    split: dict[str, int] | None = None
+    green_ready: bool = True
+    blue_ready: bool = True
+    blue_reference: dict | None = None  # blue's last window with enough rows: the comparison at 100%
+
+
+@dataclass
+class GateResult:
+    name: str
+    status: str  # pass | fail | inconclusive | skipped
+    figure: float | None
+    threshold: float | None
+    dry_run: bool
+    detail: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def mark(self) -> str:
+        return f"{self.status} (dry-run)" if self.dry_run and self.status != "skipped" else self.status
+
+
+@dataclass
+class Decision:
+    verdict: str  # advance | hold | fail | pause
+    outcome: str  # the window itself: pass | fail | inconclusive | blue-down
+    reason: str
+    gates: list[GateResult] = field(default_factory=list)
+
+    @property
+    def dry_run_failures(self) -> list[GateResult]:
+        return [g for g in self.gates if g.dry_run and g.status == "fail"]
+
+
+def decide(spec: RolloutSpec, step: Step, window: Window) -> Decision:
+    """The verdict of one window."""
+    if not window.blue_ready:
+        reason = "blue is down: green would be judged against nothing, and answers blue's share meanwhile"
+        waited = step.blue_down_seconds
+        if spec.on_blue_down == "pause" or waited >= spec.blue_down_seconds:
+            extra = "" if spec.on_blue_down == "pause" else f" for {waited:.0f}s (blue_down_seconds)"
+            return Decision("pause", "blue-down", reason + extra)
+        return Decision("hold", "blue-down", reason + "; waiting for blue")
+    if not window.green_ready:
+        return _failed(spec, step, "green is not ready (health check failed)", [])
+    if window.green is None:
+        return _failed(spec, step, "green's /metrics did not answer", [])
+    results = judge_gates(spec, step.weight, window)
+    live = [r for r in results if not r.dry_run]
+    failed = [r for r in live if r.status == "fail"]
+    if failed:
+        return _failed(spec, step, failed[0].detail, results)
+    waiting = [r for r in live if r.status == "inconclusive"]
+    if waiting:
+        count = step.inconclusive + 1
+        reason = "; ".join(r.detail for r in waiting)
+        if count >= spec.max_inconclusive:
+            return Decision("pause", "inconclusive", f"too little evidence at {step.weight}%: {reason}", results)
+        return Decision("hold", "inconclusive", reason, results)
+    requests = window.green["requests"]
+    dry = [r.detail for r in results if r.dry_run and r.status == "fail"]
+    note = f"; dry-run only: {'; '.join(dry)}" if dry else ""
+    return Decision("advance", "pass", f"{requests} green requests, gates passed{note}", results)
+
+
+def _failed(spec: RolloutSpec, step: Step, reason: str, results: list[GateResult]) -> Decision:
+    count = step.failed + 1
+    if count < spec.max_failed_checks:
+        return Decision("hold", "fail", f"{reason} (failed check {count} of {spec.max_failed_checks})", results)
+    return Decision("fail" if spec.on_failure == "rollback" else "pause", "fail", reason, results)
+
+
+def judge_gates(spec: RolloutSpec, weight: int, window: Window) -> list[GateResult]:
+    """Every gate of the spec over the window, in the spec's order."""
+    judges = {
+        "max_error_rate": _error_rate,
+        "max_p99_ms": _p99,
+        "max_p99_ratio": _p99_ratio,
+        "srm_p_value": lambda gate, w: _srm(gate, w, weight),
+        "max_class_divergence": _class_divergence,
+        "max_confidence_drop": _confidence_drop,
+    }
+    results = []
+    for name, judge in judges.items():
+        gate: Gate = getattr(spec.gates, name)
+        if gate.threshold is None:
+            continue
+        status, figure, detail = judge(gate, window)
+        results.append(GateResult(name, status, figure, gate.threshold, gate.dry_run, detail))
+    return results
+
+
+def _error_rate(gate: Gate, w: Window) -> tuple[str, float | None, str]:
+    g = w.green
+    rate = g["error_rate"]
+    # decided even on a quiet window: these errors break the gate whatever the next requests bring
+    if g["errors"] > gate.threshold * max(g["requests"], gate.min_rows):
+        return "fail", rate, f"green answered {g['errors']} of {g['requests']} requests with 5xx"
+    if g["requests"] < gate.min_rows:
+        return "inconclusive", rate, f"only {g['requests']} green requests (need {gate.min_rows})"
+    if rate > gate.threshold:
+        return "fail", rate, f"green error rate {rate:.2%} > {gate.threshold:.2%}"
+    return "pass", rate, f"green error rate {rate:.2%} <= {gate.threshold:.2%}"
+
+
+def _p99(gate: Gate, w: Window) -> tuple[str, float | None, str]:
+    g = w.green
+    if g["requests"] < gate.min_rows or g["p99_ms"] is None:
+        return "inconclusive", g["p99_ms"], f"only {g['requests']} green requests (need {gate.min_rows})"
+    if g["p99_ms"] > gate.threshold:
+        return "fail", g["p99_ms"], f"green p99 {g['p99_ms']:.0f} ms > {gate.threshold:.0f} ms"
+    return "pass", g["p99_ms"], f"green p99 {g['p99_ms']:.0f} ms <= {gate.threshold:.0f} ms"
+
+
+def _p99_ratio(gate: Gate, w: Window) -> tuple[str, float | None, str]:
+    g, b = w.green, w.blue
+    if not (b and b["requests"] and b["p99_ms"]):
+        return "skipped", None, "blue served no requests in the window"
+    if g["requests"] < gate.min_rows or g["p99_ms"] is None:
+        return "inconclusive", None, f"only {g['requests']} green requests (need {gate.min_rows})"
+    ratio = g["p99_ms"] / b["p99_ms"]
+    if ratio > gate.threshold:
+        return "fail", ratio, f"green p99 is {ratio:.1f}x blue's (> {gate.threshold:.1f}x)"
+    return "pass", ratio, f"green p99 is {ratio:.1f}x blue's (<= {gate.threshold:.1f}x)"
+
+
+def _srm(gate: Gate, w: Window, weight: int) -> tuple[str, float | None, str]:
+    if w.split is None:
+        return "skipped", None, "the split was not measured"
+    green, blue = w.split.get("green", 0), w.split.get("blue", 0)
+    total = green + blue
+    if not 0 < weight < 100:
+        return "skipped", None, f"no split to test at {weight}%"
+    if total < gate.min_rows:
+        return "inconclusive", None, f"only {total} unpinned /predict requests to test the split (need {gate.min_rows})"
+    p = srm_p_value(green, blue, weight / 100)
+    seen = f"green had {green / total:.1%} of {total} unpinned requests at weight {weight}%"
+    if p < gate.threshold:
+        return "fail", p, f"sample-ratio mismatch: {seen} (p = {p:.2g} < {gate.threshold:g})"
+    return "pass", p, f"split as set: {seen} (p = {p:.2g})"
+
+
+def _rows(w: Window, gate: Gate) -> tuple[dict | None, dict | None, str | None]:
+    """Green's and blue's prediction figures for a quality gate, or why they cannot be judged yet."""
+    green = w.green
+    blue = w.blue if w.blue and (w.blue.get("rows") or 0) >= gate.min_rows else w.blue_reference or w.blue
+    if green.get("rows") is None and (blue or {}).get("rows") is None:
+        return None, None, "skipped"
+    if green.get("rows") is None:
+        return None, None, "green exports no prediction metrics"
+    if not blue or blue.get("rows") is None:
+        return None, None, "blue exports no prediction metrics"
+    if green["rows"] < gate.min_rows or blue["rows"] < gate.min_rows:
+        return None, None, f"only {green['rows']} green / {blue['rows']} blue rows predicted (need {gate.min_rows} each)"
+    return green, blue, None
+
+
+def _class_divergence(gate: Gate, w: Window) -> tuple[str, float | None, str]:
+    green, blue, why = _rows(w, gate)
+    if why == "skipped":
+        return "skipped", None, "the service exports no prediction metrics"
+    if why:
+        return "inconclusive", None, why
+    distance = js_distance(green["class_rows"], blue["class_rows"])
+    seen = f"class divergence {distance:.3f}"
+    rows = f"({green['rows']} green / {blue['rows']} blue rows)"
+    if distance > gate.threshold:
+        return "fail", distance, f"{seen} > {gate.threshold:g} {rows}"
+    return "pass", distance, f"{seen} <= {gate.threshold:g} {rows}"
+
+
+def _confidence_drop(gate: Gate, w: Window) -> tuple[str, float | None, str]:
+    green, blue, why = _rows(w, gate)
+    if why == "skipped":
+        return "skipped", None, "the service exports no prediction metrics"
+    if why:
+        return "inconclusive", None, why
+    if green["confidence_mean"] is None or blue["confidence_mean"] is None:
+        return "inconclusive", None, "no confidence figures in the window"
+    drop = blue["confidence_mean"] - green["confidence_mean"]
+    seen = f"confidence drop {drop:.3f} (blue {blue['confidence_mean']:.3f}, green {green['confidence_mean']:.3f})"
+    if drop > gate.threshold:
+        return "fail", drop, f"{seen} > {gate.threshold:g}"
+    return "pass", drop, f"{seen} <= {gate.threshold:g}"
+
+
+def judge_shadow(spec: RolloutSpec, report: dict) -> GateResult:
+    """The shadow phase's agreement gate, on the 95% Wilson lower bound of the rows both versions agreed on."""
+    gate = spec.gates.min_agreement
+    rows, agreed = report.get("rows_compared", 0), report.get("rows_agreed", 0)
+    bounds = wilson(agreed, rows)
+    low = None if bounds is None else round(bounds[0], 4)
+    if gate.threshold is None:
+        return GateResult("min_agreement", "skipped", low, None, gate.dry_run, "no min_agreement set")
+    if rows < gate.min_rows:
+        return GateResult("min_agreement", "inconclusive", low, gate.threshold, gate.dry_run,
+                          f"only {rows} rows compared in the shadow phase (need {gate.min_rows})")
+    seen = f"shadow agreement {agreed / rows:.2%} of {rows} rows, 95% lower bound {low:.2%}"
+    if low < gate.threshold:
+        return GateResult("min_agreement", "fail", low, gate.threshold, gate.dry_run,
+                          f"{seen} < {gate.threshold:.2%}")
+    return GateResult("min_agreement", "pass", low, gate.threshold, gate.dry_run, f"{seen} >= {gate.threshold:.2%}")
+
