@@ -41,7 +41,15 @@ HOLDOUT = 0.25
 
 
 class Refused(Exception):
-    """A version that must not be saved, or a request that cannot be met: one line for the user."""
+    """A version that must not be saved, or a request that cannot be met: one line for the user (exit code 1)."""
+
+    exit_code = 1
+
+
+class Unsupported(Refused):
+    """A recipe this tool cannot make: no exact float64 ONNX graph for its options. A bad request (exit code 2)."""
+
+    exit_code = 2
 
 
 def write_data(path: Path = DATA) -> None:
@@ -113,7 +121,10 @@ def train_version(version: str, recipe: Recipe, split: tuple, data_rows: list[di
         pipeline = recipe.pipeline().fit(X_train, y_train)
     except ValueError as exc:  # e.g. a --param value the estimator rejects
         raise Refused(f"{version} ({recipe.algorithm}) could not be trained: {str(exc).splitlines()[0]}") from None
-    graph = onnx_export.to_onnx(pipeline, recipe.features)
+    try:
+        graph = onnx_export.to_onnx(pipeline, recipe.features)
+    except onnx_export.NotExportable as exc:
+        raise Unsupported(f"{version} ({recipe.algorithm}) has no exact float64 ONNX graph: {exc}") from None
     check = onnx_parity(pipeline, graph, data_rows)
     if not check["ok"]:
         raise Refused(f"{version} not saved: its ONNX graph answers differently from scikit-learn: "
@@ -265,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((version, stored, action, exported))
     except Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     print(f"{'version':<8}  {'algorithm':<31} {'accuracy':>8} {'f1_macro':>8} {'log_loss':>8}  {'onnx max|dp|':>12}"
           "  store     export")
     for version, meta, action, exported in rows:

@@ -1,11 +1,15 @@
 """The fitted scikit-learn pipeline as an exact ONNX graph, computed in float64 from input to probabilities.
 
-skl2onnx converts the pipeline; three converters are replaced so that the graph gives scikit-learn's answers to
+skl2onnx converts the pipeline; four converters are replaced so that the graph gives scikit-learn's answers to
 float rounding (about 1e-16), not float32's (float32 inputs move v1.1.0's probabilities by up to 0.2 on rows that
 sit on a tree's split, see tests/test_onnx.py):
 
 - SimpleImputer: onnxruntime's `Imputer` has no float64 kernel, and a string tensor cannot hold a null. Measurements
   are imputed with IsNaN + Where; a missing category arrives as MISSING_SENTINEL and is replaced the same way.
+- OneHotEncoder: onnxruntime's `OneHotEncoder` answers float32 only. skl2onnx casts it to float64 where the
+  measurements join it, but a model on categories alone got float32 features: float32 weights and softmax in a
+  logistic regression (5.7e-08 off), float inputs against double thresholds in the trees (an invalid graph). Here
+  each category column is compared with its categories (Equal) and cast to float64 (0 and 1, exact).
 - HistGradientBoostingClassifier and RandomForestClassifier: skl2onnx writes `TreeEnsembleClassifier`, whose
   probabilities are float32 whatever the input. Here the trees go into ai.onnx.ml opset 5's `TreeEnsemble`, which
   keeps thresholds, leaf values and sums in float64; the link (softmax, or the forest's average) follows in float64.
@@ -28,6 +32,8 @@ from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_
 from skl2onnx.shape_calculators.imputer import calculate_sklearn_imputer_output_shapes
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import OneHotEncoder
 
 from penguin.features import CATEGORICAL, NUMERIC
 from penguin.predictor import MISSING_SENTINEL  # a null category in the graph's string inputs (the schema forbids "")
@@ -35,6 +41,7 @@ from penguin.predictor import MISSING_SENTINEL  # a null category in the graph's
 OPSET = {"": 21, "ai.onnx.ml": 3}  # what skl2onnx converts to; a graph with TreeEnsemble is raised to ml opset 5
 TREE_ENSEMBLE_OPSET = 5  # TreeEnsemble, float64 throughout (skl2onnx 1.20 refuses to write ml opsets above 3)
 BRANCH_LEQ = 0  # TreeEnsemble node mode: go to the true branch when x <= split (scikit-learn's rule)
+FLOAT32_ROUNDING = "x_float32"  # the one float32 value allowed: a forest's inputs rounded as scikit-learn's trees do
 
 
 def input_types(features: tuple[str, ...]) -> list[tuple[str, object]]:
@@ -44,35 +51,95 @@ def input_types(features: tuple[str, ...]) -> list[tuple[str, object]]:
     ]
 
 
+class NotExportable(Exception):
+    """The pipeline has no exact float64 graph here (an estimator option the converters do not handle): one line."""
+
+
 def to_onnx(pipeline, features: tuple[str, ...]) -> bytes:
-    """The fitted pipeline as a serialized ONNX model with outputs `label` [N] and `probabilities` [N, classes]."""
-    model = convert_sklearn(
-        pipeline,
-        initial_types=input_types(features),
-        target_opset=OPSET,
-        options={id(pipeline.steps[-1][1]): {"zipmap": False}},
-        custom_conversion_functions={
-            SimpleImputer: convert_imputer,
-            HistGradientBoostingClassifier: convert_trees,
-            RandomForestClassifier: convert_trees,
-        },
-        custom_shape_calculators={
-            SimpleImputer: calculate_sklearn_imputer_output_shapes,
-            RandomForestClassifier: float64_probabilities,
-        },
-    )
-    if any(node.op_type == "TreeEnsemble" for node in model.graph.node):
-        for opset in model.opset_import:  # the other ai.onnx.ml operators used are unchanged from 3 to 5
-            if opset.domain == "ai.onnx.ml":
-                opset.version = TREE_ENSEMBLE_OPSET
-    onnx.checker.check_model(model, full_check=True)
+    """The fitted pipeline as a serialized ONNX model with outputs `label` [N] and `probabilities` [N, classes].
+
+    NotExportable if a converter cannot write it exactly, if the graph is invalid, or if any value in it is float32
+    (but the forest's deliberate rounding): every recipe is float64 end to end or is not saved.
+    """
+    try:
+        model = convert_sklearn(
+            pipeline,
+            initial_types=input_types(features),
+            target_opset=OPSET,
+            options={id(pipeline.steps[-1][1]): {"zipmap": False}},
+            custom_conversion_functions={
+                SimpleImputer: convert_imputer,
+                OneHotEncoder: convert_one_hot,
+                HistGradientBoostingClassifier: convert_trees,
+                RandomForestClassifier: convert_trees,
+            },
+            custom_shape_calculators={
+                SimpleImputer: calculate_sklearn_imputer_output_shapes,
+                OneHotEncoder: one_hot_shape,
+                LogisticRegression: float64_probabilities,
+                HistGradientBoostingClassifier: float64_probabilities,
+                RandomForestClassifier: float64_probabilities,
+            },
+        )
+        if any(node.op_type == "TreeEnsemble" for node in model.graph.node):
+            for opset in model.opset_import:  # the other ai.onnx.ml operators used are unchanged from 3 to 5
+                if opset.domain == "ai.onnx.ml":
+                    opset.version = TREE_ENSEMBLE_OPSET
+        onnx.checker.check_model(model, full_check=True)
+    except (NotImplementedError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise NotExportable(str(exc).strip().splitlines()[0]) from None
+    narrow = float32_values(model)
+    if narrow:
+        raise NotExportable(f"the graph computes {len(narrow)} values in float32, not float64: {', '.join(narrow[:3])}")
     return model.SerializeToString()
 
 
+def float32_values(model: onnx.ModelProto) -> list[str]:
+    """The graph's float32 tensors (inputs, constants, intermediate values, outputs), but the forest's rounding."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    typed = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    names = [v.name for v in typed if v.type.tensor_type.elem_type == TensorProto.FLOAT]
+    names += [t.name for t in inferred.graph.initializer if t.data_type == TensorProto.FLOAT]
+    names += [f"{n.op_type}.{a.name}" for n in inferred.graph.node for a in n.attribute
+              if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT]
+    return [name for name in names if not name.startswith(FLOAT32_ROUNDING)]
+
+
 def float64_probabilities(operator) -> None:
-    """A forest's probabilities stay float64 (skl2onnx declares them float32 for its TreeEnsembleClassifier)."""
+    """The classifier's probabilities are float64, as its float64 features (skl2onnx declares them at parsing, from
+    the graph's first input: float32 for a model on categories alone, and always for its TreeEnsembleClassifier)."""
+    if not isinstance(operator.inputs[0].type, DoubleTensorType):
+        raise NotImplementedError(f"the classifier gets {type(operator.inputs[0].type).__name__} features, not float64")
     calculate_linear_classifier_output_shapes(operator)
     operator.outputs[1].type = DoubleTensorType(operator.outputs[1].type.shape)
+
+
+def one_hot_shape(operator) -> None:
+    """One float64 column per category of every encoded column."""
+    width = sum(len(c) for c in operator.raw_operator.categories_)
+    operator.outputs[0].type = DoubleTensorType([operator.inputs[0].get_first_dimension(), width])
+
+
+def convert_one_hot(scope, operator, container) -> None:
+    """OneHotEncoder(handle_unknown="ignore") on strings, in float64: Cast(Equal(column, categories)) per column."""
+    encoder = operator.raw_operator
+    if encoder.drop_idx_ is not None or getattr(encoder, "_infrequent_enabled", False):
+        raise NotImplementedError("only OneHotEncoder(drop=None) without infrequent categories is exported")
+    columns = [(x.full_name, i) for x in operator.inputs for i in range(x.type.shape[1])]
+    strings = all(isinstance(x.type, StringTensorType) for x in operator.inputs)
+    if not strings or len(columns) != len(encoder.categories_):
+        raise NotImplementedError("only string inputs with one column per category set are one-hot encoded")
+    name, op = scope.get_unique_variable_name, scope.get_unique_operator_name
+    parts = []
+    for (x, i), categories in zip(columns, encoder.categories_):
+        index, column, known, hot = name("column_index"), name("column"), name("categories"), name("is_category")
+        container.add_initializer(index, TensorProto.INT64, [1], [i])
+        container.add_node("Gather", [x, index], column, axis=1, name=op("Gather"))  # [N, 1]
+        container.add_initializer(known, TensorProto.STRING, [len(categories)], [str(c).encode() for c in categories])
+        container.add_node("Equal", [column, known], hot, name=op("Equal"))  # [N, categories]; unknown: all False
+        parts.append(name("one_hot"))
+        container.add_node("Cast", [hot], parts[-1], to=TensorProto.DOUBLE, name=op("Cast"))
+    container.add_node("Concat", parts, operator.outputs[0].full_name, axis=1, name=op("Concat"))
 
 
 def convert_imputer(scope, operator, container) -> None:
@@ -176,7 +243,7 @@ def convert_trees(scope, operator, container) -> None:
     name = scope.get_unique_variable_name
     forest = isinstance(model, RandomForestClassifier)
     if forest:  # scikit-learn's trees compare float32 values: round the same way before the float64 splits
-        as_float, back = name("x_float32"), name("x_rounded")
+        as_float, back = name(FLOAT32_ROUNDING), name("x_rounded")
         container.add_node("Cast", [x], as_float, to=TensorProto.FLOAT, name=scope.get_unique_operator_name("Cast"))
         container.add_node("Cast", [as_float], back, to=TensorProto.DOUBLE, name=scope.get_unique_operator_name("Cast"))
         x = back

@@ -120,3 +120,32 @@ def test_training_refuses_a_graph_that_rounds_inputs_to_float32(trained, data, m
     with pytest.raises(train_model.Refused, match="answers differently") as refused:
         train_model.train_version(CANDIDATE_VERSION, RECIPES[CANDIDATE_VERSION], split, data)
     print(f"\n{refused.value}")
+
+
+def test_export_refuses_a_float32_step(monkeypatch):
+    """skl2onnx's own OneHotEncoder answers float32: on the categories alone the model would compute in float32
+    (5.7e-08 off, within the parity tolerance). Both guards refuse it: the classifier's input, any float32 value."""
+    from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
+    from skl2onnx.operator_converters.one_hot_encoder import convert_sklearn_one_hot_encoder
+    from skl2onnx.shape_calculators.one_hot_encoder import calculate_sklearn_one_hot_encoder_output_shapes
+    from sklearn.model_selection import train_test_split
+
+    import train_model
+    from penguin import onnx_export
+    from penguin.recipes import recipe_for
+
+    X, y, _ = train_model.load_data()
+    X_train, _, y_train, _ = train_test_split(X, y, test_size=train_model.HOLDOUT, stratify=y,
+                                              random_state=train_model.SEED)
+    recipe = recipe_for("v9.9.9", "logistic_regression", {}, ("island",))
+    pipeline = recipe.pipeline().fit(X_train, y_train)
+    onnx_export.to_onnx(pipeline, recipe.features)  # exact with the project's converters
+    monkeypatch.setattr(onnx_export, "convert_one_hot", convert_sklearn_one_hot_encoder)
+    monkeypatch.setattr(onnx_export, "one_hot_shape", calculate_sklearn_one_hot_encoder_output_shapes)
+    with pytest.raises(onnx_export.NotExportable, match="FloatTensorType features, not float64") as refused:
+        onnx_export.to_onnx(pipeline, recipe.features)
+    print(f"\n{refused.value}")
+    monkeypatch.setattr(onnx_export, "float64_probabilities", calculate_linear_classifier_output_shapes)
+    with pytest.raises(onnx_export.NotExportable, match="values in float32, not float64") as refused:
+        onnx_export.to_onnx(pipeline, recipe.features)
+    print(f"{refused.value}")

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from penguin.features import MODEL_NAME
+from penguin.features import FEATURES, MODEL_NAME
+from penguin.recipes import ALGORITHMS
 from conftest import ROOT, bentoml_serve, run
 
 V12 = "v1.2.0"
@@ -35,6 +36,9 @@ REFUSED = {
     "out-of-range hyper-parameter": (["--version", "v1.3.0", "--algorithm", "logistic_regression", "--param", "C=-1"],
                                      "'C' parameter"),
     "unknown feature": (["--version", "v1.3.0", "--algorithm", "random_forest", "--features", "beak"], "beak"),
+    "no exact graph (native categorical splits)": (
+        ["--version", "v1.3.0", "--algorithm", "hist_gradient_boosting", "--param", "categorical_features=[0]",
+         "--features", "island,bill_depth_mm"], "no exact float64 ONNX graph"),
 }
 
 
@@ -126,3 +130,63 @@ def test_v1_2_0_is_served_with_scikit_learn_s_answers(v12_home):
         result = parity.served_parity(url, pipeline, parity.data_rows(ROOT / "data" / "data.csv"))
     print(f"\nv1.2.0 served: {parity.summary(result)}")
     assert result["versions"] == [V12] and result["ok"], result
+
+
+# Feature sets a new user tries: the categories alone (their one-hot columns were float32: the trees got float input
+# against double splits, the logistic regression computed in float32), one of them, one measurement, measurements
+# alone, one of each kind, everything. Every algorithm on each must give a float64 graph exact to float rounding.
+FEATURE_SETS = ("island", "sex", "island,sex", "bill_depth_mm", "bill_length_mm,flipper_length_mm",
+                "island,bill_depth_mm", "sex,body_mass_g", ",".join(FEATURES))
+EXACT = 1e-12  # float64 throughout gives about 1e-15; one float32 step gives about 1e-8
+
+
+@pytest.fixture(scope="module")
+def training():
+    """The split and data rows train_model.py uses, to train versions in this process (no store, no export)."""
+    from sklearn.model_selection import train_test_split
+
+    import train_model
+    from penguin import parity
+
+    X, y, _ = train_model.load_data()
+    split = train_test_split(X, y, test_size=train_model.HOLDOUT, stratify=y, random_state=train_model.SEED)
+    return split, parity.data_rows(train_model.DATA)
+
+
+def train_here(version: str, algorithm: str, features: str, training) -> dict:
+    import train_model
+    from penguin.recipes import recipe_for
+
+    recipe = recipe_for(version, algorithm, {}, tuple(features.split(",")))
+    _, graph, meta = train_model.train_version(version, recipe, *training)
+    return {"graph": graph, **meta}
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+@pytest.mark.parametrize("features", FEATURE_SETS)
+def test_every_feature_set_trains_an_exact_float64_graph(algorithm, features, training):
+    import onnx
+
+    from penguin import onnx_export
+
+    made = train_here("v9.9.9", algorithm, features, training)
+    figures = made["onnx"]["parity"]
+    assert figures["max_abs_prob_diff"] <= EXACT and figures["class_mismatches"] == 0, figures
+    assert onnx_export.float32_values(onnx.load_from_string(made["graph"])) == []
+
+
+@pytest.mark.parametrize("features", ["island", "island,sex"])
+@pytest.mark.parametrize("algorithm", ["hist_gradient_boosting", "logistic_regression"])
+def test_the_issue_s_commands_train_exact_graphs(algorithm, features, tmp_path):
+    """The issue's commands: on categories alone the trees crashed in the export, the regression was 5.7e-08 off."""
+    made = train(["--version", "v0.9.0", "--algorithm", algorithm, "--features", features], tmp_path)
+    row = made.stdout.splitlines()[-1].split()
+    assert row[0] == "v0.9.0" and row[-1] == "saved", made.stdout
+    assert float(row[5]) <= EXACT, made.stdout
+
+
+def test_a_clearly_weaker_model_needs_no_code_edit(training):
+    """The weak green of the quality gates: a logistic regression on bill depth alone."""
+    weak = train_here("v1.9.0", "logistic_regression", "bill_depth_mm", training)["holdout_metrics"]
+    print(f"\nv1.9.0 (bill depth alone): {weak}")
+    assert weak["accuracy"] < 0.8 and weak["f1_macro"] < 0.8, weak
