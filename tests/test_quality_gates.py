@@ -86,9 +86,15 @@ def test_a_weak_green_with_on_failure_pause_stays_where_it_is(weak_green):
     with rows_load(settings, workers=8) as load:
         load.wait_for(0, 50)
         result = canary(settings, "rollout", "--hold", "6", *HTTP, "--on-failure", "pause")
-    print(f"\n{result.output}")
+        load.wait_for(time.monotonic(), 300)
+        shown = canary(settings, "status")
+    print(f"\n{result.output}\n{shown.output}")
     assert result.exit_code == 2 and "paused" in result.output, result.output
     assert split_of(LocalTarget(settings.state_dir))[0] == 10
+    # status: what each version predicted since the last change, and how far apart
+    assert "green predicted" in shown.output and "Chinstrap 0%" in shown.output, shown.output
+    divergence = float(shown.output.split("class divergence (JS distance, green vs blue): ")[1].split()[0])
+    assert divergence > 0.2, shown.output
     assert not load.failed(), tally(load.answers)
 
 
