@@ -335,6 +335,11 @@ def rollout(
         Optional[float], typer.Option(help="gate: blue's mean top-class probability minus green's")
     ] = None,
     srm_p_value: Annotated[Optional[float], typer.Option(help="gate: split mismatch below this p-value fails")] = None,
+    max_accuracy_drop: Annotated[
+        Optional[float], typer.Option(help="gate on labels: blue's accuracy minus green's, with 95% confidence")
+    ] = None,
+    min_labels: Annotated[Optional[int], typer.Option(help="labelled rows per version the accuracy gate needs")] = None,
+    label_wait: Annotated[Optional[float], typer.Option(help="seconds a step waits for labels")] = None,
     dry_run: Annotated[
         Optional[list[str]], typer.Option("--dry-run", help="measure and report this gate, never act on it (repeat)")
     ] = None,
@@ -361,7 +366,8 @@ def rollout(
     overrides = dict(
         steps=weights, hold_seconds=hold, min_requests=min_requests, min_rows=min_rows, max_error_rate=max_error_rate,
         max_p99_ms=max_p99_ms, max_p99_ratio=max_p99_ratio, max_class_divergence=max_class_divergence,
-        max_confidence_drop=max_confidence_drop, srm_p_value=srm_p_value, dry_run=dry_run, on_failure=on_failure,
+        max_confidence_drop=max_confidence_drop, srm_p_value=srm_p_value, max_accuracy_drop=max_accuracy_drop,
+        min_labels=min_labels, label_wait_seconds=label_wait, dry_run=dry_run, on_failure=on_failure,
         max_failed_checks=max_failed_checks, max_inconclusive=max_inconclusive, shadow_seconds=shadow_seconds,
         min_agreement=min_agreement,
     )
@@ -385,6 +391,64 @@ def rollout(
     typer.echo(f"{result.outcome}: {result.reason}; green at {result.final_weight}%  (report: {report})")
     if result.outcome != "promoted":
         raise typer.Exit(2 if result.outcome == "paused" else 1)
+
+
+@app.command()
+def labels(
+    file: Annotated[str, typer.Argument(help="CSV or JSON lines with request_id, label and optionally row; - for stdin")],
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="write the valid lines even if some are refused")] = False,
+    state_dir: StateDir = None,
+    compose: Compose = False,
+    compose_file: ComposeFile = Path("docker-compose.yml"),
+) -> None:
+    """Send the true classes back: join each label to the answer (request id, row) and the version that gave it."""
+    from canary_kit import labels as labelling
+    from canary_kit import ledger
+
+    data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    target = target_for(state_dir, compose, compose_file)
+    with ledger.connect(target.state_dir) as conn:
+        ledger.catch_up(target, conn, target.retention)
+        parsed = labelling.parse(data, ledger.model_classes(target, conn))
+        labelling.check_rows(conn, parsed)
+        for line, why in parsed.refused[:20]:
+            typer.echo(f"line {line}: {why}", err=True)
+        if len(parsed.refused) > 20:
+            typer.echo(f"... and {len(parsed.refused) - 20} more refused lines", err=True)
+        if parsed.refused and not skip_bad:
+            raise CanaryError(f"{len(parsed.refused)} refused lines: nothing written (fix them, or --skip-bad)")
+        applied = labelling.apply(conn, parsed.labels)
+    joined = sum(applied.joined.values())
+    typer.echo(f"joined {joined} labels ({sum(applied.replaced.values())} replacing earlier ones), "
+               f"unknown {len(applied.unknown)} (no such answer), refused {len(parsed.refused)}")
+    for version in sorted(applied.joined):
+        typer.echo(f"  {version}: {applied.joined[version]} joined, {applied.replaced[version]} replaced")
+    if applied.unknown:
+        shown = ", ".join(f"line {u.line} ({u.request_id})" for u in applied.unknown[:5])
+        typer.echo(f"  unknown: {shown}{' ...' if len(applied.unknown) > 5 else ''}")
+
+
+@app.command()
+def quality(
+    since: Annotated[
+        Optional[str], typer.Option(help="answers since an ISO time, a duration (30m, 2h, 7d) or `change`")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    state_dir: StateDir = None,
+    compose: Compose = False,
+    compose_file: ComposeFile = Path("docker-compose.yml"),
+) -> None:
+    """Accuracy per version on the labels sent back, with 95% intervals, confusion matrices and green - blue."""
+    from canary_kit import ledger
+    from canary_kit.control import current
+    from canary_kit.views import quality_lines, read_history
+
+    target = target_for(state_dir, compose, compose_file)
+    history = read_history(target.state_dir / "changes.log", 1)
+    moment = ledger.since_time(since, history[-1].get("time") if history else None)
+    state = current(target)
+    report = ledger.quality_report(target, {"blue": state.blue_version, "green": state.green_version}, moment)
+    typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(quality_lines(report)))
 
 
 k8s_app = typer.Typer(help="The same canary on Kubernetes: Argo Rollouts + Gateway API, from the rollout spec.")

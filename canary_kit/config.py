@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     bentoml_home: Path = Field(default_factory=default_bentoml_home)
     nginx_bin: str = "nginx"
     ready_timeout: float = Field(60.0, gt=0, le=600, description="seconds a version has to become ready")
+    ledger_days: float = Field(30.0, gt=0, le=3650, description="days of answers the ledger keeps for labels")
+    ledger_rows: int = Field(5_000_000, ge=1000, le=1_000_000_000, description="answers (rows) the ledger keeps")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -110,6 +112,12 @@ class Settings(BaseSettings):
 
     def model_tag(self, version: str) -> str:
         return f"{self.model_name}:{version}"
+
+    @property
+    def retention(self):
+        from canary_kit.ledger import Retention
+
+        return Retention(self.ledger_days, self.ledger_rows)
 
     @property
     def prediction_metrics(self):

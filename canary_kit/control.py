@@ -189,12 +189,16 @@ def status(target) -> dict:
             "healthy": answering[color] is not None,
             "since_change": figures_between(baseline["backends"].get(color), now[color]),
         }
+    from canary_kit.ledger import accuracy_by_version
+
+    labelled = accuracy_by_version(target, {color: versions[color]["version"] for color in COLORS})
     figures = {color: versions[color]["since_change"] or {} for color in COLORS}
     divergence = js_distance(figures["green"].get("class_rows") or {}, figures["blue"].get("class_rows") or {})
     return {
         "target": target.name,
         "green_weight": weight,
         "class_divergence": None if divergence is None else round(divergence, 4),
+        "labelled": labelled or {},
         "shadow": bool(in_nginx["shadow"]) if in_nginx else state.shadow,
         "green_free": state.green_version is None and state.blue_version is not None,
         "nginx": in_nginx,

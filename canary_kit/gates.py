@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from canary_kit.spec import Gate, RolloutSpec
-from canary_kit.stats import js_distance, srm_p_value, wilson
+from canary_kit.stats import difference, js_distance, srm_p_value, wilson
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Step:
     failed: int = 0  # failed checks so far, in the whole rollout
     inconclusive: int = 0  # inconclusive windows so far, at this step
     blue_down_seconds: float = 0.0  # how long blue has been seen down (0: it is up)
+    seconds: float = 0.0  # how long this step has been held (the wait for labels)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Window:
     green_ready: bool = True
     blue_ready: bool = True
     blue_reference: dict | None = None  # blue's last window with enough rows: the comparison at 100%
+    labels: dict[str, tuple[int, int]] | None = None  # colour -> (labelled, correct) over this rollout's answers
 
 
 @dataclass
@@ -91,6 +93,11 @@ def decide(spec: RolloutSpec, step: Step, window: Window) -> Decision:
     if failed:
         return _failed(spec, step, failed[0].detail, results)
     waiting = [r for r in live if r.status == "inconclusive"]
+    if waiting and all(r.name == "max_accuracy_drop" for r in waiting):  # only labels are missing: wait for them
+        if step.seconds >= spec.label_wait_seconds:
+            reason = f"no accuracy verdict after {step.seconds:.0f}s (label_wait_seconds): {waiting[0].detail}"
+            return Decision("fail" if spec.on_failure == "rollback" else "pause", "inconclusive", reason, results)
+        return Decision("hold", "awaiting-labels", waiting[0].detail, results)
     if waiting:
         count = step.inconclusive + 1
         reason = "; ".join(r.detail for r in waiting)
@@ -119,6 +126,7 @@ def judge_gates(spec: RolloutSpec, weight: int, window: Window) -> list[GateResu
         "srm_p_value": lambda gate, w: _srm(gate, w, weight),
         "max_class_divergence": _class_divergence,
         "max_confidence_drop": _confidence_drop,
+        "max_accuracy_drop": _accuracy_drop,
     }
     results = []
     for name, judge in judges.items():
@@ -222,6 +230,21 @@ def _confidence_drop(gate: Gate, w: Window) -> tuple[str, float | None, str]:
     if drop > gate.threshold:
         return "fail", drop, f"{seen} > {gate.threshold:g}"
     return "pass", drop, f"{seen} <= {gate.threshold:g}"
+
+
+def _accuracy_drop(gate: Gate, w: Window) -> tuple[str, float | None, str]:
+    (green, green_right), (blue, blue_right) = (w.labels or {}).get("green", (0, 0)), (w.labels or {}).get("blue", (0, 0))
+    if green < gate.min_rows or blue < gate.min_rows:
+        return "inconclusive", None, (f"waiting for labels: {green} green / {blue} blue labelled rows "
+                                      f"(need {gate.min_rows} each)")
+    diff, low, high = difference(green_right, green, blue_right, blue)
+    seen = (f"accuracy green {green_right / green:.1%} vs blue {blue_right / blue:.1%} ({green} / {blue} labelled), "
+            f"difference {diff:+.1%} [{low:+.1%}, {high:+.1%}]")
+    if high < -gate.threshold:
+        return "fail", diff, f"{seen}: green worse by more than {gate.threshold:.1%}"
+    if low > -gate.threshold:
+        return "pass", diff, f"{seen}: not worse by {gate.threshold:.1%}"
+    return "inconclusive", diff, f"{seen}: not yet decided at a {gate.threshold:.1%} margin"
 
 
 def judge_shadow(spec: RolloutSpec, report: dict) -> GateResult:

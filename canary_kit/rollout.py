@@ -15,6 +15,7 @@ from typing import Callable
 
 from canary_kit.control import SplitChanged, current, set_weight, snapshots
 from canary_kit.gates import Decision, Step, Window, decide, judge_shadow
+from canary_kit.ledger import labelled_since, utc
 from canary_kit.metrics import figures_between, unpinned_split
 from canary_kit.spec import RolloutSpec
 
@@ -48,7 +49,8 @@ class Rollout:
     checks: list[Check] = field(default_factory=list)
 
 
-WORD = {"pass": "ADVANCE", "inconclusive": "HOLD", "fail": "FAIL", "blue-down": "BLUE DOWN"}
+WORD = {"pass": "ADVANCE", "inconclusive": "HOLD", "fail": "FAIL", "blue-down": "BLUE DOWN",
+        "awaiting-labels": "HOLD (labels)"}
 
 
 def _line(figures: dict | None) -> str:
@@ -63,6 +65,7 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
     """Walk the steps; return how it ended. Ctrl-C leaves the split where it is (the caller says so)."""
     result = Rollout(spec=spec.model_dump(), started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     t0 = time.monotonic()
+    since = utc(result.started)  # labels count for every answer of this rollout, whichever step it came in
     if spec.shadow_seconds and not _shadow_passes(target, spec, echo, shadow_phase, result):
         return result
     failed = 0
@@ -81,9 +84,9 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
             result.final_weight = current(target).green_weight
             return result
         result.final_weight = weight
-        inconclusive, blue_down_since = 0, None
+        inconclusive, blue_down_since, step_started = 0, None, time.monotonic()
         while True:
-            window = _measure(target, spec, state, number, weight, echo, blue_reference)
+            window = _measure(target, spec, state, number, weight, echo, blue_reference, since)
             if window is None:
                 now = current(target)
                 result.outcome, result.final_weight = "stopped", now.green_weight
@@ -94,7 +97,8 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
             elif blue_down_since is None:
                 blue_down_since = time.monotonic()
             down_for = 0.0 if blue_down_since is None else time.monotonic() - blue_down_since
-            decision = decide(spec, Step(number, weight, failed, inconclusive, down_for), window)
+            held = time.monotonic() - step_started
+            decision = decide(spec, Step(number, weight, failed, inconclusive, down_for, held), window)
             if not (decision.outcome == "blue-down" and down_for > 0):  # one line while blue stays down
                 _record(result, decision, number, weight, window, t0, echo, len(spec.steps))
             if window.blue and (window.blue.get("rows") or 0) >= spec.gates.max_class_divergence.min_rows:
@@ -133,7 +137,8 @@ def _shadow_passes(target, spec: RolloutSpec, echo, shadow_phase, result: Rollou
     return False
 
 
-def _measure(target, spec: RolloutSpec, state, number: int, weight: int, echo, blue_reference) -> Window | None:
+def _measure(target, spec: RolloutSpec, state, number: int, weight: int, echo, blue_reference,
+             since: str) -> Window | None:
     """Hold one window (cut short when a version stops answering its health check); None if someone else changed
     the state meanwhile."""
     before, mark, started = snapshots(target), target.log_mark(), time.monotonic()
@@ -156,7 +161,8 @@ def _measure(target, spec: RolloutSpec, state, number: int, weight: int, echo, b
     green, blue = (figures_between(before[c], after[c]) for c in ("green", "blue"))
     versions = {"blue": state.blue_version, "green": state.green_version}
     split = unpinned_split(target.log_since(mark), versions)
-    return Window(green, blue, split, green_ready, blue_ready, blue_reference)
+    labels = labelled_since(target, versions, since) if spec.gates.max_accuracy_drop.threshold is not None else None
+    return Window(green, blue, split, green_ready, blue_ready, blue_reference, labels)
 
 
 def _record(result: Rollout, decision: Decision, number: int, weight: int, window: Window, t0: float, echo,

@@ -15,7 +15,8 @@ DEFAULT_SPEC = Path(__file__).with_name("rollout.yaml")
 
 # Each gate: (what it measures, the range of its threshold as (low, high, low included, high included), its kind).
 # Its sample (min_rows): green's requests for the HTTP gates; the unpinned /predict requests for srm; the rows each
-# version predicted for the quality gates; the rows compared in the shadow phase for min_agreement.
+# version predicted for the quality gates; labelled rows per version for max_accuracy_drop; the rows compared in the
+# shadow phase for min_agreement.
 GATES: dict[str, tuple[str, tuple[float, float, bool, bool], str]] = {
     "max_error_rate": ("green's share of 5xx answers", (0, 1, True, True), "http"),
     "max_p99_ms": ("green's p99 latency, in ms", (0, 3_600_000, False, True), "http"),
@@ -25,6 +26,8 @@ GATES: dict[str, tuple[str, tuple[float, float, bool, bool], str]] = {
     "max_class_divergence": ("Jensen-Shannon distance between green's and blue's predicted-class shares",
                              (0, 1, True, True), "quality"),
     "max_confidence_drop": ("blue's mean top-class probability minus green's", (0, 1, True, True), "quality"),
+    "max_accuracy_drop": ("labels sent back: blue's accuracy minus green's, with 95% confidence, on the answers of "
+                          "this rollout (min_rows: labelled rows per version)", (0, 1, True, True), "labels"),
     "min_agreement": ("shadow phase: the 95% Wilson lower bound of the rows on which both versions agree",
                       (0, 1, True, True), "shadow"),
 }
@@ -65,6 +68,7 @@ class Gates(BaseModel):
     srm_p_value: Gate = Field(default_factory=lambda: _gate(0.001, 100))
     max_class_divergence: Gate = Field(default_factory=lambda: _gate(0.2, 200))
     max_confidence_drop: Gate = Field(default_factory=lambda: _gate(0.1, 200))
+    max_accuracy_drop: Gate = Field(default_factory=lambda: _gate(None, 100))
     min_agreement: Gate = Field(default_factory=lambda: _gate(None, 100))
 
     @model_validator(mode="after")
@@ -101,6 +105,9 @@ class RolloutSpec(BaseModel):
         "wait", description="blue down mid-rollout: wait for it (judging nothing) up to blue_down_seconds, or pause"
     )
     blue_down_seconds: float = Field(120.0, gt=0, le=3600, description="how long to wait for blue before pausing")
+    label_wait_seconds: float = Field(
+        600.0, gt=0, le=7 * 86400, description="how long a step waits for labels before on_failure"
+    )
     check_every: float = Field(1.0, gt=0, le=60, description="seconds between health checks during a hold")
     shadow_seconds: float = Field(0.0, ge=0, le=3600, description="shadow phase before the first step (0: none)")
     gates: Gates = Field(default_factory=Gates)
@@ -134,7 +141,7 @@ def load_spec(path: Path | None, overrides: dict | None = None) -> RolloutSpec:
         if name not in GATES:
             raise CanaryError(f"unknown gate {name!r} for --dry-run; gates: {', '.join(GATES)}")
         gates.setdefault(name, {})["dry_run"] = True
-    for option, kind in (("min_requests", "http"), ("min_rows", "quality")):
+    for option, kind in (("min_requests", "http"), ("min_rows", "quality"), ("min_labels", "labels")):
         if (rows := overrides.pop(option, None)) is not None:
             for name in [name for name, (_, _, of) in GATES.items() if of == kind]:
                 gates.setdefault(name, {})["min_rows"] = rows

@@ -61,3 +61,15 @@ def chi2_critical(p_value: float) -> float:
     """The chi-square(1) statistic whose p-value is `p_value` (10.83 for 0.001): the same test where only the
     statistic can be computed (PromQL)."""
     return NormalDist().inv_cdf(1 - p_value / 2) ** 2
+
+
+def difference(successes_a: int, trials_a: int, successes_b: int, trials_b: int,
+               z: float = Z95) -> tuple[float, float, float] | None:
+    """Share a minus share b with its 95% interval (Newcombe's hybrid score interval, from both Wilson intervals:
+    sound for small samples and shares near 0 or 1); None unless both have trials."""
+    if trials_a <= 0 or trials_b <= 0:
+        return None
+    pa, pb = successes_a / trials_a, successes_b / trials_b
+    (la, ua), (lb, ub) = wilson(successes_a, trials_a, z), wilson(successes_b, trials_b, z)
+    diff = pa - pb
+    return diff, diff - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2), diff + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)

@@ -31,6 +31,7 @@ from canary_kit.compose import (
 from pydantic import ValidationError
 
 from canary_kit.config import CanaryError, Settings
+from canary_kit.ledger import Retention
 from canary_kit.metrics import PredictionMetrics
 from canary_kit.nginx import admin_socket
 from canary_kit.routing import STATE_FILE
@@ -43,12 +44,12 @@ COMPOSE_READY_TIMEOUT = 180.0  # seconds a recreated container has to answer as 
 VERSION_VARIABLE = {"blue": "CANARY_BLUE_VERSION", "green": "CANARY_GREEN_VERSION"}  # image tags in the compose file
 
 
-def prediction_metrics_of_project() -> PredictionMetrics:
-    """The prediction metrics `[tool.canary]` (or CANARY_* variables) name here; none when no settings are found."""
+def project_settings() -> Settings | None:
+    """The settings of the project here (`[tool.canary]`, CANARY_* variables); None when there are none."""
     try:
-        return Settings().prediction_metrics
+        return Settings()
     except ValidationError:
-        return PredictionMetrics()
+        return None
 
 
 def parse_log(text: str) -> list[dict]:
@@ -84,6 +85,8 @@ class LocalTarget:
         self.state_file = self.state_dir / STATE_FILE
         self.admin_url = "http://nginx"
         self.prediction_metrics = self.settings.prediction_metrics
+        self.retention = self.settings.retention
+        self.access_log = self.state_dir / "logs" / "access.log"  # the ledger reads it from where it stopped
 
     def admin_transport(self) -> httpx.HTTPTransport:
         return httpx.HTTPTransport(uds=str(admin_socket(self.settings)))
@@ -162,7 +165,10 @@ class ComposeTarget:
         self.state_file = self.state_dir / STATE_FILE
         self.admin_url = f"http://127.0.0.1:{published_port(nginx, COMPOSE_ADMIN_PORT)}"
         self.repository = image_repository(compose_service(self.compose_file, "ml-green"), compose_variables(folder))
-        self.prediction_metrics = prediction_metrics_of_project()
+        project = project_settings()
+        self.prediction_metrics = project.prediction_metrics if project else PredictionMetrics()
+        self.retention = project.retention if project else Retention()
+        self.access_log = None  # nginx logs to stdout: the ledger reads `docker compose logs` since its mark
         try:
             answered = httpx.get(f"{self.admin_url}/_nginx/split", timeout=2, trust_env=False).status_code == 200
         except httpx.HTTPError:

@@ -50,6 +50,34 @@ def prediction_lines(report: dict) -> list[str]:
         lines.append(f"{color:<6}predicted {f['rows']} rows: {shares}   mean confidence {fmt(f.get('confidence_mean'), '.3f')}")
     if lines and report.get("class_divergence") is not None:
         lines.append(f"class divergence (JS distance, green vs blue): {report['class_divergence']:.3f}")
+    for color, q in (report.get("labelled") or {}).items():
+        lines.append(f"{color:<6}{q['version']}: {q['labelled']} labelled rows, accuracy {100 * q['accuracy']:.1f}% "
+                     "(all its answers; `canary quality` for more)")
+    return lines
+
+
+def quality_lines(report: dict) -> list[str]:
+    """`canary quality` as a table, the difference, and each version's confusion matrix."""
+    since = f"since {report['since']} UTC" if report["since"] else "all answers kept"
+    lines = [f"labelled answers ({since}; the ledger holds {report['answers']:,} answered rows, "
+             f"{report['labels']:,} labels)",
+             f"{'version':<9}{'role':<7}{'labelled':>9}{'correct':>9}{'accuracy':>10}  95% interval"]
+    for row in report["versions"]:
+        interval = "-" if row["interval"] is None else f"[{100 * row['interval'][0]:.1f}%, {100 * row['interval'][1]:.1f}%]"
+        accuracy = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
+        lines.append(f"{row['version']:<9}{row['role']:<7}{row['labelled']:>9}{row['correct']:>9}{accuracy:>10}  {interval}")
+    diff = report["green_minus_blue"]
+    if diff is not None:
+        lines.append(f"green - blue: {100 * diff[0]:+.1f} points, 95% interval [{100 * diff[1]:+.1f}, {100 * diff[2]:+.1f}]")
+    for row in report["versions"]:
+        if not row["confusion"]:
+            continue
+        classes = sorted(set(row["confusion"]) | {p for c in row["confusion"].values() for p in c})
+        lines.append(f"{row['version']} confusion (rows: label, columns: predicted)")
+        lines.append(" " * 12 + "".join(f"{c[:10]:>11}" for c in classes))
+        for label in classes:
+            cells = row["confusion"].get(label, {})
+            lines.append(f"{label[:11]:<12}" + "".join(f"{cells.get(c, 0):>11}" for c in classes))
     return lines
 
 

@@ -25,6 +25,8 @@ class Answer:
     version: str | None
     route: str | None
     error: str = ""
+    request_id: str | None = None
+    row: int | None = None  # which of Load.rows was sent
 
 
 @dataclass
@@ -62,9 +64,11 @@ class Load:
         with httpx.Client(timeout=15, headers=self.headers, transport=transport) as client:
             while self._take():
                 sent, turn = time.monotonic(), turn + 1
+                row = turn % len(bodies)
                 try:
-                    r = client.post(f"{self.url}/predict", json=bodies[turn % len(bodies)])
-                    answer = Answer(sent, r.status_code, r.headers.get("x-model-version"), r.headers.get("x-canary-route"))
+                    r = client.post(f"{self.url}/predict", json=bodies[row])
+                    answer = Answer(sent, r.status_code, r.headers.get("x-model-version"), r.headers.get("x-canary-route"),
+                                    request_id=r.headers.get("x-request-id"), row=row)
                 except httpx.HTTPError as exc:
                     answer = Answer(sent, None, None, None, repr(exc))
                 with self._lock:

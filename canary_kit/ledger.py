@@ -1,0 +1,303 @@
+"""The ledger of answers: every row each version answered on /predict, and the labels sent back for them later.
+
+One SQLite file in the stack's state folder (`ledger.sqlite3`, WAL mode), fed from nginx's JSON access log: the
+request id, the time, the version that answered, the route, and the class predicted for each row (nginx logs the
+service's `X-Predictions` header). Filling is incremental and idempotent: the log position is kept in the same
+transaction as the rows it added, a row is keyed by (request id, row), reading the same log twice adds nothing,
+and a rotated log (`access.log.1`, or a log truncated by a restart) is followed. Old answers are pruned by age and
+count (settings: ledger_days, ledger_rows). Labels (`canary labels`) are joined to answers by (request id, row);
+accuracy per version (`canary quality`, the accuracy gate) compares each answer's class with its label.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from canary_kit.config import CanaryError
+from canary_kit.metrics import ENDPOINT
+
+LEDGER = "ledger.sqlite3"
+BATCH = 10_000  # rows per executemany while ingesting
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    request_id TEXT NOT NULL, row INTEGER NOT NULL, time TEXT NOT NULL, version TEXT NOT NULL, route TEXT,
+    predicted TEXT NOT NULL, PRIMARY KEY (request_id, row)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS answers_by_time ON answers (time);
+CREATE TABLE IF NOT EXISTS labels (
+    request_id TEXT NOT NULL, row INTEGER NOT NULL, label TEXT NOT NULL, received TEXT NOT NULL,
+    PRIMARY KEY (request_id, row)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sources (name TEXT PRIMARY KEY, inode INTEGER, offset INTEGER, mark TEXT);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def utc(text: str) -> str | None:
+    """An ISO time as UTC 'YYYY-MM-DDTHH:MM:SS' (the ledger's comparable form); None if it is not one."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def answer_rows(entry: dict) -> list[tuple]:
+    """The ledger rows of one access-log entry: a live /predict answered 200 with its predictions, one per row."""
+    if entry.get("shadow") or entry.get("status") != 200 or not str(entry.get("uri", "")).startswith(ENDPOINT):
+        return []
+    predictions, version, rid = entry.get("predictions"), entry.get("version"), entry.get("request_id")
+    when = utc(entry.get("time", ""))
+    if not (predictions and version and rid and when):
+        return []
+    route = entry.get("route") or None
+    return [(rid, i, when, version, route, cls) for i, cls in enumerate(predictions.split(","))]
+
+
+@contextmanager
+def connect(folder: Path):
+    """The ledger of a state folder, created on first use."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(folder / LEDGER, timeout=30, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise CanaryError(f"cannot open the ledger {folder / LEDGER}: {exc}") from None
+    with closing(conn):
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+        yield conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection):
+    """One transaction: all of it or, on any error (or Ctrl-C), none of it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@dataclass
+class Retention:
+    days: float = 30.0
+    rows: int = 5_000_000
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> int:
+    before = conn.total_changes
+    conn.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?)", rows)
+    return conn.total_changes - before
+
+
+def ingest_file(conn: sqlite3.Connection, log: Path, name: str = "access.log") -> int:
+    """Add what `log` holds beyond the position kept for it (and, if it was rotated, the rest of `log`.1 first).
+    Returns the rows added."""
+    kept = conn.execute("SELECT inode, offset FROM sources WHERE name = ?", (name,)).fetchone()
+    if not log.exists():
+        return 0
+    stat = log.stat()
+    parts: list[tuple[Path, int]] = []
+    offset = 0
+    if kept is not None:
+        inode, at = kept
+        rotated = log.with_name(log.name + ".1")
+        if inode == stat.st_ino and at <= stat.st_size:
+            offset = at
+        elif inode != stat.st_ino and rotated.exists() and rotated.stat().st_ino == inode:
+            parts.append((rotated, at))  # the end of the rotated log, which was not read yet
+    parts.append((log, offset))
+    added = 0
+    with transaction(conn):
+        for path, start in parts:
+            end = start
+            with open(path, "rb") as handle:
+                handle.seek(start)
+                rows: list[tuple] = []
+                for line in handle:
+                    if not line.endswith(b"\n"):
+                        break  # a line nginx is still writing: next time
+                    end += len(line)
+                    if b'"shadow":false' not in line or ENDPOINT.encode() not in line:
+                        continue
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    rows.extend(answer_rows(entry) if isinstance(entry, dict) else [])
+                    if len(rows) >= BATCH:
+                        added += _insert(conn, rows)
+                        rows = []
+                added += _insert(conn, rows)
+        if kept != (stat.st_ino, end):  # nothing read, nothing written: a refused label file leaves no trace
+            conn.execute("INSERT OR REPLACE INTO sources (name, inode, offset) VALUES (?, ?, ?)",
+                         (name, stat.st_ino, end))
+    return added
+
+
+def ingest_entries(conn: sqlite3.Connection, entries: list[dict], mark: str, name: str = "compose") -> int:
+    """Add parsed log entries (compose's nginx logs to stdout) and keep `mark` as where to read from next."""
+    with transaction(conn):
+        added = _insert(conn, [row for entry in entries for row in answer_rows(entry)])
+        conn.execute("INSERT OR REPLACE INTO sources (name, mark) VALUES (?, ?)", (name, mark))
+    return added
+
+
+def prune(conn: sqlite3.Connection, retention: Retention, now: datetime | None = None) -> int:
+    """Drop answers older than `retention.days`, then the oldest beyond `retention.rows`, and their labels."""
+    cutoff = ((now or datetime.now(timezone.utc)) - timedelta(days=retention.days)).strftime("%Y-%m-%dT%H:%M:%S")
+    with transaction(conn):
+        before = conn.total_changes
+        conn.execute("DELETE FROM answers WHERE time < ?", (cutoff,))
+        edge = conn.execute("SELECT time FROM answers ORDER BY time DESC LIMIT 1 OFFSET ?", (retention.rows,)).fetchone()
+        if edge is not None:
+            conn.execute("DELETE FROM answers WHERE time <= ?", edge)
+        dropped = conn.total_changes - before
+        if dropped:
+            conn.execute("DELETE FROM labels WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE "
+                         "a.request_id = labels.request_id AND a.row = labels.row)")
+    return dropped
+
+
+def catch_up(target, conn: sqlite3.Connection, retention: Retention | None = None) -> int:
+    """Bring the ledger up to date with the target's nginx log; returns the rows added."""
+    log = getattr(target, "access_log", None)
+    if log is not None:
+        added = ingest_file(conn, log)
+    else:
+        kept = conn.execute("SELECT mark FROM sources WHERE name = 'compose'").fetchone()
+        mark = target.log_mark()
+        added = ingest_entries(conn, target.log_since(kept[0] if kept and kept[0] else ""), mark)
+    prune(conn, retention or Retention())
+    return added
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VersionQuality:
+    """One version's labelled answers: how many, how many right, and label -> predicted -> rows."""
+
+    version: str
+    labelled: int = 0
+    correct: int = 0
+    confusion: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+
+def quality(conn: sqlite3.Connection, versions: list[str], since: str | None = None) -> dict[str, VersionQuality]:
+    """Per version, its answers since `since` (UTC 'YYYY-MM-DDTHH:MM:SS') that have a label."""
+    out = {v: VersionQuality(v) for v in versions}
+    query = ("SELECT a.version, l.label, a.predicted, COUNT(*) FROM answers a JOIN labels l "
+             "ON l.request_id = a.request_id AND l.row = a.row WHERE a.time >= ? GROUP BY 1, 2, 3")
+    for version, label, predicted, n in conn.execute(query, (since or "",)):
+        if version not in out:
+            continue
+        q = out[version]
+        q.labelled += n
+        q.correct += n if label == predicted else 0
+        q.confusion.setdefault(label, {})[predicted] = n
+    return out
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    answers = conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    labels = conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+    return {"answers": answers, "labels": labels}
+
+
+def known_classes(conn: sqlite3.Connection) -> set[str]:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'classes'").fetchone()
+    return set(json.loads(row[0])) if row else set()
+
+
+def remember_classes(conn: sqlite3.Connection, classes: set[str]) -> None:
+    if classes and classes != known_classes(conn):
+        with transaction(conn):
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('classes', ?)", (json.dumps(sorted(classes)),))
+
+
+def labelled_since(target, versions: dict[str, str | None], since: str) -> dict[str, tuple[int, int]]:
+    """colour -> (labelled rows, correct rows) of the answers each version gave since `since` (the rollout's
+    start), with the ledger brought up to date first."""
+    with connect(target.state_dir) as conn:
+        catch_up(target, conn, target.retention)
+        found = quality(conn, [v for v in versions.values() if v], since)
+    return {colour: (found[v].labelled, found[v].correct) if v in found else (0, 0) for colour, v in versions.items()}
+
+
+def model_classes(target, conn: sqlite3.Connection) -> set[str]:
+    """The model's classes: what its backends export in the class metric (every class, from the start), else what
+    the ledger learnt before."""
+    from canary_kit.control import snapshots
+
+    found = {name for snap in snapshots(target).values() if snap for name in snap.get("classes", {})}
+    remember_classes(conn, found)
+    return found or known_classes(conn)
+
+
+def accuracy_by_version(target, versions: dict[str, str | None]) -> dict[str, dict] | None:
+    """colour -> labelled rows and accuracy of all that version's answers, for `canary status`; None while the
+    stack has no ledger yet (nobody sent labels)."""
+    if not (target.state_dir / LEDGER).is_file():
+        return None
+    with connect(target.state_dir) as conn:
+        catch_up(target, conn, target.retention)
+        found = quality(conn, [v for v in versions.values() if v])
+    return {colour: {"version": v, "labelled": found[v].labelled, "accuracy": found[v].accuracy}
+            for colour, v in versions.items() if v and found[v].labelled}
+
+
+def since_time(text: str | None, last_change: str | None, now: datetime | None = None) -> str | None:
+    """`--since`: an ISO time, a duration back from now (30m, 2h, 7d), or `change` (the last change); None: all."""
+    if text is None:
+        return None
+    if text == "change":
+        if last_change is None:
+            raise CanaryError("--since change: no change recorded yet")
+        return utc(last_change)
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        moment = (now or datetime.now(timezone.utc)) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        return moment.strftime("%Y-%m-%dT%H:%M:%S")
+    found = utc(text)
+    if found is None:
+        raise CanaryError(f"--since wants an ISO time, a duration such as 30m, 2h or 7d, or `change`; got {text!r}")
+    return found
+
+
+def quality_report(target, versions: dict[str, str | None], since: str | None) -> dict:
+    """`canary quality`: per version with labels (blue and green first), labelled rows, accuracy with its 95% Wilson
+    interval and the confusion matrix; green - blue with its 95% interval."""
+    from canary_kit.stats import difference, wilson
+
+    with connect(target.state_dir) as conn:
+        catch_up(target, conn, target.retention)
+        listed = [v for v in versions.values() if v]
+        others = [v for (v,) in conn.execute("SELECT DISTINCT version FROM answers") if v not in listed]
+        found = quality(conn, listed + sorted(others), since)
+        totals = counts(conn)
+    role = {v: colour for colour, v in versions.items() if v}
+    rows = []
+    for version, q in found.items():
+        if not q.labelled and version not in role:
+            continue
+        bounds = wilson(q.correct, q.labelled)
+        rows.append({"version": version, "role": role.get(version, ""), "labelled": q.labelled, "correct": q.correct,
+                     "accuracy": q.accuracy, "interval": None if bounds is None else list(bounds),
+                     "confusion": q.confusion})
+    blue, green = (found.get(versions.get(c)) for c in ("blue", "green"))
+    diff = difference(green.correct, green.labelled, blue.correct, blue.labelled) if blue and green else None
+    return {"since": since, "versions": rows, "green_minus_blue": None if diff is None else list(diff), **totals}

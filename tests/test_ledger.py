@@ -1,0 +1,211 @@
+"""The ledger of answers and the label files, without processes: ingest from nginx's log format (idempotent,
+incremental, through rotation and restarts, pruned), label files checked line by line (every kind of bad input
+refused with its line number, the ledger unchanged), one transaction per file, and the accuracy interval."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from canary_kit import labels as labelling
+from canary_kit import ledger
+from canary_kit.stats import difference
+
+CLASSES = {"Adelie", "Chinstrap", "Gentoo"}
+
+
+def entry(rid: str, predictions: str, version: str = "v1.0.0", time: str = "2026-12-03T07:00:00+00:00", **more):
+    return {"time": time, "request_id": rid, "method": "POST", "uri": "/predict", "status": 200, "route": "blue",
+            "version": version, "shadow": False, "mirrored": "off", "pin": "", "predictions": predictions, **more}
+
+
+def nginx_line(e: dict) -> str:
+    return json.dumps(e, separators=(",", ":")) + "\n"
+
+
+def write(log: Path, entries: list[dict], mode: str = "a") -> None:
+    with open(log, mode) as f:
+        for e in entries:
+            f.write(json.dumps(e, separators=(",", ":")) + "\n")  # as nginx writes it
+
+
+class Folder:
+    """A state folder with an access log, standing in for a target."""
+
+    def __init__(self, path: Path) -> None:
+        self.state_dir = path
+        (path / "logs").mkdir(parents=True, exist_ok=True)
+        self.access_log = path / "logs" / "access.log"
+        self.access_log.touch()
+        self.retention = ledger.Retention()
+
+
+def rows(folder: Folder) -> int:
+    with ledger.connect(folder.state_dir) as conn:
+        return ledger.counts(conn)["answers"]
+
+
+def test_ingest_is_incremental_idempotent_and_skips_what_is_not_an_answer(tmp_path):
+    folder = Folder(tmp_path)
+    write(folder.access_log, [entry("a", "Adelie"), entry("b", "Adelie,Gentoo,Chinstrap", "v1.1.0"),
+                              entry("s", "Adelie", shadow=True), entry("e", "", status=503),
+                              entry("h", "Adelie", uri="/health")])
+    with ledger.connect(tmp_path) as conn:
+        assert ledger.ingest_file(conn, folder.access_log) == 4
+        assert ledger.ingest_file(conn, folder.access_log) == 0  # the same log twice adds nothing
+        conn.execute("DELETE FROM sources")  # even from the start again
+        assert ledger.ingest_file(conn, folder.access_log) == 0
+    with open(folder.access_log, "a") as f:
+        f.write(nginx_line(entry("c", "Gentoo")) + nginx_line(entry("d", "Gentoo"))[:30])  # d: half written
+    with ledger.connect(tmp_path) as conn:
+        assert ledger.ingest_file(conn, folder.access_log) == 1
+    with open(folder.access_log, "a") as f:
+        f.write(nginx_line(entry("d", "Gentoo"))[30:])
+    with ledger.connect(tmp_path) as conn:
+        assert ledger.ingest_file(conn, folder.access_log) == 1
+        assert conn.execute("SELECT predicted FROM answers WHERE request_id='b' ORDER BY row").fetchall() == [
+            ("Adelie",), ("Gentoo",), ("Chinstrap",)]
+
+
+def test_a_rotated_log_is_followed_and_a_restarted_one_read_from_its_start(tmp_path):
+    folder = Folder(tmp_path)
+    write(folder.access_log, [entry("a", "Adelie")])
+    with ledger.connect(tmp_path) as conn:
+        ledger.ingest_file(conn, folder.access_log)
+    write(folder.access_log, [entry("b", "Adelie")])  # written before the rotation, not read yet
+    os.rename(folder.access_log, folder.access_log.with_name("access.log.1"))
+    write(folder.access_log, [entry("c", "Adelie")], mode="w")
+    with ledger.connect(tmp_path) as conn:
+        assert ledger.ingest_file(conn, folder.access_log) == 2  # b from access.log.1, c from the new log
+    folder.access_log.with_name("access.log.1").unlink()
+    folder.access_log.unlink()
+    write(folder.access_log, [entry("d", "Adelie")], mode="w")  # a new log, no rotated one: from its start
+    with ledger.connect(tmp_path) as conn:
+        assert ledger.ingest_file(conn, folder.access_log) == 1
+    assert rows(folder) == 4
+
+
+def test_old_answers_and_their_labels_are_pruned_by_age_and_count(tmp_path):
+    folder = Folder(tmp_path)
+    now = datetime(2026, 12, 3, tzinfo=timezone.utc)
+    old = [entry(f"o{i}", "Adelie", time=(now - timedelta(days=40)).isoformat()) for i in range(5)]
+    new = [entry(f"n{i}", "Adelie", time=(now - timedelta(minutes=i)).isoformat()) for i in range(2000)]
+    write(folder.access_log, old + new)
+    with ledger.connect(tmp_path) as conn:
+        ledger.ingest_file(conn, folder.access_log)
+        labelling.apply(conn, [labelling.Label(1, "o0", 0, "Adelie"), labelling.Label(2, "n0", 0, "Adelie")])
+        assert ledger.prune(conn, ledger.Retention(days=30, rows=1500), now) == 505
+        assert ledger.counts(conn) == {"answers": 1500, "labels": 1}  # the newest kept, o0's label gone
+        assert conn.execute("SELECT MIN(time) FROM answers").fetchone()[0] > (now - timedelta(minutes=1500)).isoformat()[:19]
+
+
+BAD = {
+    "an unknown column": b"request_id,label,colour\na,Adelie,red\n",
+    "a missing column": b"request_id,row\na,0\n",
+    "a class the model does not have": b"request_id,label\na,Emperor\n",
+    "a negative row": b"request_id,row,label\na,-1,Adelie\n",
+    "a row beyond the request": b"request_id,row,label\na,3,Adelie\n",
+    "a row that is not a number": b"request_id,row,label\na,first,Adelie\n",
+    "a duplicate line": b"request_id,label\na,Adelie\na,Gentoo\n",
+    "an empty file": b"",
+    "only blank lines": b"\n\n  \n",
+    "not UTF-8": b"request_id,label\na,Ad\xe9lie\n",
+    "JSON that is not an object": b'{"request_id": "a", "label": "Adelie"}\n["a", "Adelie"]\n',
+    "bad JSON": b'{"request_id": "a", "label": "Adelie"}\n{"request_id": "b", "label": \n',
+    "a JSON line without a label": b'{"request_id": "a"}\n',
+    "a JSON row that is a float": b'{"request_id": "a", "row": 0.5, "label": "Adelie"}\n',
+    "a 10 MB line": b"request_id,label\na,Adelie\n" + b"b," + b"x" * 10_000_000 + b"\n",
+    "too many values on a line": b"request_id,label\na,Adelie,extra\n",
+}
+
+
+def ledger_bytes(folder: Path) -> bytes:
+    return b"".join((folder / name).read_bytes() for name in (ledger.LEDGER, ledger.LEDGER + "-wal")
+                    if (folder / name).exists())
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_each_bad_label_file_is_refused_naming_the_line_and_changes_nothing(tmp_path, kind):
+    folder = Folder(tmp_path)
+    write(folder.access_log, [entry("a", "Adelie,Gentoo,Gentoo"), entry("b", "Chinstrap")])
+    with ledger.connect(tmp_path) as conn:
+        ledger.ingest_file(conn, folder.access_log)
+        ledger.remember_classes(conn, CLASSES)
+        labelling.apply(conn, [labelling.Label(1, "b", 0, "Chinstrap")])
+        parsed = labelling.parse(BAD[kind], ledger.known_classes(conn))
+        labelling.check_rows(conn, parsed)
+    print(f"\n{kind}: {[(line, why[:90]) for line, why in parsed.refused]}")
+    assert parsed.refused, kind
+    assert all(isinstance(line, int) for line, _ in parsed.refused)
+    before = ledger_bytes(tmp_path)
+    with ledger.connect(tmp_path) as conn:  # as `canary labels` does: refused lines, nothing written
+        if not parsed.refused:
+            labelling.apply(conn, parsed.labels)
+    assert ledger_bytes(tmp_path) == before
+
+
+def test_labels_join_replace_and_count_unknown_per_version(tmp_path):
+    folder = Folder(tmp_path)
+    write(folder.access_log, [entry("a", "Adelie,Gentoo"), entry("b", "Chinstrap", "v1.1.0")])
+    text = b'{"request_id": "a", "row": 1, "label": "Gentoo"}\n{"request_id": "b", "label": "Adelie"}\n' \
+           b'{"request_id": "zz", "label": "Adelie"}\n'
+    with ledger.connect(tmp_path) as conn:
+        ledger.ingest_file(conn, folder.access_log)
+        parsed = labelling.parse(text, CLASSES)
+        assert not parsed.refused
+        applied = labelling.apply(conn, parsed.labels)
+        assert dict(applied.joined) == {"v1.0.0": 1, "v1.1.0": 1} and [u.request_id for u in applied.unknown] == ["zz"]
+        again = labelling.apply(conn, labelling.parse(b"request_id,label\nb,Chinstrap\n", CLASSES).labels)
+        assert dict(again.replaced) == {"v1.1.0": 1}
+        found = ledger.quality(conn, ["v1.0.0", "v1.1.0"])
+    assert (found["v1.0.0"].labelled, found["v1.0.0"].correct) == (1, 1)
+    assert (found["v1.1.0"].labelled, found["v1.1.0"].correct) == (1, 1)  # the replaced label counts
+
+
+def test_a_crash_mid_file_leaves_the_ledger_as_it_was(tmp_path):
+    folder = Folder(tmp_path)
+    write(folder.access_log, [entry(f"r{i}", "Adelie") for i in range(100)])
+    with ledger.connect(tmp_path) as conn:
+        ledger.ingest_file(conn, folder.access_log)
+    labels = [labelling.Label(i, f"r{i}", 0, "Adelie") for i in range(100)]
+
+    class Crash(sqlite3.Connection):
+        calls = 0
+
+        def execute(self, *args):
+            Crash.calls += 1
+            if Crash.calls == 120:  # in the middle of the file
+                raise KeyboardInterrupt
+            return super().execute(*args)
+
+    conn = sqlite3.connect(tmp_path / ledger.LEDGER, isolation_level=None, factory=Crash)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            labelling.apply(conn, labels)
+        assert conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 0
+    finally:
+        conn.close()
+    with ledger.connect(tmp_path) as conn:
+        assert ledger.counts(conn) == {"answers": 100, "labels": 0}
+
+
+def test_the_accuracy_difference_interval():
+    diff, low, high = difference(74, 100, 98, 100)
+    print(f"\n74/100 - 98/100: {diff:+.3f} [{low:+.3f}, {high:+.3f}]")
+    assert diff == pytest.approx(-0.24) and low < -0.24 < high < 0  # Newcombe's interval: worse, with confidence
+    assert difference(5, 10, 5, 10)[1] < 0 < difference(5, 10, 5, 10)[2]
+    assert difference(0, 0, 1, 1) is None
+
+
+def test_since_takes_a_time_a_duration_or_the_last_change():
+    now = datetime(2026, 12, 3, 12, tzinfo=timezone.utc)
+    assert ledger.since_time("2h", None, now) == "2026-12-03T10:00:00"
+    assert ledger.since_time("2026-12-03T09:00:00+01:00", None) == "2026-12-03T08:00:00"
+    assert ledger.since_time("change", "2026-12-03T07:00:00+00:00") == "2026-12-03T07:00:00"
+    with pytest.raises(ledger.CanaryError, match="--since wants"):
+        ledger.since_time("yesterday", None)
