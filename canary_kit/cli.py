@@ -382,7 +382,7 @@ def k8s_render(
 ) -> None:
     """Write the kustomize base (Rollout, Services, HTTPRoutes, AnalysisTemplate) from the rollout spec."""
     from canary_kit import k8s
-    from canary_kit.rollout import load_spec
+    from canary_kit.spec import load_spec
 
     try:
         target = k8s.Target.from_settings(settings_from(), image_tag=image_tag, gateway=gateway, prometheus=prometheus)
@@ -398,7 +398,7 @@ def k8s_check(folder: Annotated[Path, typer.Argument(help="kustomize base")] = P
     from canary_kit import k8s_checks
 
     docs = k8s_checks.kustomize(folder)
-    k8s_checks.ensure(docs)
+    k8s_checks.ensure(docs, k8s_checks.exports(settings_from().prediction_metrics))
     typer.echo(f"{folder}: {len(docs)} resources ({', '.join(sorted({d['kind'] for d in docs}))}), no problem found")
 
 
