@@ -3,12 +3,16 @@
     canary k8s render                      # deploy/k8s/ from canary_kit/rollout.yaml
     canary k8s render --image-tag v1.2.0   # the version being shipped
 
-The one-host rollout (`canary_kit/rollout.py`) and this base read one `RolloutSpec`:
-- steps -> `setWeight` + `pause {duration: hold}` each; when the last (100%) pause ends, Argo promotes;
-- gates -> one `AnalysisTemplate` run in the background once the first weight is set, one metric per gate over BentoML's
-  Prometheus series of the model's endpoint (probes never count): green's 5xx rate, green's p99, green's p99 over
-  blue's. A window with fewer than `min_requests` green requests returns no sample, and both conditions need one,
-  so it is Inconclusive (Argo pauses after `max_inconclusive` of them), never Successful;
+The one-host rollout (`canary rollout`) and this base read one `RolloutSpec` (canary_kit/spec.py):
+- steps -> `setWeight` + `pause {duration: hold}` each, then below 100% an `analysis` step (template `-split`, the
+  weight as arg) judging the hold's split: sample-ratio mismatch; when the last (100%) pause ends, Argo promotes;
+- gates -> the `-gates` AnalysisTemplate run in the background once the first weight is set, one metric per gate
+  that is on: over BentoML's series of the model's endpoint (probes never count) green's 5xx rate, p99 and p99 over
+  blue's; over the model's prediction metrics ([tool.canary] class_metric, confidence_metric) the Jensen-Shannon
+  distance of both versions' class shares and the drop of mean confidence. A window below a gate's `min_rows`
+  returns no sample, and both conditions need one, so it is Inconclusive (Argo pauses after `max_inconclusive` of
+  them), never Successful. `dry_run` -> Argo's dryRun; `on_failure: pause` -> a breach is Inconclusive (Argo has no
+  failure that pauses: see `notes`);
 - pins: `X-Canary: always` and the `canary=always` cookie are header routes to the canary (`setHeaderRoute`, one
   managed route each, since one step ANDs its headers); `never` is a fixed HTTPRoute to stable that the plugin
   does not manage (a route of its own: the plugin rewrites the weights of every rule in the routes it manages).
@@ -207,10 +211,24 @@ def confidence_drop(target: Target, rows: int) -> str:
 def sample_ratio(target: Target, rows: int) -> str:
     """The chi-square statistic (1 degree of freedom) of canary's /predict requests against the weight set (the
     step passes it as the arg `weight`): (g - n w)^2 / (n w (1 - w)), with n = g + s. PromQL has no chi-square
-    distribution, so the gate compares the statistic with the one of its p-value (stats.chi2_critical)."""
-    g, s = (f"(sum({increase(REQUESTS + '_total', selector(target, w))}) or vector(0))" for w in ("canary", "stable"))
+    distribution, so the gate compares the statistic with the one of its p-value (stats.chi2_critical).
+
+    g and s are each side's counter now minus a window ago, not increase(): increase() extrapolates each target's
+    samples to the window's ends by a factor of its own scrape phase, a bias between the two sides that the
+    statistic grows with n (measured: chi-square 5.1 for an honest 455/445 split over 5 s). A series new in the
+    window counts whole (it started at 0); a counter that fell (a restarted pod) gives no answer (Inconclusive)."""
+    window = f"{{{{args.{ARGS['window']}}}}}"
+
+    def requests(which: str) -> str:
+        series = f"{REQUESTS}_total{selector(target, which)}"
+        return f"(sum({series}) - sum({series} offset {window}) or sum({series}) or vector(0))"
+
+    g, s = requests("canary"), requests("stable")
     w = f"({{{{args.{ARGS['weight']}}}}} / 100)"
-    return f"(\n  {g} - ({g} + {s}) * {w}\n) ^ 2\n/ (({g} + {s}) * {w} * (1 - {w}))\nand on() (({g} + {s}) >= {rows})"
+    return (
+        f"(\n  {g} - ({g} + {s}) * {w}\n) ^ 2\n/ (({g} + {s}) * {w} * (1 - {w}))\n"
+        f"and on() (({g} + {s}) >= {rows})\nand on() ({g} >= 0) and on() ({s} >= 0)"
+    )
 
 
 def queries(target: Target, spec: RolloutSpec) -> dict[str, tuple[str, str, float]]:
