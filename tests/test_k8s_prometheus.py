@@ -331,6 +331,8 @@ def test_quality_gates_fail_the_weak_green_and_pass_v1_2_0(more_versions, tmp_pa
     for name in (weak, next_version):
         green, blue = results[name]["status"]["green"], results[name]["status"]["blue"]
         assert srm_p_value(green["requests"], blue["requests"], 0.5) >= spec.gates.srm_p_value.threshold
+        n = green["requests"] + blue["requests"]  # no extrapolation: the very requests `canary status` counted
+        assert results[name]["found"]["sample-ratio"][0] == pytest.approx((green["requests"] - n / 2) ** 2 / (n / 4), abs=0.2)
 
 
 def test_the_gates_use_only_series_and_labels_that_bentoml_exports(stack):
