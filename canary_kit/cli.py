@@ -483,7 +483,7 @@ def k8s_check(folder: Annotated[Path, typer.Argument(help="kustomize base")] = P
     from canary_kit import k8s_checks
 
     docs = k8s_checks.kustomize(folder)
-    k8s_checks.ensure(docs)
+    k8s_checks.ensure(docs, k8s_checks.exports(settings_from().prediction_metrics))
     typer.echo(f"{folder}: {len(docs)} resources ({', '.join(sorted({d['kind'] for d in docs}))}), no problem found")
 
 

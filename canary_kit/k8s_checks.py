@@ -4,8 +4,10 @@
 
 Each check returns problems as sentences naming the resource and the field; none means the base is coherent:
 weights rise to at most 100, rule and metric names are unique, every header route a step sets is a managed route
-the plugin may add, every name (Services, routes, template, args, ports) resolves, and the gates query only series
-and labels that BentoML exports, each with both conditions so that an empty answer is Inconclusive.
+the plugin may add, every name (Services, routes, templates, args, ports, dry-run metrics) resolves, every step
+analysis is told the weight its step set, and the gates query only series and labels that the backends export
+(BentoML's own, and the model's prediction metrics named in [tool.canary]), each with both conditions so that an
+empty answer is Inconclusive.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import yaml
 
 from canary_kit.config import CanaryError
 from canary_kit.k8s import PLUGIN, SCRAPE_LABELS, is_http_url, is_name, is_service_name
-from canary_kit.metrics import DURATION, REQUESTS
+from canary_kit.k8s import ARGS
+from canary_kit.metrics import DURATION, REQUESTS, PredictionMetrics
 
 # What `bentoml serve` exports (BentoML 1.4, checked against a live /metrics by the tests): series -> labels.
 _COMMON = {"endpoint", "http_response_code", "runner_name", "service_name", "service_version"}
@@ -31,6 +34,19 @@ EXPORTED: dict[str, set[str]] = {
     f"{DURATION}_sum": _COMMON,
     "bentoml_service_request_in_progress": {"endpoint", "runner_name", "service_name", "service_version"},
 }
+
+
+def exports(names: PredictionMetrics | None = None) -> dict[str, set[str]]:
+    """What a backend exports: BentoML's series, and the service's prediction metrics when it names them."""
+    found = {series: set(labels) for series, labels in EXPORTED.items()}
+    if names is not None and names.class_metric:
+        found[f"{names.class_metric}_total"] = {"class"}
+    if names is not None and names.confidence_metric:
+        found.update({f"{names.confidence_metric}_{part}": set() for part in ("count", "sum")})
+        found[f"{names.confidence_metric}_bucket"] = {"le"}
+    return found
+
+
 PROBES = {"/livez", "/readyz", "/healthz", "/metrics"}
 SELECTOR = re.compile(r"([A-Za-z_:][\w:]*)\s*\{([^{}]*(?:\{\{[^}]*\}\}[^{}]*)*)\}")
 MATCHER = re.compile(r'([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
@@ -54,12 +70,13 @@ def verdict(metric: dict, result: list[float]) -> str:
     """Argo's EvaluateResult for a Prometheus vector answer: Failed, Inconclusive or Successful."""
 
     def holds(condition: str) -> bool:
-        if not CONDITION.match(condition) or set(re.findall(r"[A-Za-z_]\w*", condition)) - {"len", "result", "isNaN"}:
+        words = {"len", "result", "isNaN", "true", "false"}
+        if not CONDITION.match(condition) or set(re.findall(r"[A-Za-z_]\w*", condition)) - words:
             raise CanaryError(f"metric {metric.get('name')}: condition {condition!r} is beyond what this check reads")
         python = condition.replace("&&", " and ").replace("||", " or ")
         python = re.sub(r"!(?!=)", " not ", python)
         try:
-            names = {"len": len, "result": result, "isNaN": math.isnan}
+            names = {"len": len, "result": result, "isNaN": math.isnan, "true": True, "false": False}
             return bool(eval(python, {"__builtins__": {}}, names))  # noqa: S307 - the tokens were checked above
         except IndexError as exc:  # Argo: an evaluation error is an Error phase
             raise CanaryError(f"metric {metric.get('name')}: {condition!r} fails on {result}: {exc}") from None
@@ -180,22 +197,48 @@ def _managed_name(rule: str, managed: set[str]) -> bool:
 
 
 def check_analysis(rollout: dict, docs: list[dict], exported: dict[str, set[str]]) -> list[str]:
+    """The background analysis and every step's analysis: templates of this base, args supplied, sound queries."""
     canary = rollout["spec"]["strategy"].get("canary") or {}
     analysis, problems = canary.get("analysis") or {}, []
     templates = _kinds(docs, "AnalysisTemplate")
-    supplied = {a["name"] for a in analysis.get("args") or []}
-    if not analysis.get("templates"):
-        return [f"Rollout {rollout['metadata']['name']}: no background analysis: the gates would never be judged"]
-    start, count, name = analysis.get("startingStep", 0), len(canary.get("steps") or []), rollout["metadata"]["name"]
-    if not 0 <= start < count:
-        problems.append(f"Rollout {name}: analysis.startingStep {start} is not a step (0-{count - 1})")
-    for ref in analysis["templates"]:
+    steps = canary.get("steps") or []
+    name = rollout["metadata"]["name"]
+    step_analyses = [(i, s["analysis"]) for i, s in enumerate(steps) if s.get("analysis")]
+    if not analysis.get("templates") and not step_analyses:
+        return [f"Rollout {name}: no analysis, in the background or at a step: the gates would never be judged"]
+    checked: set[tuple[str, frozenset]] = set()
+    if analysis.get("templates"):
+        start, count = analysis.get("startingStep", 0), len(steps)
+        if not 0 <= start < count:
+            problems.append(f"Rollout {name}: analysis.startingStep {start} is not a step (0-{count - 1})")
+        supplied = {a["name"] for a in analysis.get("args") or []}
+        problems += _templates(f"Rollout {name}", analysis["templates"], templates, supplied, exported, checked)
+    weight = 0
+    for index, step in enumerate(steps):
+        weight = step.get("setWeight", weight)
+        if not step.get("analysis"):
+            continue
+        where = f"Rollout {name}: steps[{index}].analysis"
+        args = {a["name"]: a for a in step["analysis"].get("args") or []}
+        given = (args.get(ARGS["weight"]) or {}).get("value")
+        if ARGS["weight"] in args and given != str(weight):
+            problems.append(f"{where}: arg {ARGS['weight']} is {given!r}, not the weight its step set ({weight})")
+        problems += _templates(where, step["analysis"].get("templates") or [], templates, set(args), exported, checked)
+    return problems
+
+
+def _templates(where: str, refs: list[dict], templates: dict, supplied: set[str], exported: dict, checked: set) -> list[str]:
+    """Each referenced template exists and is sound with these args (each template and args checked once)."""
+    problems = []
+    for ref in refs:
         wanted = ref.get("templateName")
         template = templates.get(wanted)
         if template is None:
-            problems.append(f"Rollout {name}: templateName {wanted!r} is not an AnalysisTemplate of this base")
+            problems.append(f"{where}: templateName {wanted!r} is not an AnalysisTemplate of this base")
             continue
-        problems += check_template(template, supplied, exported)
+        if (wanted, frozenset(supplied)) not in checked:
+            checked.add((wanted, frozenset(supplied)))
+            problems += check_template(template, supplied, exported)
     return problems
 
 
@@ -208,6 +251,9 @@ def check_template(template: dict, supplied: set[str], exported: dict[str, set[s
     metric_names = [m["name"] for m in template["spec"]["metrics"]]
     if len(set(metric_names)) != len(metric_names):
         problems.append(f"AnalysisTemplate {name}: metric names are not unique: {metric_names}")
+    for dry in template["spec"].get("dryRun") or []:
+        if dry.get("metricName") not in metric_names:
+            problems.append(f"AnalysisTemplate {name}: dryRun names metric {dry.get('metricName')!r}, not one of {metric_names}")
     for metric in template["spec"]["metrics"]:
         where = f"AnalysisTemplate {name}: metric {metric['name']}"
         prometheus = (metric.get("provider") or {}).get("prometheus") or {}
@@ -231,15 +277,16 @@ def check_template(template: dict, supplied: set[str], exported: dict[str, set[s
 
 
 def check_query(query: str, exported: dict[str, set[str]]) -> list[str]:
-    """Series and labels that BentoML exports (plus the scrape's pod labels); the model's endpoint, not a probe."""
+    """Series and labels that the backends export (plus the scrape's pod labels); BentoML's series on the model's
+    endpoint, not a probe (the prediction metrics count the model's rows only, and have no endpoint label)."""
     problems = []
     selectors = SELECTOR.findall(query)
     if not selectors:
         return ["the query selects no series"]
-    for series, body in selectors:
+    for series, body in dict.fromkeys(selectors):  # each distinct selector once
         if series not in exported:
-            known = ", ".join(sorted(s for s in exported if s.startswith("bentoml_")))
-            problems.append(f"series {series!r} is not exported by BentoML (it exports {known})")
+            known = ", ".join(sorted(exported))
+            problems.append(f"series {series!r} is not exported by the backends (they export {known})")
             continue
         matchers = MATCHER.findall(body)
         allowed = exported[series] | set(SCRAPE_LABELS)
@@ -247,7 +294,7 @@ def check_query(query: str, exported: dict[str, set[str]]) -> list[str]:
             if label not in allowed:
                 problems.append(f"label {label!r} is not on {series} (it has {', '.join(sorted(allowed))})")
         endpoint = [(op, v) for label, op, v in matchers if label == "endpoint"]
-        if not endpoint or endpoint[0][0] != "=" or endpoint[0][1] in PROBES:
+        if "endpoint" in exported[series] and (not endpoint or endpoint[0][0] != "=" or endpoint[0][1] in PROBES):
             problems.append(f"{series} must select the model's endpoint with endpoint=\"...\", so probes never count")
         for label in SCRAPE_LABELS:
             if label not in {m[0] for m in matchers}:
@@ -260,7 +307,8 @@ def check_query(query: str, exported: dict[str, set[str]]) -> list[str]:
 
 
 def problems(docs: list[dict], exported: dict[str, set[str]] | None = None) -> list[str]:
-    """Every semantic problem of a rendered base (a list of manifests)."""
+    """Every semantic problem of a rendered base (a list of manifests). `exported`: series -> labels of what the
+    backends export (default: BentoML's own only; `exports(names)` adds the service's prediction metrics)."""
     exported = EXPORTED if exported is None else exported
     rollouts = list(_kinds(docs, "Rollout").values())
     if len(rollouts) != 1:

@@ -20,7 +20,9 @@ from typer.testing import CliRunner
 from canary_kit import k8s, k8s_checks
 from canary_kit.cli import app
 from canary_kit.config import CanaryError
-from canary_kit.rollout import load_spec
+from canary_kit.config import Settings
+from canary_kit.spec import load_spec
+from canary_kit.stats import chi2_critical
 from conftest import ROOT
 from conftest import k8s_target as target
 
@@ -33,6 +35,7 @@ CRDS = {
 }
 CORE = {("v1", "Service")}
 K8S_VERSION = "1.32.0"  # the kubectl on these machines
+EXPORTS = k8s_checks.exports(Settings().prediction_metrics)  # BentoML's series and the model's, from [tool.canary]
 needs_kubectl = pytest.mark.skipif(
     shutil.which("kubectl") is None, reason="kubectl is not installed: deploy/k8s cannot be rendered offline here"
 )
@@ -126,7 +129,7 @@ def test_a_kind_without_schema_goes_not_unchecked():
 
 @needs_kubectl
 def test_semantic_checks_pass_and_image_tag_is_set(rendered):
-    assert k8s_checks.problems(rendered) == []
+    assert k8s_checks.problems(rendered, EXPORTS) == []
     rollout = next(d for d in rendered if d["kind"] == "Rollout")
     assert rollout["spec"]["template"]["spec"]["containers"][0]["image"] == "penguin_classifier:v1.1.0"
     # kubectl apply creates them in this order: the pins route is the older one and wins ties (never wins).
@@ -139,8 +142,10 @@ def test_semantic_checks_pass_and_image_tag_is_set(rendered):
 def test_steps_gates_and_pins_follow_the_spec(tmp_path):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(
-        "steps: [5, 50, 100]\nhold_seconds: 12.5\nmin_requests: 20\nmax_inconclusive: 4\nmax_failed_checks: 3\n"
-        "gates: {max_error_rate: 0.02, max_p99_ms: 200, max_p99_ratio: 2.5}\n"
+        "steps: [5, 50, 100]\nhold_seconds: 12.5\nmax_inconclusive: 4\nmax_failed_checks: 3\n"
+        "gates: {max_error_rate: {threshold: 0.02, min_rows: 20}, max_p99_ms: {threshold: 200, min_rows: 21},\n"
+        "        max_p99_ratio: {threshold: 2.5, min_rows: 22}, srm_p_value: {threshold: 0.01, min_rows: 300},\n"
+        "        max_class_divergence: {threshold: 0.2, min_rows: 150}, max_confidence_drop: {threshold: 0.05, min_rows: 160}}\n"
     )
     spec = load_spec(spec_file, {})
     files = k8s.manifests(target(image_tag="v1.2.0"), spec)
@@ -148,25 +153,94 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
     canary = rollout["spec"]["strategy"]["canary"]
     hold = {"pause": {"duration": "12500ms"}}
     routes = [s for s in canary["steps"] if "setHeaderRoute" in s]
-    assert canary["steps"] == [{"setWeight": 5}, *routes, hold, {"setWeight": 50}, hold, {"setWeight": 100}, hold]
+    judged = [s["analysis"] for s in canary["steps"] if "analysis" in s]
+    assert canary["steps"] == [{"setWeight": 5}, *routes, hold, {"analysis": judged[0]}, {"setWeight": 50}, hold,
+                               {"analysis": judged[1]}, {"setWeight": 100}, hold]  # no split to test at 100%
+    for analysis, weight in zip(judged, ("5", "50")):
+        assert analysis["templates"] == [{"templateName": "penguin-classifier-split"}]
+        args = {a["name"]: a for a in analysis["args"]}
+        assert args["weight"] == {"name": "weight", "value": weight}
+        assert args["canary-hash"]["valueFrom"] == {"podTemplateHashValue": "Latest"}
     assert [r["setHeaderRoute"]["name"] for r in routes] == [m["name"] for m in canary["trafficRouting"]["managedRoutes"]]
     assert [r["setHeaderRoute"]["match"] for r in routes] == [
         [{"headerName": "X-Canary", "headerValue": {"exact": "always"}}],
         [{"headerName": "Cookie", "headerValue": {"regex": k8s.cookie_regex("always")}}],
     ]
-    template = yaml.safe_load(files["analysistemplate.yaml"])
-    metrics = {m["name"]: m for m in template["spec"]["metrics"]}
-    assert sorted(metrics) == ["error-rate", "p99-ratio", "p99-seconds"]
+    gates, split = list(yaml.safe_load_all(files["analysistemplate.yaml"]))
+    metrics = {m["name"]: m for m in gates["spec"]["metrics"]}
+    assert list(metrics) == ["error-rate", "p99-seconds", "p99-ratio", "class-divergence", "confidence-drop"]
     for metric in metrics.values():
         assert (metric["interval"], metric["initialDelay"]) == ("12500ms", "12500ms")
         assert (metric["failureLimit"], metric["inconclusiveLimit"]) == (2, 3)
-        assert ">= 20)" in metric["provider"]["prometheus"]["query"]  # min_requests
+    query = {name: m["provider"]["prometheus"]["query"] for name, m in metrics.items()}
+    assert ">= 20)" in query["error-rate"] and "clamp_min(" in query["error-rate"] and ", 20)" in query["error-rate"]
+    assert ">= 21)" in query["p99-seconds"] and ">= 22)" in query["p99-ratio"]  # each HTTP gate's min_rows
+    assert query["class-divergence"].count(">= 150)") == 2 and query["confidence-drop"].count(">= 160)") == 2
+    assert "penguin_predicted_class_total{" in query["class-divergence"]  # the names in [tool.canary]
+    assert "penguin_prediction_confidence_sum{" in query["confidence-drop"]
     assert metrics["error-rate"]["failureCondition"].endswith("result[0] > 0.02")
     assert metrics["p99-seconds"]["failureCondition"].endswith("result[0] > 0.2")
     assert metrics["p99-ratio"]["failureCondition"].endswith("result[0] > 2.5")
-    assert {"name": "window", "value": "12500ms"} in template["spec"]["args"]
+    assert metrics["class-divergence"]["failureCondition"].endswith("result[0] > 0.2")
+    assert metrics["confidence-drop"]["failureCondition"].endswith("result[0] > 0.05")
+    assert {"name": "window", "value": "12500ms"} in gates["spec"]["args"] and "dryRun" not in gates["spec"]
+    (srm,) = split["spec"]["metrics"]
+    assert split["metadata"]["name"] == "penguin-classifier-split" and srm["name"] == "sample-ratio"
+    assert srm["failureCondition"] == f"len(result) == 1 && result[0] > {chi2_critical(0.01):g}"  # 6.6349
+    assert (srm["interval"], srm["count"], srm["consecutiveSuccessLimit"]) == ("12500ms", 4 + 3 - 1, 1)
+    assert "initialDelay" not in srm and ">= 300)" in srm["provider"]["prometheus"]["query"]
+    assert "{{args.weight}}" in srm["provider"]["prometheus"]["query"] and {"name": "weight"} in split["spec"]["args"]
     assert yaml.safe_load(files["kustomization.yaml"])["images"] == [{"name": "penguin_classifier", "newTag": "v1.2.0"}]
     assert "/livez" in files["rollout.yaml"] and "/readyz" in files["rollout.yaml"]
+    assert [p for text in files.values() for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"
+            for p in validate(d)] == []
+
+
+def docs_of(spec, given: k8s.Target | None = None) -> list[dict]:
+    texts = k8s.manifests(given or target(), spec).values()
+    return [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
+
+
+def test_dry_run_gates_are_argo_dry_run_metrics_and_validate(tmp_path):
+    spec = load_spec(None, {"dry_run": ["max_class_divergence", "max_confidence_drop", "srm_p_value"]})
+    docs = docs_of(spec)
+    gates, split = (d for d in docs if d["kind"] == "AnalysisTemplate")
+    print(f"\ndryRun: {gates['spec']['dryRun']} {split['spec']['dryRun']}")
+    assert gates["spec"]["dryRun"] == [{"metricName": "class-divergence"}, {"metricName": "confidence-drop"}]
+    assert split["spec"]["dryRun"] == [{"metricName": "sample-ratio"}]
+    assert [p for d in docs for p in validate(d)] == [] and k8s_checks.problems(docs, EXPORTS) == []
+    gates["spec"]["dryRun"].append({"metricName": "class-divergense"})
+    assert "dryRun names metric 'class-divergense'" in " ".join(k8s_checks.problems(docs, EXPORTS))
+    # The committed spec's base has no dry run.
+    assert "dryRun" not in (BASE / "analysistemplate.yaml").read_text()
+
+
+def test_on_failure_pause_makes_a_breach_inconclusive_and_says_so(tmp_path):
+    spec = load_spec(None, {"on_failure": "pause", "max_inconclusive": 3, "max_failed_checks": 2})
+    docs = docs_of(spec)
+    assert [p for d in docs for p in validate(d)] == [] and k8s_checks.problems(docs, EXPORTS) == []
+    for template in (d for d in docs if d["kind"] == "AnalysisTemplate"):
+        for metric in template["spec"]["metrics"]:
+            assert metric["failureCondition"] == "false" and metric["inconclusiveLimit"] == 1, metric["name"]
+            assert k8s_checks.verdict(metric, [1e9]) == "Inconclusive"  # Argo pauses the rollout, split kept
+            assert k8s_checks.verdict(metric, []) == "Inconclusive" and k8s_checks.verdict(metric, [0.0]) == "Successful"
+    k8s.render(target(), spec, tmp_path, "spec.yaml")
+    for name in ("rollout.yaml", "analysistemplate.yaml"):
+        assert "on_failure: pause" in (tmp_path / name).read_text(), name
+    assert "on_failure" not in (BASE / "rollout.yaml").read_text()
+
+
+def test_gates_turned_off_or_unknown_to_the_service_are_not_rendered(tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text("gates: {srm_p_value: null, max_p99_ratio: null}\n")
+    docs = docs_of(load_spec(spec_file, {}), target().model_copy(update={"class_metric": None}))
+    (gates,) = (d for d in docs if d["kind"] == "AnalysisTemplate")  # no split template
+    assert [m["name"] for m in gates["spec"]["metrics"]] == ["error-rate", "p99-seconds", "confidence-drop"]
+    rollout = next(d for d in docs if d["kind"] == "Rollout")
+    assert not any("analysis" in s for s in rollout["spec"]["strategy"]["canary"]["steps"])
+    assert k8s_checks.problems(docs, EXPORTS) == [] and [p for d in docs for p in validate(d)] == []
+    # A service exporting no prediction metrics: a base querying them is refused by the checks.
+    assert "is not exported by the backends" in " ".join(k8s_checks.problems(docs_of(load_spec(None, {}))))
 
 
 @pytest.mark.parametrize(
@@ -183,10 +257,10 @@ def test_cookie_pins_match_as_full_and_as_partial_regex(cookie, pinned):
 
 
 def test_an_empty_answer_is_inconclusive_and_thresholds_decide_the_rest():
-    template = yaml.safe_load(k8s.manifests(target(), load_spec(None, {}))["analysistemplate.yaml"])
-    for metric in template["spec"]["metrics"]:
+    gates, split = yaml.safe_load_all(k8s.manifests(target(), load_spec(None, {}))["analysistemplate.yaml"])
+    for metric in gates["spec"]["metrics"] + split["spec"]["metrics"]:
         assert k8s_checks.verdict(metric, []) == "Inconclusive", metric["name"]
-    error_rate = template["spec"]["metrics"][0]
+    error_rate = gates["spec"]["metrics"][0]
     assert k8s_checks.verdict(error_rate, [0.0]) == "Successful"
     assert k8s_checks.verdict(error_rate, [0.5]) == "Failed"
     only_success = {"name": "x", "successCondition": "result[0] <= 1"}
@@ -227,12 +301,22 @@ def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, me
 @pytest.mark.parametrize(
     "file,old,new,message",
     [
-        ("rollout.yaml", "setWeight: 50", "setWeight: 150", "steps[6].setWeight: 150 is outside 0-100"),
+        ("rollout.yaml", "setWeight: 50", "setWeight: 150", "steps[8].setWeight: 150 is outside 0-100"),
         ("rollout.yaml", "setWeight: 50", "setWeight: 20", "setWeight: 20 does not rise above the previous step's 25"),
         ("services.yaml", "name: penguin-classifier-canary", "name: penguin-classifier-canery",
          "canaryService 'penguin-classifier-canary' is not a Service of this base"),
         ("analysistemplate.yaml", "bentoml_service_request_duration_seconds_bucket", "bentoml_request_latency_bucket",
-         "series 'bentoml_request_latency_bucket' is not exported by BentoML"),
+         "series 'bentoml_request_latency_bucket' is not exported by the backends"),
+        ("analysistemplate.yaml", "penguin_predicted_class_total{", "penguin_predicted_classes_total{",
+         "series 'penguin_predicted_classes_total' is not exported by the backends"),
+        ("analysistemplate.yaml", "penguin_prediction_confidence_sum{", "penguin_prediction_confidence_sum{endpoint=\"/predict\",",
+         "label 'endpoint' is not on penguin_prediction_confidence_sum"),
+        ("analysistemplate.yaml", "sum by (class)", "sum by (klass)", "grouping label 'klass' is on none of the selected series"),
+        ("rollout.yaml", "value: '25'", "value: '30'", "steps[7].analysis: arg weight is '30', not the weight its step set (25)"),
+        ("rollout.yaml", "templateName: penguin-classifier-split", "templateName: split",
+         "steps[4].analysis: templateName 'split' is not an AnalysisTemplate"),
+        ("rollout.yaml", "          - name: weight\n            value: '10'\n", "",
+         "arg 'weight' has no value and the Rollout does not supply it"),
         ("analysistemplate.yaml", 'endpoint="/predict"', 'path="/predict"', "label 'path' is not on bentoml_service_request_total"),
         ("analysistemplate.yaml", 'endpoint="/predict"', 'endpoint="/readyz"', "so probes never count"),
         ("rollout.yaml", "- name: canary-cookie", "- name: canary-cookies", "route 'canary-cookie' is not in managedRoutes"),
@@ -243,7 +327,7 @@ def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, me
         ("analysistemplate.yaml", "    failureCondition: len(result) == 1 && result[0] > 0.01\n", "",
          "an empty answer (too little traffic) would be Failed, not Inconclusive"),
         ("services.yaml", "targetPort: http", "targetPort: web", "targetPort 'web' is not a container port"),
-        ("rollout.yaml", "startingStep: 1", "startingStep: 12", "analysis.startingStep 12 is not a step (0-9)"),
+        ("rollout.yaml", "startingStep: 1", "startingStep: 13", "analysis.startingStep 13 is not a step (0-12)"),
         ("httproutes.yaml", "  - name: gateway", "  - name: Bad_Gateway!", "parentRef 'Bad_Gateway!' is not a valid"),
         ("services.yaml", "name: penguin-classifier-canary", "name: penguin.classifier-canary",
          "a Service name must be a DNS label"),
@@ -253,7 +337,7 @@ def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, me
 )
 def test_what_schemas_miss_is_refused_by_the_checks(tmp_path, file, old, new, message):
     docs = render(seeded(tmp_path, file, old, new))
-    problems = k8s_checks.problems(docs)
+    problems = k8s_checks.problems(docs, EXPORTS)
     print(f"\n{problems}")
     assert any(message in p for p in problems), problems
 
@@ -286,7 +370,7 @@ def test_checks_refuse_a_base_without_rollout_or_with_holes():
     assert k8s_checks.problems([]) == ["the base must hold exactly one Rollout, found 0"]
     texts = k8s.manifests(target(), load_spec(None, {})).values()
     docs = [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
-    assert k8s_checks.problems(docs) == []
+    assert k8s_checks.problems(docs, EXPORTS) == []
     broken = copy.deepcopy(docs)
     del next(d for d in broken if d["kind"] == "Rollout")["spec"]["template"]["spec"]["containers"]
-    assert "a required field is missing" in k8s_checks.problems(broken)[0]
+    assert "a required field is missing" in k8s_checks.problems(broken, EXPORTS)[0]
