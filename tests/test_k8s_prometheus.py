@@ -26,7 +26,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from canary_kit import k8s, k8s_checks
+from canary_kit import k8s, k8s_analysis, k8s_checks
 from canary_kit.cli import app
 from canary_kit.config import Settings
 from canary_kit.metrics import Snapshot, window
@@ -122,7 +122,7 @@ def evaluate(url: str, query: str, args: dict[str, str], at: float) -> list[floa
 
 
 def requests_in(url: str, which: str, seconds: int, at: float) -> float | None:
-    total = k8s.increase("bentoml_service_request_total", k8s.selector(target(), "canary"))
+    total = k8s_analysis.increase("bentoml_service_request_total", k8s_analysis.selector(target(), "canary"))
     found = evaluate(url, f"sum({total})", {"canary-hash": which, "namespace": NAMESPACE, "window": f"{seconds}s"}, at)
     return found[0] if found else None
 
@@ -225,7 +225,7 @@ QUALITY = ("class-divergence", "confidence-drop", "sample-ratio")
 def by_class(url: str, which: str, args: dict[str, str], at: float) -> dict[str, float]:
     """The rows per predicted class of one side over the window, as Prometheus counts them (increase)."""
     series = f"{Settings().class_metric}_total"
-    query = f"sum by (class) ({k8s.increase(series, '{' + k8s.pods(which) + '}')})"
+    query = f"sum by (class) ({k8s_analysis.increase(series, '{' + k8s_analysis.pods(which) + '}')})"
     resolved = k8s_checks.ARG.sub(lambda m: args[m.group(1)], query)
     answer = httpx.get(f"{url}/api/v1/query", params={"query": resolved, "time": f"{at:.3f}"}, timeout=10).json()
     return {s["metric"]["class"]: float(s["value"][1]) for s in answer["data"]["result"]}
@@ -252,12 +252,12 @@ def quality_window(settings, url: str, weight: int, **load) -> dict:
     confidence = Settings().confidence_metric
 
     def mean(which: str) -> float | None:
-        sums, counts = (one(url, f"sum({k8s.increase(f'{confidence}_{part}', '{' + k8s.pods(which) + '}')})", args, at)
+        sums, counts = (one(url, f"sum({k8s_analysis.increase(f'{confidence}_{part}', '{' + k8s_analysis.pods(which) + '}')})", args, at)
                         for part in ("sum", "count"))
         return sums / counts if counts else None
 
     def requests(which: str) -> float:  # now minus a window ago, as the gate counts them
-        series = f"bentoml_service_request_total{k8s.selector(target(), which)}"
+        series = f"bentoml_service_request_total{k8s_analysis.selector(target(), which)}"
         return one(url, f"sum({series}) - sum({series} offset {{{{args.window}}}})", args, at)
 
     requests = {side: requests(side) for side in ("canary", "stable")}
