@@ -416,7 +416,7 @@ def labels(
         if len(parsed.refused) > 20:
             typer.echo(f"... and {len(parsed.refused) - 20} more refused lines", err=True)
         if parsed.refused and not skip_bad:
-            raise CanaryError(f"{len(parsed.refused)} refused lines: nothing written (fix them, or --skip-bad)")
+            raise CanaryError(f"{len(parsed.refused)} refused line{'s' if len(parsed.refused) > 1 else ''}: nothing written (fix them, or --skip-bad)")
         applied = labelling.apply(conn, parsed.labels)
     joined = sum(applied.joined.values())
     typer.echo(f"joined {joined} labels ({sum(applied.replaced.values())} replacing earlier ones), "
