@@ -100,7 +100,7 @@ def chart(checks: list[Check], width: int = 560, top: int = 160) -> str:
                 grid.append(f'<text x="{x0 + 3:.1f}" y="{y + 11}" fill="white">{escape(figure(gate["figure"]))}</text>')
     legend = "".join(
         f'<rect x="{left + 95 * i}" y="{height - 9}" width="8" height="8" fill="{colour}"/>'
-        f'<text x="{left + 95 * i + 11}" y="{height - 1}">{key}</text>'
+        f'<text x="{left + 95 * i + 11}" y="{height - 1}">{"fail (dry-run)" if key == "dry-run" else key}</text>'
         for i, (key, colour) in enumerate(COLOURS.items())
     ) if names else ""
     return (
