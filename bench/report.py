@@ -6,7 +6,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from targets import FRAMEWORK_FLOOR, GREEN_WEIGHT, NGINX_FLOOR
+from targets import COLUMNS, FRAMEWORK_FLOOR, GREEN_WEIGHT, NGINX_FLOOR
 from penguin.features import CANDIDATE_VERSION, STABLE_VERSION
 
 # Issue 12's goals (reported, not asserted): key -> (comparison, bound).
@@ -19,6 +19,9 @@ GOALS = {
     "cold_start_s": ("<", 10.0),
     "quality_metrics_rps_ratio_c32": (">=", 0.95),
     "quality_metrics_rows_ratio_batch1000": (">=", 0.95),
+    # Issue 22: the columnar form (/predict_columns) through the canary, against the row form and the model itself.
+    "canary_columnar_vs_rows_batch1000": (">=", 3.0),
+    "canary_columnar_vs_inprocess_mix_batch1000": (">=", 0.25),
 }
 
 
@@ -85,6 +88,12 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         ratios[f"canary_rows_per_s_batch{big}"] = round(rows_s["canary"][big])
         if floor:
             ratios[f"canary_batch{big}_vs_inprocess_onnx_mix"] = round(rows_s["canary"][big] / floor["mix_90_10"][big], 2)
+    if big in rows_s.get(COLUMNS, {}):
+        ratios[f"canary_columnar_rows_per_s_batch{big}"] = round(rows_s[COLUMNS][big])
+        if big in rows_s.get("canary", {}):
+            ratios[f"canary_columnar_vs_rows_batch{big}"] = round(rows_s[COLUMNS][big] / rows_s["canary"][big], 2)
+        if floor:
+            ratios[f"canary_columnar_vs_inprocess_mix_batch{big}"] = round(rows_s[COLUMNS][big] / floor["mix_90_10"][big], 2)
     # The prediction metrics' cost: the canary with them (as shipped) over the same canary without them, same rounds.
     if {"canary", "canary@nometrics"} <= cells.keys():
         ratios["quality_metrics_rps_ratio_c32"] = round(cells["canary"]["rps"] / cells["canary@nometrics"]["rps"], 3)
@@ -95,8 +104,13 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         ratios["parity_max_abs_prob_diff"] = max(p["max_abs_prob_diff"] for p in parity.values())
         ratios["parity_class_mismatches"] = sum(p["class_mismatches"] for p in parity.values())
     ratios["cold_start_s"] = results["cold_start_s"]["median"]
+    rounds = by_round(results["raw"].get(top, {}))
+    batch = results["raw"].get(f"rows{big}", {})
+    if {"canary", COLUMNS} <= batch.keys():  # rows/s ratio of the two forms, each round (the same rows per request)
+        rounds[f"canary_columnar_vs_rows_batch{big}"] = [round(x["rps"] / y["rps"], 2)
+                                                         for x, y in zip(batch[COLUMNS], batch["canary"])]
     return {"table": table, "rows_per_s": rows_s, "floor_rows_per_s": floor, "ratios": ratios,
-            "ratios_by_round": by_round(results["raw"].get(top, {}))}
+            "ratios_by_round": rounds}
 
 
 def by_round(runs: dict[str, list[dict]]) -> dict[str, list[float]]:
@@ -117,6 +131,9 @@ LABELS = {
     "cold_start_s": ("canary stack cold start (median)", "{:.1f} s"),
     "quality_metrics_rps_ratio_c32": ("prediction metrics on / off, canary req/s at 32 conns", "{:.3f}x"),
     "quality_metrics_rows_ratio_batch1000": ("prediction metrics on / off, canary rows/s at 1,000-row batches", "{:.3f}x"),
+    "canary_columnar_vs_rows_batch1000": ("canary rows/s at 1,000-row batches, columns / row objects", "{:.2f}x"),
+    "canary_columnar_vs_inprocess_mix_batch1000": ("canary columnar rows/s / in-process ONNX 90/10 mix, 1,000 rows",
+                                                   "{:.2f}x"),
 }
 
 
@@ -140,7 +157,7 @@ def ordered(args: argparse.Namespace) -> list[str]:
     """Targets in reading order: baseline, our service (and variants), the floor, the canary (and variants), nginx."""
     extras = list(args.extras)
     return ["baseline", "service", "service@sklearn", *[e for e in extras if e.startswith("service@")],
-            FRAMEWORK_FLOOR, "canary", *[e for e in extras if e.startswith("canary@")], NGINX_FLOOR]
+            FRAMEWORK_FLOOR, "canary", COLUMNS, *[e for e in extras if e.startswith("canary@")], NGINX_FLOOR]
 
 
 def fmt_rate(x: float) -> str:
@@ -193,11 +210,6 @@ def markdown(summary: dict, results: dict, meta: dict, args: argparse.Namespace)
         lines.append(f"| {label} | {value} | {goal} | {'yes' if ok else 'no'} |")
     for key, values in summary.get("ratios_by_round", {}).items():
         lines.append(f"\n{key} in each round (same-round pairs): {', '.join(f'{v:.2f}' for v in values)}.")
-    # The prediction metrics' cost: the canary with them (as shipped) over the same canary without them, same rounds.
-    if {"canary", "canary@nometrics"} <= cells.keys():
-        ratios["quality_metrics_rps_ratio_c32"] = round(cells["canary"]["rps"] / cells["canary@nometrics"]["rps"], 3)
-    if big in rows_s.get("canary@nometrics", {}) and big in rows_s.get("canary", {}):
-        ratios[f"quality_metrics_rows_ratio_batch{big}"] = round(rows_s["canary"][big] / rows_s["canary@nometrics"][big], 3)
     parity = results.get("parity") or {}
     if parity:
         lines += ["", "## Parity of the served answers (canary backends vs scikit-learn)", "",

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import report
 from targets import (
+    COLUMNS,
     FRAMEWORK_FLOOR,
     HOST,
     NGINX_FLOOR,
@@ -246,22 +247,26 @@ class Run:
         self.results["ready_s"] = ready
         targets["canary"] = Target("canary", settings.url, [c.proc.pid for c in self.stack.children],
                                    parts={part(c.name): [c.proc.pid] for c in self.stack.children})
+        targets[COLUMNS] = Target(COLUMNS, settings.url, [c.proc.pid for c in self.stack.children],
+                                  parts=targets["canary"].parts, columnar=True)
         targets[NGINX_FLOOR] = Target(NGINX_FLOOR, settings.url, [self.stack.children[-1].proc.pid], method="GET")
         self.results["check"] = check_targets(targets, bodies)
         if a.targets:
             wanted = set(a.targets.split(","))
+            wanted |= {COLUMNS} if "canary" in wanted else set()  # the canary's columnar batches come with it
             targets = {name: t for name, t in targets.items() if name in wanted}
         http = [t for t in targets if t != NGINX_FLOOR]
+        rows = [t for t in http if not targets[t].columnar]  # the single-row points: row objects only
 
         self.results.setdefault("memory", {})["idle"] = self.memory(targets)
 
         log("warming up every target ...")
         for name in http:
-            run_wrk(targets[name], bodies[1], 8, a.warmup)
-            run_wrk(targets[name], bodies[max(a.batches)], 2, 1)
+            run_wrk(targets[name], targets[name].body(bodies, 1), 8, a.warmup)
+            run_wrk(targets[name], targets[name].body(bodies, max(a.batches)), 2, 1)
 
         predictors = load_predictors(self.store)
-        points = [Point("single", c, 1, [*http, *([NGINX_FLOOR] if NGINX_FLOOR in targets else [])])
+        points = [Point("single", c, 1, [*rows, *([NGINX_FLOOR] if NGINX_FLOOR in targets else [])])
                   for c in a.concurrency]
         points += [Point("batch", a.batch_concurrency, n, list(http)) for n in a.batches
                    if not (n == 1 and a.batch_concurrency in a.concurrency)]
@@ -280,7 +285,7 @@ class Run:
                 shift = rnd % len(point.targets)
                 order = point.targets[shift:] + point.targets[:shift]
                 for name in order:
-                    res = run_wrk(targets[name], bodies[point.rows], point.connections, a.duration)
+                    res = run_wrk(targets[name], targets[name].body(bodies, point.rows), point.connections, a.duration)
                     raw.setdefault(point.key, {}).setdefault(name, []).append(res)
                     flag = f"  ERRORS {res['errors']}" if res["errors"] else ""
                     log(f"round {rnd + 1}/{a.repeats} {point.key:>8} {name:<16} {res['rps']:>9.1f} req/s  "

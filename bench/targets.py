@@ -33,6 +33,7 @@ HOST = "127.0.0.1"
 NGINX_FLOOR = "nginx"
 FRAMEWORK_FLOOR = "floor"  # service.py with --arg runtime=constant: BentoML and our middleware, no model
 GREEN_WEIGHT = 10
+COLUMNS = "canary@columns"  # the canary stack asked in columns: POST /predict_columns (batch points only)
 
 
 def log(message: str) -> None:
@@ -161,9 +162,14 @@ class Target:
     pids: list[int]
     method: str = "POST"
     parts: dict[str, list[int]] = field(default_factory=dict)  # CPU reported per part too (canary: blue, green, nginx)
+    columnar: bool = False  # POST /predict_columns with {"columns": ...} bodies instead of /predict with rows
 
     def path(self) -> str:
-        return "/_nginx/ping" if self.method == "GET" else "/predict"
+        return "/_nginx/ping" if self.method == "GET" else "/predict_columns" if self.columnar else "/predict"
+
+    def body(self, bodies: dict[int, Path], rows: int) -> Path:
+        """The request body of `rows` rows in this target's form (write_bodies wrote both)."""
+        return bodies[rows].with_name(f"body-columns-{rows}.json") if self.columnar else bodies[rows]
 
 
 def run_wrk(target: Target, body: Path | None, connections: int, duration: int) -> dict:
@@ -205,11 +211,13 @@ def run_wrk(target: Target, body: Path | None, connections: int, duration: int) 
 
 
 def write_bodies(folder: Path, sizes: list[int]) -> dict[int, Path]:
+    """Rows -> the row-object body of that many rows; beside it, body-columns-N.json, the same rows as columns."""
     folder.mkdir(parents=True, exist_ok=True)
     bodies = {}
     for n in sorted(set(sizes) | {1}):
         path = folder / f"body-{n}.json"
         path.write_text(json.dumps({"instances": [EXAMPLE] * n}))
+        (folder / f"body-columns-{n}.json").write_text(json.dumps({"columns": {f: [EXAMPLE[f]] * n for f in FEATURES}}))
         bodies[n] = path
     return bodies
 
@@ -227,13 +235,16 @@ def check_targets(targets: dict[str, Target], bodies: dict[int, Path]) -> dict:
                     raise RuntimeError(f"{name}: GET {t.path()} -> {r.status_code}")
                 continue
             for n in (1, max(bodies)):
-                r = client.post(t.url + "/predict", content=bodies[n].read_bytes(),
+                r = client.post(t.url + t.path(), content=t.body(bodies, n).read_bytes(),
                                 headers={"content-type": "application/json"})
                 if r.status_code != 200:
-                    raise RuntimeError(f"{name}: POST /predict ({n} rows) -> {r.status_code}: {r.text[:300]}")
+                    raise RuntimeError(f"{name}: POST {t.path()} ({n} rows) -> {r.status_code}: {r.text[:300]}")
                 data = r.json()
                 if len(data["predictions"]) != n or "x-model-version" not in r.headers:
                     raise RuntimeError(f"{name}: unexpected answer {r.text[:300]}")
+                if t.columnar:  # the same answer as row objects: {"probabilities": [{class: p}, ...]}
+                    data["probabilities"] = [dict(zip(data["probabilities"], p))
+                                             for p in zip(*data["probabilities"].values())]
             if r.headers["x-model-version"] == STABLE_VERSION and name != FRAMEWORK_FLOOR:  # the floor has no model
                 seen[name] = (data["predictions"][0], data["probabilities"][0])
     first = next(iter(seen.values()))

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     confidence_metric: str | None = Field(
         None, pattern=METRIC, description="the service's histogram of each row's top-class probability"
     )
+    endpoints: list[str] = Field(
+        ["/predict"], min_length=1,
+        description="the service's prediction endpoints: their requests, errors and latency make a version's figures",
+    )
     blue_version: str = Field(pattern=VERSION, description="the stable version at the first start")
     green_version: str = Field(pattern=VERSION, description="the candidate version at the first start")
 
@@ -94,6 +98,14 @@ class Settings(BaseSettings):
     def _absolute(cls, path: Path) -> Path:
         return path.expanduser().absolute()
 
+    @field_validator("endpoints")
+    @classmethod
+    def _paths(cls, endpoints: list[str]) -> list[str]:
+        bad = [e for e in endpoints if not e.startswith("/") or "?" in e or " " in e]
+        if bad:
+            raise ValueError(f"endpoints must be URL paths like /predict, not {bad}")
+        return endpoints
+
     @model_validator(mode="after")
     def _distinct_ports(self) -> "Settings":
         ports = (self.port, self.blue_port, self.green_port, self.green_port_b)
@@ -123,7 +135,7 @@ class Settings(BaseSettings):
     def prediction_metrics(self):
         from canary_kit.metrics import PredictionMetrics
 
-        return PredictionMetrics(self.class_metric, self.confidence_metric)
+        return PredictionMetrics(self.class_metric, self.confidence_metric, tuple(self.endpoints))
 
     @property
     def url(self) -> str:

@@ -17,16 +17,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REQUESTS = "bentoml_service_request"  # counter family: bentoml_service_request_total
 DURATION = "bentoml_service_request_duration_seconds"  # histogram family
-ENDPOINT = "/predict"
+ENDPOINT = "/predict"  # the model's endpoint when `[tool.canary]` names none (setting `endpoints`)
+
+
+def is_endpoint(uri: str, endpoints: tuple[str, ...] = (ENDPOINT,)) -> bool:
+    """Whether a request's URI (query and all, as nginx logs it) asks one of the model's endpoints."""
+    return uri.split("?", 1)[0] in endpoints
 
 
 @dataclass(frozen=True)
 class PredictionMetrics:
     """The names of the service's prediction metrics: a counter of rows per predicted class (label `class`) and a
-    histogram of each row's top-class probability. None: the service exports none (no quality figures)."""
+    histogram of each row's top-class probability. None: the service exports none (no quality figures).
+    `endpoints`: the model's API paths; their requests, errors and latency are summed into one version's figures."""
 
     class_metric: str | None = None
     confidence_metric: str | None = None
+    endpoints: tuple[str, ...] = (ENDPOINT,)
 
 
 @dataclass
@@ -41,7 +48,8 @@ class Snapshot:
     confidence: tuple[float, float] | None = None  # (sum, count) of the top-class probabilities
 
     @classmethod
-    def parse(cls, text: str, names: PredictionMetrics = PredictionMetrics(), endpoint: str = ENDPOINT) -> "Snapshot":
+    def parse(cls, text: str, names: PredictionMetrics = PredictionMetrics(), endpoint: str | None = None) -> "Snapshot":
+        endpoints = names.endpoints if endpoint is None else (endpoint,)
         snap = cls(taken_at=time.time())
         confidence = {}
         for family in text_string_to_metric_families(text):
@@ -58,7 +66,7 @@ class Snapshot:
                             confidence[part] = confidence.get(part, 0.0) + sample.value
                 continue
             for sample in family.samples:
-                if sample.labels.get("endpoint") != endpoint:
+                if sample.labels.get("endpoint") not in endpoints:
                     continue
                 if family.name == REQUESTS and sample.name.endswith("_total"):
                     code = sample.labels["http_response_code"]
@@ -164,13 +172,14 @@ def figures_between(before: dict | None, after: dict | None) -> dict | None:
     return window(start, Snapshot.from_json(after)).as_dict()
 
 
-def unpinned_split(entries: list[dict], versions: dict[str, str | None]) -> dict[str, int]:
-    """Unpinned /predict answers by colour, from nginx's access log: what the weighted draw sent where (pinned
-    requests, shadow copies, and answers from neither version, such as a shed 503, are left out)."""
+def unpinned_split(entries: list[dict], versions: dict[str, str | None],
+                   endpoints: tuple[str, ...] = (ENDPOINT,)) -> dict[str, int]:
+    """Unpinned answers of the model's endpoints by colour, from nginx's access log: what the weighted draw sent
+    where (pinned requests, shadow copies, and answers from neither version, such as a shed 503, are left out)."""
     colour = {version: name for name, version in versions.items() if version}
     counts = {name: 0 for name in versions}
     for entry in entries:
-        if entry.get("shadow") or entry.get("pin") or not str(entry.get("uri", "")).startswith(ENDPOINT):
+        if entry.get("shadow") or entry.get("pin") or not is_endpoint(str(entry.get("uri", "")), endpoints):
             continue
         name = colour.get(entry.get("version"))
         if name is not None:

@@ -160,7 +160,7 @@ def _measure(target, spec: RolloutSpec, state, number: int, weight: int, echo, b
     after = snapshots(target)
     green, blue = (figures_between(before[c], after[c]) for c in ("green", "blue"))
     versions = {"blue": state.blue_version, "green": state.green_version}
-    split = unpinned_split(target.log_since(mark), versions)
+    split = unpinned_split(target.log_since(mark), versions, target.prediction_metrics.endpoints)
     labels = labelled_since(target, versions, since) if spec.gates.max_accuracy_drop.threshold is not None else None
     return Window(green, blue, split, green_ready, blue_ready, blue_reference, labels)
 

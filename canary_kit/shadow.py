@@ -16,6 +16,7 @@ from typing import Callable
 
 from canary_kit.config import CanaryError
 from canary_kit.control import current, require_green, set_weight
+from canary_kit.metrics import ENDPOINT, is_endpoint
 from canary_kit.stats import wilson
 
 COPY_TIMEOUT = 5.5  # the shadow relay's connect and read timeouts for green (nginx/canary.conf.template)
@@ -28,7 +29,7 @@ def _ms(entry: dict) -> float | None:
         return None
 
 
-def compare(entries: list[dict], blue_version: str) -> dict:
+def compare(entries: list[dict], blue_version: str, endpoints: tuple[str, ...] = (ENDPOINT,)) -> dict:
     """Pair blue's live answers with green's mirrored ones by request id; compare their predictions row by row.
 
     Live answers that did not come from blue (a pinned request, or blue failing over to green) are left out.
@@ -36,7 +37,7 @@ def compare(entries: list[dict], blue_version: str) -> dict:
     live = {
         e["request_id"]: e
         for e in entries
-        if not e.get("shadow") and e.get("uri", "").startswith("/predict") and e.get("version") == blue_version
+        if not e.get("shadow") and is_endpoint(e.get("uri", ""), endpoints) and e.get("version") == blue_version
     }
     copies = {e["request_id"]: e for e in entries if e.get("shadow")}
     mirrored = [rid for rid in live if rid in copies]
@@ -102,10 +103,11 @@ def run_shadow(target, seconds: float, echo: Callable[[str], None]) -> dict:
     finally:
         # back to the weight it had, unless an operator changed the split meanwhile (then theirs stands)
         set_weight(target, previous.green_weight, reason="shadow done", expect=mirroring.serial, event="shadow")
-    return compare(settled_log(target, mark), target.serving("blue"))
+    endpoints = target.prediction_metrics.endpoints
+    return compare(settled_log(target, mark, endpoints), target.serving("blue"), endpoints)
 
 
-def settled_log(target, mark) -> list[dict]:
+def settled_log(target, mark, endpoints: tuple[str, ...] = (ENDPOINT,)) -> list[dict]:
     """The log since `mark` once green has answered the copy of every mirrored request (its answers come after the
     live ones), or once the relay has stopped waiting for green."""
     deadline = time.monotonic() + COPY_TIMEOUT
@@ -114,7 +116,7 @@ def settled_log(target, mark) -> list[dict]:
         copied = {e["request_id"] for e in entries if e.get("shadow")}
         waiting = [
             e for e in entries
-            if e.get("mirrored") == "on" and e.get("status") == 200 and e.get("uri", "").startswith("/predict")
+            if e.get("mirrored") == "on" and e.get("status") == 200 and is_endpoint(e.get("uri", ""), endpoints)
             and e["request_id"] not in copied
         ]
         if not waiting or time.monotonic() > deadline:
