@@ -15,6 +15,10 @@ def status_lines(report: dict) -> tuple[list[str], list[str]]:
     weight = report["green_weight"]
     shadow = "   shadow: green gets a copy of each /predict" if report["shadow"] else ""
     lines = [f"split: blue {100 - weight}% / green {weight}%{shadow}   figures {since}"]
+    taken = report.get("takeover")
+    if taken:  # first, where nobody can miss it: the untested candidate answers production traffic
+        lines.insert(0, f"BLUE IS DOWN: green {taken['green_version']} (the candidate) answers blue's "
+                        f"{taken['blue_share']}% share too, so 100% of requests")
     lines.append(f"{'':6}{'version':<9}{'weight':>7}  {'health':<7}{'requests':>9}{'5xx':>6}{'err%':>7}{'p50 ms':>8}{'p99 ms':>8}")
     for color, b in report["backends"].items():
         f = b["since_change"] or {}
@@ -26,6 +30,7 @@ def status_lines(report: dict) -> tuple[list[str], list[str]]:
             f"{fmt(f.get('requests')):>9}{fmt(f.get('errors')):>6}{fmt(rate, '.2f'):>7}"
             f"{fmt(f.get('p50_ms'), '.1f'):>8}{fmt(f.get('p99_ms'), '.1f'):>8}"
         )
+    lines += process_lines(report.get("processes") or {})
     warnings = []
     applied, in_file = report["nginx"], report["state_file"]
     if applied is None:
@@ -35,6 +40,17 @@ def status_lines(report: dict) -> tuple[list[str], list[str]]:
     elif in_file and applied.get("serial") != in_file["serial"]:
         warnings.append(f"warning: nginx applies state {applied.get('serial')}, the file holds {in_file['serial']}")
     return lines, warnings
+
+
+def process_lines(processes: dict) -> list[str]:
+    """One line per supervised process: pid, state, restarts and why it last exited."""
+    if not processes:
+        return []
+    lines = [f"{'process':<9}{'pid':>8}  {'restarts':>8}  {'state':<24} last exit"]
+    for name, p in processes.items():
+        lines.append(f"{name:<9}{fmt(p.get('pid')):>8}  {p.get('restarts', 0):>8}  {p.get('state', 'running'):<24} "
+                     f"{p.get('last_exit') or '-'}")
+    return lines
 
 
 def read_history(log: Path, limit: int | None = None) -> list[dict]:
