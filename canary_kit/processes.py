@@ -132,7 +132,7 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-def _gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     """Wait until every process has exited (a zombie counts as exited: its parent may never reap it); return those
     still running."""
     deadline = time.monotonic() + timeout
@@ -158,12 +158,12 @@ def stop_tree(pid: int, started: float | None = None, stop_signal: int = signal.
             leader.send_signal(stop_signal)
         except psutil.NoSuchProcess:
             return
-    for straggler in _gone(tree, grace):
+    for straggler in wait_gone(tree, grace):
         try:
             straggler.kill()
         except psutil.NoSuchProcess:
             pass
-    _gone(tree, 5)
+    wait_gone(tree, 5)
 
 
 def listeners(port: int) -> list[psutil.Process]:
@@ -218,19 +218,19 @@ def stack_processes(state_dir: Path, name: str | None = None) -> list[psutil.Pro
     return [proc for proc in found if _running(proc)]
 
 
-def kill_all(procs: list[psutil.Process], grace: float = 0.0) -> list[psutil.Process]:
-    """SIGTERM then, after `grace` s, SIGKILL (at once when grace is 0) every process; returns those it stopped."""
+def kill_all(procs: list[psutil.Process], grace: float = 0.0, first: int = signal.SIGTERM) -> list[psutil.Process]:
+    """Signal `first` then, after `grace` s, SIGKILL (at once when grace is 0) every process; returns them."""
     for proc in procs:
         try:
-            proc.send_signal(signal.SIGTERM if grace else signal.SIGKILL)
+            proc.send_signal(first if grace else signal.SIGKILL)
         except psutil.NoSuchProcess:
             pass
-    for straggler in _gone(procs, grace) if grace else []:
+    for straggler in wait_gone(procs, grace) if grace else []:
         try:
             straggler.kill()
         except psutil.NoSuchProcess:
             pass
-    left = _gone(procs, 5)
+    left = wait_gone(procs, 5)
     return [proc for proc in procs if proc not in left]
 
 

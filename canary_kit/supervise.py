@@ -41,6 +41,7 @@ from canary_kit.processes import (
     port_in_use,
     process,
     stack_processes,
+    wait_gone,
 )
 from canary_kit.stack import STACK_FILE, STACK_LOCK, Stack, backend_child, read_stack_file, retire
 
@@ -98,13 +99,17 @@ class Supervisor:
     def died(self, name: str, entry: dict, watch: Watch, now: float) -> None:
         child = self.owned.get(name)
         ours = child is not None and child.proc is not None and child.proc.pid == entry.get("pid")
-        reason = exit_reason(child.exit_code()) if ours else "stopped"
+        code = child.exit_code() if ours else None
+        reason = exit_reason(code) if ours else "stopped"
+        if code is not None and code > 0:
+            reason += f", {child.last_line()}"
         with locked(self.settings.state_dir / STACK_LOCK):
             if self.entry(name).get("pid") != entry.get("pid"):
                 return  # replaced or unlisted meanwhile (deploy, finalize): theirs to handle
             left = stack_processes(self.settings.state_dir, name)
             described = describe_processes(left)
-            kill_all(left)
+            # nginx's orphaned workers: SIGQUIT, so they close :8000 at once and finish the requests they hold
+            kill_all(left, grace=1.0, first=signal.SIGQUIT) if name == "nginx" else kill_all(left)
             watch.deaths = watch.deaths + 1 if now - watch.up_since < self.settings.stable_seconds else 1
             reason = f"pid {entry.get('pid')} {reason}"
             if left:
@@ -116,7 +121,8 @@ class Supervisor:
                      else f"restarting in {wait:.1f}s")
             self.update(name, last_exit=reason, state=state, exited_at=time.time())
         self.report(f"{name} {reason}; {state}")
-        self.log("gave-up" if watch.gave_up else "exit", f"{self.label(name)} {reason}; {state}")
+        self.log("gave-up" if watch.gave_up else "exit", f"{self.label(name)} {reason}; {state}", component=name,
+                 deaths_in_a_row=watch.deaths, delay_s=None if watch.gave_up else wait)
 
     def restart(self, name: str, watch: Watch) -> None:
         s = self.settings
@@ -148,7 +154,8 @@ class Supervisor:
         self.stack.children = [c for c in self.stack.children if c.name != name] + [child]
         watch.due, watch.up_since = None, time.monotonic()
         self.report(f"{name} restarted (pid {child.proc.pid}, restart {restarts})")
-        self.log("restart", f"{self.label(name)} restarted as pid {child.proc.pid} (restart {restarts})")
+        self.log("restart", f"{self.label(name)} restarted as pid {child.proc.pid} (restart {restarts})",
+                 component=name, restarts=restarts)
 
     def entry(self, name: str) -> dict:
         listed = read_stack_file(self.settings.state_dir)
@@ -167,9 +174,9 @@ class Supervisor:
         version = self.entry(name).get("version")
         return f"{name} {version}" if version else name
 
-    def log(self, event: str, reason: str) -> None:
+    def log(self, event: str, reason: str, **extra) -> None:
         state = routing.current(self.settings.state_dir / routing.STATE_FILE)
-        log_event(SimpleNamespace(name="local", state_dir=self.settings.state_dir), event, state, state, reason)
+        log_event(SimpleNamespace(name="local", state_dir=self.settings.state_dir), event, state, state, reason, **extra)
 
 
 def down(state_dir: Path, grace: float = 10.0) -> list[str]:
@@ -181,12 +188,11 @@ def down(state_dir: Path, grace: float = 10.0) -> list[str]:
     leader = process(supervisor, listed.get("supervisor_started")) if supervisor else None
     if leader is not None and leader.pid != os.getpid():
         leader.send_signal(signal.SIGTERM)
-        try:
-            leader.wait(timeout=60)
-            done.append(f"stopped canary up (pid {supervisor}) and the processes it ran")
-        except Exception:
+        if wait_gone([leader], 60):  # a zombie counts as gone: its parent, not us, reaps it
             leader.kill()
             done.append(f"canary up (pid {supervisor}) did not stop within 60s: killed it")
+        else:
+            done.append(f"stopped canary up (pid {supervisor}) and the processes it ran")
     if listed.get("settings"):
         settings = Settings(**listed["settings"])
         for slot in listed.get("backends", {}):
