@@ -133,11 +133,13 @@ class Supervisor:
                 return
             port = s.port if name == "nginx" else s.slot_port(name)
             host = s.host if name == "nginx" else "127.0.0.1"
-            if port_in_use(host, port):
-                watch.deaths += 1
-                wait = delay(s, watch.deaths)
-                watch.due = time.monotonic() + wait
-                self.update(name, state=f"port {port} is in use by another process; trying again in {wait:.1f}s")
+            if port_in_use(host, port):  # not a death: wait (never spinning) until whoever holds it lets go
+                watch.due = time.monotonic() + s.restart_delay
+                state = f"waiting for port {port}, in use"
+                if entry.get("state") != state:
+                    self.update(name, state=state)
+                    self.report(f"{name}: port {port} is in use; trying every {s.restart_delay:g}s")
+                    self.log("port-in-use", f"{self.label(name)}: port {port} is in use", component=name)
                 return
             if name == "nginx":
                 for sock in (admin_socket(s), shadow_socket(s)):

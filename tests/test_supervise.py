@@ -242,7 +242,7 @@ def test_a_green_crashing_at_every_start_backs_off_to_the_limit_while_blue_answe
           f"{events[-1]['event']}; {len(load.answers)} requests, failed {len(failed(load.answers))}: "
           f"{dict(tally(load.answers))}\n{status.stdout}")
     assert took is not None, entry
-    assert delays == [0.0, 0.5, 1.0] and events[-1]["event"] == "gave-up", events
+    assert delays == [0.0, 0.5, 1.0] and events[-1]["event"] == "gave-up", [(e["event"], e["reason"]) for e in events]
     assert "gave up after 3 restarts" in status.stdout and "not in the model store" in status.stdout
     assert not failed(load.answers), Counter(a.error[:80] for a in failed(load.answers))
 
