@@ -9,12 +9,12 @@ BENTOML_HOME ?= $(HOME)/bentoml
 export BENTOML_HOME
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: up setup nginx train bentos images test test-fast bench clean
+.PHONY: up setup nginx tools train bentos images test test-fast bench clean
 
 up: setup nginx train  ## install what is missing, train if the store lacks the models, run the stack on :8000
 	$(BIN)/canary up
 
-$(BIN)/canary: pyproject.toml
+$(BIN)/canary: pyproject.toml requirements/service.txt requirements/tool.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e '.[dev]'
@@ -28,6 +28,19 @@ nginx:  ## Debian's nginx and its njs module, installed through apt-get when mis
 	@command -v nginx >/dev/null && [ -f $(NJS) ] || (echo "installing nginx and njs ..." && \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 		--no-install-recommends nginx libnginx-mod-http-js >/dev/null)
+
+# What some tests run beyond nginx: wrk (the overload test), docker-compose (the compose file's validation),
+# prometheus (the Kubernetes gates' PromQL), curl (the compose first-state hook), kubectl (the kustomize render;
+# not in Debian's own archive: installed where an apt source offers it, else its tests skip, saying why).
+TOOLS := wrk docker-compose prometheus curl kubectl
+
+tools:  ## the test tools beyond nginx, installed through apt-get when missing (so that `make test` skips nothing)
+	@missing=$$(for tool in $(TOOLS); do command -v $$tool >/dev/null || echo $$tool; done); \
+	[ -z "$$missing" ] || { echo "installing" $$missing "..." && $(SUDO) apt-get update -qq && \
+		offered=$$(for p in $$missing; do apt-cache policy $$p 2>/dev/null | grep -q 'Candidate: [0-9]' && echo $$p; done); \
+		{ [ -z "$$offered" ] || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			$$offered >/dev/null; } && \
+		for p in $$missing; do command -v $$p >/dev/null || echo "$$p: not in this machine's apt sources; its tests will skip"; done; }
 
 STORE = $(BENTOML_HOME)/models/$(MODEL)
 
@@ -45,7 +58,7 @@ images: bentos  ## one image per Bento (needs Docker): penguin_classifier:v1.0.0
 	@for v in $(VERSIONS); do $(BIN)/bentoml containerize $(MODEL):$$v --image-tag $(MODEL):$$v \
 		--opt label=org.opencontainers.image.version=$$v --opt label=ai.bentoml.model_version=$$v || exit 1; done
 
-test: setup nginx  ## the whole test suite: unit, integration (real nginx and bentoml serve), Bento builds
+test: setup nginx tools  ## the whole test suite: unit, integration (real nginx and bentoml serve), Bento builds
 	$(BIN)/pytest
 
 test-fast: setup  ## unit tests only

@@ -149,6 +149,7 @@ class Metadata(BaseModel):
     runtime: str = Field(description="What predicts: onnx (the exported graph), sklearn (the pipeline) or constant")
     labels: dict[str, str]
     metadata: dict[str, Any] = Field(description="Training metadata: algorithm, features, metrics, ONNX parity")
+    heads_with_bodies: bool = Field(description="Each answer's head leaves in the same write as its body (penguin/web.py)")
 
 
 async def health(request: Request) -> JSONResponse:
@@ -160,7 +161,7 @@ async def metadata(request: Request) -> JSONResponse:
     """GET /metadata: the served model's tag, labels and training metadata from the model store."""
     info = bentoml.models.get(MODEL_TAG).info
     answer = Metadata(tag=MODEL_TAG, model_version=MODEL_VERSION, runtime=RUNTIME, labels=info.labels,
-                      metadata=info.metadata)
+                      metadata=info.metadata, heads_with_bodies=web.heads_with_bodies())
     return JSONResponse(answer.model_dump())
 
 

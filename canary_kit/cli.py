@@ -86,9 +86,10 @@ def up(
     workers: Annotated[Optional[int], typer.Option(help="BentoML workers per version [default: 1]")] = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Start blue, green and nginx; stay in the foreground until Ctrl-C, then stop them all."""
+    """Start blue, green and nginx; restart whichever dies; stay in the foreground until Ctrl-C, then stop them all."""
     from canary_kit.control import record
     from canary_kit.stack import Stack
+    from canary_kit.supervise import Supervisor
     from canary_kit.targets import LocalTarget
 
     settings = settings_from(
@@ -112,18 +113,26 @@ def up(
         green = f"{state.green_version}  {settings.slot_url(state.green_slot)}" if state.green_version else "free"
         typer.echo(f"  green  {green}")
         typer.echo(f"  state  {settings.state_dir}   (Ctrl-C stops them all)")
-        reported: set[int] = set()
+        logs = settings.state_dir / "logs"
+        supervisor = Supervisor(stack, lambda line: typer.echo(f"{line} (logs: {logs})", err=True))
         while True:
-            time.sleep(0.5)
-            for name, pid in stack.gone():
-                if pid not in reported:
-                    reported.add(pid)
-                    typer.echo(f"{name} (pid {pid}) stopped; see {settings.state_dir / 'logs' / name}.log", err=True)
+            time.sleep(0.25)
+            supervisor.tick()
     except KeyboardInterrupt:
         typer.echo("stopping ...")
     finally:
         stack.stop()
     typer.echo("stopped")
+
+
+@app.command()
+def down(state_dir: StateDir = None) -> None:
+    """Stop the local stack: its `canary up`, or what a killed one left running (from the state folder)."""
+    from canary_kit.supervise import down as stop_stack
+
+    folder = local_state_dir(state_dir)
+    done = stop_stack(folder)
+    typer.echo("\n".join(done) if done else f"nothing of a canary stack runs from {folder}")
 
 
 Compose = Annotated[bool, typer.Option("--compose", help="act on the docker compose stack, not the local one")]

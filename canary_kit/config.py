@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     ready_timeout: float = Field(60.0, gt=0, le=600, description="seconds a version has to become ready")
     ledger_days: float = Field(30.0, gt=0, le=3650, description="days of answers the ledger keeps for labels")
     ledger_rows: int = Field(5_000_000, ge=1000, le=1_000_000_000, description="answers (rows) the ledger keeps")
+    # Supervision (supervise.py): a process that dies is restarted at once, then after restart_delay, doubling up to
+    # restart_delay_max while it keeps dying within stable_seconds of its start; past restart_limit such deaths in
+    # a row it is left stopped (and `canary status` says so).
+    restart_delay: float = Field(1.0, gt=0, le=60, description="seconds before the second restart in a row")
+    restart_delay_max: float = Field(30.0, gt=0, le=600, description="longest wait between restarts")
+    restart_limit: int = Field(10, ge=1, le=1000, description="deaths in a row before a process is left stopped")
+    stable_seconds: float = Field(30.0, gt=0, le=3600, description="running this long ends a series of deaths")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

@@ -112,6 +112,13 @@ def commit(target, before: RoutingState, event: str, reason: str = "", **changes
 
 def record(target, event: str, before: RoutingState, state: RoutingState, reason: str, **extra) -> None:
     """Append one change to the change log and take the metrics baseline that `canary status` counts from."""
+    entry = log_event(target, event, before, state, reason, **extra)
+    baseline = {"since": entry["time"], "green_weight": state.green_weight, "backends": snapshots(target)}
+    write_atomic(target.state_dir / BASELINE, json.dumps(baseline))
+
+
+def log_event(target, event: str, before: RoutingState, state: RoutingState, reason: str, **extra) -> dict:
+    """Append one entry to the change log (what `canary history` shows); returns it."""
     entry = {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "event": event,
@@ -129,8 +136,7 @@ def record(target, event: str, before: RoutingState, state: RoutingState, reason
     }
     with open(target.state_dir / CHANGELOG, "a") as log:
         log.write(json.dumps(entry) + "\n")
-    baseline = {"since": entry["time"], "green_weight": state.green_weight, "backends": snapshots(target)}
-    write_atomic(target.state_dir / BASELINE, json.dumps(baseline))
+    return entry
 
 
 def set_weight(
@@ -196,6 +202,7 @@ def status(target) -> dict:
     divergence = js_distance(figures["green"].get("class_rows") or {}, figures["blue"].get("class_rows") or {})
     return {
         "target": target.name,
+        "takeover": takeover_of(state, weight, answering),
         "green_weight": weight,
         "class_divergence": None if divergence is None else round(divergence, 4),
         "labelled": labelled or {},
@@ -205,4 +212,25 @@ def status(target) -> dict:
         "state_file": None if in_file is None else json.loads(in_file.model_dump_json()),
         "since": baseline.get("since"),
         "backends": versions,
+        "processes": target.processes(),
     }
+
+
+def takeover_of(state: RoutingState, green_weight: int, answering: dict[str, str | None]) -> dict | None:
+    """Green answering blue's share because blue does not answer (nginx fails blue's requests over to green), from
+    the versions that answered; None when that is not so."""
+    if answering["blue"] is not None or answering["green"] is None or state.green_version is None or green_weight >= 100:
+        return None
+    return {"blue_version": state.blue_version, "green_version": answering["green"], "blue_share": 100 - green_weight}
+
+
+def takeover(target) -> dict | None:
+    """Whether the candidate is answering blue's share right now because blue is down (see takeover_of): what a
+    rollout asks before it judges or advances a step (green compared with a blue that is not there)."""
+    state = current(target)
+    if state.green_version is None:
+        return None
+    with ThreadPoolExecutor(len(COLORS)) as pool:
+        answering = dict(zip(COLORS, pool.map(target.serving, COLORS)))
+    weight = (applied(target) or {}).get("green_weight", state.green_weight)
+    return takeover_of(state, weight, answering)

@@ -1,9 +1,12 @@
-"""Files that readers must see whole: written to a temporary file in the same folder, then renamed into place."""
+"""Files that readers must see whole: written to a temporary file in the same folder, then renamed into place;
+and a lock for files that several processes update."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -24,3 +27,15 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on `path` (created if missing): one read-modify-write of a shared file at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

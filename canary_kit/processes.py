@@ -1,9 +1,12 @@
 """Processes the stack runs: each started in a session of its own, so that stopping it stops all it spawned, and
-found again (by pid and start time, or by the port it listens on) by a later `canary` command.
+found again (by pid and start time, or by the port it listens on) by a later `canary` command. A child started
+with `die_with_parent` gets SIGTERM from the kernel when the process that started it dies, even by SIGKILL
+(PR_SET_PDEATHSIG): `bentoml serve` then stops its workers, and nginx its own.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -26,6 +29,7 @@ class Child:
     cwd: Path | None = None
     stop_signal: int = signal.SIGTERM
     proc: subprocess.Popen | None = None
+    die_with_parent: bool = False  # the kernel sends it SIGTERM when the starting thread's process dies
 
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +42,7 @@ class Child:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_dies_with(os.getpid()) if self.die_with_parent else None,
             )
 
     def exit_code(self) -> int | None:
@@ -76,6 +81,33 @@ class Child:
         return f"last log line: {lines[-1].strip()[:200] if lines else '-'} (log: {self.log})"
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _dies_with(parent: int):
+    """A preexec_fn: in the child, ask the kernel for SIGTERM when the parent dies (and check it has not already)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arrange() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody will send the signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange
+
+
+def exit_reason(returncode: int | None) -> str:
+    """How a process ended, in words: `exit code 1`, `killed by SIGKILL`."""
+    if returncode is None:
+        return "exited (code unknown: not our child)"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
 def process(pid: int | None, started: float | None = None) -> psutil.Process | None:
     """The running process `pid` (not a zombie); with `started`, only if it is the one that started then (a pid
     the system handed to another process since is not it)."""
@@ -100,7 +132,7 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-def _gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     """Wait until every process has exited (a zombie counts as exited: its parent may never reap it); return those
     still running."""
     deadline = time.monotonic() + timeout
@@ -126,12 +158,12 @@ def stop_tree(pid: int, started: float | None = None, stop_signal: int = signal.
             leader.send_signal(stop_signal)
         except psutil.NoSuchProcess:
             return
-    for straggler in _gone(tree, grace):
+    for straggler in wait_gone(tree, grace):
         try:
             straggler.kill()
         except psutil.NoSuchProcess:
             pass
-    _gone(tree, 5)
+    wait_gone(tree, 5)
 
 
 def listeners(port: int) -> list[psutil.Process]:
@@ -153,3 +185,62 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+COMPONENT = "CANARY_COMPONENT"  # in a backend's environment: "<state folder>#<slot>"; its workers inherit it
+
+
+def component_mark(state_dir: Path, name: str) -> str:
+    return f"{state_dir}#{name}"
+
+
+def stack_processes(state_dir: Path, name: str | None = None) -> list[psutil.Process]:
+    """Every running process of the stack whose state folder is `state_dir` (or of its component `name`), whoever
+    its parent is now: a backend's processes carry COMPONENT in their environment (workers whose `bentoml serve`
+    died included); nginx's master and workers hold the state folder's logs open (nginx overwrites its
+    environment with its process titles, so it carries no readable mark)."""
+    logs, mine = f"{state_dir / 'logs'}{os.sep}", os.getpid()
+    wanted = None if name is None else component_mark(state_dir, name)
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        if proc.pid == mine:
+            continue
+        try:
+            if proc.info["name"] == "nginx":
+                if name in (None, "nginx") and any(f.path.startswith(logs) for f in proc.open_files()):
+                    found.append(proc)
+            elif name != "nginx":
+                mark = proc.environ().get(COMPONENT, "")
+                if mark == wanted or (wanted is None and mark.startswith(f"{state_dir}#")):
+                    found.append(proc)
+        except (psutil.Error, OSError):  # gone meanwhile, or not ours to read
+            continue
+    return [proc for proc in found if _running(proc)]
+
+
+def kill_all(procs: list[psutil.Process], grace: float = 0.0, first: int = signal.SIGTERM) -> list[psutil.Process]:
+    """Signal `first` then, after `grace` s, SIGKILL (at once when grace is 0) every process; returns them."""
+    for proc in procs:
+        try:
+            proc.send_signal(first if grace else signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    for straggler in wait_gone(procs, grace) if grace else []:
+        try:
+            straggler.kill()
+        except psutil.NoSuchProcess:
+            pass
+    left = wait_gone(procs, 5)
+    return [proc for proc in procs if proc not in left]
+
+
+def describe_processes(procs: list[psutil.Process]) -> str:
+    """`nginx 123, 124; python3 130` : names and pids, for one line of output."""
+    names: dict[str, list[str]] = {}
+    for proc in procs:
+        try:
+            name = proc.name()
+        except psutil.Error:
+            name = "?"
+        names.setdefault(name, []).append(str(proc.pid))
+    return "; ".join(f"{name} {', '.join(pids)}" for name, pids in names.items())

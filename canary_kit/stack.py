@@ -8,7 +8,8 @@ symlinks; `bentoml serve` wipes and reuses `$BENTOML_HOME/prometheus_multiproc_d
 home would report each other's counts): blue always runs in slot `blue`, and green in `green_a` or `green_b`,
 so that `canary deploy` can start the next version in the free one while the current one serves. `stack.json`
 in the state folder lists what runs where; `canary deploy` and `canary finalize` keep it up to date, and
-stopping the stack stops everything it lists.
+stopping the stack stops everything it lists. Every process of a backend carries the mark `CANARY_COMPONENT`
+in its environment (processes.stack_processes finds them, orphans included); supervise.py restarts what dies.
 """
 
 from __future__ import annotations
@@ -25,11 +26,24 @@ import httpx
 
 from canary_kit import routing
 from canary_kit.config import SLOTS, CanaryError, Settings
-from canary_kit.files import write_atomic
+from canary_kit.files import locked, write_atomic
 from canary_kit.nginx import LocalNginx, njs_module
-from canary_kit.processes import Child, alive, listeners, port_in_use, process, stop_tree
+from canary_kit.processes import (
+    COMPONENT,
+    Child,
+    alive,
+    component_mark,
+    describe_processes,
+    kill_all,
+    listeners,
+    port_in_use,
+    process,
+    stack_processes,
+    stop_tree,
+)
 
 STACK_FILE = "stack.json"
+STACK_LOCK = ".stack.lock"  # held while stack.json is read and rewritten
 BASELINE = "baseline.json"  # the metrics at the last change, for `canary status`
 
 
@@ -48,9 +62,9 @@ def backend_home(settings: Settings, slot: str) -> Path:
     return home
 
 
-def backend_child(settings: Settings, slot: str, version: str) -> Child:
+def backend_child(settings: Settings, slot: str, version: str, die_with_parent: bool = False) -> Child:
     """`bentoml serve` for one version in one slot: the service's code with --arg VERSION_ARG=version, or the
-    version's built Bento."""
+    version's built Bento; its processes marked as the slot's."""
     if settings.source == "bento":
         target = [settings.bento_tag(version)]
     else:
@@ -62,10 +76,12 @@ def backend_child(settings: Settings, slot: str, version: str) -> Child:
         "BENTOML_HOME": str(backend_home(settings, slot)),
         "BENTOML_DO_NOT_TRACK": "true",
         "PYTHONUNBUFFERED": "1",
+        COMPONENT: component_mark(settings.state_dir, slot),
     }
     if settings.workers != 1:
         env["BENTOML_CONFIG_OPTIONS"] = f"services.{settings.service_name}.workers={settings.workers}"
-    return Child(slot, argv, settings.state_dir / "logs" / f"{slot}.log", env, settings.project_dir)
+    return Child(slot, argv, settings.state_dir / "logs" / f"{slot}.log", env, settings.project_dir,
+                 die_with_parent=die_with_parent)
 
 
 def missing_version(settings: Settings, version: str) -> str | None:
@@ -156,8 +172,8 @@ def launch(settings: Settings, slot: str, version: str) -> Child:
         if answered != version:
             raise CanaryError(f"{slot} answers as version {answered}, not {version}")
     except BaseException:
+        record_backend(settings.state_dir, slot, None)  # first, so that the supervisor does not restart it
         child.stop()
-        record_backend(settings.state_dir, slot, None)
         raise
     return child
 
@@ -172,6 +188,7 @@ def retire(settings: Settings, slot: str) -> None:
     for owner in listeners(settings.slot_port(slot)):
         if "bentoml" in " ".join(owner.cmdline()):
             stop_tree(owner.pid, owner.create_time())
+    kill_all(stack_processes(settings.state_dir, slot))  # workers whose `bentoml serve` was killed
 
 
 def through_nginx(settings: Settings, state: routing.RoutingState) -> None:
@@ -215,13 +232,27 @@ def read_stack_file(state_dir: Path) -> dict:
 
 def record_backend(state_dir: Path, slot: str, entry: dict | None) -> None:
     """Say in stack.json what runs in `slot` now (None: nothing)."""
+    with locked(state_dir / STACK_LOCK):
+        stack = read_stack_file(state_dir)
+        backends = stack.setdefault("backends", {})
+        if entry is None:
+            backends.pop(slot, None)
+        else:
+            backends[slot] = entry
+        write_atomic(state_dir / STACK_FILE, json.dumps(stack, indent=2) + "\n")
+
+
+def still_running(state_dir: Path) -> None:
+    """Refuse to start over a stack that still runs: its supervisor, or processes it left (killed with SIGKILL)."""
     stack = read_stack_file(state_dir)
-    backends = stack.setdefault("backends", {})
-    if entry is None:
-        backends.pop(slot, None)
-    else:
-        backends[slot] = entry
-    write_atomic(state_dir / STACK_FILE, json.dumps(stack, indent=2) + "\n")
+    supervisor = stack.get("supervisor_pid")
+    if supervisor and alive(supervisor, stack.get("supervisor_started")):
+        raise CanaryError(f"the canary stack in {state_dir} is already running (canary up, pid {supervisor}); "
+                          f"`canary down --state-dir {state_dir}` stops it")
+    left = stack_processes(state_dir)
+    if left:
+        raise CanaryError(f"processes of an earlier canary stack in {state_dir} still run ({describe_processes(left)}); "
+                          f"`canary down --state-dir {state_dir}` stops them")
 
 
 def backend_entry(settings: Settings, slot: str, version: str, pid: int) -> dict:
@@ -244,6 +275,7 @@ class Stack:
         """Refuse, in one line, what would make the start fail: the versions to resume, or the configured ones."""
         last = routing.read(self.settings.state_dir / routing.STATE_FILE)
         resumed = [v for v in (last.blue_version, last.green_version) if v] if last and last.blue_version else None
+        still_running(self.settings.state_dir)
         preflight(self.settings, resumed)
 
     def start(self) -> "Stack":
@@ -258,9 +290,8 @@ class Stack:
         self.state = state = initial_state(s)
         self.started_at = time.monotonic()
         placed = [("blue", state.blue_version), (state.green_slot, state.green_version)]
-        backends = [backend_child(s, slot, version) for slot, version in placed if version]
-        # SIGQUIT: nginx's graceful stop, finishing the requests in flight
-        nginx = Child("nginx", self.nginx.command(), s.state_dir / "logs" / "nginx.log", stop_signal=signal.SIGQUIT)
+        backends = [backend_child(s, slot, version, die_with_parent=True) for slot, version in placed if version]
+        nginx = self.nginx_child()
         try:
             for child in backends:
                 child.start()
@@ -276,27 +307,26 @@ class Stack:
         self.write_stack_file(dict(placed))
         return self
 
+    def nginx_child(self) -> Child:
+        """nginx, dying with us; SIGQUIT stops it gracefully, finishing the requests in flight."""
+        log = self.settings.state_dir / "logs" / "nginx.log"
+        return Child("nginx", self.nginx.command(), log, stop_signal=signal.SIGQUIT, die_with_parent=True)
+
     def write_stack_file(self, versions: dict[str, str]) -> None:
         s = self.settings
+        nginx = self.children[-1].proc.pid
         stack = {
             "supervisor_pid": os.getpid(),
+            "supervisor_started": process(os.getpid()).create_time(),
             "url": s.url,
             "backends": {
                 c.name: backend_entry(s, c.name, versions[c.name], c.proc.pid) for c in self.children if c.name != "nginx"
             },
-            "nginx": {"conf": str(self.nginx.main_conf), "pid": self.children[-1].proc.pid},
+            "nginx": {"conf": str(self.nginx.main_conf), "pid": nginx, "started": process(nginx).create_time()},
             "settings": json.loads(s.model_dump_json()),
         }
-        write_atomic(s.state_dir / STACK_FILE, json.dumps(stack, indent=2) + "\n")
-
-    def gone(self) -> list[tuple[str, int]]:
-        """What the stack runs that has stopped: (name, pid) of nginx and of the backends stack.json lists."""
-        for child in self.children:
-            child.exit_code()  # reap our own children, so that a dead one is not a zombie
-        stack = read_stack_file(self.settings.state_dir)
-        running = {name: (e["pid"], e.get("started")) for name, e in stack.get("backends", {}).items()}
-        running["nginx"] = (stack.get("nginx", {}).get("pid"), None)
-        return [(name, pid) for name, (pid, started) in running.items() if pid and not alive(pid, started)]
+        with locked(s.state_dir / STACK_LOCK):
+            write_atomic(s.state_dir / STACK_FILE, json.dumps(stack, indent=2) + "\n")
 
     def stop(self) -> None:
         """nginx first (no new requests), then every backend, ours or started later by `canary deploy` (read
@@ -311,6 +341,10 @@ class Stack:
                 retire(self.settings, slot)
             except Exception as exc:
                 print(f"could not stop {slot}: {exc}", file=sys.stderr)
+        left = stack_processes(self.settings.state_dir)  # whatever lost its parent on the way
+        if left:
+            print(f"stopping processes left behind: {describe_processes(left)}", file=sys.stderr)
+            kill_all(left)
         (self.settings.state_dir / STACK_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> "Stack":

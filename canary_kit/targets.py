@@ -76,7 +76,7 @@ class LocalTarget:
             raise CanaryError(f"the canary stack is not running (no {stack_file}); start it with `canary up`")
         try:
             stack = json.loads(stack_file.read_text())
-            running = alive(stack["supervisor_pid"]) and alive(stack["nginx"]["pid"])
+            running = alive(stack["supervisor_pid"])  # nginx may be dead for a moment: its supervisor restarts it
             self.settings = Settings(**stack["settings"])
         except (ValueError, KeyError, TypeError) as exc:
             raise CanaryError(f"{stack_file} is damaged ({exc}); restart the stack with `canary up`") from None
@@ -137,6 +137,15 @@ class LocalTarget:
                 raise CanaryError(f"{version} did not start as blue ({exc}); blue serves {previous} again") from None
             raise
 
+    def processes(self) -> dict:
+        """What the supervisor says of each process of the stack (stack.json): pid, state, restarts, last exit."""
+        from canary_kit.stack import read_stack_file
+
+        listed = read_stack_file(self.state_dir)
+        found = {"nginx": listed.get("nginx") or {}, **listed.get("backends", {})}
+        keys = ("pid", "version", "state", "restarts", "last_exit")
+        return {name: {key: entry.get(key) for key in keys if key in entry} for name, entry in found.items()}
+
     def log_mark(self) -> int:
         log = self.settings.state_dir / "logs" / "access.log"
         return log.stat().st_size if log.exists() else 0
@@ -181,6 +190,10 @@ class ComposeTarget:
 
     def admin_transport(self) -> None:
         return None
+
+    def processes(self) -> dict:
+        """Docker restarts the containers (restart: unless-stopped); `docker compose ps` shows them."""
+        return {}
 
     def _run(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         argv = [*self.compose_cmd, "-f", str(self.compose_file), *args]

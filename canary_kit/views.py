@@ -15,6 +15,10 @@ def status_lines(report: dict) -> tuple[list[str], list[str]]:
     weight = report["green_weight"]
     shadow = "   shadow: green gets a copy of each /predict" if report["shadow"] else ""
     lines = [f"split: blue {100 - weight}% / green {weight}%{shadow}   figures {since}"]
+    taken = report.get("takeover")
+    if taken:  # first, where nobody can miss it: the untested candidate answers production traffic
+        lines.insert(0, f"BLUE IS DOWN: green {taken['green_version']} (the candidate) answers blue's "
+                        f"{taken['blue_share']}% share too, so 100% of requests")
     lines.append(f"{'':6}{'version':<9}{'weight':>7}  {'health':<7}{'requests':>9}{'5xx':>6}{'err%':>7}{'p50 ms':>8}{'p99 ms':>8}")
     for color, b in report["backends"].items():
         f = b["since_change"] or {}
@@ -27,6 +31,7 @@ def status_lines(report: dict) -> tuple[list[str], list[str]]:
             f"{fmt(f.get('p50_ms'), '.1f'):>8}{fmt(f.get('p99_ms'), '.1f'):>8}"
         )
     lines.extend(prediction_lines(report))
+    lines += process_lines(report.get("processes") or {})
     warnings = []
     applied, in_file = report["nginx"], report["state_file"]
     if applied is None:
@@ -78,6 +83,17 @@ def quality_lines(report: dict) -> list[str]:
         for label in classes:
             cells = row["confusion"].get(label, {})
             lines.append(f"{label[:11]:<12}" + "".join(f"{cells.get(c, 0):>11}" for c in classes))
+    return lines
+
+
+def process_lines(processes: dict) -> list[str]:
+    """One line per supervised process: pid, state, restarts and why it last exited."""
+    if not processes:
+        return []
+    lines = [f"{'process':<9}{'pid':>8}  {'restarts':>8}  {'state':<24} last exit"]
+    for name, p in processes.items():
+        lines.append(f"{name:<9}{fmt(p.get('pid')):>8}  {p.get('restarts', 0):>8}  {p.get('state', 'running'):<24} "
+                     f"{p.get('last_exit') or '-'}")
     return lines
 
 

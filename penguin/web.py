@@ -127,7 +127,22 @@ class HeldHead:
         return getattr(self.transport, name)  # is_closing, get_extra_info, ...: the connection's own
 
 
-def send_heads_with_bodies() -> None:
+WRAPPED: list[str] = []  # the uvicorn protocol modules whose cycles send_heads_with_bodies wrapped in this process
+
+
+def heads_with_bodies() -> bool:
+    """Whether send_heads_with_bodies found uvicorn's cycles to wrap (what /metadata reports)."""
+    return bool(WRAPPED)
+
+
+def _wrappable(cycle) -> bool:
+    """A RequestResponseCycle of the layout the wrapper was written for: it keeps `transport` and
+    `response_started` on itself, and has an async `send`."""
+    names = getattr(getattr(cycle.__init__, "__code__", None), "co_names", ())
+    return {"transport", "response_started", "response_complete"} <= set(names) and callable(getattr(cycle, "send", None))
+
+
+def send_heads_with_bodies() -> list[str]:
     """Make uvicorn write each response's head in the same write as its body (or its first body part).
 
     uvicorn writes the head as soon as the app starts the response, and the body after the framework's outer layers
@@ -135,7 +150,8 @@ def send_heads_with_bodies() -> None:
     gap leaves nginx holding a head it has begun to forward: it can no longer fail over, and the client gets a cut
     answer. Written together, an answer reaches nginx whole or not at all, and "not at all" fails over to the other
     version. A response that never sends a body after its head is closed without one (nginx fails it over too).
-    Any cycle not of the expected shape (no `transport`, no `response_started`) is left as it is.
+    Any cycle not of the expected shape (no `transport`, no `response_started`) is left as it is. Returns the modules
+    whose cycles it wrapped; when none, it logs an error (and /metadata says `heads_with_bodies: false`).
     """
     import importlib
 
@@ -144,8 +160,19 @@ def send_heads_with_bodies() -> None:
             cycle = importlib.import_module(name).RequestResponseCycle
         except (ImportError, AttributeError):  # httptools not installed, or another uvicorn layout
             continue
+        if not _wrappable(cycle):
+            continue
         if not getattr(cycle.send, "heads_with_bodies", False):
             cycle.send = _holding_the_head(cycle.send)
+        if name not in WRAPPED:
+            WRAPPED.append(name)
+    if not WRAPPED:
+        logger.error(
+            "send_heads_with_bodies found no uvicorn RequestResponseCycle of the expected layout to wrap: responses "
+            "leave in two writes, and a worker killed mid-answer can cut one nginx cannot fail over. Serve with the "
+            "uvicorn pinned in requirements/service.txt."
+        )
+    return WRAPPED
 
 
 def _holding_the_head(send):

@@ -144,3 +144,30 @@ def test_an_app_failing_after_its_head_sends_no_half_answer(parser):
     finally:
         stop(proc, conn)
     assert seen == b"", f"a half answer reached the client: {seen!r}"  # closed with nothing: nginx fails it over
+
+
+def test_a_uvicorn_without_the_expected_layout_is_reported_not_wrapped(monkeypatch, caplog):
+    """Another uvicorn whose cycles keep their state elsewhere: nothing is wrapped, the service logs an error and
+    /metadata says heads_with_bodies false (not a silent two-write answer)."""
+    import importlib
+    import logging
+    import types
+
+    from penguin import web
+
+    class Cycle:  # no transport / response_started on itself
+        def __init__(self) -> None:
+            self.state = {}
+
+        async def send(self, message) -> None:
+            pass
+
+    fake = types.SimpleNamespace(RequestResponseCycle=Cycle)
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: fake if name.startswith("uvicorn.protocols") else real(name, *a))
+    monkeypatch.setattr(web, "WRAPPED", [])
+    with caplog.at_level(logging.ERROR, logger=web.logger.name):
+        wrapped = web.send_heads_with_bodies()
+    print(f"\nwrapped: {wrapped}; logged: {[r.getMessage()[:80] for r in caplog.records]}")
+    assert wrapped == [] and web.heads_with_bodies() is False and Cycle.send.__name__ == "send"
+    assert any(r.levelno == logging.ERROR and "found no uvicorn" in r.getMessage() for r in caplog.records)

@@ -57,6 +57,7 @@ def test_health_and_metadata(backend):
     meta = httpx.get(f"{url}/metadata").json()
     assert meta["model_version"] == version and meta["metadata"]["features"] == list(FEATURES)
     assert meta["runtime"] in ("onnx", "sklearn") and meta["metadata"]["onnx"]["parity"]["ok"], meta["runtime"]
+    assert meta["heads_with_bodies"] is True, meta  # the worker wrapped uvicorn: each answer leaves in one write
     for probe in ("/livez", "/readyz", "/metrics"):
         response = httpx.get(f"{url}{probe}")
         assert response.status_code == 200 and response.headers["x-model-version"] == version, probe
