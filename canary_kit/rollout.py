@@ -92,14 +92,15 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
                 result.outcome, result.final_weight = "stopped", now.green_weight
                 result.reason = f"the state was changed by someone else (green now {now.green_weight}%)"
                 return result
+            went_down = not window.blue_ready and blue_down_since is None
             if window.blue_ready:
                 blue_down_since = None
-            elif blue_down_since is None:
+            elif went_down:
                 blue_down_since = time.monotonic()
             down_for = 0.0 if blue_down_since is None else time.monotonic() - blue_down_since
             held = time.monotonic() - step_started
             decision = decide(spec, Step(number, weight, failed, inconclusive, down_for, held), window)
-            if not (decision.outcome == "blue-down" and down_for > 0):  # one line while blue stays down
+            if decision.outcome != "blue-down" or went_down or decision.verdict != "hold":  # one line while down
                 _record(result, decision, number, weight, window, t0, echo, len(spec.steps))
             if window.blue and (window.blue.get("rows") or 0) >= spec.gates.max_class_divergence.min_rows:
                 blue_reference = window.blue

@@ -296,3 +296,55 @@ def test_deploy_and_finalize_work_under_supervision(trained, tmp_path):
     assert back is not None and set(listed) == {"blue"}, listed
     assert [c for e, c in events if e in ("exit", "restart")] == ["green_b", "green_b"], events
     assert not failed(load.answers), Counter(a.error[:80] for a in failed(load.answers))
+
+
+@pytest.mark.parametrize("on_blue_down", ["wait", "pause"])
+def test_a_rollout_holds_while_blue_is_down_and_resumes_or_pauses_as_the_spec_says(trained, bentoml_home, tmp_path,
+                                                                                  on_blue_down):
+    """Green's figures alone never advance a step: while blue is down (green answering its share) the rollout
+    judges nothing; with `on_blue_down: wait` it carries on once blue is back, with `pause` it stops where it is."""
+    import subprocess
+    import sys
+
+    from canary_kit.control import split_of
+    from conftest import ROOT
+
+    home = private_store(bentoml_home, tmp_path)
+    state = tmp_path / "state"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"on_blue_down: {on_blue_down}\nblue_down_seconds: 120\n")
+    settings = dict(CANARY_BENTOML_HOME=str(home), CANARY_RESTART_DELAY="0.5", CANARY_RESTART_DELAY_MAX="1",
+                    CANARY_RESTART_LIMIT="100")
+    model = home / "models" / "penguin_classifier" / "v1.0.0"
+    argv = [sys.executable, "-m", "canary_kit.cli", "rollout", "--spec", str(spec), "--hold", "3", "--min-requests",
+            "5", "--min-rows", "20", "--max-p99-ms", "10000", "--max-p99-ratio", "50", "--state-dir", str(state)]
+    with UpStack(state, **settings) as up, Load(up.url, workers=8, max_requests=200000, max_seconds=240) as load:
+        load.wait_for(0, 100)
+        rolling = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            reached = wait_until(lambda: split_of(LocalTarget(state))[0] >= 25, 60, 0.1)
+            shutil.move(model, tmp_path / "v1.0.0")  # blue cannot start again until its model is back
+            psutil.Process(stack_json(state)["backends"]["blue"]["pid"]).kill()
+            said = wait_until(lambda: canary_process(state, "status").stdout.startswith("BLUE IS DOWN"), 30, 0.5)
+            held_at = split_of(LocalTarget(state))[0]
+            time.sleep(6)  # two windows' worth: nothing may advance meanwhile
+            still = split_of(LocalTarget(state))[0]
+            shutil.move(tmp_path / "v1.0.0", model)
+            back = wait_until(lambda: answers(up.slot_url["blue"]) == "v1.0.0", 60)
+            output, _ = rolling.communicate(timeout=240)
+        finally:
+            if rolling.poll() is None:
+                rolling.kill()
+        final = split_of(LocalTarget(state))[0]
+        load._stop.set()
+    print(f"\non_blue_down {on_blue_down}: weight reached 25 after {reached}s, blue down said after {said}s, weight "
+          f"{held_at}% then {still}% 6 s later, blue back {back}s after its model; rollout exit {rolling.returncode}, "
+          f"green at {final}%\n{output}\nfailed {len(failed(load.answers))} of {len(load.answers)}")
+    assert reached is not None and said is not None and back is not None
+    assert still == held_at, "a step advanced while blue was down"
+    assert "BLUE DOWN - blue is down" in output, output
+    if on_blue_down == "wait":
+        assert rolling.returncode == 0 and "promoted" in output and final == 100, output
+    else:
+        assert rolling.returncode == 2 and "paused" in output.splitlines()[-1] and final == held_at, output
+    assert not failed(load.answers), Counter(a.error[:80] for a in failed(load.answers))
