@@ -19,6 +19,7 @@ answer carries a strict Content-Security-Policy: the page's script is a file of 
 
 from __future__ import annotations
 
+import getpass
 import hmac
 import ipaddress
 import json
@@ -89,6 +90,8 @@ class Poller:
         self._thread = threading.Thread(target=self._run, name="dashboard-poller", daemon=True)
 
     def start(self) -> "Poller":
+        """The first read before anything is served (a page opened at once has figures), then one per tick."""
+        self._tick()
         self._thread.start()
         return self
 
@@ -100,16 +103,18 @@ class Poller:
         with self._lock:
             return self._view
 
+    def _tick(self) -> None:
+        try:
+            self.poll()
+        except Exception as exc:  # noqa: BLE001 - the page must say what broke, and the poller go on
+            with self._lock:
+                self._view = {**self._view, "problem": f"the dashboard could not read the stack: {exc!r}"}
+
     def _run(self) -> None:
-        next_tick = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                self.poll()
-            except Exception as exc:  # noqa: BLE001 - the page must say what broke, and the poller go on
-                with self._lock:
-                    self._view = {**self._view, "problem": f"the dashboard could not read the stack: {exc!r}"}
+        next_tick = time.monotonic() + self.interval
+        while not self._stop.wait(max(0.0, next_tick - time.monotonic())):
+            self._tick()
             next_tick = max(next_tick + self.interval, time.monotonic())
-            self._stop.wait(next_tick - time.monotonic())
 
     def _reach(self):
         if self._target is not None and not self.rebuild:
@@ -268,11 +273,12 @@ def create_app(poller: Poller, make_target: Callable, token: str, host: str = "1
 
 def perform(make_target: Callable, action: str, body: dict) -> dict:
     """One action, through the CLI's functions; CanaryError carries the CLI's one-line refusal."""
-    reason = " ".join(str(body.get("reason") or "").split())[:300]
-    reason = f"{reason} (dashboard)" if reason else "dashboard"
+    given = " ".join(str(body.get("reason") or "").split())[:300]
+    reason = f"{given} (dashboard)" if given else "dashboard"
     target = make_target()
     if action in live.ACTIONS:
-        return {"message": live.request(target.state_dir, action, by=os.environ.get("CANARY_USER") or "", reason=reason)}
+        by = f"the dashboard ({os.environ.get('CANARY_USER') or getpass.getuser()})"
+        return {"message": live.request(target.state_dir, action, by=by, reason=given)}
     weight = body.get("weight") if EVENTS[action] is None else EVENTS[action]
     serial = body.get("serial")
     if serial is not None and (not isinstance(serial, int) or isinstance(serial, bool)):
