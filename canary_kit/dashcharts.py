@@ -11,8 +11,8 @@ from canary_kit.report import COLOURS, chart as gate_chart
 from canary_kit.rollout import Check
 
 COLOR = {"blue": "#2471a3", "green": "#1e8449"}
-VERDICT = {"advance": COLOURS["pass"], "fail": COLOURS["fail"], "hold": COLOURS["inconclusive"],
-           "pause": COLOURS["dry-run"]}
+OUTCOME = {"pass": COLOURS["pass"], "fail": COLOURS["fail"], "inconclusive": COLOURS["inconclusive"],
+           "blue-down": COLOURS["dry-run"]}  # a check's own window, as the report colours it
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 620, 118, 52, 10, 18, 18
 
 
@@ -98,8 +98,8 @@ def render(samples: list[dict], history: list[dict], rollout: dict | None, now: 
     events = [(e["unix"], f"{e.get('time', '')[11:19]} {e.get('event')}: green {e.get('old_green_weight')}% -> "
                f"{e.get('new_green_weight')}% {e.get('reason', '')}") for e in history if e.get("unix")]
     checks = (rollout or {}).get("checks") or []
-    marks = [(c["wall"], VERDICT.get(c["verdict"], "#888"), f"step {c['step']} ({c['weight']}%): {c['verdict']} - "
-              f"{c['reason']}") for c in checks if c.get("wall")]
+    marks = [(c["wall"], OUTCOME.get(c.get("outcome"), "#888"), f"step {c['step']} ({c['weight']}%): {c['outcome']}, "
+              f"{c['verdict']} - {c['reason']}") for c in checks if c.get("wall")]
 
     def pick(color: str, key: str, scale: float = 1.0):
         return [(s["t"], None if (s.get(color) or {}).get(key) is None else s[color][key] * scale) for s in samples]

@@ -120,8 +120,8 @@ def test_screenshots_of_the_weak_model_mid_rollout_and_after_its_automatic_rollb
             time.sleep(20)  # some minutes of history on the charts before the rollout (here: seconds)
             proc = rollout(state_dir, "--hold", "8", "--max-failed-checks", "3", "--steps", "10,25,50,100")
             try:
-                wait_until(lambda: "class_divergence" in text(driver, "gates") and
-                           text(driver, "rollout-state").startswith("running"), 60, what="a judged window, running")
+                wait_until(lambda: "fail, verdict hold - class divergence" in text(driver, "rollout-check") and
+                           text(driver, "rollout-state").startswith("running"), 90, what="a failed check, running")
                 time.sleep(1.5)  # the gate grid drawn
                 mid = screenshot(driver, "dashboard-rollout.png", tmp_path)
                 gates_mid = text(driver, "gates")

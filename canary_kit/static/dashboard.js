@@ -79,7 +79,7 @@
       setText("rollout-state", `${r.state}: ${r.reason || ""}; green at ${r.final_weight}%  (started ${String(r.started).slice(0, 19).replace("T", " ")})`);
     }
     const last = (r.checks || [])[r.checks.length - 1];
-    setText("rollout-check", last ? `last check: step ${last.step} (${last.weight}%): ${last.verdict} - ${last.reason}` : "no check yet");
+    setText("rollout-check", last ? `last check: step ${last.step} (${last.weight}%): ${last.outcome || "-"}, verdict ${last.verdict} - ${last.reason}` : "no check yet");
     const body = $("gates").tBodies[0];
     body.replaceChildren();
     for (const g of (last && last.gates) || []) {
