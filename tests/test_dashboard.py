@@ -227,3 +227,26 @@ def test_one_metrics_read_per_second_per_backend_whatever_the_number_of_pages(at
     for key, n in reads.items():
         assert n <= seconds + 1, (key, n)
     assert reads["blue", "/metrics"] >= seconds - 2, "the poller kept reading"
+
+
+def test_the_page_says_when_the_stack_is_down_or_the_state_file_is_invalid(at_10, tmp_path):
+    state_dir = at_10.settings.state_dir
+    with dashboard(tmp_path / "nothing-here") as down, chromium() as driver:
+        driver.get(f"{down.url}/#token={TOKEN}")
+        wait_until(lambda: "the canary stack is not running" in text(driver, "problem"), 5, what="the banner")
+        assert driver.find_element(By.ID, "problem").is_displayed()
+        print(f"\nstack down: {text(driver, 'problem')}")
+        fill(driver, "weight", "50")
+        click(driver, "set-weight")
+        wait_until(lambda: text(driver, "message").startswith("error: the canary stack is not running"), 5)
+        with dashboard(state_dir) as dash:
+            driver.get(f"{dash.url}/#token={TOKEN}")
+            wait_until(lambda: text(driver, "green-weight") == "10%", 5, what="the stack")
+            (state_dir / "routing.json").write_text("{not json")
+            try:
+                wait_until(lambda: "is invalid" in text(driver, "warnings"), 5, what="the invalid state file")
+                print(f"invalid state file: {text(driver, 'warnings')}")
+                assert text(driver, "green-weight") == "0%", "nginx sends everything to blue"
+            finally:
+                assert canary_process(state_dir, "set-weight", "10", "-m", "test: repair").returncode == 0
+            wait_until(lambda: text(driver, "warnings") == "" and text(driver, "green-weight") == "10%", 5)
