@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from canary_kit import live
+from canary_kit.live import Channel, Interrupted
 from canary_kit.control import SplitChanged, current, set_weight, snapshots
 from canary_kit.gates import Decision, Step, Window, decide, judge_shadow
 from canary_kit.metrics import figures_between, unpinned_split
@@ -64,14 +64,14 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
     """Walk the steps; return how it ended. Ctrl-C leaves the split where it is (the caller says so). Progress is
     published, and pause/abort requests are taken, through the state folder (live.py)."""
     result = Rollout(spec=spec.model_dump(), started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    channel = live.Channel(target.state_dir, result)
+    channel = Channel(target.state_dir, result)
     try:
         return _walk(target, spec, echo, shadow_phase, result, channel)
     finally:
         channel.publish(state=None if result.outcome != "running" else "interrupted")
 
 
-def _walk(target, spec: RolloutSpec, echo, shadow_phase, result: Rollout, channel: live.Channel) -> Rollout:
+def _walk(target, spec: RolloutSpec, echo, shadow_phase, result: Rollout, channel: Channel) -> Rollout:
     t0 = time.monotonic()
     if spec.shadow_seconds and not _shadow_passes(target, spec, echo, shadow_phase, result):
         return result
@@ -96,7 +96,7 @@ def _walk(target, spec: RolloutSpec, echo, shadow_phase, result: Rollout, channe
             channel.publish(step=number, weight=weight, window_started=time.time())
             try:
                 window = _measure(target, spec, state, number, weight, echo, blue_reference, channel)
-            except live.Interrupted as asked:
+            except Interrupted as asked:
                 return _interrupted(target, result, asked, weight, echo)
             if window is None:
                 now = current(target)
@@ -148,7 +148,7 @@ def _shadow_passes(target, spec: RolloutSpec, echo, shadow_phase, result: Rollou
     return False
 
 
-def _interrupted(target, result: Rollout, asked: live.Interrupted, weight: int, echo) -> Rollout:
+def _interrupted(target, result: Rollout, asked: Interrupted, weight: int, echo) -> Rollout:
     """A pause (the split stays) or an abort (green back to 0%) asked from outside, e.g. from `canary dashboard`."""
     why = f"{asked.action} asked from outside by {asked.by or 'someone'}" + (f" ({asked.reason})" if asked.reason else "")
     echo(f"rollout: {why}")
@@ -161,7 +161,7 @@ def _interrupted(target, result: Rollout, asked: live.Interrupted, weight: int, 
 
 
 def _measure(target, spec: RolloutSpec, state, number: int, weight: int, echo, blue_reference,
-             channel: live.Channel | None = None) -> Window | None:
+             channel: Channel | None = None) -> Window | None:
     """Hold one window (cut short when a version stops answering its health check); None if someone else changed
     the state meanwhile."""
     before, mark, started = snapshots(target), target.log_mark(), time.monotonic()
@@ -172,7 +172,7 @@ def _measure(target, spec: RolloutSpec, state, number: int, weight: int, echo, b
         if current(target).serial != state.serial:
             return None
         if channel is not None:
-            channel.check()  # raises live.Interrupted on a pause or abort asked from outside
+            channel.check()  # raises Interrupted on a pause or abort asked from outside
         green_ready = target.backend("green", "/readyz") is not None
         blue_ready = target.backend("blue", "/readyz") is not None
         if not (green_ready and blue_ready):
