@@ -9,7 +9,7 @@ BENTOML_HOME ?= $(HOME)/bentoml
 export BENTOML_HOME
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: up setup nginx tools train bentos images test test-fast bench clean
+.PHONY: up setup nginx tools chromium train bentos images test test-fast bench clean dashboard
 
 up: setup nginx train  ## install what is missing, train if the store lacks the models, run the stack on :8000
 	$(BIN)/canary up
@@ -42,6 +42,14 @@ tools:  ## the test tools beyond nginx, installed through apt-get when missing (
 			$$offered >/dev/null; } && \
 		for p in $$missing; do command -v $$p >/dev/null || echo "$$p: not in this machine's apt sources; its tests will skip"; done; }
 
+chromium:  ## Debian's headless Chromium and its driver, through apt-get when missing (the dashboard's browser tests)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || (echo "installing chromium ..." && \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+		--no-install-recommends chromium chromium-driver >/dev/null)
+
+dashboard: setup  ## the live page of the running stack on http://127.0.0.1:8300/ (prints the token)
+	$(BIN)/canary dashboard
+
 STORE = $(BENTOML_HOME)/models/$(MODEL)
 
 train: setup  ## train both versions into the BentoML model store (kept when already there with their ONNX graphs)
@@ -58,7 +66,7 @@ images: bentos  ## one image per Bento (needs Docker): penguin_classifier:v1.0.0
 	@for v in $(VERSIONS); do $(BIN)/bentoml containerize $(MODEL):$$v --image-tag $(MODEL):$$v \
 		--opt label=org.opencontainers.image.version=$$v --opt label=ai.bentoml.model_version=$$v || exit 1; done
 
-test: setup nginx tools  ## the whole test suite: unit, integration (real nginx and bentoml serve), Bento builds
+test: setup nginx tools chromium  ## the whole test suite: unit, integration (real nginx, bentoml serve, chromium), Bento builds
 	$(BIN)/pytest
 
 test-fast: setup  ## unit tests only

@@ -166,12 +166,10 @@ def compose_command() -> str:
 def change(weight: int, reason: str, state_dir: Optional[Path], compose: bool, compose_file: Path, event: str) -> None:
     from canary_kit.control import set_weight
 
+    from canary_kit.views import change_line
+
     before, after = set_weight(target_for(state_dir, compose, compose_file), weight, reason, event=event)
-    old, new = before.green_weight, after.green_weight
-    if old == new:
-        typer.echo(f"green already gets {new}%: nothing changed")
-    else:
-        typer.echo(f"green {old}% -> {new}%  (blue {100 - new}%)")
+    typer.echo(change_line(before, after))
 
 
 @app.command("set-weight", context_settings={"ignore_unknown_options": True})  # so "-1" is a value
@@ -458,6 +456,25 @@ def quality(
     state = current(target)
     report = ledger.quality_report(target, {"blue": state.blue_version, "green": state.green_version}, moment)
     typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(quality_lines(report)))
+
+
+@app.command()
+def dashboard(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8300,
+    host: Annotated[
+        str, typer.Option(help="address to listen on; beyond loopback, reading needs the token too")
+    ] = "127.0.0.1",
+    state_dir: StateDir = None,
+    compose: Compose = False,
+    compose_file: ComposeFile = Path("docker-compose.yml"),
+) -> None:
+    """A live page of both versions (split, health, requests/s, 5xx, p50/p99, predictions, the rollout's gates,
+    history) with set-weight, promote, rollback and pause/abort of a running rollout. Needs the token it prints
+    (or CANARY_DASHBOARD_TOKEN) for every action."""
+    from canary_kit.dashboard import serve
+
+    folder = None if compose else local_state_dir(state_dir)
+    serve(lambda: target_for(state_dir, compose, compose_file), folder, host, port, typer.echo, rebuild=not compose)
 
 
 k8s_app = typer.Typer(help="The same canary on Kubernetes: Argo Rollouts + Gateway API, from the rollout spec.")

@@ -171,8 +171,9 @@ def set_weight(
     return before, after
 
 
-def status(target) -> dict:
-    """The split nginx applies, each version's health, and its figures since the last change (or since start)."""
+def status(target, now: dict[str, dict | None] | None = None) -> dict:
+    """The split nginx applies, each version's health, and its figures since the last change (or since start).
+    `now`: both backends' `snapshots` if the caller just took them (the dashboard keeps them for its rates)."""
     baseline_file = target.state_dir / BASELINE
     try:
         baseline = json.loads(baseline_file.read_text())
@@ -185,7 +186,7 @@ def status(target) -> dict:
     weight = in_nginx["green_weight"] if in_nginx else state.green_weight
     with ThreadPoolExecutor(2 * len(COLORS)) as pool:
         answering = dict(zip(COLORS, pool.map(target.serving, COLORS)))
-        now = pool.submit(snapshots, target).result()
+        now = now if now is not None else pool.submit(snapshots, target).result()
     versions = {}
     for color in COLORS:
         expected = state.blue_version if color == "blue" else state.green_version

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
+from canary_kit.live import Channel, Interrupted
 from canary_kit.control import SplitChanged, current, set_weight, snapshots
 from canary_kit.gates import Decision, Step, Window, decide, judge_shadow
 from canary_kit.ledger import labelled_since, utc
@@ -62,8 +63,17 @@ def _line(figures: dict | None) -> str:
 
 
 def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=None) -> Rollout:
-    """Walk the steps; return how it ended. Ctrl-C leaves the split where it is (the caller says so)."""
+    """Walk the steps; return how it ended. Ctrl-C leaves the split where it is (the caller says so). Progress is
+    published, and pause/abort requests are taken, through the state folder (live.py)."""
     result = Rollout(spec=spec.model_dump(), started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    channel = Channel(target.state_dir, result)
+    try:
+        return _walk(target, spec, echo, shadow_phase, result, channel)
+    finally:
+        channel.publish(state=None if result.outcome != "running" else "interrupted")
+
+
+def _walk(target, spec: RolloutSpec, echo, shadow_phase, result: Rollout, channel: Channel) -> Rollout:
     t0 = time.monotonic()
     since = utc(result.started)  # labels count for every answer of this rollout, whichever step it came in
     if spec.shadow_seconds and not _shadow_passes(target, spec, echo, shadow_phase, result):
@@ -86,7 +96,11 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
         result.final_weight = weight
         inconclusive, blue_down_since, step_started = 0, None, time.monotonic()
         while True:
-            window = _measure(target, spec, state, number, weight, echo, blue_reference, since)
+            channel.publish(step=number, weight=weight, window_started=time.time())
+            try:
+                window = _measure(target, spec, state, number, weight, echo, blue_reference, since, channel)
+            except Interrupted as asked:
+                return _interrupted(target, result, asked, weight, echo)
             if window is None:
                 now = current(target)
                 result.outcome, result.final_weight = "stopped", now.green_weight
@@ -102,6 +116,7 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
             decision = decide(spec, Step(number, weight, failed, inconclusive, down_for, held), window)
             if decision.outcome != "blue-down" or went_down or decision.verdict != "hold":  # one line while down
                 _record(result, decision, number, weight, window, t0, echo, len(spec.steps))
+                channel.publish()
             if window.blue and (window.blue.get("rows") or 0) >= spec.gates.max_class_divergence.min_rows:
                 blue_reference = window.blue
             failed += decision.outcome == "fail"
@@ -138,8 +153,20 @@ def _shadow_passes(target, spec: RolloutSpec, echo, shadow_phase, result: Rollou
     return False
 
 
+def _interrupted(target, result: Rollout, asked: Interrupted, weight: int, echo) -> Rollout:
+    """A pause (the split stays) or an abort (green back to 0%) asked from outside, e.g. from `canary dashboard`."""
+    why = f"{asked.action} asked from outside by {asked.by or 'someone'}" + (f" ({asked.reason})" if asked.reason else "")
+    echo(f"rollout: {why}")
+    if asked.action == "abort":
+        set_weight(target, 0, reason=f"rollout aborted: {why}", event="rollout")
+        result.outcome, result.final_weight, result.reason = "rolled back", 0, f"aborted at {weight}%: {why}"
+    else:
+        result.outcome, result.final_weight, result.reason = "paused", weight, f"at {weight}%: {why}"
+    return result
+
+
 def _measure(target, spec: RolloutSpec, state, number: int, weight: int, echo, blue_reference,
-             since: str) -> Window | None:
+             since: str, channel: Channel | None = None) -> Window | None:
     """Hold one window (cut short when a version stops answering its health check); None if someone else changed
     the state meanwhile."""
     before, mark, started = snapshots(target), target.log_mark(), time.monotonic()
@@ -149,6 +176,8 @@ def _measure(target, spec: RolloutSpec, state, number: int, weight: int, echo, b
         time.sleep(min(spec.check_every, spec.hold_seconds - elapsed))
         if current(target).serial != state.serial:
             return None
+        if channel is not None:
+            channel.check()  # raises Interrupted on a pause or abort asked from outside
         green_ready = target.backend("green", "/readyz") is not None
         blue_ready = target.backend("blue", "/readyz") is not None
         if not (green_ready and blue_ready):

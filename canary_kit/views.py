@@ -9,6 +9,14 @@ def fmt(value, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def change_line(before, after) -> str:
+    """What a weight change did, in one line (the CLI prints it, the dashboard shows it)."""
+    old, new = before.green_weight, after.green_weight
+    if old == new:
+        return f"green already gets {new}%: nothing changed"
+    return f"green {old}% -> {new}%  (blue {100 - new}%)"
+
+
 def status_lines(report: dict) -> tuple[list[str], list[str]]:
     """The status table, and the warnings to show beside it."""
     since = f"since {report['since']}" if report["since"] else "since start"
