@@ -170,6 +170,9 @@ class Run:
                     stack.stop()
         self.stack, self.extra_stacks = None, {}
 
+    def stack_names(self) -> set[str]:
+        return set(self.extra_stacks)
+
     # -- start -----------------------------------------------------------------------------------------------
     def cold_starts(self, settings: Settings) -> list[float]:
         times = []
@@ -303,6 +306,12 @@ class Run:
 
         log("parity: every data row and the generated rows through each canary backend ...")
         self.results["parity"] = served_parity({v: url for v, (_, url) in running.items()}, self.store)
+
+        if NO_METRICS in self.stack_names():
+            cost = subprocess.run([sys.executable, str(BENCH / "prediction_metrics_cost.py")], capture_output=True,
+                                  text=True, timeout=300)
+            self.results["prediction_metrics_cost"] = json.loads(cost.stdout) if cost.returncode == 0 else None
+            log(f"prediction metrics, in process: {self.results['prediction_metrics_cost']}")
 
         if a.profile:
             log("profiling the service worker with py-spy under 32 connections ...")
