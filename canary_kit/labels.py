@@ -2,8 +2,8 @@
 
 A file is CSV with a header (`request_id,label` and optionally `row`) or JSON lines (`{"request_id": ..., "label":
 ..., "row": 0}`); `row` is the 0-based row of a batch request, 0 by default. Every line is checked before anything
-is written; a file with a refused line changes nothing (unless skip_bad), and the labels are written in one
-transaction, so a crash mid-file leaves the ledger as it was.
+is written; a file with a refused line writes no label (unless skip_bad), and the labels are written in one
+transaction, so a crash mid-file leaves the labels as they were.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -20,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from canary_kit.config import CanaryError
-from canary_kit.metrics import ENDPOINT
+from canary_kit.metrics import ENDPOINT, is_endpoint
 
 LEDGER = "ledger.sqlite3"
 BATCH = 50_000  # rows per executemany while ingesting
@@ -42,16 +43,17 @@ def utc(text: str) -> str | None:
     """An ISO time as UTC 'YYYY-MM-DDTHH:MM:SS' (the ledger's comparable form); None if it is not one."""
     try:
         moment = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    except (TypeError, ValueError, OverflowError):
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def answer_rows(entry: dict) -> list[tuple]:
-    """The ledger rows of one access-log entry: a live /predict answered 200 with its predictions, one per row."""
-    if entry.get("shadow") or entry.get("status") != 200 or not str(entry.get("uri", "")).startswith(ENDPOINT):
+def answer_rows(entry: dict, endpoints: tuple[str, ...] = (ENDPOINT,)) -> list[tuple]:
+    """The ledger rows of one access-log entry: a live answer of a prediction endpoint, 200 with its predictions,
+    one per row."""
+    if entry.get("shadow") or entry.get("status") != 200 or not is_endpoint(str(entry.get("uri", "")), endpoints):
         return []
     predictions, version, rid = entry.get("predictions"), entry.get("version"), entry.get("request_id")
     when = utc(entry.get("time", ""))
@@ -102,7 +104,8 @@ def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> int:
     return conn.total_changes - before
 
 
-def ingest_file(conn: sqlite3.Connection, log: Path, name: str = "access.log") -> int:
+def ingest_file(conn: sqlite3.Connection, log: Path, name: str = "access.log",
+                endpoints: tuple[str, ...] = (ENDPOINT,)) -> int:
     """Add what `log` holds beyond the position kept for it (and, if it was rotated, the rest of `log`.1 first).
     Returns the rows added."""
     kept = conn.execute("SELECT inode, offset FROM sources WHERE name = ?", (name,)).fetchone()
@@ -130,13 +133,13 @@ def ingest_file(conn: sqlite3.Connection, log: Path, name: str = "access.log") -
                     if not line.endswith(b"\n"):
                         break  # a line nginx is still writing: next time
                     end += len(line)
-                    if b'"shadow":false' not in line or ENDPOINT.encode() not in line:
+                    if b'"shadow":false' not in line or b'"status":200' not in line:
                         continue
                     try:
                         entry = json.loads(line.decode("utf-8", "replace"))
                     except ValueError:
                         continue
-                    rows.extend(answer_rows(entry) if isinstance(entry, dict) else [])
+                    rows.extend(answer_rows(entry, endpoints) if isinstance(entry, dict) else [])
                     if len(rows) >= BATCH:
                         added += _insert(conn, rows)
                         rows = []
@@ -147,10 +150,11 @@ def ingest_file(conn: sqlite3.Connection, log: Path, name: str = "access.log") -
     return added
 
 
-def ingest_entries(conn: sqlite3.Connection, entries: list[dict], mark: str, name: str = "compose") -> int:
+def ingest_entries(conn: sqlite3.Connection, entries: list[dict], mark: str, name: str = "compose",
+                   endpoints: tuple[str, ...] = (ENDPOINT,)) -> int:
     """Add parsed log entries (compose's nginx logs to stdout) and keep `mark` as where to read from next."""
     with transaction(conn):
-        added = _insert(conn, [row for entry in entries for row in answer_rows(entry)])
+        added = _insert(conn, [row for entry in entries for row in answer_rows(entry, endpoints)])
         conn.execute("INSERT OR REPLACE INTO sources (name, mark) VALUES (?, ?)", (name, mark))
     return added
 
@@ -161,9 +165,10 @@ def prune(conn: sqlite3.Connection, retention: Retention, now: datetime | None =
     with transaction(conn):
         before = conn.total_changes
         conn.execute("DELETE FROM answers WHERE time < ?", (cutoff,))
-        edge = conn.execute("SELECT time FROM answers ORDER BY time DESC LIMIT 1 OFFSET ?", (retention.rows,)).fetchone()
-        if edge is not None:
-            conn.execute("DELETE FROM answers WHERE time <= ?", edge)
+        edge = conn.execute("SELECT time FROM answers ORDER BY time DESC LIMIT 1 OFFSET ?",
+                            (retention.rows - 1,)).fetchone()
+        if edge is not None:  # older than the newest `rows` (a second's answers all stay: nginx logs whole seconds)
+            conn.execute("DELETE FROM answers WHERE time < ?", edge)
         dropped = conn.total_changes - before
         if dropped:
             conn.execute("DELETE FROM labels WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE "
@@ -171,16 +176,25 @@ def prune(conn: sqlite3.Connection, retention: Retention, now: datetime | None =
     return dropped
 
 
+PRUNE_EVERY = 60.0  # seconds: pruning walks the time index, so it runs after new answers, at most this often
+
+
 def catch_up(target, conn: sqlite3.Connection, retention: Retention | None = None) -> int:
-    """Bring the ledger up to date with the target's nginx log; returns the rows added."""
+    """Bring the ledger up to date with the target's nginx log (the model's endpoints of its settings); returns
+    the rows added. Old answers are pruned after new ones came in, at most once a minute."""
     log = getattr(target, "access_log", None)
+    endpoints = tuple(getattr(getattr(target, "prediction_metrics", None), "endpoints", (ENDPOINT,)))
     if log is not None:
-        added = ingest_file(conn, log)
+        added = ingest_file(conn, log, endpoints=endpoints)
     else:
         kept = conn.execute("SELECT mark FROM sources WHERE name = 'compose'").fetchone()
         mark = target.log_mark()
-        added = ingest_entries(conn, target.log_since(kept[0] if kept and kept[0] else ""), mark)
-    prune(conn, retention or Retention())
+        added = ingest_entries(conn, target.log_since(kept[0] if kept and kept[0] else ""), mark, endpoints=endpoints)
+    last = conn.execute("SELECT value FROM meta WHERE key = 'pruned_at'").fetchone()
+    if added and (last is None or time.time() - float(last[0]) >= PRUNE_EVERY):
+        prune(conn, retention or Retention())
+        with transaction(conn):
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_at', ?)", (str(time.time()),))
     return added
 
 
@@ -275,7 +289,10 @@ def since_time(text: str | None, last_change: str | None, now: datetime | None =
         return utc(last_change)
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
-        moment = (now or datetime.now(timezone.utc)) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        try:
+            moment = (now or datetime.now(timezone.utc)) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        except OverflowError:
+            return "0001-01-01T00:00:00"  # further back than any answer: all of them
         return moment.strftime("%Y-%m-%dT%H:%M:%S")
     found = utc(text)
     if found is None:

@@ -85,6 +85,10 @@ def _walk(target, spec: RolloutSpec, echo, shadow_phase, result: Rollout, channe
     for number, weight in enumerate(spec.steps, start=1):
         if weight < state.green_weight and not state.shadow:
             continue  # green already has more than this share: carry on from where it is
+        try:  # a pause or abort asked since the last window stops the rollout before green gets more
+            channel.check()
+        except Interrupted as asked:
+            return _interrupted(target, result, asked, state.green_weight, echo)
         try:  # only from the state the rollout left: any change meanwhile (an operator, a deploy) stops it
             _, state = set_weight(
                 target, weight, reason=f"rollout step {number}/{len(spec.steps)}", expect=state.serial, event="rollout"
@@ -94,7 +98,7 @@ def _walk(target, spec: RolloutSpec, echo, shadow_phase, result: Rollout, channe
             result.final_weight = current(target).green_weight
             return result
         result.final_weight = weight
-        inconclusive, blue_down_since, step_started = 0, None, time.monotonic()
+        inconclusive, blue_down_since, step_started, blue_down_total = 0, None, time.monotonic(), 0.0
         while True:
             channel.publish(step=number, weight=weight, window_started=time.time())
             try:
@@ -108,11 +112,13 @@ def _walk(target, spec: RolloutSpec, echo, shadow_phase, result: Rollout, channe
                 return result
             went_down = not window.blue_ready and blue_down_since is None
             if window.blue_ready:
+                if blue_down_since is not None:
+                    blue_down_total += time.monotonic() - blue_down_since
                 blue_down_since = None
             elif went_down:
                 blue_down_since = time.monotonic()
             down_for = 0.0 if blue_down_since is None else time.monotonic() - blue_down_since
-            held = time.monotonic() - step_started
+            held = time.monotonic() - step_started - blue_down_total - down_for  # the wait for labels: blue up
             decision = decide(spec, Step(number, weight, failed, inconclusive, down_for, held), window)
             if decision.outcome != "blue-down" or went_down or decision.verdict != "hold":  # one line while down
                 _record(result, decision, number, weight, window, t0, echo, len(spec.steps))
@@ -130,7 +136,8 @@ def _walk(target, spec: RolloutSpec, echo, shadow_phase, result: Rollout, channe
                 return result
             set_weight(target, 0, reason=f"rollout: {decision.reason}", event="rollout")
             result.outcome, result.final_weight = "rolled back", 0
-            result.reason = f"{failed} failed checks; last: {decision.reason}"
+            result.reason = (f"{failed} failed checks; last: {decision.reason}" if decision.outcome == "fail"
+                             else decision.reason)
             return result
     result.outcome, result.reason = "promoted", "every step passed"
     return result

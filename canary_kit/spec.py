@@ -38,7 +38,7 @@ class Gate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    threshold: float | None = Field(None, allow_inf_nan=False)
+    threshold: float | None = Field(None, allow_inf_nan=False, strict=True)  # strict: `true` is no threshold
     min_rows: int = Field(1, ge=1, le=10_000_000, description="rows (or requests) needed to judge")
     dry_run: StrictBool = Field(False, description="measured, printed and reported; never fails the rollout")
 
@@ -135,6 +135,10 @@ def load_spec(path: Path | None, overrides: dict | None = None) -> RolloutSpec:
     if not isinstance(data, dict) or not isinstance(data.get("gates") or {}, dict):
         raise CanaryError(f"rollout spec {path} must be a mapping of fields, with `gates` a mapping too")
     gates = {name: _as_mapping(value) for name, value in (data.get("gates") or {}).items()}
+    for name, value in gates.items():
+        if not isinstance(value, dict):
+            raise CanaryError(f"invalid rollout spec: gates.{name} must be a number, null or a mapping "
+                              f"{{threshold, min_rows, dry_run}}, got {value!r}")
     for name in [k for k in overrides if k in GATES]:
         gates.setdefault(name, {})["threshold"] = overrides.pop(name)
     for name in overrides.pop("dry_run", []):

@@ -104,6 +104,18 @@ def test_old_answers_and_their_labels_are_pruned_by_age_and_count(tmp_path):
         assert conn.execute("SELECT MIN(time) FROM answers").fetchone()[0] > (now - timedelta(minutes=1500)).isoformat()[:19]
 
 
+def test_a_second_holding_more_answers_than_the_limit_is_kept_whole(tmp_path):
+    """nginx logs whole seconds: the row limit never cuts into the newest second (a 1,500-row batch stays)."""
+    folder = Folder(tmp_path)
+    now = datetime(2026, 12, 3, tzinfo=timezone.utc)
+    write(folder.access_log, [entry(f"o{i}", "Adelie", time=(now - timedelta(minutes=5)).isoformat()) for i in range(10)]
+          + [entry("batch", ",".join(["Adelie"] * 1500), time=now.isoformat())])
+    with ledger.connect(tmp_path) as conn:
+        ledger.ingest_file(conn, folder.access_log)
+        assert ledger.prune(conn, ledger.Retention(days=30, rows=1000), now) == 10
+        assert ledger.counts(conn)["answers"] == 1500
+
+
 BAD = {
     "an unknown column": b"request_id,label,colour\na,Adelie,red\n",
     "a missing column": b"request_id,row\na,0\n",
@@ -209,3 +221,6 @@ def test_since_takes_a_time_a_duration_or_the_last_change():
     assert ledger.since_time("change", "2026-12-03T07:00:00+00:00") == "2026-12-03T07:00:00"
     with pytest.raises(ledger.CanaryError, match="--since wants"):
         ledger.since_time("yesterday", None)
+    with pytest.raises(ledger.CanaryError, match="--since wants"):
+        ledger.since_time("0001-01-01T00:00:00+01:00", None)  # before the first representable moment in UTC
+    assert ledger.since_time("1000000d", None) == "0001-01-01T00:00:00"  # further back than anything: all

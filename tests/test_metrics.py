@@ -90,3 +90,12 @@ def test_a_spec_that_is_not_a_mapping_is_refused(tmp_path):
     path.write_text("- 10\n- 100\n")
     with pytest.raises(CanaryError, match="must be a mapping"):
         load_spec(path, {})
+
+
+@pytest.mark.parametrize("gate", ["true", "abc", "[0.1]"])
+@pytest.mark.parametrize("flags", [{}, {"max_error_rate": 0.05}, {"dry_run": ["max_error_rate"]}])
+def test_a_malformed_gate_is_refused_in_one_line_whatever_the_flags(tmp_path, gate, flags):
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"gates: {{max_error_rate: {gate}}}\n")
+    with pytest.raises(CanaryError, match="gates.max_error_rate must be a number, null or a mapping"):
+        load_spec(path, dict(flags))
