@@ -15,7 +15,7 @@ import random
 import statistics
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.servers import ROOT
@@ -29,7 +29,7 @@ GOALS = {"ingest_s": 60.0, "quality_s": 1.0}
 def write_log(path: Path, answers: int, seed: int = 0) -> list[str]:
     """`answers` access-log lines as nginx writes them; returns the request ids."""
     rng = random.Random(seed)
-    start = datetime.now(timezone.utc) - timedelta(hours=2)
+    start = datetime.now(UTC) - timedelta(hours=2)
     ids = []
     with open(path, "w") as log:
         for i in range(answers):

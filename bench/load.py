@@ -24,7 +24,7 @@ def run_wrk(subject: Subject, body: Path | None, connections: int, duration: int
     parts0 = {name: cpu_seconds(children) for name, children in subject.parts.items()}
     cpu0, busy0, wall0 = cpu_seconds(subject.children), machine_busy_seconds(), time.monotonic()
     usage0 = os.times()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=duration + 60)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=duration + 60, check=False)
     usage1 = os.times()
     cpu1, busy1, wall1 = cpu_seconds(subject.children), machine_busy_seconds(), time.monotonic()
     parts = {name: 1000 * (cpu_seconds(children) - parts0[name]) for name, children in subject.parts.items()}

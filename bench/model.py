@@ -37,7 +37,7 @@ def predict_floor(predictors: dict[str, object], sizes: list[int]) -> dict[str, 
         for name, predictor in predictors.items():
             for n in sizes:
                 columns = {f: [EXAMPLE[f]] * n for f in FEATURES}
-                timer = timeit.Timer(lambda: predictor.predict_proba(columns))
+                timer = timeit.Timer(lambda p=predictor, c=columns: p.predict_proba(c))
                 once = min(timer.repeat(repeat=2, number=1))
                 number = max(1, min(200, int(0.1 / max(once, 1e-6))))
                 best = min(timer.repeat(repeat=5, number=number)) / number

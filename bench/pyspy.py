@@ -50,7 +50,7 @@ def summarize_profile(raw: Path, top: int = 20) -> dict:
         for label, needle in PROFILE_KEYS.items():
             if any(needle in f for f in frames):
                 keys[label] += n
-    pct = lambda n: round(100 * n / max(1, total), 1)  # noqa: E731
+    pct = lambda n: round(100 * n / max(1, total), 1)
     generic = ("threading.py", "runpy", "click/core.py", "asyncio/", "uvicorn/server.py", "_compat.py", "<module>")
     frames = [(name, pct(n)) for name, n in inclusive.most_common() if not any(g in name for g in generic)]
     return {"busy_samples": total, "parts_pct": {label: pct(keys[label]) for label in PROFILE_KEYS},
@@ -79,6 +79,6 @@ def profile_worker(subject: Subject, body: Path, seconds: int, work: Path) -> di
         log(f"profile failed: {out.strip()[-300:]}")
         return None
     dump = subprocess.run([spy, "dump", "--pid", str(workers[0]), "--nonblocking"], capture_output=True, text=True,
-                          timeout=30)
+                          timeout=30, check=False)
     return {"subject": subject.name, "worker_pid": workers[0], "load": load, "folded": str(raw),
             **summarize_profile(raw), "dump_idle": dump.stdout.strip().splitlines()[:30]}

@@ -192,9 +192,9 @@ def markdown(summary: dict, results: dict, meta: dict, args: argparse.Namespace)
     lines = [
         "# Benchmark results",
         "",
-        f"{meta['date']} · {meta['cpus']} CPUs (shared) · commit {meta['commit']} · wrk · "
-        f"{args.duration} s per point · "
-        f"{args.repeats} interleaved rounds, medians (req/s range min–max over rounds) · `{meta['command']}`",
+        (f"{meta['date']} · {meta['cpus']} CPUs (shared) · commit {meta['commit']} · wrk · "
+         f"{args.duration} s per point · "
+         f"{args.repeats} interleaved rounds, medians (req/s range min–max over rounds) · `{meta['command']}`"),
         "",
         "## Single-row POST /predict",
         "",
@@ -214,9 +214,9 @@ def markdown(summary: dict, results: dict, meta: dict, args: argparse.Namespace)
         if parts:
             lines.append(f"\nCanary CPU ms per request at {c} conns, by process: "
                          + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + ".")
-    lines += ["", "CPU ms/req: CPU time of all the subject's processes divided by requests served (less sensitive to "
-              "other load than req/s). Others' CPU %: the rest of the machine's busy time during the run (other "
-              "people's jobs, our idle servers), in % of one core.",
+    lines += ["", ("CPU ms/req: CPU time of all the subject's processes divided by requests served (less sensitive "
+                   "to other load than req/s). Others' CPU %: the rest of the machine's busy time during the run "
+                   "(other people's jobs, our idle servers), in % of one core."),
               "", f"## Rows/s by batch size ({args.batch_concurrency} connections)", ""]
     sizes = [str(n) for n in args.batches]
     lines += ["| subject | " + " | ".join(f"{n} rows" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
@@ -242,11 +242,11 @@ def markdown(summary: dict, results: dict, meta: dict, args: argparse.Namespace)
     cold = results["cold_start_s"]
     mem = results["memory"]
     lines += ["", "## Cold start and memory", "",
-              f"- Canary stack cold start (`Stack.start()` until blue, green and nginx answer): "
-              f"{', '.join(f'{x:.1f}' for x in cold['runs'])} s (median {cold['median']:.1f} s), using "
-              f"{', '.join(f'{x:.1f}' for x in results.get('cold_start_cpu_s', []))} CPU-seconds in its processes. "
-              f"Alone, one `bentoml serve` was ready in {results['ready_s']['service']:.1f} s, the baseline in "
-              f"{results['ready_s']['baseline']:.1f} s.",
+              (f"- Canary stack cold start (`Stack.start()` until blue, green and nginx answer): "
+               f"{', '.join(f'{x:.1f}' for x in cold['runs'])} s (median {cold['median']:.1f} s), using "
+               f"{', '.join(f'{x:.1f}' for x in results.get('cold_start_cpu_s', []))} CPU-seconds in its processes. "
+               f"Alone, one `bentoml serve` was ready in {results['ready_s']['service']:.1f} s, the baseline in "
+               f"{results['ready_s']['baseline']:.1f} s."),
               "", "| processes | state | RSS MiB | PSS MiB | processes |", "|---|---|---:|---:|---:|"]
     for state in ("idle", "after_load"):
         for name, m in mem[state].items():
@@ -273,8 +273,8 @@ def markdown(summary: dict, results: dict, meta: dict, args: argparse.Namespace)
                   "| part | share of busy worker time |", "|---|---:|"]
         lines += [f"| {label.replace(' ', '&nbsp;', 2) if label.startswith(' ') else label} | {pct:.0f}% |"
                   for label, pct in prof["parts_pct"].items()]
-    lines += ["", "Reproduce: `BENTOML_HOME=/tmp/bench-home make bench` (or `python -m bench.run --quick`). "
-              "Raw per-round numbers are in results.json.", ""]
+    lines += ["", ("Reproduce: `BENTOML_HOME=/tmp/bench-home make bench` (or `python -m bench.run --quick`). "
+                   "Raw per-round numbers are in results.json."), ""]
     return "\n".join(lines)
 
 

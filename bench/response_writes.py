@@ -74,7 +74,8 @@ def main() -> int:
         log(f"tracing the workers' writes for {TRACE_SECONDS} s under {CONNECTIONS} keep-alive connections")
         argv = ["timeout", "-s", "INT", str(TRACE_SECONDS), "strace", "-f", "-ttt", "-s", "400", "-e", "trace=write",
                 "-e", "signal=none", *[arg for pid in worker_pids(stack) for arg in ("-p", str(pid))]]
-        trace = subprocess.run(argv, capture_output=True, text=True, timeout=TRACE_SECONDS + 30).stderr
+        trace = subprocess.run(argv, capture_output=True, text=True, timeout=TRACE_SECONDS + 30,
+                               check=False).stderr
         found = answers(trace)
     finally:
         if load is not None:

@@ -140,7 +140,8 @@ class Run:
 
     def memory(self, subjects: dict[str, Subject]) -> dict:
         stacks = {"canary": self.stack, **self.extra_stacks}
-        mem = {name: memory_of(t.children) for name, t in subjects.items() if name not in stacks and name != NGINX_FLOOR}
+        alone = {name: t for name, t in subjects.items() if name not in stacks and name != NGINX_FLOOR}
+        mem = {name: memory_of(t.children) for name, t in alone.items()}
         return {**mem, **{name: stack_memory(stack) for name, stack in stacks.items()}}
 
     # -- main ------------------------------------------------------------------------------------------------
@@ -224,7 +225,8 @@ class Run:
                 shift = rnd % len(point.subjects)
                 order = point.subjects[shift:] + point.subjects[:shift]
                 for name in order:
-                    res = run_wrk(subjects[name], subjects[name].body(bodies, point.rows), point.connections, a.duration)
+                    subject = subjects[name]
+                    res = run_wrk(subject, subject.body(bodies, point.rows), point.connections, a.duration)
                     raw.setdefault(point.key, {}).setdefault(name, []).append(res)
                     flag = f"  ERRORS {res['errors']}" if res["errors"] else ""
                     log(f"round {rnd + 1}/{a.repeats} {point.key:>8} {name:<16} {res['rps']:>9.1f} req/s  "
@@ -245,7 +247,7 @@ class Run:
 
         if NO_METRICS in self.stack_names():
             cost = subprocess.run([sys.executable, "-m", "bench.prediction_metrics_cost"], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=300)
+                                  capture_output=True, text=True, timeout=300, check=False)
             self.results["prediction_metrics_cost"] = json.loads(cost.stdout) if cost.returncode == 0 else None
             log(f"prediction metrics, in process: {self.results['prediction_metrics_cost']}")
 
@@ -256,7 +258,8 @@ class Run:
 
 def git_commit() -> str:
     with contextlib.suppress(Exception):
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=False)
         return done.stdout.strip()
     return "unknown"
 
@@ -296,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0][:60],
-        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
+        "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.splitlines()[0][:60],
+        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False).stderr.strip(),
         "load_average_before": os.getloadavg(),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "extras"},
         "extra_services": {k: str(v) for k, v in args.extras.items()},

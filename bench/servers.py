@@ -42,7 +42,7 @@ class Subject:
     url: str
     children: list[Child]
     method: str = "POST"
-    parts: dict[str, list[Child]] = field(default_factory=dict)  # CPU reported per part too (canary: blue, green, nginx)
+    parts: dict[str, list[Child]] = field(default_factory=dict)  # CPU per part too (canary: blue, green, nginx)
     columnar: bool = False  # POST /predict_columns with {"columns": ...} bodies instead of /predict with rows
 
     def path(self) -> str:
@@ -137,7 +137,7 @@ def cpu_seconds(children: list[Child]) -> float:
 def machine_busy_seconds() -> float:
     """CPU seconds the whole machine spent busy (all processes, ours and other people's), from /proc/stat."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 

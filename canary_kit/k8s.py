@@ -91,7 +91,7 @@ class ServedModel(BaseModel):
     run_as_user: int = Field(1034, description="the non-root uid of BentoML's images")
 
     @model_validator(mode="after")
-    def _service_names(self) -> "ServedModel":
+    def _service_names(self) -> ServedModel:
         if not is_service_name(self.canary):
             raise ValueError(
                 f"service_name {self.service_name!r} makes Service names like {self.canary!r}, which Kubernetes refuses"
@@ -108,7 +108,7 @@ class ServedModel(BaseModel):
         return value
 
     @classmethod
-    def from_settings(cls, settings: Settings, **given) -> "ServedModel":
+    def from_settings(cls, settings: Settings, **given) -> ServedModel:
         """The service and the version being shipped from the project's settings ([tool.canary]); `given` wins."""
         known = {
             "service_name": settings.service_name,
@@ -350,7 +350,7 @@ def render(served: ServedModel, spec: RolloutSpec, out: Path, spec_name: str) ->
     return written
 
 
-from canary_kit import k8s_analysis  # noqa: E402  (the gates build on ServedModel and the helpers above)
+from canary_kit import k8s_analysis  # last: the gates build on ServedModel and the helpers above
 
 Target = ServedModel  # the name canary_kit/cli.py and tests/conftest.py import
 

@@ -14,17 +14,16 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import ROOT
+from conftest import k8s_target as served
 from jsonschema import Draft7Validator
 from typer.testing import CliRunner
 
 from canary_kit import k8s, k8s_checks
 from canary_kit.cli import app
-from canary_kit.config import CanaryError
-from canary_kit.config import Settings
+from canary_kit.config import CanaryError, Settings
 from canary_kit.spec import load_spec
 from canary_kit.stats import chi2_critical
-from conftest import ROOT
-from conftest import k8s_target as served
 
 BASE = ROOT / "deploy" / "k8s"
 SCHEMAS = Path(__file__).with_name("k8s_schemas")
@@ -133,7 +132,8 @@ def test_a_kind_without_schema_goes_not_unchecked():
 @needs_kubectl
 def test_semantic_checks_pass_and_image_tag_is_set(rendered):
     assert k8s_checks.problems(rendered, EXPORTS) == []
-    assert argo_rollout_of(rendered)["spec"]["template"]["spec"]["containers"][0]["image"] == "penguin_classifier:v1.1.0"
+    container = argo_rollout_of(rendered)["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "penguin_classifier:v1.1.0"
     # kubectl apply creates them in this order: the pins route is the older one and wins ties (never wins).
     assert [d["metadata"]["name"] for d in rendered if d["kind"] == "HTTPRoute"] == [
         "penguin-classifier-pins",

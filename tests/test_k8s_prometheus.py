@@ -24,6 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from conftest import EXAMPLE_ROW, ROOT, data_rows, free_port, running_stack
+from conftest import k8s_target as served
+from load import Load, tally
 from typer.testing import CliRunner
 
 from canary_kit import k8s, k8s_analysis, k8s_checks
@@ -33,9 +36,6 @@ from canary_kit.metrics import Snapshot, window
 from canary_kit.spec import load_spec
 from canary_kit.stack import Child
 from canary_kit.stats import chi2_critical, js_distance, srm_p_value
-from conftest import EXAMPLE_ROW, ROOT, data_rows, free_port, running_stack
-from conftest import k8s_target as served
-from load import Load, tally
 
 pytestmark = pytest.mark.integration
 TEMPLATE = ROOT / "deploy" / "k8s" / "analysistemplate.yaml"
