@@ -76,7 +76,7 @@ bench: setup nginx train  ## benchmarks (~15 min on 2 cores; BENCH_ARGS=--quick:
 	@command -v wrk >/dev/null || (echo "installing wrk ..." && $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null)
 	@$(BIN)/python -c "import fastapi, uvicorn, matplotlib, locust" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:  ## remove runtime state (not the model store)
 	rm -rf .canary .pytest_cache

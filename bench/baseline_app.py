@@ -2,9 +2,9 @@
 
 It is what a small team would write by hand instead of BentoML: same model file, same request schema
 (penguin.features.Penguin) and the same response fields, one uvicorn worker, no canary, no guards (errors are
-FastAPI's 422, not the service's 400/413/415), no metrics. `bench/run.py` starts it as
+FastAPI's 422, not the service's 400/413/415), no metrics. bench.run starts it, from the project folder, as
 
-    BASELINE_MODEL_PATH=…/model.joblib python -m uvicorn baseline_app:app --app-dir bench --workers 1 --no-access-log
+    BASELINE_MODEL_PATH=…/model.joblib python -m uvicorn bench.baseline_app:app --workers 1 --no-access-log
 
 and compares our BentoML service and the whole canary path against it. Do not deploy it.
 """

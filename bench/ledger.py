@@ -1,7 +1,7 @@
 """Benchmark the ledger of answers: ingest N answers from an nginx access log, join labels, ask for the quality.
 
-    python bench/ledger.py                      # 1,000,000 answers (goals: ingest < 60 s, quality < 1 s)
-    python bench/ledger.py --answers 100000     # a smaller run
+    python -m bench.ledger                      # 1,000,000 answers (goals: ingest < 60 s, quality < 1 s)
+    python -m bench.ledger --answers 100000     # a smaller run
 
 The log is written in nginx's own format (nginx/canary.conf.template's canary_json), one row per request, two
 versions 90/10, in a temporary folder; results in bench/results/ledger.json.
@@ -13,17 +13,14 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from canary_kit import labels as labelling  # noqa: E402
-from canary_kit import ledger  # noqa: E402
+from bench.servers import ROOT
+from canary_kit import labels as labelling
+from canary_kit import ledger
 
 CLASSES = ["Adelie", "Chinstrap", "Gentoo"]
 GOALS = {"ingest_s": 60.0, "quality_s": 1.0}
@@ -32,7 +29,7 @@ GOALS = {"ingest_s": 60.0, "quality_s": 1.0}
 def write_log(path: Path, answers: int, seed: int = 0) -> list[str]:
     """`answers` access-log lines as nginx writes them; returns the request ids."""
     rng = random.Random(seed)
-    start = datetime.now(timezone.utc) - timedelta(hours=2)
+    start = datetime.now(UTC) - timedelta(hours=2)
     ids = []
     with open(path, "w") as log:
         for i in range(answers):

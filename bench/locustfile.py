@@ -16,18 +16,13 @@ import random
 import threading
 import uuid
 from collections import Counter
+from typing import get_args
 
 from locust import HttpUser, between, events, task
 
-ROW = {
-    "island": "Torgersen",
-    "bill_length_mm": 39.1,
-    "bill_depth_mm": 18.7,
-    "flipper_length_mm": 181.0,
-    "body_mass_g": 3750.0,
-    "sex": "male",
-}
-ISLANDS = ("Biscoe", "Dream", "Torgersen")
+from penguin.features import EXAMPLE, Island, Sex
+
+ISLANDS = get_args(Island)
 VERSIONS: Counter[str] = Counter()
 _lock = threading.Lock()
 
@@ -35,13 +30,13 @@ _lock = threading.Lock()
 def random_row() -> dict:
     """A plausible penguin, so the load is not one cached answer."""
     return {
-        **ROW,
+        **EXAMPLE,
         "island": random.choice(ISLANDS),
         "bill_length_mm": round(random.uniform(32, 60), 1),
         "bill_depth_mm": round(random.uniform(13, 22), 1),
         "flipper_length_mm": float(random.randint(172, 231)),
         "body_mass_g": float(random.randrange(2700, 6300, 50)),
-        "sex": random.choice(("female", "male", None)),
+        "sex": random.choice((*get_args(Sex), None)),
     }
 
 

@@ -1,10 +1,10 @@
 """What recording the prediction metrics costs per answer, measured in process (microseconds, no network):
 
-    python bench/prediction_metrics_cost.py          # prints JSON: µs per 1-row and per 1,000-row answer
+    python -m bench.prediction_metrics_cost          # prints JSON: µs per 1-row and per 1,000-row answer
 
 The service records each answer's classes and confidences (penguin/prediction_metrics.py) in prometheus_client's
 multiprocess mode, as under `bentoml serve`. On a shared host a throughput A/B of the canary with the metrics on
-and off moves by ±30% between rounds, far more than this cost; bench/run.py sets this beside the A/B (its
+and off moves by ±30% between rounds, far more than this cost; bench.run sets this beside the A/B (its
 `quality_metrics_*` ratios) so that the cost is read from a measurement the host's noise does not swamp.
 """
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.servers import ROOT
 
 
 def measure(repeats: int = 20000) -> dict:
@@ -45,9 +45,9 @@ def measure(repeats: int = 20000) -> dict:
 def main() -> int:
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # as under bentoml serve; set before prometheus_client loads
         with tempfile.TemporaryDirectory() as folder:
-            env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder, "PYTHONPATH": str(ROOT)}
-            return os.spawnve(os.P_WAIT, sys.executable, [sys.executable, __file__], env)
-    sys.path.insert(0, str(ROOT))
+            env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder}
+            argv = [sys.executable, "-m", "bench.prediction_metrics_cost"]
+            return subprocess.run(argv, env=env, cwd=ROOT, check=False).returncode
     print(json.dumps(measure()))
     return 0
 

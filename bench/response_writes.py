@@ -6,7 +6,7 @@ canary stack, loads it with wrk, traces the workers' write() calls with strace f
 answers written whole (head and body in one write) and the heads written alone, with how long those waited for
 their bodies (strace slows every call, so the waits are longer than untraced; the counts are exact).
 
-    BENTOML_HOME=~/bentoml .venv/bin/python bench/response_writes.py     # needs strace (apt-get install strace)
+    BENTOML_HOME=~/bentoml .venv/bin/python -m bench.response_writes     # needs strace (apt-get install strace)
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
-from targets import LUA, ROOT, canary_settings, free_ports, log, write_bodies
-
-from canary_kit.stack import Stack  # noqa: E402
+from bench.load import LUA, write_bodies
+from bench.servers import ROOT, canary_settings, free_ports, log
+from canary_kit.stack import Stack
 
 TRACE_SECONDS, CONNECTIONS = 3, 8
 # [pid 123] 1795720442.629981 write(24, "HTTP/1.1 200 OK\r\n...\r\n\r\n", 201) = 201
@@ -33,8 +32,7 @@ WRITE = re.compile(r'^(?:\[pid\s+(\d+)\] )?(\d+\.\d+) write\((\d+), "(.*)"(?:\.\
 
 def worker_pids(stack: Stack) -> list[int]:
     """blue's and green's processes: each `bentoml serve` supervisor and its worker."""
-    pids = [c.proc.pid for c in stack.children if c.name != "nginx"]
-    return pids + [q.pid for p in pids for q in psutil.Process(p).children(recursive=True)]
+    return [p.pid for c in stack.children if c.name != "nginx" for p in c.tree()]
 
 
 def answers(trace: str) -> dict:
@@ -76,7 +74,8 @@ def main() -> int:
         log(f"tracing the workers' writes for {TRACE_SECONDS} s under {CONNECTIONS} keep-alive connections")
         argv = ["timeout", "-s", "INT", str(TRACE_SECONDS), "strace", "-f", "-ttt", "-s", "400", "-e", "trace=write",
                 "-e", "signal=none", *[arg for pid in worker_pids(stack) for arg in ("-p", str(pid))]]
-        trace = subprocess.run(argv, capture_output=True, text=True, timeout=TRACE_SECONDS + 30).stderr
+        trace = subprocess.run(argv, capture_output=True, text=True, timeout=TRACE_SECONDS + 30,
+                               check=False).stderr
         found = answers(trace)
     finally:
         if load is not None:

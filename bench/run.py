@@ -1,11 +1,12 @@
 """Benchmark the canary kit side by side with a FastAPI baseline; results in bench/results/.
 
-    make bench                                    # the full run (~17 min on 2 cores), = python bench/run.py
-    python bench/run.py --quick                   # smoke run (~3 min), results in bench/results/quick/
-    python bench/run.py --duration 5 --repeats 3  # choose the time per point and the rounds
-    python bench/run.py --extra-service before=/tmp/old-checkout   # A/B another service.py (a project folder)
+    make bench                                       # the full run (~17 min on 2 cores), = python -m bench.run
+    python -m bench.run --quick                      # smoke run (~3 min), results in bench/results/quick/
+    python -m bench.run --duration 5 --repeats 3     # choose the time per point and the rounds
+    python -m bench.run --extra-service before=/tmp/old-checkout   # A/B another service.py (a project folder)
 
-What runs, all on 127.0.0.1 and all started (and always stopped) by this script:
+Run from the project folder (the package `bench` is there). What runs, all on 127.0.0.1 and all started (and always
+stopped) by this script:
   baseline        bench/baseline_app.py: FastAPI + uvicorn + the joblib pickle, one worker, v1.0.0 (benchmark only)
   service         our service.py under `bentoml serve`, v1.0.0 through onnxruntime, hit directly on its port
   service@sklearn the same with --arg runtime=sklearn (the scikit-learn pipeline)
@@ -14,11 +15,12 @@ What runs, all on 127.0.0.1 and all started (and always stopped) by this script:
   nginx           floor: the same nginx answering GET /_nginx/ping without an upstream
   in-process floor: the ONNX graphs' (and v1.0.0's pipeline's) predict_proba on ready columns, one thread
 
+Each of these is a subject (bench/servers.py): what wrk loads and whose processes' CPU and memory are measured.
 Load comes from wrk (Debian) with bench/wrk_post.lua. Every point is measured `--repeats` times, interleaved:
-round 1 runs every target once at every point, round 2 again with the target order rotated, and so on, so drift
+round 1 runs every subject once at every point, round 2 again with the subjects' order rotated, and so on, so drift
 on a shared machine shows up as spread, not as a bias against whoever ran last. Tables show medians over rounds.
 Also measured: the canary stack's cold start (Stack.start until blue, green and nginx answer), the memory of every
-process each target runs, the parity of the canary's served answers with scikit-learn's (every data row and the
+process each subject runs, the parity of the canary's served answers with scikit-learn's (every data row and the
 generated rows, per version) and (unless --no-profile) a py-spy profile of the service's worker under load.
 """
 
@@ -40,99 +42,35 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import report
-from targets import (
+from bench import report
+from bench.load import check_subjects, run_wrk, write_bodies
+from bench.model import load_predictors, model_file, predict_floor, served_parity
+from bench.options import NO_METRICS, parse_args
+from bench.pyspy import profile_worker
+from bench.servers import (
     COLUMNS,
     FRAMEWORK_FLOOR,
     HOST,
     NGINX_FLOOR,
     ROOT,
-    Target,
+    Subject,
     backends,
     baseline_child,
     canary_settings,
-    check_targets,
     cpu_seconds,
     environment,
     free_ports,
-    load_predictors,
     log,
     memory_of,
-    model_file,
-    part,
-    predict_floor,
-    profile_worker,
-    run_wrk,
-    served_parity,
     service_child,
     stack_memory,
+    stack_subject,
     version_split,
     wait_ports_free,
-    write_bodies,
 )
-
-from canary_kit.config import CanaryError, Settings  # noqa: E402
-from canary_kit.stack import Child, Stack, wait_ready  # noqa: E402
-from penguin.features import CANDIDATE_VERSION, MODEL_NAME, STABLE_VERSION  # noqa: E402
-
-BENCH = ROOT / "bench"
-NO_METRICS = "canary@nometrics"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# options
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=int, default=None, help="seconds of load per point and round [10; quick 2]")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds per point (medians) [3]")
-    p.add_argument("--quick", action="store_true", help="short smoke run: 2 s points, 1 cold start, no profile")
-    p.add_argument("--concurrency", default="1,8,32", help="connections for the single-row points [1,8,32]")
-    p.add_argument("--batches", default="1,100,1000", help="rows per request for the rows/s points [1,100,1000]")
-    p.add_argument("--batch-concurrency", type=int, default=8, help="connections for the batch points [8]")
-    p.add_argument("--cold-starts", type=int, default=None, help="canary stack cold starts to time [3; quick 1]")
-    p.add_argument("--warmup", type=int, default=2, help="seconds of unrecorded load per target first [2]")
-    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the service worker")
-    p.add_argument("--profile-seconds", type=int, default=10, help="length of the profiled load [10]")
-    p.add_argument("--extra-service", action="append", default=[], metavar="NAME=DIR",
-                   help="also measure, as service@NAME, the service.py of another project folder (e.g. `git archive`)")
-    p.add_argument("--extra-canary", action="append", default=[], metavar="NAME=DIR",
-                   help="also measure, as canary@NAME, a second canary stack run from another project folder")
-    p.add_argument("--extra-canary-workers", type=int, default=0, metavar="N",
-                   help="also measure, as canary@wN, a canary stack whose backends run N workers each "
-                        "(BENTOML_CONFIG_OPTIONS, no code change) [0 = off]")
-    p.add_argument("--extra-canary-no-metrics", action="store_true",
-                   help="also measure, as canary@nometrics, a canary stack whose backends export no prediction "
-                        "metrics (PREDICTION_METRICS=false): their cost, as quality_metrics_* ratios")
-    p.add_argument("--targets", default=None, help="measure only these (comma-separated names), e.g. for A/B runs")
-    p.add_argument("--out", type=Path, default=None, help="results folder [bench/results; quick: bench/results/quick]")
-    p.add_argument("--max-minutes", type=float, default=30.0, help="stop starting new rounds after this long [30]")
-    args = p.parse_args(argv)
-    args.duration = args.duration or (2 if args.quick else 10)
-    args.repeats = args.repeats or 3
-    args.cold_starts = args.cold_starts if args.cold_starts is not None else (1 if args.quick else 3)
-    args.profile = not (args.no_profile or args.quick)
-    args.out = args.out or (BENCH / "results" / "quick" if args.quick else BENCH / "results")
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    args.batches = [int(b) for b in args.batches.split(",")]
-    extras = {}
-    for kind, specs in (("service", args.extra_service), ("canary", args.extra_canary)):
-        for spec in specs:
-            name, _, folder = spec.partition("=")
-            if not name or not (Path(folder) / "service.py").is_file():
-                p.error(f"--extra-{kind} wants NAME=DIR with DIR/service.py, got {spec!r}")
-            extras[f"{kind}@{name}"] = Path(folder).resolve()
-    if args.extra_canary_workers > 1:
-        extras[f"canary@w{args.extra_canary_workers}"] = ROOT
-    if args.extra_canary_no_metrics:
-        extras[NO_METRICS] = ROOT
-    args.extras = extras
-    if args.duration < 1 or args.repeats < 1 or min(args.concurrency + args.batches) < 1:
-        p.error("durations, repeats, connections and batch sizes must be at least 1")
-    return args
-
+from canary_kit.config import CanaryError, Settings
+from canary_kit.stack import Child, Stack, wait_ready
+from penguin.features import CANDIDATE_VERSION, MODEL_NAME, STABLE_VERSION
 
 # ---------------------------------------------------------------------------------------------------------------
 # the run
@@ -143,7 +81,7 @@ class Point:
     kind: str  # "single" (one row, connections vary) or "batch" (rows vary, fixed connections)
     connections: int
     rows: int
-    targets: list[str]
+    subjects: list[str]
 
     @property
     def key(self) -> str:
@@ -183,7 +121,7 @@ class Run:
             stack.start()
             self.stack = stack
             times.append(round(time.monotonic() - t0, 2))
-            cpu = cpu_seconds([c.proc.pid for c in stack.children])
+            cpu = cpu_seconds(stack.children)
             self.results.setdefault("cold_start_cpu_s", []).append(round(cpu, 2))
             log(f"canary stack cold start {i + 1}/{self.args.cold_starts}: {times[-1]:.2f} s "
                 f"({cpu:.1f} CPU-seconds in its processes)")
@@ -200,9 +138,10 @@ class Run:
         wait_ready([child], {child.name: ready_url}, 60)
         return round(time.monotonic() - t0, 2)
 
-    def memory(self, targets: dict[str, Target]) -> dict:
+    def memory(self, subjects: dict[str, Subject]) -> dict:
         stacks = {"canary": self.stack, **self.extra_stacks}
-        mem = {name: memory_of(t.pids) for name, t in targets.items() if name not in stacks and name != NGINX_FLOOR}
+        alone = {name: t for name, t in subjects.items() if name not in stacks and name != NGINX_FLOOR}
+        mem = {name: memory_of(t.children) for name, t in alone.items()}
         return {**mem, **{name: stack_memory(stack) for name, stack in stacks.items()}}
 
     # -- main ------------------------------------------------------------------------------------------------
@@ -222,22 +161,22 @@ class Run:
 
         log("starting the baseline, the service (onnx, sklearn) and the framework floor ...")
         ready = {"canary_stack": statistics.median(cold)}
-        targets = {}
+        subjects = {}
         baseline = baseline_child(ports[4], self.work, model_file(self.store, STABLE_VERSION))
         ready["baseline"] = self.start_child(baseline, f"http://{HOST}:{ports[4]}/health")
-        targets["baseline"] = Target("baseline", f"http://{HOST}:{ports[4]}", [baseline.proc.pid])
+        subjects["baseline"] = Subject("baseline", f"http://{HOST}:{ports[4]}", [baseline])
         for name, runtime, port in (("service", "onnx", ports[5]), ("service@sklearn", "sklearn", ports[6]),
                                     (FRAMEWORK_FLOOR, "constant", ports[7])):
             child = service_child(name.replace("@", "-"), ROOT, port, self.work, self.store, runtime)
             ready[name] = self.start_child(child, f"http://{HOST}:{port}/readyz")
-            targets[name] = Target(name, f"http://{HOST}:{port}", [child.proc.pid])
+            subjects[name] = Subject(name, f"http://{HOST}:{port}", [child])
         for name, folder in a.extras.items():
             kind, _, label = name.partition("@")
             port = extra_ports[name][0]
             if kind == "service":
                 child = service_child(f"service-{label}", folder, port, self.work, self.store, runtime=None)
                 ready[name] = self.start_child(child, f"http://{HOST}:{port}/readyz")
-                targets[name] = Target(name, f"http://{HOST}:{port}", [child.proc.pid])
+                subjects[name] = Subject(name, f"http://{HOST}:{port}", [child])
             else:
                 extra = canary_settings(self.work / f"canary-{label}", folder, self.store, extra_ports[name])
                 workers = f"services.penguin_classifier.workers={a.extra_canary_workers}"
@@ -246,35 +185,33 @@ class Run:
                                  PREDICTION_METRICS="false" if name == NO_METRICS else None):
                     self.extra_stacks[name] = Stack(extra).start()
                 ready[name] = round(time.monotonic() - t0, 2)
-                targets[name] = Target(name, extra.url, [c.proc.pid for c in self.extra_stacks[name].children])
+                subjects[name] = stack_subject(name, self.extra_stacks[name], by_part=False)
         self.results["ready_s"] = ready
-        targets["canary"] = Target("canary", settings.url, [c.proc.pid for c in self.stack.children],
-                                   parts={part(c.name): [c.proc.pid] for c in self.stack.children})
-        targets[COLUMNS] = Target(COLUMNS, settings.url, [c.proc.pid for c in self.stack.children],
-                                  parts=targets["canary"].parts, columnar=True)
-        targets[NGINX_FLOOR] = Target(NGINX_FLOOR, settings.url, [self.stack.children[-1].proc.pid], method="GET")
-        self.results["check"] = check_targets(targets, bodies)
-        if a.targets:
-            wanted = set(a.targets.split(","))
+        subjects["canary"] = stack_subject("canary", self.stack)
+        subjects[COLUMNS] = stack_subject(COLUMNS, self.stack, columnar=True)
+        subjects[NGINX_FLOOR] = Subject(NGINX_FLOOR, settings.url, [self.stack.children[-1]], method="GET")
+        self.results["check"] = check_subjects(subjects, bodies)
+        if a.subjects:
+            wanted = set(a.subjects.split(","))
             wanted |= {COLUMNS} if "canary" in wanted else set()  # the canary's columnar batches come with it
-            targets = {name: t for name, t in targets.items() if name in wanted}
-        http = [t for t in targets if t != NGINX_FLOOR]
-        rows = [t for t in http if not targets[t].columnar]  # the single-row points: row objects only
+            subjects = {name: t for name, t in subjects.items() if name in wanted}
+        http = [t for t in subjects if t != NGINX_FLOOR]
+        rows = [t for t in http if not subjects[t].columnar]  # the single-row points: row objects only
 
-        self.results.setdefault("memory", {})["idle"] = self.memory(targets)
+        self.results.setdefault("memory", {})["idle"] = self.memory(subjects)
 
-        log("warming up every target ...")
+        log("warming up every subject ...")
         for name in http:
-            run_wrk(targets[name], targets[name].body(bodies, 1), 8, a.warmup)
-            run_wrk(targets[name], targets[name].body(bodies, max(a.batches)), 2, 1)
+            run_wrk(subjects[name], subjects[name].body(bodies, 1), 8, a.warmup)
+            run_wrk(subjects[name], subjects[name].body(bodies, max(a.batches)), 2, 1)
 
         predictors = load_predictors(self.store)
-        points = [Point("single", c, 1, [*rows, *([NGINX_FLOOR] if NGINX_FLOOR in targets else [])])
+        points = [Point("single", c, 1, [*rows, *([NGINX_FLOOR] if NGINX_FLOOR in subjects else [])])
                   for c in a.concurrency]
         points += [Point("batch", a.batch_concurrency, n, list(http)) for n in a.batches
                    if not (n == 1 and a.batch_concurrency in a.concurrency)]
-        per_round = sum(len(p.targets) for p in points) * (a.duration + 0.5)
-        log(f"{a.repeats} rounds x {sum(len(p.targets) for p in points)} runs x {a.duration} s "
+        per_round = sum(len(p.subjects) for p in points) * (a.duration + 0.5)
+        log(f"{a.repeats} rounds x {sum(len(p.subjects) for p in points)} runs x {a.duration} s "
             f"(~{per_round * a.repeats / 60:.1f} min)")
 
         raw: dict = {}
@@ -285,10 +222,11 @@ class Run:
                 break
             floors.append(predict_floor(predictors, a.batches))
             for point in points:
-                shift = rnd % len(point.targets)
-                order = point.targets[shift:] + point.targets[:shift]
+                shift = rnd % len(point.subjects)
+                order = point.subjects[shift:] + point.subjects[:shift]
                 for name in order:
-                    res = run_wrk(targets[name], targets[name].body(bodies, point.rows), point.connections, a.duration)
+                    subject = subjects[name]
+                    res = run_wrk(subject, subject.body(bodies, point.rows), point.connections, a.duration)
                     raw.setdefault(point.key, {}).setdefault(name, []).append(res)
                     flag = f"  ERRORS {res['errors']}" if res["errors"] else ""
                     log(f"round {rnd + 1}/{a.repeats} {point.key:>8} {name:<16} {res['rps']:>9.1f} req/s  "
@@ -298,7 +236,7 @@ class Run:
         self.results["floor_rounds"] = floors
         self.results["points"] = {p.key: {"kind": p.kind, "connections": p.connections, "rows": p.rows} for p in points}
 
-        self.results["memory"]["after_load"] = self.memory(targets)
+        self.results["memory"]["after_load"] = self.memory(subjects)
         self.results["canary_versions"] = version_split(settings.state_dir / "logs" / "access.log")
         after = self.results["memory"]["after_load"].get("canary", {})
         running = backends(self.stack)
@@ -308,21 +246,20 @@ class Run:
         self.results["parity"] = served_parity({v: url for v, (_, url) in running.items()}, self.store)
 
         if NO_METRICS in self.stack_names():
-            cost = subprocess.run([sys.executable, str(BENCH / "prediction_metrics_cost.py")], capture_output=True,
-                                  text=True, timeout=300)
+            cost = subprocess.run([sys.executable, "-m", "bench.prediction_metrics_cost"], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=300, check=False)
             self.results["prediction_metrics_cost"] = json.loads(cost.stdout) if cost.returncode == 0 else None
             log(f"prediction metrics, in process: {self.results['prediction_metrics_cost']}")
 
         if a.profile:
             log("profiling the service worker with py-spy under 32 connections ...")
-            self.results["profile"] = profile_worker(targets["service"], bodies[1], a.profile_seconds, self.work)
+            self.results["profile"] = profile_worker(subjects["service"], bodies[1], a.profile_seconds, self.work)
         self.results["elapsed_s"] = round(time.monotonic() - started, 1)
-
-
 
 def git_commit() -> str:
     with contextlib.suppress(Exception):
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=False)
         return done.stdout.strip()
     return "unknown"
 
@@ -348,7 +285,7 @@ def interrupt(*_) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__.split("\n")[0])
     store = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser().absolute()
     preflight(store)
     work = Path(tempfile.mkdtemp(prefix="canary-bench-"))
@@ -357,13 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(args, work, store)
     meta = {
         "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": git_commit(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0][:60],
-        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
+        "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.splitlines()[0][:60],
+        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False).stderr.strip(),
         "load_average_before": os.getloadavg(),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "extras"},
         "extra_services": {k: str(v) for k, v in args.extras.items()},

@@ -1,5 +1,5 @@
--- wrk script for bench/run.py: POST the JSON body in $WRK_BODY_FILE (GET when unset) and print the summary as
--- one JSON line (prefix WRK_JSON) with latency percentiles in microseconds.
+-- wrk script for bench.run (bench/load.py): POST the JSON body in $WRK_BODY_FILE (GET when unset) and print the
+-- summary as one JSON line (prefix WRK_JSON) with latency percentiles in microseconds.
 local path = os.getenv("WRK_BODY_FILE")
 if path and path ~= "" then
   local f = assert(io.open(path, "rb"))

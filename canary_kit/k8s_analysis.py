@@ -5,7 +5,7 @@ one-host rollout. Used by k8s.py, which writes the rest of the base.
 
 from __future__ import annotations
 
-from canary_kit.k8s import ARGS, HASH_LABEL, Target, duration, number
+from canary_kit.k8s import ARGS, HASH_LABEL, ServedModel, duration, number
 from canary_kit.metrics import DURATION, REQUESTS
 from canary_kit.spec import RolloutSpec
 from canary_kit.stats import chi2_critical
@@ -15,9 +15,9 @@ from canary_kit.stats import chi2_critical
 TINY = "1e-300"  # a share is never this small unless it is 0: log2(TINY/m) is finite, so 0 * log2(..) stays 0
 
 
-def selector(target: Target, which: str, extra: str = "") -> str:
+def selector(served: ServedModel, which: str, extra: str = "") -> str:
     """BentoML's series of one ReplicaSet's pods (canary or stable), the model's endpoint only."""
-    return f'{{{pods(which)},service_name="{target.service_name}",endpoint="{target.endpoint}"{extra}}}'
+    return f'{{{pods(which)},service_name="{served.service_name}",endpoint="{served.endpoint}"{extra}}}'
 
 
 def pods(which: str) -> str:
@@ -42,12 +42,12 @@ def idle_passes(figure: str, green_rows: str, blue_rows: str, rows: int) -> str:
     )
 
 
-def class_divergence(target: Target, rows: int) -> str:
+def class_divergence(served: ServedModel, rows: int) -> str:
     """The Jensen-Shannon distance (log2, so within [0, 1]) between canary's and stable's predicted-class shares
     over the window: with p, q the shares and m = (p + q) / 2, sqrt(sum over classes of 0.5 p log2(p/m) +
     0.5 q log2(q/m)). A class with no row on one side has share 0 there (the `or` adds it), and clamp_min keeps
     0 * log2(0) at 0 instead of NaN; canary_kit.stats.js_distance is the same figure (the tests compare them)."""
-    counter = f"{target.class_metric}_total"
+    counter = f"{served.class_metric}_total"
     per_class = {w: f"sum by (class) ({increase(counter, '{' + pods(w) + '}')})" for w in ("canary", "stable")}
     total = {w: f"sum({increase(counter, '{' + pods(w) + '}')})" for w in ("canary", "stable")}
     p = f"({per_class['canary']} / on() group_left() {total['canary']} or {per_class['stable']} * 0)"
@@ -58,9 +58,9 @@ def class_divergence(target: Target, rows: int) -> str:
     return idle_passes(figure, total["canary"], total["stable"], rows)
 
 
-def confidence_drop(target: Target, rows: int) -> str:
+def confidence_drop(served: ServedModel, rows: int) -> str:
     """Stable's mean top-class probability minus canary's over the window (the histogram's _sum over _count)."""
-    name = target.confidence_metric
+    name = served.confidence_metric
 
     def part(suffix: str, which: str) -> str:
         return f"sum({increase(f'{name}_{suffix}', '{' + pods(which) + '}')})"
@@ -70,19 +70,19 @@ def confidence_drop(target: Target, rows: int) -> str:
     return idle_passes(figure, part("count", "canary"), part("count", "stable"), rows)
 
 
-def sample_ratio(target: Target, rows: int) -> str:
+def sample_ratio(served: ServedModel, rows: int) -> str:
     """The chi-square statistic (1 degree of freedom) of canary's /predict requests against the weight set (the
     step passes it as the arg `weight`): (g - n w)^2 / (n w (1 - w)), with n = g + s. PromQL has no chi-square
     distribution, so the gate compares the statistic with the one of its p-value (stats.chi2_critical).
 
-    g and s are each side's counter now minus a window ago, not increase(): increase() extrapolates each target's
-    samples to the window's ends by a factor of its own scrape phase, a bias between the two sides that the
+    g and s are each side's counter now minus a window ago, not increase(): increase() extrapolates each scrape
+    target's samples to the window's ends by a factor of its own scrape phase, a bias between the two sides that the
     statistic grows with n (measured: chi-square 5.1 for an honest 455/445 split over 5 s). A series new in the
     window counts whole (it started at 0); a counter that fell (a restarted pod) gives no answer (Inconclusive)."""
     window = f"{{{{args.{ARGS['window']}}}}}"
 
     def requests(which: str) -> str:
-        series = f"{REQUESTS}_total{selector(target, which)}"
+        series = f"{REQUESTS}_total{selector(served, which)}"
         return f"(sum({series}) - sum({series} offset {window}) or sum({series}) or vector(0))"
 
     g, s = requests("canary"), requests("stable")
@@ -93,14 +93,14 @@ def sample_ratio(target: Target, rows: int) -> str:
     )
 
 
-def queries(target: Target, spec: RolloutSpec) -> dict[str, tuple[str, str, float]]:
+def queries(served: ServedModel, spec: RolloutSpec) -> dict[str, tuple[str, str, float]]:
     """The background gates: name -> (the spec's gate, its query, its threshold). Off gates (threshold null) and
     the quality gates of a service that exports no prediction metrics are left out. No sample comes back while a
     gate's evidence is below its min_rows (green requests for the HTTP gates, each side's rows for the quality
     gates), so the measurement is Inconclusive."""
-    green, blue = selector(target, "canary"), selector(target, "stable")
+    green, blue = selector(served, "canary"), selector(served, "stable")
     total = f"sum({increase(REQUESTS + '_total', green)})"
-    failed = selector(target, "canary", ',http_response_code=~"5.."')
+    failed = selector(served, "canary", ',http_response_code=~"5.."')
     errors = f"(sum({increase(REQUESTS + '_total', failed)}) or vector(0))"
 
     def enough(gate: str) -> str:
@@ -128,21 +128,21 @@ def queries(target: Target, spec: RolloutSpec) -> dict[str, tuple[str, str, floa
             f"(\n  {p99(green)}\n  / ({p99(blue)} > 0)\n  or on() vector(0)\n)\nand on() {enough('max_p99_ratio')}",
             gates.max_p99_ratio.threshold,
         )
-    if target.class_metric and gates.max_class_divergence.threshold is not None:
+    if served.class_metric and gates.max_class_divergence.threshold is not None:
         gate = gates.max_class_divergence
-        out["class-divergence"] = ("max_class_divergence", class_divergence(target, gate.min_rows), gate.threshold)
-    if target.confidence_metric and gates.max_confidence_drop.threshold is not None:
+        out["class-divergence"] = ("max_class_divergence", class_divergence(served, gate.min_rows), gate.threshold)
+    if served.confidence_metric and gates.max_confidence_drop.threshold is not None:
         gate = gates.max_confidence_drop
-        out["confidence-drop"] = ("max_confidence_drop", confidence_drop(target, gate.min_rows), gate.threshold)
+        out["confidence-drop"] = ("max_confidence_drop", confidence_drop(served, gate.min_rows), gate.threshold)
     return out
 
 
-def split_queries(target: Target, spec: RolloutSpec) -> dict[str, tuple[str, str, float]]:
+def split_queries(served: ServedModel, spec: RolloutSpec) -> dict[str, tuple[str, str, float]]:
     """The step gates (judged after each hold, knowing the weight set): the sample-ratio mismatch."""
     gate = spec.gates.srm_p_value
     if gate.threshold is None:
         return {}
-    return {"sample-ratio": ("srm_p_value", sample_ratio(target, gate.min_rows), chi2_critical(gate.threshold))}
+    return {"sample-ratio": ("srm_p_value", sample_ratio(served, gate.min_rows), chi2_critical(gate.threshold))}
 
 
 def conditions(limit: float, on_failure: str) -> dict[str, str]:
@@ -169,7 +169,7 @@ def limits(spec: RolloutSpec) -> dict[str, int]:
     return {"failureLimit": spec.max_failed_checks - 1, "inconclusiveLimit": inconclusive}
 
 
-def template(name: str, target: Target, spec: RolloutSpec, found: dict, args: list[dict], timing: dict) -> dict:
+def template(name: str, served: ServedModel, spec: RolloutSpec, found: dict, args: list[dict], timing: dict) -> dict:
     metrics = []
     for metric, (_, query, limit) in found.items():
         metrics.append(
@@ -178,7 +178,7 @@ def template(name: str, target: Target, spec: RolloutSpec, found: dict, args: li
                 **timing,
                 **limits(spec),
                 **conditions(limit, spec.on_failure),
-                "provider": {"prometheus": {"address": target.prometheus, "query": query + "\n"}},
+                "provider": {"prometheus": {"address": served.prometheus, "query": query + "\n"}},
             }
         )
     body: dict = {"args": args}
@@ -188,7 +188,7 @@ def template(name: str, target: Target, spec: RolloutSpec, found: dict, args: li
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AnalysisTemplate",
-        "metadata": {"name": name, "labels": {"app": target.app}},
+        "metadata": {"name": name, "labels": {"app": served.app}},
         "spec": body,
     }
 
@@ -197,22 +197,22 @@ def hash_args() -> list[dict]:
     return [{"name": ARGS[k]} for k in ("canary", "stable", "namespace")]
 
 
-def analysis_template(target: Target, spec: RolloutSpec) -> dict | None:
+def analysis_template(served: ServedModel, spec: RolloutSpec) -> dict | None:
     """The background gates, measured every hold over the hold's window (None when every gate is off)."""
-    found = queries(target, spec)
+    found = queries(served, spec)
     if not found:
         return None
     window = duration(spec.hold_seconds)
     args = hash_args() + [{"name": ARGS["window"], "value": window}]
     timing = {"initialDelay": window, "interval": window}  # the first window is judged once it is full
-    return template(f"{target.app}-gates", target, spec, found, args, timing)
+    return template(f"{served.app}-gates", served, spec, found, args, timing)
 
 
-def split_template(target: Target, spec: RolloutSpec) -> dict | None:
+def split_template(served: ServedModel, spec: RolloutSpec) -> dict | None:
     """The step gate: after each hold below 100%, the window just held against the weight set. Measured at once,
     again every hold while Inconclusive (too few requests) up to max_inconclusive times; the first success ends it
     (consecutiveSuccessLimit 1), so a step waits only for evidence, as the one-host rollout does."""
-    found = split_queries(target, spec)
+    found = split_queries(served, spec)
     if not found:
         return None
     window = duration(spec.hold_seconds)
@@ -220,4 +220,4 @@ def split_template(target: Target, spec: RolloutSpec) -> dict | None:
     # Enough measurements for either limit to be reached first: the count itself never decides.
     count = spec.max_inconclusive + spec.max_failed_checks - 1
     timing = {"interval": window, "count": count, "consecutiveSuccessLimit": 1}
-    return template(f"{target.app}-split", target, spec, found, args, timing)
+    return template(f"{served.app}-split", served, spec, found, args, timing)

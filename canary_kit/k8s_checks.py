@@ -1,4 +1,4 @@
-"""What schemas miss in the rendered Kubernetes base: the meaning of the Rollout, its routes and its gates.
+"""What schemas miss in the rendered Kubernetes base: the meaning of the Argo Rollout, its routes and its gates.
 
     canary k8s check deploy/k8s    # renders with `kubectl kustomize`, then these checks; one line per problem
 
@@ -21,8 +21,7 @@ from pathlib import Path
 import yaml
 
 from canary_kit.config import CanaryError
-from canary_kit.k8s import PLUGIN, SCRAPE_LABELS, is_http_url, is_name, is_service_name
-from canary_kit.k8s import ARGS
+from canary_kit.k8s import ARGS, PLUGIN, SCRAPE_LABELS, is_http_url, is_name, is_service_name
 from canary_kit.metrics import DURATION, REQUESTS, PredictionMetrics
 
 # What `bentoml serve` exports (BentoML 1.4, checked against a live /metrics by the tests): series -> labels.
@@ -77,7 +76,7 @@ def verdict(metric: dict, result: list[float]) -> str:
         python = re.sub(r"!(?!=)", " not ", python)
         try:
             names = {"len": len, "result": result, "isNaN": math.isnan, "true": True, "false": False}
-            return bool(eval(python, {"__builtins__": {}}, names))  # noqa: S307 - the tokens were checked above
+            return bool(eval(python, {"__builtins__": {}}, names))  # the tokens were checked above
         except IndexError as exc:  # Argo: an evaluation error is an Error phase
             raise CanaryError(f"metric {metric.get('name')}: {condition!r} fails on {result}: {exc}") from None
 
@@ -112,9 +111,9 @@ def check_names(docs: list[dict]) -> list[str]:
     return problems
 
 
-def check_steps(rollout: dict) -> list[str]:
-    canary = rollout["spec"]["strategy"].get("canary") or {}
-    name, problems, last = rollout["metadata"]["name"], [], -1
+def check_steps(argo_rollout: dict) -> list[str]:
+    canary = argo_rollout["spec"]["strategy"].get("canary") or {}
+    name, problems, last = argo_rollout["metadata"]["name"], [], -1
     managed = [r.get("name") for r in (canary.get("trafficRouting") or {}).get("managedRoutes") or []]
     if len(set(managed)) != len(managed):
         problems.append(f"Rollout {name}: managedRoutes has a name twice: {managed}")
@@ -135,11 +134,11 @@ def check_steps(rollout: dict) -> list[str]:
     return problems
 
 
-def check_routes(rollout: dict, docs: list[dict]) -> list[str]:
-    canary = rollout["spec"]["strategy"].get("canary") or {}
-    name, problems = rollout["metadata"]["name"], []
+def check_routes(argo_rollout: dict, docs: list[dict]) -> list[str]:
+    canary = argo_rollout["spec"]["strategy"].get("canary") or {}
+    name, problems = argo_rollout["metadata"]["name"], []
     services, routes = _kinds(docs, "Service"), _kinds(docs, "HTTPRoute")
-    pod = rollout["spec"]["template"]
+    pod = argo_rollout["spec"]["template"]
     labels = pod["metadata"].get("labels") or {}
     ports = {p.get("name"): p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports") or []}
     for role in ("canaryService", "stableService"):
@@ -196,13 +195,13 @@ def _managed_name(rule: str, managed: set[str]) -> bool:
     return rule in managed or any(re.fullmatch(rf"{re.escape(m)}-\d+", rule) for m in managed)
 
 
-def check_analysis(rollout: dict, docs: list[dict], exported: dict[str, set[str]]) -> list[str]:
+def check_analysis(argo_rollout: dict, docs: list[dict], exported: dict[str, set[str]]) -> list[str]:
     """The background analysis and every step's analysis: templates of this base, args supplied, sound queries."""
-    canary = rollout["spec"]["strategy"].get("canary") or {}
+    canary = argo_rollout["spec"]["strategy"].get("canary") or {}
     analysis, problems = canary.get("analysis") or {}, []
     templates = _kinds(docs, "AnalysisTemplate")
     steps = canary.get("steps") or []
-    name = rollout["metadata"]["name"]
+    name = argo_rollout["metadata"]["name"]
     step_analyses = [(i, s["analysis"]) for i, s in enumerate(steps) if s.get("analysis")]
     if not analysis.get("templates") and not step_analyses:
         return [f"Rollout {name}: no analysis, in the background or at a step: the gates would never be judged"]
@@ -310,15 +309,15 @@ def problems(docs: list[dict], exported: dict[str, set[str]] | None = None) -> l
     """Every semantic problem of a rendered base (a list of manifests). `exported`: series -> labels of what the
     backends export (default: BentoML's own only; `exports(names)` adds the service's prediction metrics)."""
     exported = EXPORTED if exported is None else exported
-    rollouts = list(_kinds(docs, "Rollout").values())
-    if len(rollouts) != 1:
-        return [f"the base must hold exactly one Rollout, found {len(rollouts)}"]
-    rollout = rollouts[0]
-    if not (rollout.get("spec", {}).get("strategy") or {}).get("canary"):
-        return [f"Rollout {rollout['metadata']['name']}: strategy.canary is missing"]
+    argo_rollouts = list(_kinds(docs, "Rollout").values())
+    if len(argo_rollouts) != 1:
+        return [f"the base must hold exactly one Rollout, found {len(argo_rollouts)}"]
+    argo_rollout = argo_rollouts[0]
+    if not (argo_rollout.get("spec", {}).get("strategy") or {}).get("canary"):
+        return [f"Rollout {argo_rollout['metadata']['name']}: strategy.canary is missing"]
     try:
-        return (check_names(docs) + check_steps(rollout) + check_routes(rollout, docs)
-                + check_analysis(rollout, docs, exported))
+        return (check_names(docs) + check_steps(argo_rollout) + check_routes(argo_rollout, docs)
+                + check_analysis(argo_rollout, docs, exported))
     except (KeyError, TypeError, AttributeError) as exc:  # a structural hole: the schemas name it precisely
         return [f"a required field is missing or mistyped ({exc!r}); validate the base against the schemas"]
 
@@ -329,7 +328,8 @@ def kustomize(folder: Path) -> list[dict]:
     if kubectl is None:
         raise CanaryError("kubectl is not installed: it renders the kustomize base (kubectl kustomize)")
     try:
-        done = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+        argv = [kubectl, "kustomize", str(folder)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     except subprocess.TimeoutExpired:
         raise CanaryError(f"kubectl kustomize {folder} did not finish in 60 s") from None
     if done.returncode != 0:

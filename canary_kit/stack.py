@@ -47,12 +47,11 @@ STACK_LOCK = ".stack.lock"  # held while stack.json is read and rewritten
 BASELINE = "baseline.json"  # the metrics at the last change, for `canary status`
 
 
-def backend_home(settings: Settings, slot: str) -> Path:
-    """A private BENTOML_HOME for one slot: its own metrics folder, the shared model store and Bentos."""
-    home = settings.state_dir / slot / "bentoml"
+def private_home(home: Path, bentoml_home: Path) -> Path:
+    """`home` made a BENTOML_HOME of its own (its own metrics folder) sharing bentoml_home's models and Bentos."""
     home.mkdir(parents=True, exist_ok=True)
     for store in ("models", "bentos"):
-        target, link = settings.bentoml_home / store, home / store
+        target, link = bentoml_home / store, home / store
         target.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.exists():
             if link.is_symlink() and link.resolve() == target.resolve():
@@ -62,6 +61,17 @@ def backend_home(settings: Settings, slot: str) -> Path:
     return home
 
 
+def backend_home(settings: Settings, slot: str) -> Path:
+    """A private BENTOML_HOME for one slot: its own metrics folder, the shared model store and Bentos."""
+    return private_home(settings.state_dir / slot / "bentoml", settings.bentoml_home)
+
+
+def bentoml_bin() -> str:
+    """The `bentoml` beside this Python (the virtualenv's), else the one on PATH."""
+    bentoml = Path(sys.executable).with_name("bentoml")
+    return str(bentoml) if bentoml.exists() else "bentoml"
+
+
 def backend_child(settings: Settings, slot: str, version: str, die_with_parent: bool = False) -> Child:
     """`bentoml serve` for one version in one slot: the service's code with --arg VERSION_ARG=version, or the
     version's built Bento; its processes marked as the slot's."""
@@ -69,8 +79,7 @@ def backend_child(settings: Settings, slot: str, version: str, die_with_parent: 
         target = [settings.bento_tag(version)]
     else:
         target = [settings.service, "--arg", f"{settings.version_arg}={version}"]
-    bentoml = Path(sys.executable).with_name("bentoml")
-    argv = [str(bentoml) if bentoml.exists() else "bentoml", "serve", *target, "--host", "127.0.0.1"]
+    argv = [bentoml_bin(), "serve", *target, "--host", "127.0.0.1"]
     argv += ["--port", str(settings.slot_port(slot))]
     env = {
         "BENTOML_HOME": str(backend_home(settings, slot)),

@@ -14,17 +14,16 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import ROOT
+from conftest import k8s_target as served
 from jsonschema import Draft7Validator
 from typer.testing import CliRunner
 
 from canary_kit import k8s, k8s_checks
 from canary_kit.cli import app
-from canary_kit.config import CanaryError
-from canary_kit.config import Settings
+from canary_kit.config import CanaryError, Settings
 from canary_kit.spec import load_spec
 from canary_kit.stats import chi2_critical
-from conftest import ROOT
-from conftest import k8s_target as target
 
 BASE = ROOT / "deploy" / "k8s"
 SCHEMAS = Path(__file__).with_name("k8s_schemas")
@@ -76,13 +75,17 @@ def validate(doc: dict) -> list[str]:
     return [f"{name}: no schema checks kind {key[1]} ({key[0]}); add one to the tests before shipping it"]
 
 
-def as_deployment(rollout: dict) -> dict:
-    """The Rollout's pod template as the core kind it is, so kubernetes-validate checks it too."""
-    spec = rollout["spec"]
+def argo_rollout_of(docs: list[dict]) -> dict:
+    return next(d for d in docs if d["kind"] == "Rollout")
+
+
+def as_deployment(argo_rollout: dict) -> dict:
+    """The Argo Rollout's pod template as the core kind it is, so kubernetes-validate checks it too."""
+    spec = argo_rollout["spec"]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": rollout["metadata"],
+        "metadata": argo_rollout["metadata"],
         "spec": {"replicas": spec["replicas"], "selector": spec["selector"], "template": spec["template"]},
     }
 
@@ -99,9 +102,9 @@ def rendered() -> list[dict]:
 
 
 def test_committed_base_is_what_the_generator_writes(tmp_path):
-    k8s.render(target(), load_spec(None, {}), tmp_path, "canary_kit/rollout.yaml")
+    k8s.render(served(), load_spec(None, {}), tmp_path, "canary_kit/rollout.yaml")
     again = tmp_path / "again"
-    k8s.render(target(), load_spec(None, {}), again, "canary_kit/rollout.yaml")
+    k8s.render(served(), load_spec(None, {}), again, "canary_kit/rollout.yaml")
     assert sorted(p.name for p in BASE.iterdir()) == sorted(k8s.FILES), "deploy/k8s holds files the generator does not write"
     for name in k8s.FILES:
         assert (tmp_path / name).read_text() == (again / name).read_text(), f"{name} differs between two renders"
@@ -114,9 +117,8 @@ def test_every_rendered_kind_is_validated_and_passes(rendered):
     print(f"\nrendered: {len(rendered)} resources, kinds {kinds}")
     assert kinds == ["AnalysisTemplate", "HTTPRoute", "Rollout", "Service"]
     problems = [p for doc in rendered for p in validate(doc)]
-    rollout = next(d for d in rendered if d["kind"] == "Rollout")
     try:
-        kubernetes_validate.validate(as_deployment(rollout), K8S_VERSION, strict=True)
+        kubernetes_validate.validate(as_deployment(argo_rollout_of(rendered)), K8S_VERSION, strict=True)
     except kubernetes_validate.ValidationError as exc:
         problems.append(f"Rollout pod template: {'.'.join(map(str, exc.path))}: {exc.message}")
     assert problems == []
@@ -130,8 +132,8 @@ def test_a_kind_without_schema_goes_not_unchecked():
 @needs_kubectl
 def test_semantic_checks_pass_and_image_tag_is_set(rendered):
     assert k8s_checks.problems(rendered, EXPORTS) == []
-    rollout = next(d for d in rendered if d["kind"] == "Rollout")
-    assert rollout["spec"]["template"]["spec"]["containers"][0]["image"] == "penguin_classifier:v1.1.0"
+    container = argo_rollout_of(rendered)["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "penguin_classifier:v1.1.0"
     # kubectl apply creates them in this order: the pins route is the older one and wins ties (never wins).
     assert [d["metadata"]["name"] for d in rendered if d["kind"] == "HTTPRoute"] == [
         "penguin-classifier-pins",
@@ -148,9 +150,8 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
         "        max_class_divergence: {threshold: 0.2, min_rows: 150}, max_confidence_drop: {threshold: 0.05, min_rows: 160}}\n"
     )
     spec = load_spec(spec_file, {})
-    files = k8s.manifests(target(image_tag="v1.2.0"), spec)
-    rollout = yaml.safe_load(files["rollout.yaml"])
-    canary = rollout["spec"]["strategy"]["canary"]
+    files = k8s.manifests(served(image_tag="v1.2.0"), spec)
+    canary = yaml.safe_load(files["rollout.yaml"])["spec"]["strategy"]["canary"]
     hold = {"pause": {"duration": "12500ms"}}
     routes = [s for s in canary["steps"] if "setHeaderRoute" in s]
     judged = [s["analysis"] for s in canary["steps"] if "analysis" in s]
@@ -196,8 +197,8 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
             for p in validate(d)] == []
 
 
-def docs_of(spec, given: k8s.Target | None = None) -> list[dict]:
-    texts = k8s.manifests(given or target(), spec).values()
+def docs_of(spec, given: k8s.ServedModel | None = None) -> list[dict]:
+    texts = k8s.manifests(given or served(), spec).values()
     return [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
 
 
@@ -222,9 +223,9 @@ def test_on_failure_pause_makes_a_breach_inconclusive_and_says_so(tmp_path):
     for template in (d for d in docs if d["kind"] == "AnalysisTemplate"):
         for metric in template["spec"]["metrics"]:
             assert metric["failureCondition"] == "false" and metric["inconclusiveLimit"] == 1, metric["name"]
-            assert k8s_checks.verdict(metric, [1e9]) == "Inconclusive"  # Argo pauses the rollout, split kept
+            assert k8s_checks.verdict(metric, [1e9]) == "Inconclusive"  # the Argo Rollout pauses, split kept
             assert k8s_checks.verdict(metric, []) == "Inconclusive" and k8s_checks.verdict(metric, [0.0]) == "Successful"
-    k8s.render(target(), spec, tmp_path, "spec.yaml")
+    k8s.render(served(), spec, tmp_path, "spec.yaml")
     for name in ("rollout.yaml", "analysistemplate.yaml"):
         assert "on_failure: pause" in (tmp_path / name).read_text(), name
     assert "on_failure" not in (BASE / "rollout.yaml").read_text()
@@ -233,11 +234,10 @@ def test_on_failure_pause_makes_a_breach_inconclusive_and_says_so(tmp_path):
 def test_gates_turned_off_or_unknown_to_the_service_are_not_rendered(tmp_path):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text("gates: {srm_p_value: null, max_p99_ratio: null}\n")
-    docs = docs_of(load_spec(spec_file, {}), target().model_copy(update={"class_metric": None}))
+    docs = docs_of(load_spec(spec_file, {}), served().model_copy(update={"class_metric": None}))
     (gates,) = (d for d in docs if d["kind"] == "AnalysisTemplate")  # no split template
     assert [m["name"] for m in gates["spec"]["metrics"]] == ["error-rate", "p99-seconds", "confidence-drop"]
-    rollout = next(d for d in docs if d["kind"] == "Rollout")
-    assert not any("analysis" in s for s in rollout["spec"]["strategy"]["canary"]["steps"])
+    assert not any("analysis" in s for s in argo_rollout_of(docs)["spec"]["strategy"]["canary"]["steps"])
     assert k8s_checks.problems(docs, EXPORTS) == [] and [p for d in docs for p in validate(d)] == []
     # A service exporting no prediction metrics: a base querying them is refused by the checks.
     assert "is not exported by the backends" in " ".join(k8s_checks.problems(docs_of(load_spec(None, {}))))
@@ -257,7 +257,7 @@ def test_cookie_pins_match_as_full_and_as_partial_regex(cookie, pinned):
 
 
 def test_an_empty_answer_is_inconclusive_and_thresholds_decide_the_rest():
-    gates, split = yaml.safe_load_all(k8s.manifests(target(), load_spec(None, {}))["analysistemplate.yaml"])
+    gates, split = yaml.safe_load_all(k8s.manifests(served(), load_spec(None, {}))["analysistemplate.yaml"])
     for metric in gates["spec"]["metrics"] + split["spec"]["metrics"]:
         assert k8s_checks.verdict(metric, []) == "Inconclusive", metric["name"]
     error_rate = gates["spec"]["metrics"][0]
@@ -281,15 +281,17 @@ def seeded(tmp_path: Path, file: str, old: str, new: str) -> Path:
     return folder
 
 
-@needs_kubectl
-@pytest.mark.parametrize(
-    "file,old,new,message",
-    [
-        ("rollout.yaml", "canaryService:", "canarySevice:", "'canarySevice' was unexpected"),
-        ("httproutes.yaml", "backendRefs:", "backendRef:", "'backendRef' was unexpected"),
-        ("analysistemplate.yaml", "successCondition:", "sucessCondition:", "'sucessCondition' was unexpected"),
-        ("httproutes.yaml", "type: Exact", "type: Exactly", "'Exactly' is not one of"),
-    ],
+def seeds(*cases: tuple[str, str, str, str]):
+    """A test run once per seeded error on a copy of the committed base: (file, old text, new text, the message
+    expected), rendered with kubectl."""
+    return lambda test: needs_kubectl(pytest.mark.parametrize("file,old,new,message", cases)(test))
+
+
+@seeds(
+    ("rollout.yaml", "canaryService:", "canarySevice:", "'canarySevice' was unexpected"),
+    ("httproutes.yaml", "backendRefs:", "backendRef:", "'backendRef' was unexpected"),
+    ("analysistemplate.yaml", "successCondition:", "sucessCondition:", "'sucessCondition' was unexpected"),
+    ("httproutes.yaml", "type: Exact", "type: Exactly", "'Exactly' is not one of"),
 )
 def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, message):
     problems = [p for doc in render(seeded(tmp_path, file, old, new)) for p in validate(doc)]
@@ -297,43 +299,39 @@ def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, me
     assert any(message in p for p in problems), problems
 
 
-@needs_kubectl
-@pytest.mark.parametrize(
-    "file,old,new,message",
-    [
-        ("rollout.yaml", "setWeight: 50", "setWeight: 150", "steps[8].setWeight: 150 is outside 0-100"),
-        ("rollout.yaml", "setWeight: 50", "setWeight: 20", "setWeight: 20 does not rise above the previous step's 25"),
-        ("services.yaml", "name: penguin-classifier-canary", "name: penguin-classifier-canery",
-         "canaryService 'penguin-classifier-canary' is not a Service of this base"),
-        ("analysistemplate.yaml", "bentoml_service_request_duration_seconds_bucket", "bentoml_request_latency_bucket",
-         "series 'bentoml_request_latency_bucket' is not exported by the backends"),
-        ("analysistemplate.yaml", "penguin_predicted_class_total{", "penguin_predicted_classes_total{",
-         "series 'penguin_predicted_classes_total' is not exported by the backends"),
-        ("analysistemplate.yaml", "penguin_prediction_confidence_sum{", "penguin_prediction_confidence_sum{endpoint=\"/predict\",",
-         "label 'endpoint' is not on penguin_prediction_confidence_sum"),
-        ("analysistemplate.yaml", "sum by (class)", "sum by (klass)", "grouping label 'klass' is on none of the selected series"),
-        ("rollout.yaml", "value: '25'", "value: '30'", "steps[7].analysis: arg weight is '30', not the weight its step set (25)"),
-        ("rollout.yaml", "templateName: penguin-classifier-split", "templateName: split",
-         "steps[4].analysis: templateName 'split' is not an AnalysisTemplate"),
-        ("rollout.yaml", "          - name: weight\n            value: '10'\n", "",
-         "arg 'weight' has no value and the Rollout does not supply it"),
-        ("analysistemplate.yaml", 'endpoint="/predict"', 'path="/predict"', "label 'path' is not on bentoml_service_request_total"),
-        ("analysistemplate.yaml", 'endpoint="/predict"', 'endpoint="/readyz"', "so probes never count"),
-        ("rollout.yaml", "- name: canary-cookie", "- name: canary-cookies", "route 'canary-cookie' is not in managedRoutes"),
-        ("httproutes.yaml", "name: never-cookie", "name: never-header", "rule names are not unique"),
-        ("rollout.yaml", "templateName: penguin-classifier-gates", "templateName: gates", "templateName 'gates' is not an AnalysisTemplate"),
-        ("rollout.yaml", "- name: penguin-classifier-split", "- name: split", "httpRoute 'split' is not an HTTPRoute"),
-        ("analysistemplate.yaml", "{{args.stable-hash}}", "{{args.blue-hash}}", "uses {{args.blue-hash}}, which the template does not declare"),
-        ("analysistemplate.yaml", "    failureCondition: len(result) == 1 && result[0] > 0.01\n", "",
-         "an empty answer (too little traffic) would be Failed, not Inconclusive"),
-        ("services.yaml", "targetPort: http", "targetPort: web", "targetPort 'web' is not a container port"),
-        ("rollout.yaml", "startingStep: 1", "startingStep: 13", "analysis.startingStep 13 is not a step (0-12)"),
-        ("httproutes.yaml", "  - name: gateway", "  - name: Bad_Gateway!", "parentRef 'Bad_Gateway!' is not a valid"),
-        ("services.yaml", "name: penguin-classifier-canary", "name: penguin.classifier-canary",
-         "a Service name must be a DNS label"),
-        ("analysistemplate.yaml", "address: http://prometheus.monitoring.svc:9090", "address: prometheus:9090",
-         "Prometheus address 'prometheus:9090' is not an http(s) URL"),
-    ],
+@seeds(
+    ("rollout.yaml", "setWeight: 50", "setWeight: 150", "steps[8].setWeight: 150 is outside 0-100"),
+    ("rollout.yaml", "setWeight: 50", "setWeight: 20", "setWeight: 20 does not rise above the previous step's 25"),
+    ("services.yaml", "name: penguin-classifier-canary", "name: penguin-classifier-canery",
+     "canaryService 'penguin-classifier-canary' is not a Service of this base"),
+    ("analysistemplate.yaml", "bentoml_service_request_duration_seconds_bucket", "bentoml_request_latency_bucket",
+     "series 'bentoml_request_latency_bucket' is not exported by the backends"),
+    ("analysistemplate.yaml", "penguin_predicted_class_total{", "penguin_predicted_classes_total{",
+     "series 'penguin_predicted_classes_total' is not exported by the backends"),
+    ("analysistemplate.yaml", "penguin_prediction_confidence_sum{", "penguin_prediction_confidence_sum{endpoint=\"/predict\",",
+     "label 'endpoint' is not on penguin_prediction_confidence_sum"),
+    ("analysistemplate.yaml", "sum by (class)", "sum by (klass)", "grouping label 'klass' is on none of the selected series"),
+    ("rollout.yaml", "value: '25'", "value: '30'", "steps[7].analysis: arg weight is '30', not the weight its step set (25)"),
+    ("rollout.yaml", "templateName: penguin-classifier-split", "templateName: split",
+     "steps[4].analysis: templateName 'split' is not an AnalysisTemplate"),
+    ("rollout.yaml", "          - name: weight\n            value: '10'\n", "",
+     "arg 'weight' has no value and the Rollout does not supply it"),
+    ("analysistemplate.yaml", 'endpoint="/predict"', 'path="/predict"', "label 'path' is not on bentoml_service_request_total"),
+    ("analysistemplate.yaml", 'endpoint="/predict"', 'endpoint="/readyz"', "so probes never count"),
+    ("rollout.yaml", "- name: canary-cookie", "- name: canary-cookies", "route 'canary-cookie' is not in managedRoutes"),
+    ("httproutes.yaml", "name: never-cookie", "name: never-header", "rule names are not unique"),
+    ("rollout.yaml", "templateName: penguin-classifier-gates", "templateName: gates", "templateName 'gates' is not an AnalysisTemplate"),
+    ("rollout.yaml", "- name: penguin-classifier-split", "- name: split", "httpRoute 'split' is not an HTTPRoute"),
+    ("analysistemplate.yaml", "{{args.stable-hash}}", "{{args.blue-hash}}", "uses {{args.blue-hash}}, which the template does not declare"),
+    ("analysistemplate.yaml", "    failureCondition: len(result) == 1 && result[0] > 0.01\n", "",
+     "an empty answer (too little traffic) would be Failed, not Inconclusive"),
+    ("services.yaml", "targetPort: http", "targetPort: web", "targetPort 'web' is not a container port"),
+    ("rollout.yaml", "startingStep: 1", "startingStep: 13", "analysis.startingStep 13 is not a step (0-12)"),
+    ("httproutes.yaml", "  - name: gateway", "  - name: Bad_Gateway!", "parentRef 'Bad_Gateway!' is not a valid"),
+    ("services.yaml", "name: penguin-classifier-canary", "name: penguin.classifier-canary",
+     "a Service name must be a DNS label"),
+    ("analysistemplate.yaml", "address: http://prometheus.monitoring.svc:9090", "address: prometheus:9090",
+     "Prometheus address 'prometheus:9090' is not an http(s) URL"),
 )
 def test_what_schemas_miss_is_refused_by_the_checks(tmp_path, file, old, new, message):
     docs = render(seeded(tmp_path, file, old, new))
@@ -368,9 +366,8 @@ def test_canary_k8s_render_writes_the_base_and_refuses_bad_values(tmp_path):
 
 def test_checks_refuse_a_base_without_rollout_or_with_holes():
     assert k8s_checks.problems([]) == ["the base must hold exactly one Rollout, found 0"]
-    texts = k8s.manifests(target(), load_spec(None, {})).values()
-    docs = [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
+    docs = docs_of(load_spec(None, {}))
     assert k8s_checks.problems(docs, EXPORTS) == []
     broken = copy.deepcopy(docs)
-    del next(d for d in broken if d["kind"] == "Rollout")["spec"]["template"]["spec"]["containers"]
+    del argo_rollout_of(broken)["spec"]["template"]["spec"]["containers"]
     assert "a required field is missing" in k8s_checks.problems(broken, EXPORTS)[0]

@@ -24,6 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from conftest import EXAMPLE_ROW, ROOT, data_rows, free_port, running_stack
+from conftest import k8s_target as served
+from load import Load, tally
 from typer.testing import CliRunner
 
 from canary_kit import k8s, k8s_analysis, k8s_checks
@@ -33,9 +36,6 @@ from canary_kit.metrics import Snapshot, window
 from canary_kit.spec import load_spec
 from canary_kit.stack import Child
 from canary_kit.stats import chi2_critical, js_distance, srm_p_value
-from conftest import EXAMPLE_ROW, ROOT, data_rows, free_port, running_stack
-from conftest import k8s_target as target
-from load import Load, tally
 
 pytestmark = pytest.mark.integration
 TEMPLATE = ROOT / "deploy" / "k8s" / "analysistemplate.yaml"
@@ -122,7 +122,7 @@ def evaluate(url: str, query: str, args: dict[str, str], at: float) -> list[floa
 
 
 def requests_in(url: str, which: str, seconds: int, at: float) -> float | None:
-    total = k8s_analysis.increase("bentoml_service_request_total", k8s_analysis.selector(target(), "canary"))
+    total = k8s_analysis.increase("bentoml_service_request_total", k8s_analysis.selector(served(), "canary"))
     found = evaluate(url, f"sum({total})", {"canary-hash": which, "namespace": NAMESPACE, "window": f"{seconds}s"}, at)
     return found[0] if found else None
 
@@ -257,7 +257,7 @@ def quality_window(settings, url: str, weight: int, **load) -> dict:
         return sums / counts if counts else None
 
     def requests(which: str) -> float:  # now minus a window ago, as the gate counts them
-        series = f"bentoml_service_request_total{k8s_analysis.selector(target(), which)}"
+        series = f"bentoml_service_request_total{k8s_analysis.selector(served(), which)}"
         return one(url, f"sum({series}) - sum({series} offset {{{{args.window}}}})", args, at)
 
     requests = {side: requests(side) for side in ("canary", "stable")}
@@ -344,6 +344,6 @@ def test_the_gates_use_only_series_and_labels_that_bentoml_exports(stack):
     print(f"the model's series: { {s: sorted(labels) for s, labels in live.items() if s.startswith('penguin_')} }")
     for series, labels in k8s_checks.exports(Settings().prediction_metrics).items():
         assert live.get(series) == labels, f"{series}: checks assume {sorted(labels)}, the backend exports {sorted(live.get(series, []))}"
-    texts = k8s.manifests(target(), load_spec(None, {})).values()
+    texts = k8s.manifests(served(), load_spec(None, {})).values()
     docs = [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
     assert k8s_checks.problems(docs, exported=live) == []
