@@ -2,7 +2,9 @@
 
 Each worker keeps one keep-alive connection and never resends a request: a request that gets no HTTP answer
 counts as failed, as it would for most API clients. Every answer is kept with the moment it was sent, so a test
-can judge only the requests sent after a change.
+can judge only the requests sent after a change. `keepalive=False` opens a new connection for every request
+instead, and `check_version_field=True` also reads each 200 answer's body: its `model_version` must be the version
+the `X-Model-Version` header names, or the answer counts as not ok (`not_ok()`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class Load:
     rate: float | None = None  # requests per second from all workers together (None: as fast as answered)
     headers: dict[str, str] = field(default_factory=dict)
     rows: list[dict] | None = None  # one of these per request, in turn (default: the example row every time)
+    timeout: float = 15.0  # seconds for one request
+    keepalive: bool = True  # False: a new connection for every request (`Connection: close`)
+    check_version_field: bool = False  # True: a 200 whose body's model_version differs from the header is not ok
     answers: list[Answer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -59,16 +64,20 @@ class Load:
     def _work(self) -> None:
         bodies = [{"instances": [row]} for row in self.rows or [EXAMPLE_ROW]]
         turn = threading.get_ident()  # workers start at different rows
-        # one connection per worker, reused for every request; no retries at any layer
-        transport = httpx.HTTPTransport(retries=0, limits=httpx.Limits(max_connections=1))
-        with httpx.Client(timeout=15, headers=self.headers, transport=transport) as client:
+        # one connection per worker, reused for every request (or none kept); no retries at any layer
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1 if self.keepalive else 0)
+        headers = self.headers if self.keepalive else {**self.headers, "Connection": "close"}
+        transport = httpx.HTTPTransport(retries=0, limits=limits)
+        with httpx.Client(timeout=self.timeout, headers=headers, transport=transport) as client:
             while self._take():
                 sent, turn = time.monotonic(), turn + 1
                 row = turn % len(bodies)
                 try:
                     r = client.post(f"{self.url}/predict", json=bodies[row])
-                    answer = Answer(sent, r.status_code, r.headers.get("x-model-version"), r.headers.get("x-canary-route"),
-                                    request_id=r.headers.get("x-request-id"), row=row)
+                    answer = Answer(sent, r.status_code, r.headers.get("x-model-version"),
+                                    r.headers.get("x-canary-route"), request_id=r.headers.get("x-request-id"), row=row)
+                    if self.check_version_field and r.status_code == 200:
+                        answer.error = _version_field_problem(r, answer.version)
                 except httpx.HTTPError as exc:
                     answer = Answer(sent, None, None, None, repr(exc))
                 with self._lock:
@@ -97,6 +106,11 @@ class Load:
         with self._lock:
             return [a for a in self.answers if a.status is None or a.status >= 500]
 
+    def not_ok(self) -> list[Answer]:
+        """Every answer that is not a clean 200: no answer, any other status, or a failed body check."""
+        with self._lock:
+            return [a for a in self.answers if a.status != 200 or a.error]
+
     def since(self, moment: float) -> list[Answer]:
         with self._lock:
             return [a for a in self.answers if a.sent >= moment]
@@ -109,8 +123,18 @@ class Load:
         return self.since(moment)[:count]
 
 
+def _version_field_problem(response: httpx.Response, header: str | None) -> str:
+    """'' when the body's model_version is the header's version, else what is wrong."""
+    try:
+        field = response.json()["model_version"]
+    except (ValueError, KeyError, TypeError):
+        return f"no model_version in body {response.content[:200]!r}"
+    return "" if field == header else f"header says {header!r} but body says {field!r}"
+
+
 def tally(answers: list[Answer]) -> Counter:
-    return Counter(a.version if a.status == 200 else f"failed:{a.status}:{a.error[:60]}" for a in answers)
+    return Counter(a.version if a.status == 200 and not a.error else f"failed:{a.status}:{a.error[:60]}"
+                   for a in answers)
 
 
 def assert_split(green: int, total: int, weight: int, sigmas: float = 4.5) -> None:
