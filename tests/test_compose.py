@@ -138,11 +138,25 @@ def test_the_first_state_hook_writes_nothing_when_only_one_backend_says_its_vers
     assert not (tmp_path / "routing.json").exists()
 
 
-@pytest.mark.parametrize("weight", ["150", "-1", "ten", "1e2"])
+@pytest.mark.parametrize("weight, applied", [("0", 0), ("1", 1), ("100", 100), ("010", 10), ("08", 8), ("000", 0), ("0100", 100)])
+def test_the_first_state_hook_writes_a_valid_state(tmp_path, weight, applied):
+    """The hook's state is valid by canary_kit/routing.py, which reads every case of tests/data/routing_states.json
+    as nginx/canary.js does (tests/test_nginx.py); a weight is read as a decimal number."""
+    from canary_kit import routing
+
+    result = first_state(tmp_path, weight)
+    assert result.returncode == 0, result.stderr
+    state = routing.read(tmp_path / "routing.json")
+    assert state is not None and (state.green_weight, state.shadow, state.green_slot) == (applied, False, "green_a")
+    assert state.serial == 1 and not state.green_free
+
+
+@pytest.mark.parametrize("weight", ["150", "-1", "ten", "1e2", "0101", "99999999999999999999", " 5"])
 def test_the_first_state_hook_refuses_a_bad_weight(tmp_path, weight):
     result = first_state(tmp_path, weight)
     assert result.returncode == 1 and "CANARY_GREEN_WEIGHT must be a whole number" in result.stderr
     assert not (tmp_path / "routing.json").exists()
+    assert not list(tmp_path.iterdir())  # nor a temporary file
 
 
 def test_compose_variables_interpolate_like_compose(tmp_path, monkeypatch):
