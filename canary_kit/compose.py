@@ -26,15 +26,20 @@ _no_json: set[tuple[str, ...]] = set()  # compose commands whose `config` has no
 _resolved: dict[tuple, dict] = {}  # one `compose config` per compose file, command, .env and environment
 
 
-def _run_config(argv: list[str]) -> subprocess.CompletedProcess:
+def run(
+    compose_cmd: Sequence[str], compose_file: Path, *args: str, check: bool = True, env: dict | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess:
+    """`COMPOSE -f FILE ARGS…`; a missing compose, a time-out or (with `check`) a failure is a CanaryError."""
+    argv = [*compose_cmd, "-f", str(compose_file), *args]
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=CONFIG_TIMEOUT)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     except FileNotFoundError:
-        raise CanaryError(f"{argv[0]!r} not found: is Docker Compose installed?") from None
+        raise CanaryError(f"{compose_cmd[0]!r} not found: is Docker Compose installed?") from None
     except subprocess.TimeoutExpired:
-        raise CanaryError(f"`{' '.join(argv)}` did not answer within {CONFIG_TIMEOUT}s") from None
-    if result.returncode != 0:
-        raise CanaryError(f"`{' '.join(argv)}` failed: {(result.stderr or result.stdout).strip()[-300:]}")
+        raise CanaryError(f"`{' '.join(argv[:2])} {' '.join(args[:3])}` did not answer within {timeout:.0f}s") from None
+    if check and result.returncode != 0:
+        raise CanaryError(f"{' '.join(args[:3])} failed: {(result.stderr or result.stdout).strip()[-300:]}")
     return result
 
 
@@ -47,21 +52,20 @@ def compose_config(compose_file: Path, compose_cmd: Sequence[str]) -> dict:
     )
     if key in _resolved:
         return _resolved[key]
-    argv = [*compose_cmd, "-f", str(compose_file), "config"]
     spec = None
     if tuple(compose_cmd) not in _no_json:
-        text = _run_config([*argv, "--format", "json"]).stdout
+        text = run(compose_cmd, compose_file, "config", "--format", "json", timeout=CONFIG_TIMEOUT).stdout
         try:
             spec = json.loads(text)
         except ValueError:  # 1.29 prints its usage to stderr and exits 0
             _no_json.add(tuple(compose_cmd))
     if spec is None:
         try:
-            spec = yaml.safe_load(_run_config(argv).stdout)
+            spec = yaml.safe_load(run(compose_cmd, compose_file, "config", timeout=CONFIG_TIMEOUT).stdout)
         except yaml.YAMLError as exc:
-            raise CanaryError(f"`{' '.join(argv)}` wrote no readable configuration ({exc})") from None
+            raise CanaryError(f"compose config of {compose_file} is not readable ({exc})") from None
     if not isinstance(spec, dict):
-        raise CanaryError(f"`{' '.join(argv)}` wrote no configuration")
+        raise CanaryError(f"compose config of {compose_file} is empty")
     _resolved.clear()  # only the latest: a changed .env or environment makes older answers stale
     _resolved[key] = spec
     return spec

@@ -26,6 +26,7 @@ from canary_kit.compose import (
     mounted_folder,
     project_name,
     published_port,
+    run,
     set_variables,
 )
 from pydantic import ValidationError
@@ -196,16 +197,7 @@ class ComposeTarget:
         return {}
 
     def _run(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        argv = [*self.compose_cmd, "-f", str(self.compose_file), *args]
-        try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
-        except FileNotFoundError:
-            raise CanaryError(f"{self.compose_cmd[0]!r} not found: is Docker Compose installed?") from None
-        except subprocess.TimeoutExpired:
-            raise CanaryError(f"`{' '.join(argv[:2])} {' '.join(args[:3])}` did not answer within {timeout:.0f}s") from None
-        if check and result.returncode != 0:
-            raise CanaryError(f"{' '.join(args[:3])} failed: {(result.stderr or result.stdout).strip()[-300:]}")
-        return result
+        return run(self.compose_cmd, self.compose_file, *args, check=check, env=env, timeout=timeout)
 
     def _exec(self, service: str, *command: str) -> subprocess.CompletedProcess | None:
         """`docker exec` in the service's container, found by compose's labels (faster than `compose exec`)."""
