@@ -200,7 +200,9 @@ def describe(exc: BaseException, limit: int = 3) -> str:
     if not callable(errors):
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     found = errors(include_url=False, include_input=False)
-    parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg'].removeprefix('Value error, ')}" for e in found[:limit]]
+    parts = [
+        f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg'].removeprefix('Value error, ')}" for e in found[:limit]
+    ]
     more = f"; and {len(found) - limit} more" if len(found) > limit else ""
     return f"{len(found)} validation error(s): " + "; ".join(parts) + more
 

@@ -180,7 +180,8 @@ def test_compose_resolves_the_variables_and_the_pins_canary_writes(tmp_path, com
 
     (tmp_path / ".env").write_text("# mine\nOTHER=1\nCANARY_GREEN_VERSION=v1.1.0\n")
     set_variables(tmp_path, {"CANARY_GREEN_VERSION": "v1.2.0", "CANARY_BLUE_VERSION": "v1.1.0"})
-    assert (tmp_path / ".env").read_text() == "# mine\nOTHER=1\nCANARY_GREEN_VERSION=v1.2.0\nCANARY_BLUE_VERSION=v1.1.0\n"
+    pinned = "# mine\nOTHER=1\nCANARY_GREEN_VERSION=v1.2.0\nCANARY_BLUE_VERSION=v1.1.0\n"
+    assert (tmp_path / ".env").read_text() == pinned
     compose_file = tmp_path / "docker-compose.yml"
     compose_file.write_text(
         "services:\n"

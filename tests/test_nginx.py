@@ -1,5 +1,6 @@
 """nginx alone, with the real templates and nginx/canary.js, and no backend: rendering, the routing state it reads
-per request (and its fallback to blue; every case of tests/data/routing_states.json, for routing.py too), the weighted split, sticky users, pins, and JSON 503s with Retry-After.
+per request and its fallback to blue (every case of tests/data/routing_states.json, read by routing.py too), the
+weighted split, sticky users, pins, and JSON 503s with Retry-After.
 
 With no backend listening, every proxied request is answered by nginx itself (503, naming no version), but its
 X-Canary-Route header still says where nginx sent it: enough to test the routing fast and exactly.
