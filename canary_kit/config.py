@@ -32,7 +32,9 @@ class CanaryError(Exception):
 
 
 def describe(exc: ValidationError) -> str:
-    """A pydantic validation error as one line: `field: problem; field: problem`."""
+    """A pydantic validation error as one line: `field: problem; field: problem` (pydantic's own messages, without
+    their "Value error, " prefix). The model's service logs a bad request's errors the same way (penguin/web.py,
+    which this tool may not import): tests/test_config.py holds the two to one form."""
     return "; ".join(
         f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
     )

@@ -6,6 +6,9 @@ read either the old state or the new one, whole, from their next request on: no 
 the weight, the shadow switch and green's slot; a file that is missing or invalid makes nginx send everything
 to blue (see `FALLBACK`). The versions are for people and for `canary up` after a restart.
 
+`RoutingState` is the file's rules, and canary.js applies the same ones: both are tested against every case in
+tests/data/routing_states.json (which files are valid, and what nginx applies for each).
+
     {"green_weight": 10, "shadow": false, "green_slot": "green_a", "blue_version": "v1.0.0",
      "green_version": "v1.1.0", "serial": 7, "changed_at": "2026-11-26T10:00:00+00:00"}
 
@@ -17,9 +20,9 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from canary_kit.files import write_atomic
 
@@ -28,17 +31,29 @@ CHANGELOG = "changes.log"  # beside the state: one JSON line per change (`canary
 INITIAL_GREEN_WEIGHT = 10  # a stack's first split, when nothing says otherwise
 
 
+def _whole(value):
+    """JSON has one kind of number: 10.0 and 1e1 are the whole number 10, as nginx's JSON.parse reads them."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 class RoutingState(BaseModel):
     """What nginx applies. A bad value is refused here, before anything is written."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    green_weight: int = Field(ge=0, le=100, description="percent of requests sent to green")
+    green_weight: Whole = Field(ge=0, le=100, description="percent of requests sent to green")
     shadow: bool = Field(False, description="mirror /predict to green (blue answers the clients)")
     green_slot: Literal["green_a", "green_b"] = Field("green_a", description="where green's version runs")
     blue_version: str | None = Field(None, description="the stable version blue serves")
     green_version: str | None = Field(None, description="the candidate green serves; None when green is free")
-    serial: int = Field(0, ge=0, description="grows by one with every change")
+    serial: Whole = Field(0, ge=0, description="grows by one with every change")
     changed_at: str = ""
 
     def next(self, **changes) -> "RoutingState":
@@ -52,6 +67,11 @@ class RoutingState(BaseModel):
         """(green's weight, shadow on): what a rollout or shadow run expects to find unchanged."""
         return self.green_weight, self.shadow
 
+    @property
+    def green_free(self) -> bool:
+        """Green serves no version (after `canary finalize`): nginx sends requests pinned to green to blue."""
+        return self.green_version is None and self.blue_version is not None
+
     def to_json(self) -> str:
         return self.model_dump_json() + "\n"
 
@@ -59,11 +79,21 @@ class RoutingState(BaseModel):
 FALLBACK = RoutingState(green_weight=0, shadow=False, serial=0)  # what nginx applies without a valid file
 
 
+def parse(text: bytes | str) -> RoutingState | None:
+    """The state a file's content holds; None when it is invalid (nginx then applies FALLBACK). The content is
+    read as strict JSON, like JSON.parse: UTF-8 without a byte order mark, no NaN or Infinity."""
+    try:
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        return RoutingState.model_validate(json.loads(text, parse_constant=_no_constant))
+    except (ValueError, ValidationError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+
+
 def read(path: Path) -> RoutingState | None:
     """The state in the file; None when it is missing or invalid (nginx then applies FALLBACK)."""
     try:
-        return RoutingState.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError):
+        return parse(path.read_bytes())
+    except OSError:
         return None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import time
@@ -22,10 +21,12 @@ import httpx
 from canary_kit import routing
 from canary_kit.compose import (
     compose_service,
-    compose_variables,
     image_repository,
+    image_tag,
     mounted_folder,
+    project_name,
     published_port,
+    run,
     set_variables,
 )
 from pydantic import ValidationError
@@ -169,11 +170,11 @@ class ComposeTarget:
         if not self.compose_file.is_file():
             raise CanaryError(f"compose file {self.compose_file} not found")
         folder = self.compose_file.parent
-        nginx = compose_service(self.compose_file, "nginx")
+        nginx = compose_service(self.compose_file, "nginx", self.compose_cmd)
         self.state_dir = mounted_folder(nginx, COMPOSE_STATE_MOUNT, folder)
         self.state_file = self.state_dir / STATE_FILE
         self.admin_url = f"http://127.0.0.1:{published_port(nginx, COMPOSE_ADMIN_PORT)}"
-        self.repository = image_repository(compose_service(self.compose_file, "ml-green"), compose_variables(folder))
+        self.repository = image_repository(compose_service(self.compose_file, "ml-green", self.compose_cmd))
         project = project_settings()
         self.prediction_metrics = project.prediction_metrics if project else PredictionMetrics()
         self.retention = project.retention if project else Retention()
@@ -196,20 +197,11 @@ class ComposeTarget:
         return {}
 
     def _run(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        argv = [*self.compose_cmd, "-f", str(self.compose_file), *args]
-        try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
-        except FileNotFoundError:
-            raise CanaryError(f"{self.compose_cmd[0]!r} not found: is Docker Compose installed?") from None
-        except subprocess.TimeoutExpired:
-            raise CanaryError(f"`{' '.join(argv[:2])} {' '.join(args[:3])}` did not answer within {timeout:.0f}s") from None
-        if check and result.returncode != 0:
-            raise CanaryError(f"{' '.join(args[:3])} failed: {(result.stderr or result.stdout).strip()[-300:]}")
-        return result
+        return run(self.compose_cmd, self.compose_file, *args, check=check, env=env, timeout=timeout)
 
     def _exec(self, service: str, *command: str) -> subprocess.CompletedProcess | None:
         """`docker exec` in the service's container, found by compose's labels (faster than `compose exec`)."""
-        project = os.environ.get("COMPOSE_PROJECT_NAME") or re.sub(r"[^-_a-z0-9]", "", self.compose_file.parent.name.lower())
+        project = project_name(self.compose_file, self.compose_cmd)
         labels = ["--filter", f"label=com.docker.compose.project={project}"]
         labels += ["--filter", f"label=com.docker.compose.service={service}"]
         try:
@@ -247,7 +239,7 @@ class ComposeTarget:
     def _recreate(self, color: str, version: str, timeout: float = COMPOSE_READY_TIMEOUT) -> None:
         """Run `ml-COLOR` from the version's image (pinned in .env) and wait until it answers as that version."""
         set_variables(self.compose_file.parent, {VERSION_VARIABLE[color]: version})
-        env = {**compose_variables(self.compose_file.parent), VERSION_VARIABLE[color]: version}
+        env = {**os.environ, VERSION_VARIABLE[color]: version}  # compose reads the rest of .env itself
         self._run("up", "-d", "--no-deps", f"ml-{color}", env=env, timeout=COMPOSE_READY_TIMEOUT)
         deadline = time.monotonic() + timeout
         while (answered := self.serving(color)) != version:
@@ -258,7 +250,7 @@ class ComposeTarget:
     def start_green(self, version: str, timeout: float | None = None) -> str:
         """Recreate ml-green from the version's image (green has no traffic then); put the old one back if that
         fails or is interrupted."""
-        previous = self.serving("green") or compose_variables(self.compose_file.parent).get(VERSION_VARIABLE["green"])
+        previous = self.serving("green") or image_tag(compose_service(self.compose_file, "ml-green", self.compose_cmd))
         try:
             self._recreate("green", version, timeout or COMPOSE_READY_TIMEOUT)
         except BaseException as exc:

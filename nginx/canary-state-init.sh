@@ -12,13 +12,14 @@ if [ -s "$state" ]; then
     echo "$0: keeping the routing state in $state"
     exit 0
 fi
+# Digits only, read as decimal (printf and test would read 010 as octal, or fail on a number too large for them).
+refuse() { echo "$0: CANARY_GREEN_WEIGHT must be a whole number from 0 to 100, got '$given'" >&2; exit 1; }
+given=$weight
+while [ "${#weight}" -gt 1 ] && [ "${weight#0}" != "$weight" ]; do weight=${weight#0}; done
 case $weight in
-    '' | *[!0-9]*) echo "$0: CANARY_GREEN_WEIGHT must be a whole number from 0 to 100, got '$weight'" >&2; exit 1 ;;
+    '' | *[!0-9]* | ????*) refuse ;;
 esac
-if [ "$weight" -gt 100 ]; then
-    echo "$0: CANARY_GREEN_WEIGHT must be a whole number from 0 to 100, got '$weight'" >&2
-    exit 1
-fi
+[ "$weight" -le 100 ] || refuse
 served() { # the version the backend at $1 answers with, as JSON: "v1.2.0", or null when it does not say
     v=$(curl -fsS -m 3 -o /dev/null -D - "http://$1/readyz" 2>/dev/null |
         tr -d '\r' | awk -F': *' 'tolower($1) == "x-model-version" { print $2; exit }')

@@ -9,30 +9,63 @@ import fs from 'fs';
 
 const FALLBACK = { green_weight: 0, shadow: false, green_slot: 'green_a', green_free: false, serial: null };
 const SLOTS = ['green_a', 'green_b'];
+const isWhole = (v) => Number.isInteger(v) && v >= 0;
+const isVersion = (v) => v === null || typeof v === 'string';
+
+// The state file's fields: the rule of each, and the value a file that leaves it out has (green_weight: none,
+// it must be there). Unknown fields are ignored. The same rules as RoutingState in canary_kit/routing.py: both
+// are tested against every case in tests/data/routing_states.json.
+const FIELDS = [
+    { name: 'green_weight', valid: (v) => isWhole(v) && v <= 100, rule: 'a whole number from 0 to 100' },
+    { name: 'shadow', valid: (v) => typeof v === 'boolean', missing: false, rule: 'true or false' },
+    { name: 'green_slot', valid: (v) => SLOTS.indexOf(v) >= 0, missing: 'green_a', rule: 'green_a or green_b' },
+    { name: 'blue_version', valid: isVersion, missing: null, rule: 'a string or null' },
+    { name: 'green_version', valid: isVersion, missing: null, rule: 'a string or null' },
+    { name: 'serial', valid: isWhole, missing: 0, rule: 'a whole number from 0' },
+    { name: 'changed_at', valid: (v) => typeof v === 'string', missing: '', rule: 'a string' },
+];
+
+// The file's content as a state with every field, or {problem} when it is not a valid state.
+function parse(text) {
+    let parsed;
+    try {
+        parsed = JSON.parse(text);
+    } catch (e) {
+        return { problem: String(e.message || e) };
+    }
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+        return { problem: 'invalid state: not a JSON object' };
+    }
+    const fields = {};
+    for (let i = 0; i < FIELDS.length; i++) {
+        const field = FIELDS[i];
+        const value = parsed[field.name] === undefined ? field.missing : parsed[field.name];
+        if (!field.valid(value)) {
+            return { problem: 'invalid state: ' + field.name + ' must be ' + field.rule };
+        }
+        fields[field.name] = value;
+    }
+    return fields;
+}
 
 // The state in force: {green_weight: 0-100, shadow: bool, green_slot, green_free, serial}, plus `problem` when it
 // is the fallback. green_free: green serves no version (after `canary finalize`), so green's pins go to blue.
 function state(r) {
-    let parsed;
+    let s;
     try {
-        parsed = JSON.parse(fs.readFileSync(r.variables.canary_state_file));
+        s = parse(fs.readFileSync(r.variables.canary_state_file));
     } catch (e) {
-        return Object.assign({ problem: String(e.message || e) }, FALLBACK);
+        s = { problem: String(e.message || e) };
     }
-    const weight = parsed && parsed.green_weight;
-    const slot = parsed && parsed.green_slot === undefined ? 'green_a' : parsed && parsed.green_slot;
-    if (!Number.isInteger(weight) || weight < 0 || weight > 100 || typeof parsed.shadow !== 'boolean' ||
-        SLOTS.indexOf(slot) < 0) {
-        return Object.assign(
-            { problem: 'invalid state: green_weight must be 0-100, shadow true or false, green_slot green_a or green_b' },
-            FALLBACK);
+    if (s.problem !== undefined) {
+        return Object.assign({ problem: s.problem }, FALLBACK);
     }
     return {
-        green_weight: weight,
-        shadow: parsed.shadow,
-        green_slot: slot,
-        green_free: parsed.green_version === null && typeof parsed.blue_version === 'string',
-        serial: parsed.serial === undefined ? null : parsed.serial,
+        green_weight: s.green_weight,
+        shadow: s.shadow,
+        green_slot: s.green_slot,
+        green_free: s.green_version === null && s.blue_version !== null,
+        serial: s.serial,
     };
 }
 

@@ -193,12 +193,16 @@ def _holding_the_head(send):
 
 
 def describe(exc: BaseException, limit: int = 3) -> str:
-    """A validation error in one line: `instances.0.island: Input should be ...; ...` (never the input values)."""
+    """A validation error in one line: `instances.0.island: Input should be ...; ...` (never the input values).
+    Each error is written as the canary tool writes a bad setting (`location: message`, pydantic's own message
+    without its "Value error, " prefix): tests/test_config.py holds the two to that."""
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     found = errors(include_url=False, include_input=False)
-    parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in found[:limit]]
+    parts = [
+        f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg'].removeprefix('Value error, ')}" for e in found[:limit]
+    ]
     more = f"; and {len(found) - limit} more" if len(found) > limit else ""
     return f"{len(found)} validation error(s): " + "; ".join(parts) + more
 

@@ -72,17 +72,31 @@ def test_nginx_renders_the_shared_template_with_every_variable(spec):
     assert any(v.startswith("./nginx/canary.conf.template:/etc/nginx/templates/") for v in nginx["volumes"])
 
 
-def test_nginx_loads_njs_and_reads_the_routing_state_from_a_mounted_folder(spec):
+@pytest.fixture(scope="module")
+def compose_cmd() -> list[str]:
+    """Compose v2 where it answers, else docker-compose (1.29 here): what `canary … --compose` would run."""
+    try:
+        if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20).returncode == 0:
+            return ["docker", "compose"]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if shutil.which("docker-compose") is None:
+        pytest.skip("neither `docker compose` nor docker-compose is installed")
+    return ["docker-compose"]
+
+
+def test_nginx_loads_njs_and_reads_the_routing_state_from_a_mounted_folder(spec, compose_cmd, monkeypatch):
     from canary_kit.compose import compose_service, mounted_folder, published_port
     from canary_kit.targets import COMPOSE_STATE_MOUNT
 
-    nginx = compose_service(COMPOSE, "nginx")
-    env = nginx["environment"]
+    monkeypatch.delenv("CANARY_COMPOSE_STATE", raising=False)  # the folder the compose file names by default
+    nginx = compose_service(COMPOSE, "nginx", compose_cmd)  # as compose resolves it
+    env = spec["services"]["nginx"]["environment"]
     assert mounted_folder(nginx, COMPOSE_STATE_MOUNT, ROOT) == ROOT / "nginx" / "state"
     assert (ROOT / "nginx" / "state").is_dir()  # committed, so docker never creates it as root
     assert env["CANARY_STATE_FILE"].startswith(COMPOSE_STATE_MOUNT + "/")
     assert published_port(nginx, int(env["CANARY_LISTEN"])) == 8000
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in nginx["volumes"]}
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in spec["services"]["nginx"]["volumes"]}
     assert mounts[env["CANARY_NJS"]] == "./nginx/canary.js"
     assert mounts["/etc/nginx/nginx.conf"] == "./nginx/nginx.compose.conf"
     assert "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;" in (ROOT / "nginx" / "nginx.compose.conf").read_text()
@@ -138,23 +152,55 @@ def test_the_first_state_hook_writes_nothing_when_only_one_backend_says_its_vers
     assert not (tmp_path / "routing.json").exists()
 
 
-@pytest.mark.parametrize("weight", ["150", "-1", "ten", "1e2"])
+@pytest.mark.parametrize("weight, applied", [("0", 0), ("1", 1), ("100", 100), ("010", 10), ("08", 8), ("000", 0), ("0100", 100)])
+def test_the_first_state_hook_writes_a_valid_state(tmp_path, weight, applied):
+    """The hook's state is valid by canary_kit/routing.py, which reads every case of tests/data/routing_states.json
+    as nginx/canary.js does (tests/test_nginx.py); a weight is read as a decimal number."""
+    from canary_kit import routing
+
+    result = first_state(tmp_path, weight)
+    assert result.returncode == 0, result.stderr
+    state = routing.read(tmp_path / "routing.json")
+    assert state is not None and (state.green_weight, state.shadow, state.green_slot) == (applied, False, "green_a")
+    assert state.serial == 1 and not state.green_free
+
+
+@pytest.mark.parametrize("weight", ["150", "-1", "ten", "1e2", "0101", "99999999999999999999", " 5"])
 def test_the_first_state_hook_refuses_a_bad_weight(tmp_path, weight):
     result = first_state(tmp_path, weight)
     assert result.returncode == 1 and "CANARY_GREEN_WEIGHT must be a whole number" in result.stderr
     assert not (tmp_path / "routing.json").exists()
+    assert not list(tmp_path.iterdir())  # nor a temporary file
 
 
-def test_compose_variables_interpolate_like_compose(tmp_path, monkeypatch):
-    from canary_kit.compose import compose_variables, image_repository, interpolate, set_variables
+def test_compose_resolves_the_variables_and_the_pins_canary_writes(tmp_path, compose_cmd, monkeypatch):
+    """The services as compose itself interpolates them: .env's pins (which `set_variables` writes, keeping every
+    other line), defaults, and the shell over .env."""
+    from canary_kit.compose import compose_service, image_repository, image_tag, project_name, set_variables
 
     (tmp_path / ".env").write_text("# mine\nOTHER=1\nCANARY_GREEN_VERSION=v1.1.0\n")
     set_variables(tmp_path, {"CANARY_GREEN_VERSION": "v1.2.0", "CANARY_BLUE_VERSION": "v1.1.0"})
-    assert (tmp_path / ".env").read_text() == "# mine\nOTHER=1\nCANARY_GREEN_VERSION=v1.2.0\nCANARY_BLUE_VERSION=v1.1.0\n"
-    monkeypatch.delenv("CANARY_GREEN_VERSION", raising=False)
-    variables = compose_variables(tmp_path)
-    assert interpolate("app:${CANARY_GREEN_VERSION:-v1.0.0}", variables) == "app:v1.2.0"
-    assert interpolate("app:${UNSET:-v1.0.0} ${EMPTY-x} ${EMPTY:-y}", {"EMPTY": ""}) == "app:v1.0.0  y"
+    pinned = "# mine\nOTHER=1\nCANARY_GREEN_VERSION=v1.2.0\nCANARY_BLUE_VERSION=v1.1.0\n"
+    assert (tmp_path / ".env").read_text() == pinned
+    compose_file = tmp_path / "docker-compose.yml"
+    compose_file.write_text(
+        "services:\n"
+        "  app:\n"
+        "    image: app:${CANARY_GREEN_VERSION:-v1.0.0}\n"
+        "    environment:\n"
+        "      DEFAULTS: 'app:${UNSET:-v1.0.0} ${EMPTY-x} ${EMPTY:-y}'\n"
+        "  registry:\n"
+        "    image: registry:5000/team/app:${T:-v1}\n"
+    )
+    for name in ("CANARY_GREEN_VERSION", "UNSET", "T", "COMPOSE_PROJECT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("EMPTY", "")
+    app = compose_service(compose_file, "app", compose_cmd)
+    assert app["image"] == "app:v1.2.0" and image_tag(app) == "v1.2.0"
+    assert app["environment"]["DEFAULTS"] == "app:v1.0.0  y"
     monkeypatch.setenv("CANARY_GREEN_VERSION", "v9.9.9")  # the shell wins over .env, as in compose
-    assert interpolate("${CANARY_GREEN_VERSION}", compose_variables(tmp_path)) == "v9.9.9"
-    assert image_repository({"image": "registry:5000/team/app:${T:-v1}"}, {}) == "registry:5000/team/app"
+    assert compose_service(compose_file, "app", compose_cmd)["image"] == "app:v9.9.9"
+    assert image_repository(compose_service(compose_file, "registry", compose_cmd)) == "registry:5000/team/app"
+    assert project_name(compose_file, compose_cmd) == re.sub(r"[^-_a-z0-9]", "", tmp_path.name.lower())
+    set_variables(tmp_path, {"COMPOSE_PROJECT_NAME": "Canary-E2E"})  # compose reads the name from .env too
+    assert project_name(compose_file, compose_cmd) == "canary-e2e"

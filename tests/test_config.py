@@ -66,3 +66,54 @@ def test_the_canary_tool_knows_no_model_code():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not {m for m in imported if m.split(".")[0] in ("penguin", "service", "train_model")}, module.name
+
+
+def test_the_tool_and_the_service_write_a_validation_error_alike():
+    """canary_kit.config.describe (bad settings) and penguin.web.describe (bad requests) flatten pydantic's errors
+    in one form, `location: message`; neither package may import the other, so this test is what keeps them one.
+    They differ only where their readers do: the service counts the errors and shows at most `limit` of them, and
+    names an error of the whole input `body` (the tool: `value`)."""
+    from pydantic import BaseModel, field_validator, model_validator
+
+    from canary_kit.config import describe as tool_describe
+    from penguin.web import describe as service_describe
+
+    class Row(BaseModel):
+        island: str
+        mass: float
+
+        @field_validator("mass")
+        @classmethod
+        def _positive(cls, mass: float) -> float:
+            if mass <= 0:
+                raise ValueError("mass must be positive")
+            return mass
+
+    class Body(BaseModel):
+        instances: list[Row]
+        note: int = 0
+
+        @model_validator(mode="after")
+        def _some(self) -> "Body":
+            if not self.instances:
+                raise ValueError("no rows")
+            return self
+
+    bad = {"instances": [{"island": 3, "mass": -1}, {"mass": "heavy"}], "note": "x"}
+    with pytest.raises(ValidationError) as caught:
+        Body.model_validate(bad)
+    tool = tool_describe(caught.value)
+    count = len(caught.value.errors())
+    service = service_describe(caught.value, limit=count)
+    assert tool == (
+        "instances.0.island: Input should be a valid string; instances.0.mass: mass must be positive; "
+        "instances.1.island: Field required; instances.1.mass: Input should be a valid number, unable to parse "
+        "string as a number; note: Input should be a valid integer, unable to parse string as an integer"
+    )
+    assert service == f"{count} validation error(s): {tool}"
+    assert service_describe(caught.value) == f"{count} validation error(s): " + "; ".join(tool.split("; ")[:3]) + (
+        f"; and {count - 3} more")
+    with pytest.raises(ValidationError) as whole:
+        Body.model_validate({"instances": []})
+    assert tool_describe(whole.value) == "value: no rows"
+    assert service_describe(whole.value) == "1 validation error(s): body: no rows"

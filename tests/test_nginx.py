@@ -1,5 +1,6 @@
 """nginx alone, with the real templates and nginx/canary.js, and no backend: rendering, the routing state it reads
-per request (and its fallback to blue), the weighted split, sticky users, pins, and JSON 503s with Retry-After.
+per request and its fallback to blue (every case of tests/data/routing_states.json, read by routing.py too), the
+weighted split, sticky users, pins, and JSON 503s with Retry-After.
 
 With no backend listening, every proxied request is answered by nginx itself (503, naming no version), but its
 X-Canary-Route header still says where nginx sent it: enough to test the routing fast and exactly.
@@ -19,7 +20,7 @@ from canary_kit import routing
 from canary_kit.config import CanaryError
 from canary_kit.nginx import LocalNginx, render
 from canary_kit.stack import Child, wait_ready
-from conftest import local_settings, nginx_applies
+from conftest import ROOT, local_settings, nginx_applies
 from load import assert_split
 
 needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
@@ -40,6 +41,42 @@ def test_render_refuses_missing_or_unexpected_variables(variables):
 def test_a_bad_weight_is_refused_before_anything_is_written(weight):
     with pytest.raises(ValueError):
         routing.FALLBACK.next(green_weight=weight, shadow=False)
+
+
+STATES = json.loads((ROOT / "tests" / "data" / "routing_states.json").read_text(encoding="utf-8"))
+
+
+def case_id(case: dict) -> str:
+    return case["name"]
+
+
+def put_content(path, content: str | None) -> None:
+    """The state file as the case has it (None: no file)."""
+    path.unlink(missing_ok=True)
+    if content is not None:
+        path.write_bytes(content.encode("utf-8"))
+
+
+def test_the_table_applies_the_fallback_to_every_invalid_file():
+    assert all(("applies" in case) == case["valid"] for case in STATES["cases"])
+    assert {"green_weight": 0, "shadow": False} == {k: STATES["fallback"][k] for k in ("green_weight", "shadow")}
+
+
+@pytest.mark.parametrize("case", STATES["cases"], ids=case_id)
+def test_routing_reads_each_state_file_as_the_table_says(tmp_path, case):
+    """canary_kit/routing.py: a valid state is read as it is; any other reads as missing, and what is in force is
+    the fallback."""
+    path = tmp_path / routing.STATE_FILE
+    put_content(path, case["content"])
+    state = routing.read(path)
+    if case["valid"]:
+        assert state is not None
+        assert {k: getattr(state, k) for k in case["applies"]} == case["applies"], state
+    else:
+        assert state is None
+        in_force = routing.current(path)  # no change log beside it: the fallback
+        assert in_force == routing.FALLBACK
+        assert {k: getattr(in_force, k) for k in STATES["fallback"]} == STATES["fallback"]
 
 
 @pytest.fixture(scope="module")
@@ -90,21 +127,19 @@ def test_nginx_applies_the_state_file_on_the_next_request(bare):
 
 
 @needs_nginx
-@pytest.mark.parametrize(
-    "content",
-    [None, "", "{not json", '{"green_weight": 150, "shadow": false}', '{"green_weight": "10", "shadow": false}',
-     '{"green_weight": 10.5, "shadow": false}', '{"green_weight": 10, "shadow": "yes"}', "[10]"],
-    ids=["missing", "empty", "corrupt", "weight 150", "weight as text", "fraction", "shadow as text", "a list"],
-)
-def test_a_missing_or_invalid_state_sends_everything_to_blue(bare, content):
-    state = bare.state_dir / routing.STATE_FILE
-    state.unlink(missing_ok=True)
-    if content is not None:
-        state.write_text(content)
+@pytest.mark.parametrize("case", STATES["cases"], ids=case_id)
+def test_nginx_applies_each_state_file_as_the_table_says(bare, case):
+    """canary.js, through a real nginx: a valid state is applied as it is, any other sends everything to blue."""
+    put_content(bare.state_dir / routing.STATE_FILE, case["content"])
     report = applied(bare)
+    if case["valid"]:
+        assert "problem" not in report, report
+        assert {k: report[k] for k in case["applies"]} == case["applies"], report
+        return
     seen = routes(bare, 200)
-    print(f"\n{content!r}: nginx reports {report}; 200 requests went to {dict(seen)}")
+    print(f"\n{case['content']!r}: nginx reports {report}; 200 requests went to {dict(seen)}")
     assert report["green_weight"] == 0 and report["shadow"] is False and report["problem"], report
+    assert {k: report[k] for k in STATES["fallback"]} == STATES["fallback"], report
     assert seen == {"blue": 200}
 
 
