@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 import pydantic_core
 
-from penguin.features import CATEGORICAL, FEATURES, MAX_COLUMN_ROWS, Penguin
+from penguin.features import CATEGORICAL, FEATURES, MAX_COLUMN_ROWS, NUMERIC, Penguin
 
 NoneType = type(None)
 NUMBER_TYPES = frozenset({float, int})
@@ -100,9 +100,13 @@ def parse(body: bytes, max_rows: int = MAX_COLUMN_ROWS) -> Columns:
     columns = {name: getattr(typed, name) for name in FEATURES}
     out = Columns()
     out.rows = rows(columns, max_rows)
+    # Every measurement column in one float64 array (one conversion and one check for all); each column a row of it.
+    table = np.array([columns[name] for name in NUMERIC], dtype=np.float64)  # null -> NaN (msgspec reads no NaN)
+    if (table <= 0).any() or np.isinf(table).any():  # msgspec lets none through; were it to, the reference judges
+        return check(reference(body), max_rows)
+    numbers = dict(zip(NUMERIC, table))
     for name in FEATURES:
-        values = columns[name]
-        out[name] = values if name in CHOICES else measurement(name, values, typed=True)
+        out[name] = columns[name] if name in CHOICES else numbers[name]
     return out
 
 
@@ -197,22 +201,19 @@ def _fits(value: int) -> bool:
     return True
 
 
-def measurement(name: str, values: list, typed: bool = False) -> np.ndarray:
-    """A measurement column as float64 (NaN where null): numbers only, finite and greater than 0, or null.
-    `typed`: msgspec has already checked each value's type (numbers or null)."""
-    types = NULLABLE_NUMBER_TYPES if typed else set(map(type, values))
+def measurement(name: str, values: list) -> np.ndarray:
+    """A measurement column as float64 (NaN where null): numbers only, finite and greater than 0, or null."""
+    types = set(map(type, values))
     if not types <= NULLABLE_NUMBER_TYPES:
         row = next(i for i, v in enumerate(values) if type(v) not in NULLABLE_NUMBER_TYPES)
         raise ColumnError(("columns", name, row), f"column {name!r}, row {row}: Input should be a number or null, "
                           f"not {kind(values[row])}", "float_type")
     try:
         array = np.array(values, dtype=np.float64)  # null -> NaN
-    except OverflowError:  # an integer beyond float64 (not from msgspec: it refuses any number beyond float64)
+    except OverflowError:  # an integer beyond float64
         row = next(i for i, v in enumerate(values) if isinstance(v, int) and not _fits(v))
         raise ColumnError(("columns", name, row), f"column {name!r}, row {row}: Input should be a finite number",
                           "finite_number") from None
-    if typed and not (array <= 0).any() and not np.isinf(array).any():
-        return array  # NaN here is only ever a null (msgspec reads no NaN literal): no need to tell them apart
     good = array > 0  # NaN (null, or a NaN literal) is not
     good &= array < np.inf
     if good.all():
