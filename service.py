@@ -16,12 +16,13 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import gc  # noqa: E402
+import inspect  # noqa: E402
 import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Any, Literal, Optional  # noqa: E402
 
 import bentoml  # noqa: E402
-import pydantic_core  # noqa: E402
+import numpy as np  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field, create_model  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.requests import Request  # noqa: E402
@@ -254,16 +255,15 @@ class PenguinClassifier:
         top = proba.argmax(axis=1)
         predictions = [self.classes[i] for i in top.tolist()]
         if self.metrics is not None:  # counted as the row form's rows are: the canary's figures and quality gates
-            self.metrics.record(top, proba.max(axis=1))
+            self.metrics.record(top, proba[np.arange(len(top)), top])  # each row's top probability
         ctx.response.headers["X-Predictions"] = ",".join(predictions)
-        # Written by pydantic-core, not validated again: ~10x faster than json.dumps, floats exact (shortest repr).
-        answer = {
-            "predictions": predictions,
-            "probabilities": {name: proba[:, i].tolist() for i, name in enumerate(self.classes)},
-            "model_version": MODEL_VERSION,
-        }
-        return Response(pydantic_core.to_json(answer), media_type="application/json")
+        return Response(columnar.answer(predictions, self.classes, proba, MODEL_VERSION), media_type="application/json")
 
+
+# BentoML looks up an API function's signature on every request (APIMethod.__get__ calls inspect.signature); a
+# function that carries its own __signature__ is answered at once (~15 us less per request, either endpoint).
+for _api in PenguinClassifier.apis.values():
+    _api.func.__signature__ = inspect.signature(_api.func)
 
 # The first middleware added is the outermost: the version header also lands on the guard's refusals.
 PenguinClassifier.add_asgi_middleware(web.VersionHeader, version=MODEL_VERSION)

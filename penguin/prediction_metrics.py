@@ -4,8 +4,8 @@ compare these figures between blue and green.
 - `penguin_predicted_class_total{class}`: rows answered per predicted class (every class exported from the start);
 - `penguin_prediction_confidence`: a histogram of each row's top-class probability (the model's confidence).
 
-Both count `/predict` rows only. The canary tool finds them by these names in `[tool.canary]` (class_metric,
-confidence_metric), never by importing this module.
+Both count the rows of `/predict` and `/predict_columns` alike. The canary tool finds them by these names in
+`[tool.canary]` (class_metric, confidence_metric), never by importing this module.
 
 A batch is recorded in a handful of calls, not one per row: the classes with one bincount, the confidences into
 the histogram's buckets with one searchsorted (`observe_many`, exactly what per-row `observe` calls would give:

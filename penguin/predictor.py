@@ -44,7 +44,7 @@ class OnnxPredictor:
                 values = [MISSING_SENTINEL if v is None else v for v in values]
                 feeds[name] = np.array(values, dtype=object).reshape(-1, 1)
             else:
-                feeds[name] = np.array(values, dtype=np.float64).reshape(-1, 1)  # None -> NaN
+                feeds[name] = np.asarray(values, dtype=np.float64).reshape(-1, 1)  # None -> NaN; an array as it is
         return self.session.run(["probabilities"], feeds)[0]
 
 

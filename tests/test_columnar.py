@@ -112,6 +112,69 @@ def test_checked_columns_are_the_row_forms_values():
     assert checked["bill_length_mm"][2] == 181.0 and checked["sex"] == ["male", None, "female"]
 
 
+def reading(read, body: bytes):
+    """What a reading of a body gives: ("ok", its columns as plain lists, NaN as None) or ("refused", loc, message)."""
+    try:
+        checked = read(body)
+    except columnar.ColumnError as exc:
+        return "refused", exc.loc, exc.message
+    plain = {n: [None if v != v else v for v in (v.tolist() if isinstance(v, np.ndarray) else v)]
+             for n, v in checked.items()}
+    return "ok", checked.rows, plain
+
+
+def number_bodies() -> list[bytes]:
+    """Bodies whose bill_length_mm holds one JSON number literal of every kind the two readings might read apart."""
+    literals = ["39.1", "181", "0", "-0.0", "-1", "1E2", "1e+2", "1e-2", "0.1e1", "5e-324", "2.2250738585072014e-308",
+                "1.7976931348623157e308", "1.8e308", "1e999", "1" + "0" * 400, "12345678901234567890123456789",
+                "18446744073709551616", "9007199254740993", "0.30000000000000004", "1.00000000000000011102230246251565",
+                "3.141592653589793238462643383279502884197", "01", "+1", ".5", "5.", "1e", "-", "NaN", "Infinity",
+                "true", "null", '"3"', "[1]", "{}"]
+    rng = np.random.default_rng(22)
+    for _ in range(300):  # and random decimals of up to 25 significant digits, some with exponents
+        digits = "".join(map(str, rng.integers(0, 10, size=int(rng.integers(1, 26)))))
+        point = int(rng.integers(0, len(digits) + 1))
+        literal = (digits[:point] or "0") + ("." + digits[point:] if digits[point:] else "")
+        literals.append(literal + (f"e{int(rng.integers(-330, 330))}" if rng.random() < 0.3 else ""))
+    return [(b'{"columns":{"island":["Dream"],"bill_length_mm":[' + n.encode() + b"]," + NUMBERS.encode() + b"}}")
+            for n in literals]
+
+
+def other_bodies() -> list[bytes]:
+    """The refused bodies, the malformed ones and other ways of writing the same JSON."""
+    example = json.dumps(cols(2)).encode()
+    return [
+        *(json.dumps(body).encode() for body, _ in BAD.values()),
+        *(raw for raw, _, _ in RAW.values()),
+        example, example.replace(b" ", b""), example.replace(b": ", b" :\n "), b"\xef\xbb\xbf" + example,
+        example + b" \n", example + b"x", example + example,
+        example.replace(b'"Torgersen"', b'"\\u0054orgersen"'),  # an escaped letter: the same string
+        example.replace(b'"Torgersen"', b'"torgersen"'), example.replace(b'"male"', b'"Male"'),
+        example.replace(b'{"columns": {', b'{"columns": {"island": ["Biscoe", "Biscoe"], '),  # a key twice
+        example.replace(b'"columns"', b'"col\\u0075mns"'),
+        json.dumps(cols(2, sex=[None, None], bill_depth_mm=[None, 1])).encode(),
+        json.dumps(cols(MAX_COLUMN_ROWS)).encode(),
+        json.dumps(cols(3, island=["Dream", "Dream", "Atlantis"], sex=["male"])).encode(),  # two faults: lengths first
+        b'{"columns":{"island":["Dream"],"bill_length_mm":[NaN],"sex":["male"]}}',
+        b'{"columns":{"island":["Dream"],"bill_length_mm":[true],' + NUMBERS.encode() + b',"colour":[1]}}',
+    ]
+
+
+@pytest.mark.parametrize("kind", ["numbers", "other"])
+def test_the_fast_reading_of_a_body_is_the_reference_reading(kind):
+    """msgspec's typed reading (the fast path) accepts what pydantic-core + `check` accept, with the same values
+    (bit for bit), and refuses the rest with the reference reading's own message."""
+    bodies = number_bodies() if kind == "numbers" else other_bodies()
+    outcomes = set()
+    for body in bodies:
+        fast = reading(columnar.parse, body)
+        slow = reading(lambda b: columnar.check(columnar.reference(b)), body)
+        assert fast == slow, (body[:120], fast, slow)
+        outcomes.add(fast[0])
+    assert outcomes == {"ok", "refused"}
+    columnar.BODY.decode(json.dumps(cols(3, sex=["male", None, "female"])).encode())  # a valid body: the fast path
+
+
 def test_the_largest_request_of_each_form_fits_the_body_limit_that_nginx_and_the_service_share():
     template = (ROOT / "nginx" / "canary.conf.template").read_text()
     limits = set(re.findall(r"client_max_body_size\s+(\d+)m;", template))
