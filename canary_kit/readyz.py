@@ -1,8 +1,8 @@
 """Which version a backend serves: the `X-Model-Version` of its 200 answer to GET /readyz.
 
 One rule, `version_of`, read from an HTTP answer here (`serving`: the local stack's backends, and any version
-through nginx) or from the head that `curl -D -` prints (`version_in_head`: compose's backends, asked inside their
-containers). nginx/canary-state-init.sh's `served()` applies the same rule in shell; tests/test_readyz.py runs
+through nginx) or from what `curl` prints of the answer's head (`version_from_curl`: compose's backends, asked
+with CURL_HEAD inside their containers). nginx/canary-state-init.sh's `served()` applies the same rule in shell; tests/test_readyz.py runs
 both on one table of answers (tests/data/readyz_answers.json).
 """
 
@@ -13,6 +13,7 @@ import re
 import httpx
 
 HEADER = "x-model-version"
+CURL_HEAD = ("curl", "-fsS", "-D", "-", "-o", "/dev/null")  # prints the answer's head, fails on 4xx and 5xx
 VERSION = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+")  # as config.VERSION, in ASCII digits only
 
 
@@ -32,6 +33,11 @@ def serving(url: str, headers: dict[str, str] | None = None) -> str | None:
     except httpx.HTTPError:
         return None
     return version_of(response.status_code, response.headers.get_list(HEADER))
+
+
+def version_from_curl(returncode: int, stdout: str) -> str | None:
+    """The version named by an answer that CURL_HEAD fetched (None when curl failed)."""
+    return version_in_head(stdout) if returncode == 0 else None
 
 
 def version_in_head(head: str) -> str | None:

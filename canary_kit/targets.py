@@ -34,7 +34,7 @@ from canary_kit.config import CanaryError, Settings
 from canary_kit.metrics import PredictionMetrics
 from canary_kit.nginx import admin_socket
 from canary_kit.processes import alive
-from canary_kit.readyz import serving, version_in_head
+from canary_kit.readyz import CURL_HEAD, serving, version_from_curl
 from canary_kit.retention import Retention
 from canary_kit.routing import STATE_FILE
 from canary_kit.stack import STACK_FILE, launch, missing_version, read_stack_file, retire
@@ -230,10 +230,8 @@ class ComposeTarget:
 
     def serving(self, color: str) -> str | None:
         """The version that answers /readyz in the `ml-COLOR` container, or None when it is not ready."""
-        result = self._exec(f"ml-{color}", "curl", "-fsS", "-D", "-", "-o", "/dev/null", "http://127.0.0.1:3000/readyz")
-        if result is None or result.returncode != 0:
-            return None
-        return version_in_head(result.stdout)
+        result = self._exec(f"ml-{color}", *CURL_HEAD, "http://127.0.0.1:3000/readyz")
+        return None if result is None else version_from_curl(result.returncode, result.stdout)
 
     def missing(self, version: str) -> str | None:
         image = f"{self.repository}:{version}"
