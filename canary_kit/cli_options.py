@@ -53,7 +53,9 @@ class StackChoice:
 
 def _stack_options(
     state_dir: StateDir = None,
-    compose: Annotated[bool, typer.Option("--compose", help="act on the docker compose stack, not the local one")] = False,
+    compose: Annotated[
+        bool, typer.Option("--compose", help="act on the docker compose stack, not the local one")
+    ] = False,
     compose_file: Annotated[Path, typer.Option(help="compose file of the stack (with --compose)")] = COMPOSE_FILE,
 ) -> None:
     """The stack options, declared as typer declares any command's (StackCommand takes them from here)."""

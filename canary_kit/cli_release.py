@@ -87,4 +87,5 @@ def shadow(
         f"green failed copies {report['green_failed_copies']}"
     )
     typer.echo(f"class shares  blue {report['class_shares']['blue']}  green {report['class_shares']['green']}")
-    typer.echo(f"latency p50   blue {report['latency_p50_ms']['blue']} ms  green {report['latency_p50_ms']['green']} ms")
+    latency = report["latency_p50_ms"]
+    typer.echo(f"latency p50   blue {latency['blue']} ms  green {latency['green']} ms")

@@ -20,7 +20,9 @@ def rollout(
     steps: Annotated[Optional[str], typer.Option(help="green weights, e.g. 10,25,50,100")] = None,
     hold: Annotated[Optional[float], typer.Option(help="seconds to hold each step")] = None,
     min_requests: Annotated[Optional[int], typer.Option(help="green requests the HTTP gates need")] = None,
-    min_rows: Annotated[Optional[int], typer.Option(help="rows each version must predict for the quality gates")] = None,
+    min_rows: Annotated[
+        Optional[int], typer.Option(help="rows each version must predict for the quality gates")
+    ] = None,
     max_error_rate: Annotated[Optional[float], typer.Option(help="gate: green's 5xx share, e.g. 0.01")] = None,
     max_p99_ms: Annotated[Optional[float], typer.Option(help="gate: green's p99 latency in ms")] = None,
     max_p99_ratio: Annotated[Optional[float], typer.Option(help="gate: green p99 / blue p99")] = None,
@@ -43,7 +45,9 @@ def rollout(
     max_failed_checks: Annotated[Optional[int], typer.Option(help="failed checks before on_failure")] = None,
     max_inconclusive: Annotated[Optional[int], typer.Option(help="inconclusive windows before pausing")] = None,
     shadow_seconds: Annotated[Optional[float], typer.Option(help="shadow phase before going live")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option(help="shadow agreement (95% lower bound) to go live")] = None,
+    min_agreement: Annotated[
+        Optional[float], typer.Option(help="shadow agreement (95% lower bound) to go live")
+    ] = None,
 ) -> None:
     """Walk green through the steps, judging each on its server and model figures; roll back or pause on failure."""
     from canary_kit import rollout as plan
@@ -88,8 +92,12 @@ def rollout(
 
 def labels(
     ctx: typer.Context,
-    file: Annotated[str, typer.Argument(help="CSV or JSON lines with request_id, label and optionally row; - for stdin")],
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="write the valid lines even if some are refused")] = False,
+    file: Annotated[
+        str, typer.Argument(help="CSV or JSON lines with request_id, label and optionally row; - for stdin")
+    ],
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="write the valid lines even if some are refused")
+    ] = False,
 ) -> None:
     """Send the true classes back: join each label to the answer (request id, row) and the version that gave it."""
     from canary_kit import labels as labelling
@@ -106,7 +114,8 @@ def labels(
         if len(parsed.refused) > 20:
             typer.echo(f"... and {len(parsed.refused) - 20} more refused lines", err=True)
         if parsed.refused and not skip_bad:
-            raise CanaryError(f"{len(parsed.refused)} refused line{'s' if len(parsed.refused) > 1 else ''}: nothing written (fix them, or --skip-bad)")
+            lines = f"{len(parsed.refused)} refused line{'s' if len(parsed.refused) > 1 else ''}"
+            raise CanaryError(f"{lines}: nothing written (fix them, or --skip-bad)")
         applied = labelling.apply(conn, parsed.labels)
     joined = sum(applied.joined.values())
     typer.echo(f"joined {joined} labels ({sum(applied.replaced.values())} replacing earlier ones), "

@@ -44,7 +44,8 @@ def up(
     try:
         state = stack.start().started_state()
         record(LocalTarget(settings.state_dir), "up", state, state, "canary up")
-        typer.echo(f"ready in {time.monotonic() - stack.started_at:.1f}s: {settings.url}  (green gets {state.green_weight}%)")
+        took = time.monotonic() - stack.started_at
+        typer.echo(f"ready in {took:.1f}s: {settings.url}  (green gets {state.green_weight}%)")
         typer.echo(f"  blue   {state.blue_version}  {settings.slot_url('blue')}")
         green = f"{state.green_version}  {settings.slot_url(state.green_slot)}" if state.green_version else "free"
         typer.echo(f"  green  {green}")

@@ -242,7 +242,8 @@ def _confidence_drop(gate: Gate, limit: float, green: dict, w: Window) -> Verdic
 
 
 def _accuracy_drop(gate: Gate, limit: float, figures: dict, w: Window) -> Verdict:
-    (green, green_right), (blue, blue_right) = (w.labels or {}).get("green", (0, 0)), (w.labels or {}).get("blue", (0, 0))
+    labels = w.labels or {}
+    (green, green_right), (blue, blue_right) = labels.get("green", (0, 0)), labels.get("blue", (0, 0))
     if green < gate.min_rows or blue < gate.min_rows:
         return "inconclusive", None, (f"waiting for labels: {green} green / {blue} blue labelled rows "
                                       f"(need {gate.min_rows} each)")

@@ -2,8 +2,8 @@
 
 One rule, `version_of`, read from an HTTP answer here (`serving`: the local stack's backends, and any version
 through nginx) or from what `curl` prints of the answer's head (`version_from_curl`: compose's backends, asked
-with CURL_HEAD inside their containers). nginx/canary-state-init.sh's `served()` applies the same rule in shell; tests/test_readyz.py runs
-both on one table of answers (tests/data/readyz_answers.json).
+with CURL_HEAD inside their containers). nginx/canary-state-init.sh's `served()` applies the same rule in shell;
+tests/test_readyz.py runs each of them on one table of answers (tests/data/readyz_answers.json).
 """
 
 from __future__ import annotations

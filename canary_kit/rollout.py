@@ -74,7 +74,7 @@ def run(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase
 def _walk(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None, result: Rollout,
           channel: Channel) -> Rollout:
     t0 = time.monotonic()
-    since = utc(result.started) or result.started  # labels count for every answer of this rollout, whichever step it came in
+    since = utc(result.started) or result.started  # labels count for every answer of this rollout, in any step
     if spec.shadow_seconds and not _shadow_passes(target, spec, echo, shadow_phase, result):
         return result
     failed = 0
