@@ -136,7 +136,7 @@ class Settings(BaseSettings):
 
     @property
     def retention(self):
-        from canary_kit.ledger import Retention
+        from canary_kit.retention import Retention
 
         return Retention(self.ledger_days, self.ledger_rows)
 

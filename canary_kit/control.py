@@ -22,11 +22,12 @@ import httpx
 
 from canary_kit import routing
 from canary_kit.config import COLORS, CanaryError
-from canary_kit.files import write_atomic
-from canary_kit.metrics import Snapshot, figures_between
+from canary_kit.ledger import accuracy_by_version
+from canary_kit.metrics import figures_between
 from canary_kit.routing import CHANGELOG, RoutingState
+from canary_kit.scrape import read_baseline, snapshots, write_baseline
 from canary_kit.stats import js_distance
-from canary_kit.stack import BASELINE
+from canary_kit.target import Target
 
 APPLY_TIMEOUT = 5.0
 
@@ -35,7 +36,7 @@ class SplitChanged(CanaryError):
     """The state is not what the caller expected: someone else changed it."""
 
 
-def applied(target, timeout: float = 1.0) -> dict | None:
+def applied(target: Target, timeout: float = 1.0) -> dict | None:
     """The routing state nginx applies, asked on its admin server on a fresh connection; None when it does not
     answer."""
     try:
@@ -46,12 +47,12 @@ def applied(target, timeout: float = 1.0) -> dict | None:
     return routing.applied_from(response.text) if response.status_code == 200 else None
 
 
-def current(target) -> RoutingState:
+def current(target: Target) -> RoutingState:
     """The state in the file; a missing or invalid file counts as what nginx then applies (all to blue)."""
     return routing.current(target.state_file)
 
 
-def split_of(target) -> tuple[int, bool]:
+def split_of(target: Target) -> tuple[int, bool]:
     """(green's weight, shadow on) as the state says."""
     return current(target).split
 
@@ -74,15 +75,7 @@ def change_lock(folder: Path, name: str = ".routing.lock"):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def snapshots(target) -> dict[str, dict | None]:
-    """Both backends' /metrics, read at the same time."""
-    with ThreadPoolExecutor(len(COLORS)) as pool:
-        texts = dict(zip(COLORS, pool.map(lambda color: target.backend(color, "/metrics"), COLORS)))
-    names = target.prediction_metrics
-    return {color: None if text is None else Snapshot.parse(text, names).to_json() for color, text in texts.items()}
-
-
-def wait_applied(target, serial: int, timeout: float = APPLY_TIMEOUT) -> None:
+def wait_applied(target: Target, serial: int, timeout: float = APPLY_TIMEOUT) -> None:
     """Until nginx reports the state numbered `serial` (it reads the file per request, so this is at once)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -95,7 +88,7 @@ def wait_applied(target, serial: int, timeout: float = APPLY_TIMEOUT) -> None:
         time.sleep(0.02)
 
 
-def commit(target, before: RoutingState, event: str, reason: str = "", **changes) -> RoutingState:
+def commit(target: Target, before: RoutingState, event: str, reason: str = "", **changes) -> RoutingState:
     """With the change lock held: write the state `changes` make of `before`, wait until nginx applies it, log
     the change (also when nginx does not confirm it: the file holds it) and restart the figures."""
     started = time.monotonic()
@@ -110,19 +103,19 @@ def commit(target, before: RoutingState, event: str, reason: str = "", **changes
     return state
 
 
-def record(target, event: str, before: RoutingState, state: RoutingState, reason: str, **extra) -> None:
+def record(target: Target, event: str, before: RoutingState, state: RoutingState, reason: str, **extra) -> None:
     """Append one change to the change log and take the metrics baseline that `canary status` counts from."""
-    entry = log_event(target, event, before, state, reason, **extra)
-    baseline = {"since": entry["time"], "green_weight": state.green_weight, "backends": snapshots(target)}
-    write_atomic(target.state_dir / BASELINE, json.dumps(baseline))
+    entry = log_event(target.state_dir, target.name, event, before, state, reason, **extra)
+    write_baseline(target.state_dir, entry["time"], state.green_weight, snapshots(target))
 
 
-def log_event(target, event: str, before: RoutingState, state: RoutingState, reason: str, **extra) -> dict:
-    """Append one entry to the change log (what `canary history` shows); returns it."""
+def log_event(state_dir: Path, target_name: str, event: str, before: RoutingState, state: RoutingState, reason: str,
+              **extra) -> dict:
+    """Append one entry to the change log in `state_dir` (what `canary history` shows); returns it."""
     entry = {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "event": event,
-        "target": target.name,
+        "target": target_name,
         "blue_version": state.blue_version,
         "green_version": state.green_version,
         "green_slot": state.green_slot,
@@ -134,13 +127,13 @@ def log_event(target, event: str, before: RoutingState, state: RoutingState, rea
         "by": os.environ.get("CANARY_USER") or getpass.getuser(),
         "reason": reason,
     }
-    with open(target.state_dir / CHANGELOG, "a") as log:
+    with open(state_dir / CHANGELOG, "a") as log:
         log.write(json.dumps(entry) + "\n")
     return entry
 
 
 def set_weight(
-    target,
+    target: Target,
     weight: int,
     reason: str = "",
     shadow: bool = False,
@@ -171,23 +164,17 @@ def set_weight(
     return before, after
 
 
-def status(target, now: dict[str, dict | None] | None = None) -> dict:
+def status(target: Target, now: dict[str, dict | None] | None = None) -> dict:
     """The split nginx applies, each version's health, and its figures since the last change (or since start).
     `now`: both backends' `snapshots` if the caller just took them (the dashboard keeps them for its rates)."""
-    baseline_file = target.state_dir / BASELINE
-    try:
-        baseline = json.loads(baseline_file.read_text())
-    except (OSError, ValueError):  # none yet, or damaged: figures since start
-        baseline = {}
-    if not isinstance(baseline, dict) or not isinstance(baseline.get("backends"), dict):
-        baseline = {"backends": {}}
+    baseline = read_baseline(target.state_dir)  # none yet, or damaged: figures since start
     in_file, in_nginx = routing.read(target.state_file), applied(target)
     state = in_file or routing.FALLBACK
     weight = in_nginx["green_weight"] if in_nginx else state.green_weight
     with ThreadPoolExecutor(2 * len(COLORS)) as pool:
         answering = dict(zip(COLORS, pool.map(target.serving, COLORS)))
         now = now if now is not None else pool.submit(snapshots, target).result()
-    versions = {}
+    versions: dict[str, dict] = {}
     for color in COLORS:
         expected = state.blue_version if color == "blue" else state.green_version
         versions[color] = {
@@ -196,8 +183,6 @@ def status(target, now: dict[str, dict | None] | None = None) -> dict:
             "healthy": answering[color] is not None,
             "since_change": figures_between(baseline["backends"].get(color), now[color]),
         }
-    from canary_kit.ledger import accuracy_by_version
-
     labelled = accuracy_by_version(target, {color: versions[color]["version"] for color in COLORS})
     figures = {color: versions[color]["since_change"] or {} for color in COLORS}
     divergence = js_distance(figures["green"].get("class_rows") or {}, figures["blue"].get("class_rows") or {})
@@ -225,7 +210,7 @@ def takeover_of(state: RoutingState, green_weight: int, answering: dict[str, str
     return {"blue_version": state.blue_version, "green_version": answering["green"], "blue_share": 100 - green_weight}
 
 
-def takeover(target) -> dict | None:
+def takeover(target: Target) -> dict | None:
     """Whether the candidate is answering blue's share right now because blue is down (see takeover_of): what a
     rollout asks before it judges or advances a step (green compared with a blue that is not there)."""
     state = current(target)

@@ -31,7 +31,8 @@ import time
 from collections import deque
 from datetime import datetime
 from importlib import resources
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -45,6 +46,7 @@ from canary_kit.config import COLORS, CanaryError
 from canary_kit.control import set_weight, snapshots, status
 from canary_kit.metrics import figures_between
 from canary_kit.routing import CHANGELOG
+from canary_kit.target import Target
 from canary_kit.views import change_line, read_history, status_lines
 
 TOKEN_HEADER = "X-Canary-Token"
@@ -81,11 +83,14 @@ def get_token() -> str:
 class Poller:
     """The one reader of the stack: a tick per `interval` seconds, whatever the number of pages open."""
 
-    def __init__(self, make_target: Callable, state_dir=None, interval: float = 1.0, rebuild: bool = True) -> None:
+    def __init__(self, make_target: Callable[[], Target], state_dir: Path | None = None, interval: float = 1.0,
+                 rebuild: bool = True) -> None:
         self.make_target, self.state_dir, self.interval, self.rebuild = make_target, state_dir, interval, rebuild
         self.samples: deque[dict] = deque(maxlen=int(KEEP_SECONDS / interval))
         self.reads = 0  # snapshot rounds taken (each: one /metrics read per backend)
-        self._target, self._previous, self._view = None, None, {"problem": "starting", "tick": 0}
+        self._target: Target | None = None
+        self._previous: dict[str, dict | None] | None = None
+        self._view: dict[str, Any] = {"problem": "starting", "tick": 0}
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-poller", daemon=True)
 
@@ -116,7 +121,7 @@ class Poller:
             self._tick()
             next_tick = max(next_tick + self.interval, time.monotonic())
 
-    def _reach(self):
+    def _reach(self) -> Target:
         if self._target is not None and not self.rebuild:
             return self._target
         self._target = self.make_target()  # local: cheap, and tells at once when the stack stops
@@ -124,7 +129,8 @@ class Poller:
         return self._target
 
     def poll(self) -> None:
-        now, problem, report, warnings, sample = time.time(), None, None, [], {"t": time.time()}
+        now, problem, report, warnings = time.time(), None, None, []
+        sample: dict[str, Any] = {"t": time.time()}
         try:
             target = self._reach()
         except CanaryError as exc:
@@ -233,8 +239,8 @@ def create_app(poller: Poller, make_target: Callable, token: str, host: str = "1
     async def state(request: Request) -> Response:
         if refusal := guard.host_refusal(request):
             return refuse(403, refusal)
-        if not guard.loopback and (refusal := guard.token_refusal(request)):
-            return refuse(*refusal)
+        if not guard.loopback and (denied := guard.token_refusal(request)):
+            return refuse(*denied)
         return Response(json.dumps(poller.view(), default=str), media_type="application/json")
 
     async def act(request: Request) -> Response:
@@ -246,8 +252,8 @@ def create_app(poller: Poller, make_target: Callable, token: str, host: str = "1
         for refusal in (guard.host_refusal(request), guard.origin_refusal(request)):
             if refusal:
                 return refuse(403, refusal)
-        if refusal := guard.token_refusal(request):
-            return refuse(*refusal)
+        if denied := guard.token_refusal(request):
+            return refuse(*denied)
         if not request.headers.get("content-type", "").startswith("application/json"):
             return refuse(415, "actions take a JSON body (Content-Type: application/json)")
         try:
@@ -279,7 +285,7 @@ def perform(make_target: Callable, action: str, body: dict) -> dict:
     if action in live.ACTIONS:
         by = f"the dashboard ({os.environ.get('CANARY_USER') or getpass.getuser()})"
         return {"message": live.request(target.state_dir, action, by=by, reason=given)}
-    weight = body.get("weight") if EVENTS[action] is None else EVENTS[action]
+    weight: Any = body.get("weight") if EVENTS[action] is None else EVENTS[action]  # set_weight checks it
     serial = body.get("serial")
     if serial is not None and (not isinstance(serial, int) or isinstance(serial, bool)):
         raise CanaryError(f"serial must be a whole number, got {serial!r}")

@@ -69,7 +69,8 @@ def lines_chart(title: str, lines: list[tuple[str, str, bool, list[tuple[float, 
                        '</circle>')
     legend_x = WIDTH - RIGHT
     for label, colour, dashed, points in reversed(lines):
-        segments, segment = [], []
+        segments: list[list] = []
+        segment: list = []
         for t, v in points:
             if v is None or t < t0:
                 if segment:

@@ -14,9 +14,13 @@ Each gate's result is kept whether live or dry-run, for the report: pass | fail 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from canary_kit.spec import Gate, RolloutSpec
 from canary_kit.stats import difference, js_distance, srm_p_value, wilson
+
+
+Verdict = tuple[str, float | None, str]  # one gate over one window: status, figure, detail
 
 
 @dataclass(frozen=True)
@@ -119,60 +123,63 @@ def _failed(spec: RolloutSpec, step: Step, reason: str, results: list[GateResult
 
 def judge_gates(spec: RolloutSpec, weight: int, window: Window) -> list[GateResult]:
     """Every gate of the spec over the window, in the spec's order."""
-    judges = {
+    judges: dict[str, Callable[[Gate, float, dict, Window], Verdict]] = {
         "max_error_rate": _error_rate,
         "max_p99_ms": _p99,
         "max_p99_ratio": _p99_ratio,
-        "srm_p_value": lambda gate, w: _srm(gate, w, weight),
+        "srm_p_value": lambda gate, limit, green, w: _srm(gate, limit, w, weight),
         "max_class_divergence": _class_divergence,
         "max_confidence_drop": _confidence_drop,
         "max_accuracy_drop": _accuracy_drop,
     }
-    results = []
+    results: list[GateResult] = []
+    green = window.green
+    if green is None:  # decide() judges no gate then
+        return results
     for name, judge in judges.items():
         gate: Gate = getattr(spec.gates, name)
         if gate.threshold is None:
             continue
-        status, figure, detail = judge(gate, window)
+        status, figure, detail = judge(gate, gate.threshold, green, window)
         results.append(GateResult(name, status, figure, gate.threshold, gate.dry_run, detail))
     return results
 
 
-def _error_rate(gate: Gate, w: Window) -> tuple[str, float | None, str]:
-    g = w.green
+def _error_rate(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+    g = green
     rate = g["error_rate"]
     # decided even on a quiet window: these errors break the gate whatever the next requests bring
-    if g["errors"] > gate.threshold * max(g["requests"], gate.min_rows):
+    if g["errors"] > limit * max(g["requests"], gate.min_rows):
         return "fail", rate, f"green answered {g['errors']} of {g['requests']} requests with 5xx"
     if g["requests"] < gate.min_rows:
         return "inconclusive", rate, f"only {g['requests']} green requests (need {gate.min_rows})"
-    if rate > gate.threshold:
-        return "fail", rate, f"green error rate {rate:.2%} > {gate.threshold:.2%}"
-    return "pass", rate, f"green error rate {rate:.2%} <= {gate.threshold:.2%}"
+    if rate > limit:
+        return "fail", rate, f"green error rate {rate:.2%} > {limit:.2%}"
+    return "pass", rate, f"green error rate {rate:.2%} <= {limit:.2%}"
 
 
-def _p99(gate: Gate, w: Window) -> tuple[str, float | None, str]:
-    g = w.green
+def _p99(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+    g = green
     if g["requests"] < gate.min_rows or g["p99_ms"] is None:
         return "inconclusive", g["p99_ms"], f"only {g['requests']} green requests (need {gate.min_rows})"
-    if g["p99_ms"] > gate.threshold:
-        return "fail", g["p99_ms"], f"green p99 {g['p99_ms']:.0f} ms > {gate.threshold:.0f} ms"
-    return "pass", g["p99_ms"], f"green p99 {g['p99_ms']:.0f} ms <= {gate.threshold:.0f} ms"
+    if g["p99_ms"] > limit:
+        return "fail", g["p99_ms"], f"green p99 {g['p99_ms']:.0f} ms > {limit:.0f} ms"
+    return "pass", g["p99_ms"], f"green p99 {g['p99_ms']:.0f} ms <= {limit:.0f} ms"
 
 
-def _p99_ratio(gate: Gate, w: Window) -> tuple[str, float | None, str]:
-    g, b = w.green, w.blue
+def _p99_ratio(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+    g, b = green, w.blue
     if not (b and b["requests"] and b["p99_ms"]):
         return "skipped", None, "blue served no requests in the window"
     if g["requests"] < gate.min_rows or g["p99_ms"] is None:
         return "inconclusive", None, f"only {g['requests']} green requests (need {gate.min_rows})"
     ratio = g["p99_ms"] / b["p99_ms"]
-    if ratio > gate.threshold:
-        return "fail", ratio, f"green p99 is {ratio:.1f}x blue's (> {gate.threshold:.1f}x)"
-    return "pass", ratio, f"green p99 is {ratio:.1f}x blue's (<= {gate.threshold:.1f}x)"
+    if ratio > limit:
+        return "fail", ratio, f"green p99 is {ratio:.1f}x blue's (> {limit:.1f}x)"
+    return "pass", ratio, f"green p99 is {ratio:.1f}x blue's (<= {limit:.1f}x)"
 
 
-def _srm(gate: Gate, w: Window, weight: int) -> tuple[str, float | None, str]:
+def _srm(gate: Gate, limit: float, w: Window, weight: int) -> Verdict:
     if w.split is None:
         return "skipped", None, "the split was not measured"
     green, blue = w.split.get("green", 0), w.split.get("blue", 0)
@@ -182,69 +189,75 @@ def _srm(gate: Gate, w: Window, weight: int) -> tuple[str, float | None, str]:
     if total < gate.min_rows:
         return "inconclusive", None, f"only {total} unpinned /predict requests to test the split (need {gate.min_rows})"
     p = srm_p_value(green, blue, weight / 100)
+    if p is None:  # not reached: 0 < weight < 100 and total > 0 here
+        return "skipped", None, f"no split to test at {weight}%"
     seen = f"green had {green / total:.1%} of {total} unpinned requests at weight {weight}%"
-    if p < gate.threshold:
-        return "fail", p, f"sample-ratio mismatch: {seen} (p = {p:.2g} < {gate.threshold:g})"
+    if p < limit:
+        return "fail", p, f"sample-ratio mismatch: {seen} (p = {p:.2g} < {limit:g})"
     return "pass", p, f"split as set: {seen} (p = {p:.2g})"
 
 
-def _rows(w: Window, gate: Gate) -> tuple[dict | None, dict | None, str | None]:
-    """Green's and blue's prediction figures for a quality gate, or why they cannot be judged yet."""
-    green = w.green
+def _rows(gate: Gate, green: dict, w: Window) -> tuple[dict, dict] | Verdict:
+    """Green's and blue's prediction figures for a quality gate, or the verdict while they cannot be judged."""
     blue = w.blue if w.blue and (w.blue.get("rows") or 0) >= gate.min_rows else w.blue_reference or w.blue
     if green.get("rows") is None and (blue or {}).get("rows") is None:
-        return None, None, "skipped"
+        return "skipped", None, "the service exports no prediction metrics"
     if green.get("rows") is None:
-        return None, None, "green exports no prediction metrics"
+        return "inconclusive", None, "green exports no prediction metrics"
     if not blue or blue.get("rows") is None:
-        return None, None, "blue exports no prediction metrics"
+        return "inconclusive", None, "blue exports no prediction metrics"
     if green["rows"] < gate.min_rows or blue["rows"] < gate.min_rows:
-        return None, None, f"only {green['rows']} green / {blue['rows']} blue rows predicted (need {gate.min_rows} each)"
-    return green, blue, None
+        return "inconclusive", None, (f"only {green['rows']} green / {blue['rows']} blue rows predicted "
+                                      f"(need {gate.min_rows} each)")
+    return green, blue
 
 
-def _class_divergence(gate: Gate, w: Window) -> tuple[str, float | None, str]:
-    green, blue, why = _rows(w, gate)
-    if why == "skipped":
-        return "skipped", None, "the service exports no prediction metrics"
-    if why:
-        return "inconclusive", None, why
+def _class_divergence(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+    rows = _rows(gate, green, w)
+    if len(rows) == 3:
+        return rows
+    green, blue = rows
     distance = js_distance(green["class_rows"], blue["class_rows"])
+    if distance is None:
+        return "inconclusive", None, "no class counts in the window"
     seen = f"class divergence {distance:.3f}"
-    rows = f"({green['rows']} green / {blue['rows']} blue rows)"
-    if distance > gate.threshold:
-        return "fail", distance, f"{seen} > {gate.threshold:g} {rows}"
-    return "pass", distance, f"{seen} <= {gate.threshold:g} {rows}"
+    counted = f"({green['rows']} green / {blue['rows']} blue rows)"
+    if distance > limit:
+        return "fail", distance, f"{seen} > {limit:g} {counted}"
+    return "pass", distance, f"{seen} <= {limit:g} {counted}"
 
 
-def _confidence_drop(gate: Gate, w: Window) -> tuple[str, float | None, str]:
-    green, blue, why = _rows(w, gate)
-    if why == "skipped":
-        return "skipped", None, "the service exports no prediction metrics"
-    if why:
-        return "inconclusive", None, why
+def _confidence_drop(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+    rows = _rows(gate, green, w)
+    if len(rows) == 3:
+        return rows
+    green, blue = rows
     if green["confidence_mean"] is None or blue["confidence_mean"] is None:
         return "inconclusive", None, "no confidence figures in the window"
     drop = blue["confidence_mean"] - green["confidence_mean"]
     seen = f"confidence drop {drop:.3f} (blue {blue['confidence_mean']:.3f}, green {green['confidence_mean']:.3f})"
-    if drop > gate.threshold:
-        return "fail", drop, f"{seen} > {gate.threshold:g}"
-    return "pass", drop, f"{seen} <= {gate.threshold:g}"
+    if drop > limit:
+        return "fail", drop, f"{seen} > {limit:g}"
+    return "pass", drop, f"{seen} <= {limit:g}"
 
 
-def _accuracy_drop(gate: Gate, w: Window) -> tuple[str, float | None, str]:
-    (green, green_right), (blue, blue_right) = (w.labels or {}).get("green", (0, 0)), (w.labels or {}).get("blue", (0, 0))
+def _accuracy_drop(gate: Gate, limit: float, figures: dict, w: Window) -> Verdict:
+    labels = w.labels or {}
+    (green, green_right), (blue, blue_right) = labels.get("green", (0, 0)), labels.get("blue", (0, 0))
     if green < gate.min_rows or blue < gate.min_rows:
         return "inconclusive", None, (f"waiting for labels: {green} green / {blue} blue labelled rows "
                                       f"(need {gate.min_rows} each)")
-    diff, low, high = difference(green_right, green, blue_right, blue)
+    found = difference(green_right, green, blue_right, blue)
+    if found is None:
+        return "inconclusive", None, "no labelled rows"
+    diff, low, high = found
     seen = (f"accuracy green {green_right / green:.1%} vs blue {blue_right / blue:.1%} ({green} / {blue} labelled), "
             f"difference {diff:+.1%} [{low:+.1%}, {high:+.1%}]")
-    if high < -gate.threshold:
-        return "fail", diff, f"{seen}: green worse by more than {gate.threshold:.1%}"
-    if low > -gate.threshold:
-        return "pass", diff, f"{seen}: not worse by {gate.threshold:.1%}"
-    return "inconclusive", diff, f"{seen}: not yet decided at a {gate.threshold:.1%} margin"
+    if high < -limit:
+        return "fail", diff, f"{seen}: green worse by more than {limit:.1%}"
+    if low > -limit:
+        return "pass", diff, f"{seen}: not worse by {limit:.1%}"
+    return "inconclusive", diff, f"{seen}: not yet decided at a {limit:.1%} margin"
 
 
 def judge_shadow(spec: RolloutSpec, report: dict) -> GateResult:
@@ -255,7 +268,7 @@ def judge_shadow(spec: RolloutSpec, report: dict) -> GateResult:
     low = None if bounds is None else round(bounds[0], 4)
     if gate.threshold is None:
         return GateResult("min_agreement", "skipped", low, None, gate.dry_run, "no min_agreement set")
-    if rows < gate.min_rows:
+    if rows < gate.min_rows or low is None:
         return GateResult("min_agreement", "inconclusive", low, gate.threshold, gate.dry_run,
                           f"only {rows} rows compared in the shadow phase (need {gate.min_rows})")
     seen = f"shadow agreement {agreed / rows:.2%} of {rows} rows, 95% lower bound {low:.2%}"

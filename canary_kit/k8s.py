@@ -351,6 +351,3 @@ def render(served: ServedModel, spec: RolloutSpec, out: Path, spec_name: str) ->
 
 
 from canary_kit import k8s_analysis  # last: the gates build on ServedModel and the helpers above
-
-Target = ServedModel  # the name canary_kit/cli.py and tests/conftest.py import
-

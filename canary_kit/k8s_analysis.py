@@ -128,12 +128,12 @@ def queries(served: ServedModel, spec: RolloutSpec) -> dict[str, tuple[str, str,
             f"(\n  {p99(green)}\n  / ({p99(blue)} > 0)\n  or on() vector(0)\n)\nand on() {enough('max_p99_ratio')}",
             gates.max_p99_ratio.threshold,
         )
-    if served.class_metric and gates.max_class_divergence.threshold is not None:
-        gate = gates.max_class_divergence
-        out["class-divergence"] = ("max_class_divergence", class_divergence(served, gate.min_rows), gate.threshold)
-    if served.confidence_metric and gates.max_confidence_drop.threshold is not None:
-        gate = gates.max_confidence_drop
-        out["confidence-drop"] = ("max_confidence_drop", confidence_drop(served, gate.min_rows), gate.threshold)
+    divergence, drop = gates.max_class_divergence, gates.max_confidence_drop
+    if served.class_metric and divergence.threshold is not None:
+        out["class-divergence"] = (
+            "max_class_divergence", class_divergence(served, divergence.min_rows), divergence.threshold)
+    if served.confidence_metric and drop.threshold is not None:
+        out["confidence-drop"] = ("max_confidence_drop", confidence_drop(served, drop.min_rows), drop.threshold)
     return out
 
 

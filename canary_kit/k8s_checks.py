@@ -177,10 +177,10 @@ def check_routes(argo_rollout: dict, docs: list[dict]) -> list[str]:
             problems.append(f"HTTPRoute {route_name}: rule names are not unique: {rule_names}")
         for rule in route["spec"]["rules"]:
             for ref in rule.get("backendRefs") or []:
-                svc = services.get(ref["name"])
-                if svc is None:
+                referred = services.get(ref["name"])
+                if referred is None:
                     problems.append(f"HTTPRoute {route_name}: backendRef {ref['name']!r} is not a Service of this base")
-                elif ref.get("port") not in {p["port"] for p in svc["spec"].get("ports") or []}:
+                elif ref.get("port") not in {p["port"] for p in referred["spec"].get("ports") or []}:
                     port = ref.get("port")
                     problems.append(f"HTTPRoute {route_name}: backendRef {ref['name']} port {port} is not a port of it")
             if route_name not in managed_names and canary.get("canaryService") in {

@@ -94,7 +94,7 @@ def parse(data: bytes, classes: set[str]) -> Parsed:
             try:
                 fields = json.loads(text)
             except ValueError as exc:
-                out.refused.append((number, f"not JSON ({exc.msg})"))
+                out.refused.append((number, f"not JSON ({exc.msg if isinstance(exc, json.JSONDecodeError) else exc})"))
                 continue
             if not isinstance(fields, dict):
                 out.refused.append((number, f"a JSON line must be an object, got {type(fields).__name__}"))

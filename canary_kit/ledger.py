@@ -22,6 +22,8 @@ from pathlib import Path
 
 from canary_kit.config import CanaryError
 from canary_kit.metrics import ENDPOINT, is_endpoint
+from canary_kit.retention import Retention
+from canary_kit.target import LogMark, Target
 
 LEDGER = "ledger.sqlite3"
 BATCH = 50_000  # rows per executemany while ingesting
@@ -89,12 +91,6 @@ def transaction(conn: sqlite3.Connection):
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-@dataclass
-class Retention:
-    days: float = 30.0
-    rows: int = 5_000_000
 
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> int:
@@ -179,7 +175,7 @@ def prune(conn: sqlite3.Connection, retention: Retention, now: datetime | None =
 PRUNE_EVERY = 60.0  # seconds: pruning walks the time index, so it runs after new answers, at most this often
 
 
-def catch_up(target, conn: sqlite3.Connection, retention: Retention | None = None) -> int:
+def catch_up(target: Target, conn: sqlite3.Connection, retention: Retention | None = None) -> int:
     """Bring the ledger up to date with the target's nginx log (the model's endpoints of its settings); returns
     the rows added. Old answers are pruned after new ones came in, at most once a minute."""
     log = getattr(target, "access_log", None)
@@ -189,7 +185,8 @@ def catch_up(target, conn: sqlite3.Connection, retention: Retention | None = Non
     else:
         kept = conn.execute("SELECT mark FROM sources WHERE name = 'compose'").fetchone()
         mark = target.log_mark()
-        added = ingest_entries(conn, target.log_since(kept[0] if kept and kept[0] else ""), mark, endpoints=endpoints)
+        since = LogMark(time=kept[0]) if kept and kept[0] else LogMark()
+        added = ingest_entries(conn, target.log_since(since), mark.time, endpoints=endpoints)
     last = conn.execute("SELECT value FROM meta WHERE key = 'pruned_at'").fetchone()
     if added and (last is None or time.time() - float(last[0]) >= PRUNE_EVERY):
         prune(conn, retention or Retention())
@@ -248,7 +245,7 @@ def remember_classes(conn: sqlite3.Connection, classes: set[str]) -> None:
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('classes', ?)", (json.dumps(sorted(classes)),))
 
 
-def labelled_since(target, versions: dict[str, str | None], since: str) -> dict[str, tuple[int, int]]:
+def labelled_since(target: Target, versions: dict[str, str | None], since: str) -> dict[str, tuple[int, int]]:
     """colour -> (labelled rows, correct rows) of the answers each version gave since `since` (the rollout's
     start), with the ledger brought up to date first."""
     with connect(target.state_dir) as conn:
@@ -257,17 +254,17 @@ def labelled_since(target, versions: dict[str, str | None], since: str) -> dict[
     return {colour: (found[v].labelled, found[v].correct) if v in found else (0, 0) for colour, v in versions.items()}
 
 
-def model_classes(target, conn: sqlite3.Connection) -> set[str]:
+def model_classes(target: Target, conn: sqlite3.Connection) -> set[str]:
     """The model's classes: what its backends export in the class metric (every class, from the start), else what
     the ledger learnt before."""
-    from canary_kit.control import snapshots
+    from canary_kit.scrape import snapshots
 
     found = {name for snap in snapshots(target).values() if snap for name in snap.get("classes", {})}
     remember_classes(conn, found)
     return found or known_classes(conn)
 
 
-def accuracy_by_version(target, versions: dict[str, str | None]) -> dict[str, dict] | None:
+def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict[str, dict] | None:
     """colour -> labelled rows and accuracy of all that version's answers, for `canary status`; None while the
     stack has no ledger yet (nobody sent labels)."""
     if not (target.state_dir / LEDGER).is_file():
@@ -300,7 +297,7 @@ def since_time(text: str | None, last_change: str | None, now: datetime | None =
     return found
 
 
-def quality_report(target, versions: dict[str, str | None], since: str | None) -> dict:
+def quality_report(target: Target, versions: dict[str, str | None], since: str | None) -> dict:
     """`canary quality`: per version with labels (blue and green first), labelled rows, accuracy with its 95% Wilson
     interval and the confusion matrix; green - blue with its 95% interval."""
     from canary_kit.stats import difference, wilson
@@ -320,6 +317,6 @@ def quality_report(target, versions: dict[str, str | None], since: str | None) -
         rows.append({"version": version, "role": role.get(version, ""), "labelled": q.labelled, "correct": q.correct,
                      "accuracy": q.accuracy, "interval": None if bounds is None else list(bounds),
                      "confusion": q.confusion})
-    blue, green = (found.get(versions.get(c)) for c in ("blue", "green"))
+    blue, green = (found.get(versions.get(c) or "") for c in ("blue", "green"))
     diff = difference(green.correct, green.labelled, blue.correct, blue.labelled) if blue and green else None
     return {"since": since, "versions": rows, "green_minus_blue": None if diff is None else list(diff), **totals}

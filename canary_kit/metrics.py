@@ -51,7 +51,7 @@ class Snapshot:
     def parse(cls, text: str, names: PredictionMetrics = PredictionMetrics(), endpoint: str | None = None) -> "Snapshot":
         endpoints = names.endpoints if endpoint is None else (endpoint,)
         snap = cls(taken_at=time.time())
-        confidence = {}
+        confidence: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             if family.name == names.class_metric:
                 for sample in family.samples:
@@ -134,7 +134,7 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
 def window(before: Snapshot | None, after: Snapshot) -> Figures:
     """What happened between two snapshots (a restarted backend, any of whose counters fell, counts from zero)."""
     before = before or Snapshot(taken_at=after.taken_at)
-    pairs = [(after.by_status, before.by_status), (after.buckets, before.buckets), (after.classes, before.classes)]
+    pairs: list[tuple[dict, dict]] = [(after.by_status, before.by_status), (after.buckets, before.buckets), (after.classes, before.classes)]
     if any(now.get(key, 0.0) < then for now, old in pairs for key, then in old.items()):
         before = Snapshot(taken_at=before.taken_at)
     by_status = {code: n - before.by_status.get(code, 0.0) for code, n in after.by_status.items()}
@@ -181,7 +181,7 @@ def unpinned_split(entries: list[dict], versions: dict[str, str | None],
     for entry in entries:
         if entry.get("shadow") or entry.get("pin") or not is_endpoint(str(entry.get("uri", "")), endpoints):
             continue
-        name = colour.get(entry.get("version"))
+        name = colour.get(str(entry.get("version")))
         if name is not None:
             counts[name] += 1
     return counts

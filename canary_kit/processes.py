@@ -45,11 +45,20 @@ class Child:
                 preexec_fn=_dies_with(os.getpid()) if self.die_with_parent else None,
             )
 
+    @property
+    def pid(self) -> int:
+        """The process's id, once started."""
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} has not been started")
+        return self.proc.pid
+
     def exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
     def tree(self) -> list[psutil.Process]:
         """The process and all its descendants (bentoml's workers run in sessions of their own)."""
+        if self.proc is None:
+            return []
         try:
             leader = psutil.Process(self.proc.pid)
             return [leader, *leader.children(recursive=True)]
@@ -70,7 +79,8 @@ class Child:
         """SIGKILL the whole tree at once, as a crash would (used to test failover)."""
         for process in self.tree():
             process.kill()
-        self.proc.wait(timeout=10)
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
 
     def last_line(self) -> str:
         """The log's last line, and where the log is: enough to say why it failed in one line."""
@@ -118,6 +128,12 @@ def process(pid: int | None, started: float | None = None) -> psutil.Process | N
         return found if started is None or abs(found.create_time() - started) < 0.05 else None
     except psutil.NoSuchProcess:
         return None
+
+
+def created(pid: int) -> float | None:
+    """When the running process `pid` started (what `process` compares), or None when it does not run."""
+    found = process(pid)
+    return found.create_time() if found else None
 
 
 def alive(pid: int | None, started: float | None = None) -> bool:

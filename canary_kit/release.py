@@ -18,11 +18,12 @@ from typing import Callable
 from canary_kit.config import CanaryError
 from canary_kit.control import SplitChanged, change_lock, commit, current
 from canary_kit.routing import RoutingState
+from canary_kit.target import Target
 
 OPERATION_LOCK = ".release.lock"  # one deploy or finalize at a time
 
 
-def _versions(target, state: RoutingState) -> dict:
+def _versions(target: Target, state: RoutingState) -> dict:
     """The versions the state names, asked from the running stack where it names none (a new compose stack)."""
     return {
         "blue_version": state.blue_version or target.serving("blue"),
@@ -30,7 +31,7 @@ def _versions(target, state: RoutingState) -> dict:
     }
 
 
-def deploy(target, version: str, reason: str, echo: Callable[[str], None], timeout: float | None = None) -> RoutingState:
+def deploy(target: Target, version: str, reason: str, echo: Callable[[str], None], timeout: float | None = None) -> RoutingState:
     """Make `version` the candidate: green at 0%, the version started next to the running ones, then switched
     in as green once it answers, and the old green stopped. Refused, with blue at 100% and the old green kept,
     if the version is not there or does not become ready."""
@@ -73,7 +74,7 @@ def deploy(target, version: str, reason: str, echo: Callable[[str], None], timeo
     return state
 
 
-def finalize(target, reason: str, echo: Callable[[str], None]) -> RoutingState:
+def finalize(target: Target, reason: str, echo: Callable[[str], None]) -> RoutingState:
     """After `promote`: blue restarts with the promoted version while green answers everything, then blue takes
     all the traffic (green 0%) and green's slot is freed for the next deploy."""
     with change_lock(target.state_dir, OPERATION_LOCK), change_lock(target.state_file.parent):

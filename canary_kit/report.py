@@ -9,8 +9,9 @@ from dataclasses import asdict
 from html import escape
 from pathlib import Path
 
-from canary_kit.rollout import Check, Rollout, _line
+from canary_kit.rollout import Check, Rollout
 from canary_kit.spec import GATES
+from canary_kit.views import figures_line
 
 COLOURS = {"pass": "#27ae60", "fail": "#c0392b", "inconclusive": "#95a5a6", "skipped": "#ecf0f1",
            "dry-run": "#e67e22"}
@@ -39,7 +40,7 @@ def write_report(result: Rollout, folder: Path) -> Path:
     rows = []
     for c in result.checks:
         gates = "<br>".join(f"{g['name']} {figure(g['figure'])} / {g['threshold']:g}: {mark(g)}" for g in c.gates)
-        rows.append(f"| {c.at:.0f} | {c.step} | {c.weight}% | {c.verdict} | {_line(c.green)} | {_line(c.blue)} | "
+        rows.append(f"| {c.at:.0f} | {c.step} | {c.weight}% | {c.verdict} | {figures_line(c.green)} | {figures_line(c.blue)} | "
                     f"{gates or '-'} | {c.reason} |")
     shadow = ""
     if result.shadow:

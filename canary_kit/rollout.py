@@ -13,12 +13,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from canary_kit.live import Channel, Interrupted
 from canary_kit.control import SplitChanged, current, set_weight, snapshots
 from canary_kit.gates import Decision, Step, Window, decide, judge_shadow
 from canary_kit.ledger import labelled_since, utc
+from canary_kit.live import Channel, Interrupted
 from canary_kit.metrics import figures_between, unpinned_split
+from canary_kit.routing import RoutingState
 from canary_kit.spec import RolloutSpec
+from canary_kit.target import Target
+from canary_kit.views import figures_line
+
+Echo = Callable[[str], None]
+ShadowPhase = Callable[[Target, float, Echo], dict]  # shadow.run_shadow: mirror for some seconds, then compare
 
 
 @dataclass
@@ -54,15 +60,7 @@ WORD = {"pass": "ADVANCE", "inconclusive": "HOLD", "fail": "FAIL", "blue-down": 
         "awaiting-labels": "HOLD (labels)"}
 
 
-def _line(figures: dict | None) -> str:
-    if not figures:
-        return "-"
-    rate = "-" if figures["error_rate"] is None else f"{figures['error_rate']:.1%}"
-    p99 = "-" if figures["p99_ms"] is None else f"{figures['p99_ms']:.0f}ms"
-    return f"{figures['requests']} req, {rate} 5xx, p99 {p99}"
-
-
-def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=None) -> Rollout:
+def run(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None = None) -> Rollout:
     """Walk the steps; return how it ended. Ctrl-C leaves the split where it is (the caller says so). Progress is
     published, and pause/abort requests are taken, through the state folder (live.py)."""
     result = Rollout(spec=spec.model_dump(), started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -73,9 +71,10 @@ def run(target, spec: RolloutSpec, echo: Callable[[str], None], shadow_phase=Non
         channel.publish(state=None if result.outcome != "running" else "interrupted")
 
 
-def _walk(target, spec: RolloutSpec, echo, shadow_phase, result: Rollout, channel: Channel) -> Rollout:
+def _walk(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None, result: Rollout,
+          channel: Channel) -> Rollout:
     t0 = time.monotonic()
-    since = utc(result.started)  # labels count for every answer of this rollout, whichever step it came in
+    since = utc(result.started) or result.started  # labels count for every answer of this rollout, in any step
     if spec.shadow_seconds and not _shadow_passes(target, spec, echo, shadow_phase, result):
         return result
     failed = 0
@@ -143,8 +142,11 @@ def _walk(target, spec: RolloutSpec, echo, shadow_phase, result: Rollout, channe
     return result
 
 
-def _shadow_passes(target, spec: RolloutSpec, echo, shadow_phase, result: Rollout) -> bool:
+def _shadow_passes(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None,
+                   result: Rollout) -> bool:
     """The shadow phase and its agreement gate; False (and the outcome set) when green must not go live."""
+    if shadow_phase is None:
+        raise ValueError("the spec asks for a shadow phase, and none was given")
     result.shadow = shadow_phase(target, spec.shadow_seconds, echo)
     gate = judge_shadow(spec, result.shadow)
     result.shadow["gate"] = gate.as_dict()
@@ -160,7 +162,7 @@ def _shadow_passes(target, spec: RolloutSpec, echo, shadow_phase, result: Rollou
     return False
 
 
-def _interrupted(target, result: Rollout, asked: Interrupted, weight: int, echo) -> Rollout:
+def _interrupted(target: Target, result: Rollout, asked: Interrupted, weight: int, echo: Echo) -> Rollout:
     """A pause (the split stays) or an abort (green back to 0%) asked from outside, e.g. from `canary dashboard`."""
     why = f"{asked.action} asked from outside by {asked.by or 'someone'}" + (f" ({asked.reason})" if asked.reason else "")
     echo(f"rollout: {why}")
@@ -172,8 +174,8 @@ def _interrupted(target, result: Rollout, asked: Interrupted, weight: int, echo)
     return result
 
 
-def _measure(target, spec: RolloutSpec, state, number: int, weight: int, echo, blue_reference,
-             since: str, channel: Channel | None = None) -> Window | None:
+def _measure(target: Target, spec: RolloutSpec, state: RoutingState, number: int, weight: int, echo: Echo,
+             blue_reference: dict | None, since: str, channel: Channel | None = None) -> Window | None:
     """Hold one window (cut short when a version stops answering its health check); None if someone else changed
     the state meanwhile."""
     before, mark, started = snapshots(target), target.log_mark(), time.monotonic()
@@ -185,15 +187,15 @@ def _measure(target, spec: RolloutSpec, state, number: int, weight: int, echo, b
             return None
         if channel is not None:
             channel.check()  # raises Interrupted on a pause or abort asked from outside
-        green_ready = target.backend("green", "/readyz") is not None
-        blue_ready = target.backend("blue", "/readyz") is not None
+        green_ready = target.serving("green") is not None  # as control.takeover reads "blue is down"
+        blue_ready = target.serving("blue") is not None
         if not (green_ready and blue_ready):
             break
         if time.monotonic() - shown >= 5:
             shown = time.monotonic()
             left = max(0.0, spec.hold_seconds - (shown - started))
             live = figures_between(before["green"], snapshots(target)["green"])
-            echo(f"  step {number}/{len(spec.steps)}  green {weight}%  {left:4.0f}s left  green: {_line(live)}")
+            echo(f"  step {number}/{len(spec.steps)}  green {weight}%  {left:4.0f}s left  green: {figures_line(live)}")
     after = snapshots(target)
     green, blue = (figures_between(before[c], after[c]) for c in ("green", "blue"))
     versions = {"blue": state.blue_version, "green": state.green_version}
@@ -202,13 +204,13 @@ def _measure(target, spec: RolloutSpec, state, number: int, weight: int, echo, b
     return Window(green, blue, split, green_ready, blue_ready, blue_reference, labels)
 
 
-def _record(result: Rollout, decision: Decision, number: int, weight: int, window: Window, t0: float, echo,
+def _record(result: Rollout, decision: Decision, number: int, weight: int, window: Window, t0: float, echo: Echo,
             steps: int) -> None:
     at = round(time.monotonic() - t0, 1)
     result.checks.append(Check(number, weight, decision.verdict, decision.reason, at, window.green, window.blue,
                                decision.outcome, [g.as_dict() for g in decision.gates], window.split))
     echo(f"step {number}/{steps} green {weight}%: {WORD[decision.outcome]} - {decision.reason}  "
-         f"(blue: {_line(window.blue)})")
+         f"(blue: {figures_line(window.blue)})")
     for gate in decision.gates:
         if gate.dry_run and gate.status == "fail":
             echo(f"  dry-run gate {gate.name} failed (not acted on): {gate.detail}")

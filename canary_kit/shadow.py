@@ -17,7 +17,9 @@ from typing import Callable
 from canary_kit.config import CanaryError
 from canary_kit.control import current, require_green, set_weight
 from canary_kit.metrics import ENDPOINT, is_endpoint
+from canary_kit.routing import RoutingState
 from canary_kit.stats import wilson
+from canary_kit.target import LogMark, Target
 
 COPY_TIMEOUT = 5.5  # the shadow relay's connect and read timeouts for green (nginx/canary.conf.template)
 
@@ -29,7 +31,7 @@ def _ms(entry: dict) -> float | None:
         return None
 
 
-def compare(entries: list[dict], blue_version: str, endpoints: tuple[str, ...] = (ENDPOINT,)) -> dict:
+def compare(entries: list[dict], blue_version: str | None, endpoints: tuple[str, ...] = (ENDPOINT,)) -> dict:
     """Pair blue's live answers with green's mirrored ones by request id; compare their predictions row by row.
 
     Live answers that did not come from blue (a pinned request, or blue failing over to green) are left out.
@@ -77,7 +79,7 @@ def compare(entries: list[dict], blue_version: str, endpoints: tuple[str, ...] =
     }
 
 
-def require_shadowable(state) -> None:
+def require_shadowable(state: RoutingState) -> None:
     """Shadow needs a green, and sends every client to blue: not after a promote, when green serves everyone."""
     require_green(state)
     if state.green_weight == 100:
@@ -87,7 +89,7 @@ def require_shadowable(state) -> None:
         )
 
 
-def run_shadow(target, seconds: float, echo: Callable[[str], None]) -> dict:
+def run_shadow(target: Target, seconds: float, echo: Callable[[str], None]) -> dict:
     """Mirror for `seconds` with green at 0%, then restore the weight it had and compare what was logged."""
     previous = current(target)
     require_shadowable(previous)
@@ -107,7 +109,7 @@ def run_shadow(target, seconds: float, echo: Callable[[str], None]) -> dict:
     return compare(settled_log(target, mark, endpoints), target.serving("blue"), endpoints)
 
 
-def settled_log(target, mark, endpoints: tuple[str, ...] = (ENDPOINT,)) -> list[dict]:
+def settled_log(target: Target, mark: LogMark, endpoints: tuple[str, ...] = (ENDPOINT,)) -> list[dict]:
     """The log since `mark` once green has answered the copy of every mirrored request (its answers come after the
     live ones), or once the relay has stopped waiting for green."""
     deadline = time.monotonic() + COPY_TIMEOUT

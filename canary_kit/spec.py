@@ -167,5 +167,5 @@ def _complete(name: str, given):
     """A gate partly given (say, only dry_run) keeps the defaults of the rest."""
     if not isinstance(given, dict) or name not in Gates.model_fields:
         return given  # refused by validation, naming the gate
-    default = Gates.model_fields[name].default_factory().model_dump()
+    default = getattr(Gates(), name).model_dump()
     return {**default, **given}

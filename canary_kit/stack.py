@@ -28,23 +28,24 @@ from canary_kit import routing
 from canary_kit.config import SLOTS, CanaryError, Settings
 from canary_kit.files import locked, write_atomic
 from canary_kit.nginx import LocalNginx, njs_module
+from canary_kit.readyz import serving
+from canary_kit.scrape import clear_baseline
 from canary_kit.processes import (
     COMPONENT,
     Child,
     alive,
+    created,
     component_mark,
     describe_processes,
     kill_all,
     listeners,
     port_in_use,
-    process,
     stack_processes,
     stop_tree,
 )
 
 STACK_FILE = "stack.json"
 STACK_LOCK = ".stack.lock"  # held while stack.json is read and rewritten
-BASELINE = "baseline.json"  # the metrics at the last change, for `canary status`
 
 
 def private_home(home: Path, bentoml_home: Path) -> Path:
@@ -157,15 +158,6 @@ def wait_ready(children: list[Child], urls: dict[str, str], timeout: float) -> N
                 time.sleep(0.2)
 
 
-def serving(url: str, headers: dict | None = None) -> str | None:
-    """The model version that answers /readyz at `url` (its X-Model-Version), or None when it is not ready."""
-    try:
-        response = httpx.get(f"{url}/readyz", headers=headers, timeout=5.0, trust_env=False)
-    except httpx.HTTPError:
-        return None
-    return response.headers.get("x-model-version") if response.status_code == 200 else None
-
-
 def launch(settings: Settings, slot: str, version: str) -> Child:
     """Start `version` in `slot`, listed in stack.json from its first moment, and wait until it is ready and says
     it serves `version`; stop it, unlist it and raise if it does not get there within the ready timeout."""
@@ -174,7 +166,7 @@ def launch(settings: Settings, slot: str, version: str) -> Child:
         raise CanaryError(f"port {port} of slot {slot} is in use by another process")
     child = backend_child(settings, slot, version)
     child.start()
-    record_backend(settings.state_dir, slot, backend_entry(settings, slot, version, child.proc.pid))
+    record_backend(settings.state_dir, slot, backend_entry(settings, slot, version, child.pid))
     try:
         wait_ready([child], {f"{slot} ({version})": f"{settings.slot_url(slot)}/readyz"}, settings.ready_timeout)
         answered = serving(settings.slot_url(slot))
@@ -265,9 +257,7 @@ def still_running(state_dir: Path) -> None:
 
 
 def backend_entry(settings: Settings, slot: str, version: str, pid: int) -> dict:
-    started = process(pid)
-    return {"version": version, "url": settings.slot_url(slot), "pid": pid,
-            "started": started.create_time() if started else None}
+    return {"version": version, "url": settings.slot_url(slot), "pid": pid, "started": created(pid)}
 
 
 class Stack:
@@ -293,7 +283,7 @@ class Stack:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.check()
-        (s.state_dir / BASELINE).unlink(missing_ok=True)  # figures from an earlier run mean nothing now
+        clear_baseline(s.state_dir)  # figures from an earlier run mean nothing now
         (s.state_dir / STACK_FILE).unlink(missing_ok=True)
         self.nginx.write()
         self.state = state = initial_state(s)
@@ -313,8 +303,14 @@ class Stack:
         except BaseException:
             self.stop()
             raise
-        self.write_stack_file(dict(placed))
+        self.write_stack_file({slot: version for slot, version in placed if version})
         return self
+
+    def started_state(self) -> routing.RoutingState:
+        """The routing state the stack started with."""
+        if self.state is None:
+            raise CanaryError("the stack has not been started")
+        return self.state
 
     def nginx_child(self) -> Child:
         """nginx, dying with us; SIGQUIT stops it gracefully, finishing the requests in flight."""
@@ -323,15 +319,15 @@ class Stack:
 
     def write_stack_file(self, versions: dict[str, str]) -> None:
         s = self.settings
-        nginx = self.children[-1].proc.pid
+        nginx = self.children[-1].pid
         stack = {
             "supervisor_pid": os.getpid(),
-            "supervisor_started": process(os.getpid()).create_time(),
+            "supervisor_started": created(os.getpid()),
             "url": s.url,
             "backends": {
-                c.name: backend_entry(s, c.name, versions[c.name], c.proc.pid) for c in self.children if c.name != "nginx"
+                c.name: backend_entry(s, c.name, versions[c.name], c.pid) for c in self.children if c.name != "nginx"
             },
-            "nginx": {"conf": str(self.nginx.main_conf), "pid": nginx, "started": process(nginx).create_time()},
+            "nginx": {"conf": str(self.nginx.main_conf), "pid": nginx, "started": created(nginx)},
             "settings": json.loads(s.model_dump_json()),
         }
         with locked(s.state_dir / STACK_LOCK):

@@ -70,6 +70,9 @@ def difference(successes_a: int, trials_a: int, successes_b: int, trials_b: int,
     if trials_a <= 0 or trials_b <= 0:
         return None
     pa, pb = successes_a / trials_a, successes_b / trials_b
-    (la, ua), (lb, ub) = wilson(successes_a, trials_a, z), wilson(successes_b, trials_b, z)
+    bounds_a, bounds_b = wilson(successes_a, trials_a, z), wilson(successes_b, trials_b, z)
+    if bounds_a is None or bounds_b is None:
+        return None
+    (la, ua), (lb, ub) = bounds_a, bounds_b
     diff = pa - pb
     return diff, diff - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2), diff + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)

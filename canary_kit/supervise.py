@@ -1,10 +1,7 @@
 """Supervision of the local stack: `canary up` restarts whatever of it dies, and `canary down` stops it from its
 state folder alone.
 
-    supervisor = Supervisor(stack, report)   # after Stack.start()
-    while True:
-        supervisor.tick()                    # a few times a second, in the thread that started the stack
-        time.sleep(0.25)
+    supervise(stack, report)   # after Stack.start(), in the thread that started it: until Ctrl-C or a stop signal
 
 A component is nginx or a backend slot that stack.json lists (deploy and finalize add and remove slots as they
 go; a slot they unlist is never restarted). When its process dies, every process still carrying its mark is
@@ -24,7 +21,6 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 from canary_kit import routing
@@ -92,17 +88,17 @@ class Supervisor:
 
     def running(self, name: str, entry: dict) -> bool:
         child = self.owned.get(name)
-        if child is not None and child.proc is not None and child.proc.pid == entry.get("pid"):
+        if child is not None and child.proc is not None and child.pid == entry.get("pid"):
             return child.exit_code() is None
         return alive(entry.get("pid"), entry.get("started"))
 
     def died(self, name: str, entry: dict, watch: Watch, now: float) -> None:
         child = self.owned.get(name)
-        ours = child is not None and child.proc is not None and child.proc.pid == entry.get("pid")
-        code = child.exit_code() if ours else None
+        ours = child if child is not None and child.proc is not None and child.pid == entry.get("pid") else None
+        code = ours.exit_code() if ours else None
         reason = exit_reason(code) if ours else "stopped"
-        if code is not None and code > 0:
-            reason += f", {child.last_line()}"
+        if ours and code is not None and code > 0:
+            reason += f", {ours.last_line()}"
         with locked(self.settings.state_dir / STACK_LOCK):
             if self.entry(name).get("pid") != entry.get("pid"):
                 return  # replaced or unlisted meanwhile (deploy, finalize): theirs to handle
@@ -148,15 +144,15 @@ class Supervisor:
             else:
                 child = backend_child(s, name, entry["version"], die_with_parent=True)
             child.start()
-            started = process(child.proc.pid)
+            started = process(child.pid)
             restarts = entry.get("restarts", 0) + 1
-            self.update(name, pid=child.proc.pid, started=started.create_time() if started else None,
+            self.update(name, pid=child.pid, started=started.create_time() if started else None,
                         restarts=restarts, state="running")
         self.owned[name] = child
         self.stack.children = [c for c in self.stack.children if c.name != name] + [child]
         watch.due, watch.up_since = None, time.monotonic()
-        self.report(f"{name} restarted (pid {child.proc.pid}, restart {restarts})")
-        self.log("restart", f"{self.label(name)} restarted as pid {child.proc.pid} (restart {restarts})",
+        self.report(f"{name} restarted (pid {child.pid}, restart {restarts})")
+        self.log("restart", f"{self.label(name)} restarted as pid {child.pid} (restart {restarts})",
                  component=name, restarts=restarts)
 
     def entry(self, name: str) -> dict:
@@ -178,7 +174,16 @@ class Supervisor:
 
     def log(self, event: str, reason: str, **extra) -> None:
         state = routing.current(self.settings.state_dir / routing.STATE_FILE)
-        log_event(SimpleNamespace(name="local", state_dir=self.settings.state_dir), event, state, state, reason, **extra)
+        log_event(self.settings.state_dir, "local", event, state, state, reason, **extra)
+
+
+def supervise(stack: Stack, report: Callable[[str], None], every: float = 0.25) -> None:
+    """Restart whatever of the started `stack` dies, checking every `every` s, until interrupted (KeyboardInterrupt
+    or a stop signal: the caller stops the stack)."""
+    supervisor = Supervisor(stack, report)
+    while True:
+        time.sleep(every)
+        supervisor.tick()
 
 
 def down(state_dir: Path, grace: float = 10.0) -> list[str]:

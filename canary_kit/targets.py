@@ -1,4 +1,4 @@
-"""The two stacks `canary` steers, with one interface: the local one that `canary up` runs, and docker compose.
+"""The two stacks `canary` steers, each a target.Target: the local one that `canary up` runs, and docker compose.
 
 Each knows where its routing state lives and how to ask nginx what it applies (`state_file`, `admin_url`), how
 to reach a version's backend, and how to start a version as green or restart blue with one (`canary deploy`,
@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+from pydantic import ValidationError
 
 from canary_kit import routing
 from canary_kit.compose import (
@@ -29,15 +31,15 @@ from canary_kit.compose import (
     run,
     set_variables,
 )
-from pydantic import ValidationError
-
 from canary_kit.config import CanaryError, Settings
-from canary_kit.ledger import Retention
 from canary_kit.metrics import PredictionMetrics
 from canary_kit.nginx import admin_socket
-from canary_kit.routing import STATE_FILE
 from canary_kit.processes import alive
-from canary_kit.stack import STACK_FILE, launch, missing_version, retire, serving
+from canary_kit.readyz import CURL_HEAD, serving, version_from_curl
+from canary_kit.retention import Retention
+from canary_kit.routing import STATE_FILE
+from canary_kit.stack import STACK_FILE, launch, missing_version, read_stack_file, retire
+from canary_kit.target import LogMark, Target
 
 COMPOSE_STATE_MOUNT = "/var/lib/canary"  # where the compose nginx reads the routing state folder
 COMPOSE_ADMIN_PORT = 8001  # nginx's admin server in its container (CANARY_ADMIN_LISTEN), on the host's loopback
@@ -69,6 +71,7 @@ class LocalTarget:
     """The stack that `canary up` runs, found through its state folder."""
 
     name = "local"
+    access_log: Path | None
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir.expanduser().absolute()
@@ -119,7 +122,7 @@ class LocalTarget:
         return slot
 
     def undo_green(self, slot: str, previous: str | None) -> None:
-        """A started green that will not be switched in: stop it (the previous one still runs in its own slot)."""
+        """A started green that will not be switched in: stop it (`previous` still runs in its own slot)."""
         retire(self.settings, slot)
 
     def discard(self, slot: str) -> None:
@@ -138,23 +141,21 @@ class LocalTarget:
                 raise CanaryError(f"{version} did not start as blue ({exc}); blue serves {previous} again") from None
             raise
 
-    def processes(self) -> dict:
+    def processes(self) -> dict[str, dict]:
         """What the supervisor says of each process of the stack (stack.json): pid, state, restarts, last exit."""
-        from canary_kit.stack import read_stack_file
-
         listed = read_stack_file(self.state_dir)
         found = {"nginx": listed.get("nginx") or {}, **listed.get("backends", {})}
         keys = ("pid", "version", "state", "restarts", "last_exit")
         return {name: {key: entry.get(key) for key in keys if key in entry} for name, entry in found.items()}
 
-    def log_mark(self) -> int:
+    def log_mark(self) -> LogMark:
         log = self.settings.state_dir / "logs" / "access.log"
-        return log.stat().st_size if log.exists() else 0
+        return LogMark(log.stat().st_size if log.exists() else 0, _now())
 
-    def log_since(self, mark: int) -> list[dict]:
-        """nginx's JSON access-log entries written after `mark`."""
+    def log_since(self, mark: LogMark) -> list[dict]:
+        """nginx's JSON access-log entries written after `mark` (from its offset in the log file)."""
         with open(self.settings.state_dir / "logs" / "access.log", "rb") as log:
-            log.seek(mark)
+            log.seek(mark.offset)
             return parse_log(log.read().decode(errors="replace"))
 
 
@@ -163,6 +164,7 @@ class ComposeTarget:
     asked on its published port, and the backends are reached with `docker compose exec`."""
 
     name = "compose"
+    access_log: Path | None
 
     def __init__(self, compose_file: Path, compose_cmd: str) -> None:
         self.compose_file = compose_file.absolute()
@@ -192,11 +194,12 @@ class ComposeTarget:
     def admin_transport(self) -> None:
         return None
 
-    def processes(self) -> dict:
+    def processes(self) -> dict[str, dict]:
         """Docker restarts the containers (restart: unless-stopped); `docker compose ps` shows them."""
         return {}
 
-    def _run(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    def _run(self, *args: str, check: bool = True, env: dict | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess:
         return run(self.compose_cmd, self.compose_file, *args, check=check, env=env, timeout=timeout)
 
     def _exec(self, service: str, *command: str) -> subprocess.CompletedProcess | None:
@@ -219,14 +222,8 @@ class ComposeTarget:
 
     def serving(self, color: str) -> str | None:
         """The version that answers /readyz in the `ml-COLOR` container, or None when it is not ready."""
-        result = self._exec(f"ml-{color}", "curl", "-fsS", "-D", "-", "-o", "/dev/null", "http://127.0.0.1:3000/readyz")
-        if result is None or result.returncode != 0:
-            return None
-        for line in result.stdout.splitlines():
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "x-model-version":
-                return value.strip()
-        return None
+        result = self._exec(f"ml-{color}", *CURL_HEAD, "http://127.0.0.1:3000/readyz")
+        return None if result is None else version_from_curl(result.returncode, result.stdout)
 
     def missing(self, version: str) -> str | None:
         image = f"{self.repository}:{version}"
@@ -254,14 +251,15 @@ class ComposeTarget:
         try:
             self._recreate("green", version, timeout or COMPOSE_READY_TIMEOUT)
         except BaseException as exc:
-            self.undo_green(None, previous)
+            self.undo_green(routing.current(self.state_file).green_slot, previous)
             if isinstance(exc, CanaryError):
                 raise CanaryError(f"{exc}; ml-green runs {previous or 'nothing'} again") from None
             raise
         return routing.current(self.state_file).green_slot
 
-    def undo_green(self, slot: str | None, previous: str | None) -> None:
-        """A recreated green that will not be switched in: ml-green back to the previous version's image."""
+    def undo_green(self, slot: str, previous: str | None) -> None:
+        """A recreated green that will not be switched in: ml-green back to the image of `previous` (compose has
+        one green container, so `slot` is the one it always answers in)."""
         if previous:
             self._recreate("green", previous)
 
@@ -270,6 +268,7 @@ class ComposeTarget:
         green wait for a connect time-out before they fail over."""
 
     def restart_blue(self, version: str, previous: str) -> None:
+        """Recreate ml-blue from the version's image; from the image of `previous` again if that fails."""
         try:
             self._recreate("blue", version)
         except BaseException as exc:
@@ -278,10 +277,35 @@ class ComposeTarget:
                 raise CanaryError(f"{exc}; ml-blue runs {previous} again") from None
             raise
 
-    def log_mark(self) -> str:
-        return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    def log_mark(self) -> LogMark:
+        return LogMark(0, _now())
 
-    def log_since(self, mark: str) -> list[dict]:
+    def log_since(self, mark: LogMark) -> list[dict]:
         """nginx's JSON access-log entries (it logs to stdout here) from the second of `mark` on."""
         text = self._run("logs", "--no-color", "--no-log-prefix", "nginx").stdout
-        return [entry for entry in parse_log(text) if entry.get("time", "") >= mark]
+        return [entry for entry in parse_log(text) if entry.get("time", "") >= mark.time]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def open_target(state_dir: Path | None, compose: bool, compose_file: Path) -> Target:
+    """The stack to act on: the compose one (`compose`), else the local one, found through its state folder."""
+    if compose:
+        return ComposeTarget(compose_file, os.environ.get("CANARY_COMPOSE_CMD") or compose_command())
+    return LocalTarget(local_state_dir(state_dir))
+
+
+def local_state_dir(state_dir: Path | None) -> Path:
+    """The local stack's state folder: `state_dir`, else $CANARY_STATE_DIR, else .canary."""
+    return (state_dir or Path(os.environ.get("CANARY_STATE_DIR", ".canary"))).expanduser().absolute()
+
+
+def compose_command() -> str:
+    """Compose v2 (`docker compose`) where it answers, else v1's `docker-compose`."""
+    try:
+        v2 = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        v2 = False
+    return "docker compose" if v2 or shutil.which("docker-compose") is None else "docker-compose"

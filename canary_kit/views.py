@@ -5,8 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+
 def fmt(value, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def figures_line(figures: dict | None) -> str:
+    """One version's window figures (metrics.Figures as a dict) in one line: requests, 5xx share, p99."""
+    if not figures:
+        return "-"
+    rate = "-" if figures["error_rate"] is None else f"{figures['error_rate']:.1%}"
+    p99 = "-" if figures["p99_ms"] is None else f"{figures['p99_ms']:.0f}ms"
+    return f"{figures['requests']} req, {rate} 5xx, p99 {p99}"
 
 
 def change_line(before, after) -> str:

@@ -166,12 +166,12 @@ def canary_process(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def k8s_target(**given):
-    """The Kubernetes target of this project's settings ([tool.canary]), as `canary k8s render` builds it."""
+def k8s_served(**given):
+    """The served model of this project's settings ([tool.canary]), as `canary k8s render` builds it."""
     from canary_kit import k8s
     from canary_kit.config import Settings
 
-    return k8s.Target.from_settings(Settings(), **given)
+    return k8s.ServedModel.from_settings(Settings(), **given)
 
 
 def nginx_applies(settings) -> dict:

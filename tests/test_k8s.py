@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from conftest import ROOT
-from conftest import k8s_target as served
+from conftest import k8s_served as served
 from jsonschema import Draft7Validator
 from typer.testing import CliRunner
 

@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 from conftest import EXAMPLE_ROW, ROOT, data_rows, free_port, running_stack
-from conftest import k8s_target as served
+from conftest import k8s_served as served
 from load import Load, tally
 from typer.testing import CliRunner
 

@@ -1,0 +1,56 @@
+"""Which version a backend serves: the `X-Model-Version` of its 200 answer to GET /readyz.
+
+One rule, `version_of`, read from an HTTP answer here (`serving`: the local stack's backends, and any version
+through nginx) or from what `curl` prints of the answer's head (`version_from_curl`: compose's backends, asked
+with CURL_HEAD inside their containers). nginx/canary-state-init.sh's `served()` applies the same rule in shell;
+tests/test_readyz.py runs each of them on one table of answers (tests/data/readyz_answers.json).
+"""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+HEADER = "x-model-version"
+CURL_HEAD = ("curl", "-fsS", "-D", "-", "-o", "/dev/null")  # prints the answer's head, fails on 4xx and 5xx
+VERSION = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+")  # as config.VERSION, in ASCII digits only
+
+
+def version_of(status: int, values: list[str]) -> str | None:
+    """The version a /readyz answer names: its first X-Model-Version, when the answer is a 200 and the value (less
+    spaces and tabs around it) is a version such as v1.2.0; else None."""
+    if status != 200 or not values:
+        return None
+    value = values[0].strip(" \t")
+    return value if VERSION.fullmatch(value) else None
+
+
+def serving(url: str, headers: dict[str, str] | None = None) -> str | None:
+    """The version that answers /readyz at `url`, or None when it is not ready (or does not answer)."""
+    try:
+        response = httpx.get(f"{url}/readyz", headers=headers, timeout=5.0, trust_env=False)
+    except httpx.HTTPError:
+        return None
+    return version_of(response.status_code, response.headers.get_list(HEADER))
+
+
+def version_from_curl(returncode: int, stdout: str) -> str | None:
+    """The version named by an answer that CURL_HEAD fetched (None when curl failed)."""
+    return version_in_head(stdout) if returncode == 0 else None
+
+
+def version_in_head(head: str) -> str | None:
+    """The version named in an answer's head as `curl -D -` prints it (status line, then header lines; the head of
+    the last answer counts when curl shows more than one)."""
+    status, values = 0, list[str]()
+    for line in head.replace("\r\n", "\n").split("\n"):
+        if line.startswith("HTTP/"):
+            parts = line.split()
+            status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            values = []
+            continue
+        name, colon, value = line.partition(":")
+        if colon and name.lower() == HEADER:
+            values.append(value)
+    return version_of(status, values)

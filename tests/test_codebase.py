@@ -1,0 +1,25 @@
+"""The codebase's own rules, checked by the tools that know them: mypy types canary_kit/ ([tool.mypy]) and
+import-linter keeps its layers pointing one way ([tool.importlinter]). A failure prints the tool's report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_canary_kit_type_checks():
+    result = run([sys.executable, "-m", "mypy"])  # files and settings: [tool.mypy] in pyproject.toml
+    assert result.returncode == 0, f"mypy found problems:\n{result.stdout}{result.stderr}"
+
+
+def test_imports_point_down_the_layers():
+    result = run([str(BIN / "lint-imports"), "--no-logo"])  # contracts: [tool.importlinter] in pyproject.toml
+    assert result.returncode == 0, f"lint-imports found broken contracts:\n{result.stdout}{result.stderr}"
