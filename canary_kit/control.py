@@ -59,7 +59,7 @@ def split_of(target: Target) -> tuple[int, bool]:
 
 def require_green(state: RoutingState) -> None:
     """Refuse to send green anything while it serves no version (after `canary finalize`)."""
-    if state.green_version is None and state.blue_version is not None:
+    if state.green_free:
         raise CanaryError("green serves no version: `canary deploy VERSION` first")
 
 
@@ -193,7 +193,7 @@ def status(target: Target, now: dict[str, dict | None] | None = None) -> dict:
         "class_divergence": None if divergence is None else round(divergence, 4),
         "labelled": labelled or {},
         "shadow": bool(in_nginx["shadow"]) if in_nginx else state.shadow,
-        "green_free": state.green_version is None and state.blue_version is not None,
+        "green_free": state.green_free,
         "nginx": in_nginx,
         "state_file": None if in_file is None else json.loads(in_file.model_dump_json()),
         "since": baseline.get("since"),

@@ -102,7 +102,7 @@ class ServedModel(BaseModel):
     @field_validator("gateway", "prometheus")
     @classmethod
     def _checked(cls, value: str, info: ValidationInfo) -> str:
-        check, problem = FIELD_CHECKS[info.field_name]
+        check, problem = FIELD_CHECKS[str(info.field_name)]
         if not check(value):
             raise ValueError(f"{value!r} is not {problem}")
         return value
