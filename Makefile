@@ -9,7 +9,7 @@ BENTOML_HOME ?= $(HOME)/bentoml
 export BENTOML_HOME
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: up setup nginx tools chromium train bentos images test test-fast bench clean dashboard
+.PHONY: up setup nginx tools chromium train bentos images test test-fast lint bench clean dashboard
 
 up: setup nginx train  ## install what is missing, train if the store lacks the models, run the stack on :8000
 	$(BIN)/canary up
@@ -68,6 +68,9 @@ images: bentos  ## one image per Bento (needs Docker): penguin_classifier:v1.0.0
 
 test: setup nginx tools chromium  ## the whole test suite: unit, integration (real nginx, bentoml serve, chromium), Bento builds
 	$(BIN)/pytest
+
+lint: setup  ## ruff (lint and format), mypy and import-linter; tests/test_codebase.py runs the same in `make test`
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/lint-imports --no-logo
 
 test-fast: setup  ## unit tests only
 	$(BIN)/pytest -m "not integration and not bento"

@@ -1,9 +1,9 @@
 """The penguin classifier as one BentoML service; which model version it serves is chosen at build/serve time.
 
-    bentoml serve --arg model_version=v1.1.0          # or MODEL_VERSION=v1.1.0 bentoml serve
-    MODEL_PATH=models/penguin_classifier-v1.1.0.bentomodel bentoml serve   # an exported archive
-    bentoml serve --arg runtime=sklearn                # the scikit-learn pipeline instead of its ONNX graph
-    bentoml build --version v1.1.0 --arg model_version=v1.1.0
+bentoml serve --arg model_version=v1.1.0          # or MODEL_VERSION=v1.1.0 bentoml serve
+MODEL_PATH=models/penguin_classifier-v1.1.0.bentomodel bentoml serve   # an exported archive
+bentoml serve --arg runtime=sklearn                # the scikit-learn pipeline instead of its ONNX graph
+bentoml build --version v1.1.0 --arg model_version=v1.1.0
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import gc  # noqa: E402
 import inspect  # noqa: E402
 import re  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Annotated, Any, Literal, Optional  # noqa: E402
+from typing import Annotated, Any, Literal  # noqa: E402
 
 import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
@@ -30,7 +30,6 @@ from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from penguin import columnar, predictor, web  # noqa: E402
-from penguin.prediction_metrics import prediction_metrics  # noqa: E402
 from penguin.archive import ArchiveError, import_archive  # noqa: E402
 from penguin.features import (  # noqa: E402
     EXAMPLE,
@@ -43,16 +42,17 @@ from penguin.features import (  # noqa: E402
     VERSION_PATTERN,
     Penguin,
 )
+from penguin.prediction_metrics import prediction_metrics  # noqa: E402
 
 
 class Args(BaseModel):
     """Build/serve-time arguments (`--arg name=value`); the model version and archive also from the environment."""
 
-    model_version: Optional[str] = Field(
+    model_version: str | None = Field(
         default_factory=lambda: os.environ.get("MODEL_VERSION") or None,
         description="the version to serve (default: the stable one)",
     )
-    model_path: Optional[str] = Field(
+    model_path: str | None = Field(
         default_factory=lambda: os.environ.get("MODEL_PATH") or None,
         description="a .bentomodel archive to serve, imported into the model store if missing",
     )
@@ -102,8 +102,13 @@ def _column(name: str) -> tuple[object, object]:
     """A feature's column in the columnar request: an array of the row form's values for it (same constraints)."""
     field = Penguin.model_fields[name]
     item = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
-    return list[item], Field(..., min_length=1, max_length=MAX_COLUMN_ROWS, examples=[[EXAMPLE[name]]],
-                             description=f"{field.description}: one value per row")
+    return list[item], Field(
+        ...,
+        min_length=1,
+        max_length=MAX_COLUMN_ROWS,
+        examples=[[EXAMPLE[name]]],
+        description=f"{field.description}: one value per row",
+    )
 
 
 FeatureColumns = create_model(
@@ -122,7 +127,7 @@ class ColumnsRequest(bentoml.IODescriptor):
     columns: FeatureColumns = Field(description="The features as named columns, one value per row in each")
 
     @classmethod
-    async def from_http_request(cls, request: Request, serde) -> "ColumnsRequest":
+    async def from_http_request(cls, request: Request, serde) -> ColumnsRequest:
         try:
             columns = columnar.parse(await request.body())
         except columnar.ColumnError as exc:
@@ -150,7 +155,9 @@ class Metadata(BaseModel):
     runtime: str = Field(description="What predicts: onnx (the exported graph), sklearn (the pipeline) or constant")
     labels: dict[str, str]
     metadata: dict[str, Any] = Field(description="Training metadata: algorithm, features, metrics, ONNX parity")
-    heads_with_bodies: bool = Field(description="Each answer's head leaves in the same write as its body (penguin/web.py)")
+    heads_with_bodies: bool = Field(
+        description="Each answer's head leaves in the same write as its body (penguin/web.py)"
+    )
 
 
 async def health(request: Request) -> JSONResponse:
@@ -161,8 +168,14 @@ async def health(request: Request) -> JSONResponse:
 async def metadata(request: Request) -> JSONResponse:
     """GET /metadata: the served model's tag, labels and training metadata from the model store."""
     info = bentoml.models.get(MODEL_TAG).info
-    answer = Metadata(tag=MODEL_TAG, model_version=MODEL_VERSION, runtime=RUNTIME, labels=info.labels,
-                      metadata=info.metadata, heads_with_bodies=web.heads_with_bodies())
+    answer = Metadata(
+        tag=MODEL_TAG,
+        model_version=MODEL_VERSION,
+        runtime=RUNTIME,
+        labels=info.labels,
+        metadata=info.metadata,
+        heads_with_bodies=web.heads_with_bodies(),
+    )
     return JSONResponse(answer.model_dump())
 
 

@@ -127,8 +127,10 @@ def train_version(version: str, recipe: Recipe, split: tuple, data_rows: list[di
         raise Unsupported(f"{version} ({recipe.algorithm}) has no exact float64 ONNX graph: {exc}") from None
     check = onnx_parity(pipeline, graph, data_rows)
     if not check["ok"]:
-        raise Refused(f"{version} not saved: its ONNX graph answers differently from scikit-learn: "
-                      f"{parity.summary(check)} {check['first_mismatches']}")
+        raise Refused(
+            f"{version} not saved: its ONNX graph answers differently from scikit-learn: "
+            f"{parity.summary(check)} {check['first_mismatches']}"
+        )
     metadata = {
         "algorithm": recipe.estimator_name,
         "recipe": storable(recipe.describe()),
@@ -179,11 +181,14 @@ def keep_or_refuse(found, recipe: Recipe, data_hash: str) -> None:
         raise Refused(f"{tag} exists but was trained on other data; run with --force to replace it")
     stored = found.info.metadata.get("recipe")
     if stored is not None and stored != storable(recipe.describe()):
-        raise Refused(f"{tag} exists with another recipe ({stored['algorithm']}); run with --force to replace it "
-                      "or train a new version")
+        raise Refused(
+            f"{tag} exists with another recipe ({stored['algorithm']}); run with --force to replace it "
+            "or train a new version"
+        )
     if not Path(found.path_of(ONNX_FILE)).is_file():
-        raise Refused(f"{tag} exists without an ONNX graph (trained before the graph was added); "
-                      "run with --force to replace it")
+        raise Refused(
+            f"{tag} exists without an ONNX graph (trained before the graph was added); run with --force to replace it"
+        )
 
 
 def save_version(version: str, pipeline, graph: bytes, metadata: dict, data_hash: str, replace: bool) -> str:
@@ -224,10 +229,18 @@ def shorter(path: Path) -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train model versions into the BentoML model store.")
     parser.add_argument("--version", help="train this version only (default: v1.0.0 and v1.1.0)")
-    parser.add_argument("--algorithm", help="for a new version: logistic_regression, hist_gradient_boosting "
-                        "or random_forest (a declared version already has one)")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="for a new version: a hyper-parameter of the algorithm (repeatable)")
+    parser.add_argument(
+        "--algorithm",
+        help="for a new version: logistic_regression, hist_gradient_boosting "
+        "or random_forest (a declared version already has one)",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="for a new version: a hyper-parameter of the algorithm (repeatable)",
+    )
     parser.add_argument("--features", help="for a new version: comma-separated features to learn from (default: all)")
     parser.add_argument("--force", action="store_true", help="replace versions that already exist in the store")
     parser.add_argument("--export-dir", type=Path, default=EXPORT_DIR, help="where to export the archives")
@@ -277,12 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     except Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(f"{'version':<8}  {'algorithm':<31} {'accuracy':>8} {'f1_macro':>8} {'log_loss':>8}  {'onnx max|dp|':>12}"
-          "  store     export")
+    print(
+        f"{'version':<8}  {'algorithm':<31} {'accuracy':>8} {'f1_macro':>8} {'log_loss':>8}  {'onnx max|dp|':>12}"
+        "  store     export"
+    )
     for version, meta, action, exported in rows:
         m, check = meta["holdout_metrics"], meta["onnx"]["parity"]
-        print(f"{version:<8}  {meta['algorithm']:<31} {m['accuracy']:>8.4f} {m['f1_macro']:>8.4f} "
-              f"{m['log_loss']:>8.4f}  {check['max_abs_prob_diff']:>12.1e}  {action:<8}  {exported}")
+        print(
+            f"{version:<8}  {meta['algorithm']:<31} {m['accuracy']:>8.4f} {m['f1_macro']:>8.4f} "
+            f"{m['log_loss']:>8.4f}  {check['max_abs_prob_diff']:>12.1e}  {action:<8}  {exported}"
+        )
     return 0
 
 

@@ -37,11 +37,21 @@ def write_log(path: Path, answers: int, seed: int = 0) -> list[str]:
             green = rng.random() < 0.1
             entry = {
                 "time": (start + timedelta(milliseconds=7 * i)).isoformat(timespec="seconds"),
-                "request_id": rid, "method": "POST", "uri": "/predict", "status": 200,
-                "route": "green" if green else "blue", "upstream": "127.0.0.1:3001",
-                "version": "v1.1.0" if green else "v1.0.0", "upstream_status": "200", "request_time": 0.004,
-                "upstream_response_time": "0.004", "shadow": False, "mirrored": "off", "pin": "",
-                "predictions": rng.choice(CLASSES), "worker": 1234,
+                "request_id": rid,
+                "method": "POST",
+                "uri": "/predict",
+                "status": 200,
+                "route": "green" if green else "blue",
+                "upstream": "127.0.0.1:3001",
+                "version": "v1.1.0" if green else "v1.0.0",
+                "upstream_status": "200",
+                "request_time": 0.004,
+                "upstream_response_time": "0.004",
+                "shadow": False,
+                "mirrored": "off",
+                "pin": "",
+                "predictions": rng.choice(CLASSES),
+                "worker": 1234,
             }
             log.write(json.dumps(entry, separators=(",", ":")) + "\n")
             ids.append(rid)
@@ -60,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         log = folder / "access.log"
         t0 = time.perf_counter()
         ids = write_log(log, args.answers)
-        print(f"wrote {args.answers:,} log lines ({log.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"wrote {args.answers:,} log lines ({log.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s"
+        )
         with ledger.connect(folder) as conn:
             t0 = time.perf_counter()
             added = ledger.ingest_file(conn, log)
@@ -84,14 +96,27 @@ def main(argv: list[str] | None = None) -> int:
                 found = ledger.quality(conn, ["v1.0.0", "v1.1.0"])
                 timings.append(time.perf_counter() - t0)
             quality = statistics.median(timings)
-            print(f"quality over {args.answers:,} answers: {quality * 1000:.0f} ms (median of {args.repeats}); "
-                  f"{ {v: (q.labelled, q.correct) for v, q in found.items()} }")
+            print(
+                f"quality over {args.answers:,} answers: {quality * 1000:.0f} ms (median of {args.repeats}); "
+                f"{ {v: (q.labelled, q.correct) for v, q in found.items()} }"
+            )
         size = (folder / ledger.LEDGER).stat().st_size
-    results = {"answers": args.answers, "ingest_s": round(ingest, 2), "rows_per_s": round(added / ingest),
-               "reingest_added": again, "reingest_s": round(reread, 3), "labels": len(chosen),
-               "labels_s": round(labelling_s, 2), "quality_s": round(quality, 3), "ledger_mb": round(size / 1e6, 1),
-               "goals": GOALS, "met": {k: results_ok for k, results_ok in
-                                       (("ingest_s", ingest < GOALS["ingest_s"]), ("quality_s", quality < GOALS["quality_s"]))}}
+    results = {
+        "answers": args.answers,
+        "ingest_s": round(ingest, 2),
+        "rows_per_s": round(added / ingest),
+        "reingest_added": again,
+        "reingest_s": round(reread, 3),
+        "labels": len(chosen),
+        "labels_s": round(labelling_s, 2),
+        "quality_s": round(quality, 3),
+        "ledger_mb": round(size / 1e6, 1),
+        "goals": GOALS,
+        "met": {
+            k: results_ok
+            for k, results_ok in (("ingest_s", ingest < GOALS["ingest_s"]), ("quality_s", quality < GOALS["quality_s"]))
+        },
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))

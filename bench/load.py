@@ -18,8 +18,17 @@ LUA = BENCH / "wrk_post.lua"
 
 def run_wrk(subject: Subject, body: Path | None, connections: int, duration: int) -> dict:
     """One wrk run; requests/s, latency percentiles (ms), errors, and the CPU the subject's processes used."""
-    argv = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
-            "-s", str(LUA), subject.url + subject.path()]
+    argv = [
+        "wrk",
+        f"-t{min(2, connections)}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        subject.url + subject.path(),
+    ]
     env = {**os.environ, "WRK_BODY_FILE": str(body) if body and subject.method == "POST" else ""}
     parts0 = {name: cpu_seconds(children) for name, children in subject.parts.items()}
     cpu0, busy0, wall0 = cpu_seconds(subject.children), machine_busy_seconds(), time.monotonic()
@@ -47,8 +56,11 @@ def run_wrk(subject: Subject, body: Path | None, connections: int, duration: int
         "errors": errors,
         "non_2xx": w["status_errors"],
         "cpu_ms_per_req": round(1000 * subject_cpu / max(1, w["requests"]), 3),
-        **({"cpu_ms_per_req_by_part": {k: round(v / max(1, w["requests"]), 3) for k, v in parts.items()}}
-           if parts else {}),
+        **(
+            {"cpu_ms_per_req_by_part": {k: round(v / max(1, w["requests"]), 3) for k, v in parts.items()}}
+            if parts
+            else {}
+        ),
         "wrk_cpu_pct": round(100 * wrk_cpu / (wall1 - wall0), 1),
         "other_cpu_pct": round(100 * other / (wall1 - wall0), 1),
     }
@@ -79,21 +91,28 @@ def check_subjects(subjects: dict[str, Subject], bodies: dict[int, Path]) -> dic
                     raise RuntimeError(f"{name}: GET {t.path()} -> {r.status_code}")
                 continue
             for n in (1, max(bodies)):
-                r = client.post(t.url + t.path(), content=t.body(bodies, n).read_bytes(),
-                                headers={"content-type": "application/json"})
+                r = client.post(
+                    t.url + t.path(),
+                    content=t.body(bodies, n).read_bytes(),
+                    headers={"content-type": "application/json"},
+                )
                 if r.status_code != 200:
                     raise RuntimeError(f"{name}: POST {t.path()} ({n} rows) -> {r.status_code}: {r.text[:300]}")
                 data = r.json()
                 if len(data["predictions"]) != n or "x-model-version" not in r.headers:
                     raise RuntimeError(f"{name}: unexpected answer {r.text[:300]}")
                 if t.columnar:  # the same answer as row objects: {"probabilities": [{class: p}, ...]}
-                    data["probabilities"] = [dict(zip(data["probabilities"], p))
-                                             for p in zip(*data["probabilities"].values())]
+                    data["probabilities"] = [
+                        dict(zip(data["probabilities"], p)) for p in zip(*data["probabilities"].values())
+                    ]
             if r.headers["x-model-version"] == STABLE_VERSION and name != FRAMEWORK_FLOOR:  # the floor has no model
                 seen[name] = (data["predictions"][0], data["probabilities"][0])
     first = next(iter(seen.values()))
-    differ = [name for name, (label, proba) in seen.items()
-              if label != first[0] or max(abs(proba[c] - first[1][c]) for c in proba) > 1e-6]
+    differ = [
+        name
+        for name, (label, proba) in seen.items()
+        if label != first[0] or max(abs(proba[c] - first[1][c]) for c in proba) > 1e-6
+    ]
     if differ:
         raise RuntimeError(f"subjects disagree on the example: {differ} vs {first}")
     return {"example_prediction": first[0], "example_probabilities": first[1]}

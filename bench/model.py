@@ -20,7 +20,9 @@ def load_predictors(store: Path) -> dict[str, object]:
     from penguin.predictor import ONNX_FILE, OnnxPredictor, SklearnPredictor
 
     classes = SklearnPredictor(model_file(store, STABLE_VERSION)).classes
-    predictors = {v: OnnxPredictor(str(model_file(store, v, ONNX_FILE)), classes) for v in (STABLE_VERSION, CANDIDATE_VERSION)}
+    predictors = {
+        v: OnnxPredictor(str(model_file(store, v, ONNX_FILE)), classes) for v in (STABLE_VERSION, CANDIDATE_VERSION)
+    }
     predictors[f"sklearn {STABLE_VERSION}"] = SklearnPredictor(model_file(store, STABLE_VERSION))
     return predictors
 
@@ -56,8 +58,18 @@ def served_parity(urls: dict[str, str], store: Path) -> dict[str, dict]:
     out = {}
     for version, url in urls.items():
         result = parity.served_parity(url, joblib.load(model_file(store, version)), data)
-        out[version] = {k: result[k] for k in ("rows", "data_rows", "generated_rows", "max_abs_prob_diff",
-                                               "class_mismatches", "predictions_disagree_with_probabilities",
-                                               "versions", "ok")}
+        out[version] = {
+            k: result[k]
+            for k in (
+                "rows",
+                "data_rows",
+                "generated_rows",
+                "max_abs_prob_diff",
+                "class_mismatches",
+                "predictions_disagree_with_probabilities",
+                "versions",
+                "ok",
+            )
+        }
         log(f"parity {version} at {url}: {parity.summary(result)}")
     return out

@@ -12,8 +12,7 @@ NO_METRICS = "canary@nometrics"  # the extra canary stack whose backends export 
 
 def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     """bench.run's options; `description` is its docstring (the help's text)."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=int, default=None, help="seconds of load per point and round [10; quick 2]")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds per point (medians) [3]")
     p.add_argument("--quick", action="store_true", help="short smoke run: 2 s points, 1 cold start, no profile")
@@ -24,18 +23,41 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="seconds of unrecorded load per subject first [2]")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the service worker")
     p.add_argument("--profile-seconds", type=int, default=10, help="length of the profiled load [10]")
-    p.add_argument("--extra-service", action="append", default=[], metavar="NAME=DIR",
-                   help="also measure, as service@NAME, the service.py of another project folder (e.g. `git archive`)")
-    p.add_argument("--extra-canary", action="append", default=[], metavar="NAME=DIR",
-                   help="also measure, as canary@NAME, a second canary stack run from another project folder")
-    p.add_argument("--extra-canary-workers", type=int, default=0, metavar="N",
-                   help="also measure, as canary@wN, a canary stack whose backends run N workers each "
-                        "(BENTOML_CONFIG_OPTIONS, no code change) [0 = off]")
-    p.add_argument("--extra-canary-no-metrics", action="store_true",
-                   help="also measure, as canary@nometrics, a canary stack whose backends export no prediction "
-                        "metrics (PREDICTION_METRICS=false): their cost, as quality_metrics_* ratios")
-    p.add_argument("--subjects", "--targets", default=None, dest="subjects",
-                   help="measure only these (comma-separated names), e.g. for A/B runs")
+    p.add_argument(
+        "--extra-service",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also measure, as service@NAME, the service.py of another project folder (e.g. `git archive`)",
+    )
+    p.add_argument(
+        "--extra-canary",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also measure, as canary@NAME, a second canary stack run from another project folder",
+    )
+    p.add_argument(
+        "--extra-canary-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure, as canary@wN, a canary stack whose backends run N workers each "
+        "(BENTOML_CONFIG_OPTIONS, no code change) [0 = off]",
+    )
+    p.add_argument(
+        "--extra-canary-no-metrics",
+        action="store_true",
+        help="also measure, as canary@nometrics, a canary stack whose backends export no prediction "
+        "metrics (PREDICTION_METRICS=false): their cost, as quality_metrics_* ratios",
+    )
+    p.add_argument(
+        "--subjects",
+        "--targets",
+        default=None,
+        dest="subjects",
+        help="measure only these (comma-separated names), e.g. for A/B runs",
+    )
     p.add_argument("--out", type=Path, default=None, help="results folder [bench/results; quick: bench/results/quick]")
     p.add_argument("--max-minutes", type=float, default=30.0, help="stop starting new rounds after this long [30]")
     args = p.parse_args(argv)

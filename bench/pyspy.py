@@ -50,11 +50,17 @@ def summarize_profile(raw: Path, top: int = 20) -> dict:
         for label, needle in PROFILE_KEYS.items():
             if any(needle in f for f in frames):
                 keys[label] += n
-    pct = lambda n: round(100 * n / max(1, total), 1)
+
+    def pct(n: int) -> float:
+        return round(100 * n / max(1, total), 1)
+
     generic = ("threading.py", "runpy", "click/core.py", "asyncio/", "uvicorn/server.py", "_compat.py", "<module>")
     frames = [(name, pct(n)) for name, n in inclusive.most_common() if not any(g in name for g in generic)]
-    return {"busy_samples": total, "parts_pct": {label: pct(keys[label]) for label in PROFILE_KEYS},
-            "top_inclusive_pct": frames[:top]}
+    return {
+        "busy_samples": total,
+        "parts_pct": {label: pct(keys[label]) for label in PROFILE_KEYS},
+        "top_inclusive_pct": frames[:top],
+    }
 
 
 def profile_worker(subject: Subject, body: Path, seconds: int, work: Path) -> dict | None:
@@ -64,9 +70,27 @@ def profile_worker(subject: Subject, body: Path, seconds: int, work: Path) -> di
         log("profile skipped: py-spy or the bentoml worker not found")
         return None
     raw = work / f"profile-{subject.name}.folded"
-    record = subprocess.Popen([spy, "record", "--pid", str(workers[0]), "--duration", str(seconds), "--rate", "200",
-                               "--nonblocking", "--function", "--format", "raw", "--output", str(raw)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    record = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(workers[0]),
+            "--duration",
+            str(seconds),
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--function",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         time.sleep(0.5)
         load = run_wrk(subject, body, 32, seconds)
@@ -78,7 +102,18 @@ def profile_worker(subject: Subject, body: Path, seconds: int, work: Path) -> di
     if not raw.exists():
         log(f"profile failed: {out.strip()[-300:]}")
         return None
-    dump = subprocess.run([spy, "dump", "--pid", str(workers[0]), "--nonblocking"], capture_output=True, text=True,
-                          timeout=30, check=False)
-    return {"subject": subject.name, "worker_pid": workers[0], "load": load, "folded": str(raw),
-            **summarize_profile(raw), "dump_idle": dump.stdout.strip().splitlines()[:30]}
+    dump = subprocess.run(
+        [spy, "dump", "--pid", str(workers[0]), "--nonblocking"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return {
+        "subject": subject.name,
+        "worker_pid": workers[0],
+        "load": load,
+        "folded": str(raw),
+        **summarize_profile(raw),
+        "dump_idle": dump.stdout.strip().splitlines()[:30],
+    }

@@ -53,8 +53,11 @@ def answers(trace: str) -> dict:
             kinds["whole answer"] += 1
     gaps.sort()
     pick = (lambda q: round(gaps[int(q * (len(gaps) - 1))])) if gaps else (lambda q: None)
-    return {"writes": len(writes), **{k: kinds[k] for k in ("whole answer", "head alone", "other")},
-            "head_to_body_us": {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": pick(1.0)}}
+    return {
+        "writes": len(writes),
+        **{k: kinds[k] for k in ("whole answer", "head alone", "other")},
+        "head_to_body_us": {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": pick(1.0)},
+    }
 
 
 def main() -> int:
@@ -68,14 +71,35 @@ def main() -> int:
     load = None
     try:
         body = write_bodies(work, [1])[1]
-        argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{TRACE_SECONDS + 3}s", "-s", str(LUA), f"{stack.settings.url}/predict"]
+        argv = [
+            "wrk",
+            "-t1",
+            f"-c{CONNECTIONS}",
+            f"-d{TRACE_SECONDS + 3}s",
+            "-s",
+            str(LUA),
+            f"{stack.settings.url}/predict",
+        ]
         load = subprocess.Popen(argv, env={**os.environ, "WRK_BODY_FILE": str(body)}, stdout=subprocess.DEVNULL)
         time.sleep(1)  # past the first connections
         log(f"tracing the workers' writes for {TRACE_SECONDS} s under {CONNECTIONS} keep-alive connections")
-        argv = ["timeout", "-s", "INT", str(TRACE_SECONDS), "strace", "-f", "-ttt", "-s", "400", "-e", "trace=write",
-                "-e", "signal=none", *[arg for pid in worker_pids(stack) for arg in ("-p", str(pid))]]
-        trace = subprocess.run(argv, capture_output=True, text=True, timeout=TRACE_SECONDS + 30,
-                               check=False).stderr
+        argv = [
+            "timeout",
+            "-s",
+            "INT",
+            str(TRACE_SECONDS),
+            "strace",
+            "-f",
+            "-ttt",
+            "-s",
+            "400",
+            "-e",
+            "trace=write",
+            "-e",
+            "signal=none",
+            *[arg for pid in worker_pids(stack) for arg in ("-p", str(pid))],
+        ]
+        trace = subprocess.run(argv, capture_output=True, text=True, timeout=TRACE_SECONDS + 30, check=False).stderr
         found = answers(trace)
     finally:
         if load is not None:
@@ -83,8 +107,10 @@ def main() -> int:
             load.wait(10)
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)
-    log(f"{found['writes']} writes: {found['whole answer']} whole answers, {found['head alone']} heads alone, "
-        f"{found['other']} other; a head alone waited for its body (us, under strace): {found['head_to_body_us']}")
+    log(
+        f"{found['writes']} writes: {found['whole answer']} whole answers, {found['head alone']} heads alone, "
+        f"{found['other']} other; a head alone waited for its body (us, under strace): {found['head_to_body_us']}"
+    )
     return 0
 
 

@@ -123,8 +123,10 @@ class Run:
             times.append(round(time.monotonic() - t0, 2))
             cpu = cpu_seconds(stack.children)
             self.results.setdefault("cold_start_cpu_s", []).append(round(cpu, 2))
-            log(f"canary stack cold start {i + 1}/{self.args.cold_starts}: {times[-1]:.2f} s "
-                f"({cpu:.1f} CPU-seconds in its processes)")
+            log(
+                f"canary stack cold start {i + 1}/{self.args.cold_starts}: {times[-1]:.2f} s "
+                f"({cpu:.1f} CPU-seconds in its processes)"
+            )
             if i + 1 < self.args.cold_starts:
                 self.results.setdefault("memory", {})[f"canary_idle_start{i + 1}"] = stack_memory(stack)["total"]
                 stack.stop()
@@ -151,13 +153,16 @@ class Run:
         deadline = started + 60 * a.max_minutes
         bodies = write_bodies(self.work / "bodies", a.batches)
         ports = free_ports(8 + 4 * len(a.extras))  # the canary 4, baseline, service, service@sklearn, floor
-        extra_ports = dict(zip(a.extras, (ports[8 + 4 * i: 12 + 4 * i] for i in range(len(a.extras)))))
+        extra_ports = dict(zip(a.extras, (ports[8 + 4 * i : 12 + 4 * i] for i in range(len(a.extras)))))
         settings = canary_settings(self.work / "canary", ROOT, self.store, ports[:4])
 
         log("timing the canary stack's cold start ...")
         cold = self.cold_starts(settings)
-        self.results["cold_start_s"] = {"runs": cold, "median": statistics.median(cold),
-                                        "goal": report.GOALS["cold_start_s"]}
+        self.results["cold_start_s"] = {
+            "runs": cold,
+            "median": statistics.median(cold),
+            "goal": report.GOALS["cold_start_s"],
+        }
 
         log("starting the baseline, the service (onnx, sklearn) and the framework floor ...")
         ready = {"canary_stack": statistics.median(cold)}
@@ -165,8 +170,11 @@ class Run:
         baseline = baseline_child(ports[4], self.work, model_file(self.store, STABLE_VERSION))
         ready["baseline"] = self.start_child(baseline, f"http://{HOST}:{ports[4]}/health")
         subjects["baseline"] = Subject("baseline", f"http://{HOST}:{ports[4]}", [baseline])
-        for name, runtime, port in (("service", "onnx", ports[5]), ("service@sklearn", "sklearn", ports[6]),
-                                    (FRAMEWORK_FLOOR, "constant", ports[7])):
+        for name, runtime, port in (
+            ("service", "onnx", ports[5]),
+            ("service@sklearn", "sklearn", ports[6]),
+            (FRAMEWORK_FLOOR, "constant", ports[7]),
+        ):
             child = service_child(name.replace("@", "-"), ROOT, port, self.work, self.store, runtime)
             ready[name] = self.start_child(child, f"http://{HOST}:{port}/readyz")
             subjects[name] = Subject(name, f"http://{HOST}:{port}", [child])
@@ -181,8 +189,10 @@ class Run:
                 extra = canary_settings(self.work / f"canary-{label}", folder, self.store, extra_ports[name])
                 workers = f"services.penguin_classifier.workers={a.extra_canary_workers}"
                 t0 = time.monotonic()
-                with environment(BENTOML_CONFIG_OPTIONS=workers if label == f"w{a.extra_canary_workers}" else None,
-                                 PREDICTION_METRICS="false" if name == NO_METRICS else None):
+                with environment(
+                    BENTOML_CONFIG_OPTIONS=workers if label == f"w{a.extra_canary_workers}" else None,
+                    PREDICTION_METRICS="false" if name == NO_METRICS else None,
+                ):
                     self.extra_stacks[name] = Stack(extra).start()
                 ready[name] = round(time.monotonic() - t0, 2)
                 subjects[name] = stack_subject(name, self.extra_stacks[name], by_part=False)
@@ -206,13 +216,19 @@ class Run:
             run_wrk(subjects[name], subjects[name].body(bodies, max(a.batches)), 2, 1)
 
         predictors = load_predictors(self.store)
-        points = [Point("single", c, 1, [*rows, *([NGINX_FLOOR] if NGINX_FLOOR in subjects else [])])
-                  for c in a.concurrency]
-        points += [Point("batch", a.batch_concurrency, n, list(http)) for n in a.batches
-                   if not (n == 1 and a.batch_concurrency in a.concurrency)]
+        points = [
+            Point("single", c, 1, [*rows, *([NGINX_FLOOR] if NGINX_FLOOR in subjects else [])]) for c in a.concurrency
+        ]
+        points += [
+            Point("batch", a.batch_concurrency, n, list(http))
+            for n in a.batches
+            if not (n == 1 and a.batch_concurrency in a.concurrency)
+        ]
         per_round = sum(len(p.subjects) for p in points) * (a.duration + 0.5)
-        log(f"{a.repeats} rounds x {sum(len(p.subjects) for p in points)} runs x {a.duration} s "
-            f"(~{per_round * a.repeats / 60:.1f} min)")
+        log(
+            f"{a.repeats} rounds x {sum(len(p.subjects) for p in points)} runs x {a.duration} s "
+            f"(~{per_round * a.repeats / 60:.1f} min)"
+        )
 
         raw: dict = {}
         floors: list[dict] = []
@@ -229,9 +245,11 @@ class Run:
                     res = run_wrk(subject, subject.body(bodies, point.rows), point.connections, a.duration)
                     raw.setdefault(point.key, {}).setdefault(name, []).append(res)
                     flag = f"  ERRORS {res['errors']}" if res["errors"] else ""
-                    log(f"round {rnd + 1}/{a.repeats} {point.key:>8} {name:<16} {res['rps']:>9.1f} req/s  "
+                    log(
+                        f"round {rnd + 1}/{a.repeats} {point.key:>8} {name:<16} {res['rps']:>9.1f} req/s  "
                         f"p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  "
-                        f"cpu {res['cpu_ms_per_req']:6.2f} ms/req  others {res['other_cpu_pct']:5.1f}%{flag}")
+                        f"cpu {res['cpu_ms_per_req']:6.2f} ms/req  others {res['other_cpu_pct']:5.1f}%{flag}"
+                    )
         self.results["raw"] = raw
         self.results["floor_rounds"] = floors
         self.results["points"] = {p.key: {"kind": p.kind, "connections": p.connections, "rows": p.rows} for p in points}
@@ -246,8 +264,14 @@ class Run:
         self.results["parity"] = served_parity({v: url for v, (_, url) in running.items()}, self.store)
 
         if NO_METRICS in self.stack_names():
-            cost = subprocess.run([sys.executable, "-m", "bench.prediction_metrics_cost"], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=300, check=False)
+            cost = subprocess.run(
+                [sys.executable, "-m", "bench.prediction_metrics_cost"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
             self.results["prediction_metrics_cost"] = json.loads(cost.stdout) if cost.returncode == 0 else None
             log(f"prediction metrics, in process: {self.results['prediction_metrics_cost']}")
 
@@ -256,10 +280,12 @@ class Run:
             self.results["profile"] = profile_worker(subjects["service"], bodies[1], a.profile_seconds, self.work)
         self.results["elapsed_s"] = round(time.monotonic() - started, 1)
 
+
 def git_commit() -> str:
     with contextlib.suppress(Exception):
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=False)
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        )
         return done.stdout.strip()
     return "unknown"
 
@@ -276,8 +302,10 @@ def preflight(store: Path) -> None:
     for v in (STABLE_VERSION, CANDIDATE_VERSION):
         for name in ("model.joblib", "model.onnx"):
             if not (store / "models" / MODEL_NAME / v / name).is_file():
-                raise SystemExit(f"error: {MODEL_NAME}:{v} has no {name} in {store} "
-                                 "(run `python train_model.py`, or with --force for models trained before ONNX)")
+                raise SystemExit(
+                    f"error: {MODEL_NAME}:{v} has no {name} in {store} "
+                    "(run `python train_model.py`, or with --force for models trained before ONNX)"
+                )
 
 
 def interrupt(*_) -> None:

@@ -74,17 +74,41 @@ def free_ports(count: int) -> list[int]:
 
 def service_child(name: str, project: Path, port: int, work: Path, store: Path, runtime: str | None = "onnx") -> Child:
     """service.py under `bentoml serve` with v1.0.0 (runtime None: leave the choice to that service.py)."""
-    argv = [bentoml_bin(), "serve", "service:PenguinClassifier", "--arg", f"model_version={STABLE_VERSION}",
-            *(["--arg", f"runtime={runtime}"] if runtime else []), "--host", HOST, "--port", str(port)]
-    env = {"BENTOML_HOME": str(private_home(work / name / "bentoml", store)), "BENTOML_DO_NOT_TRACK": "true",
-           "PYTHONUNBUFFERED": "1"}
+    argv = [
+        bentoml_bin(),
+        "serve",
+        "service:PenguinClassifier",
+        "--arg",
+        f"model_version={STABLE_VERSION}",
+        *(["--arg", f"runtime={runtime}"] if runtime else []),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
+    env = {
+        "BENTOML_HOME": str(private_home(work / name / "bentoml", store)),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
     return Child(name, argv, work / "logs" / f"{name}.log", env, project)
 
 
 def baseline_child(port: int, work: Path, model_path: Path) -> Child:
     """bench/baseline_app.py under uvicorn, run from the project folder (where the package `bench` is)."""
-    argv = [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--host", HOST, "--port", str(port),
-            "--workers", "1", "--no-access-log"]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.baseline_app:app",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--no-access-log",
+    ]
     env = {"BASELINE_MODEL_PATH": str(model_path), "BASELINE_MODEL_VERSION": STABLE_VERSION, "PYTHONUNBUFFERED": "1"}
     return Child("baseline", argv, work / "logs" / "baseline.log", env, ROOT)
 
@@ -121,8 +145,12 @@ def memory_of(children: list[Child]) -> dict:
             info = proc.memory_full_info()
             rss, pss, uss, count = rss + info.rss, pss + getattr(info, "pss", 0), uss + info.uss, count + 1
     mib = 1024 * 1024
-    return {"rss_mib": round(rss / mib, 1), "pss_mib": round(pss / mib, 1), "uss_mib": round(uss / mib, 1),
-            "processes": count}
+    return {
+        "rss_mib": round(rss / mib, 1),
+        "pss_mib": round(pss / mib, 1),
+        "uss_mib": round(uss / mib, 1),
+        "processes": count,
+    }
 
 
 def cpu_seconds(children: list[Child]) -> float:
@@ -143,8 +171,11 @@ def machine_busy_seconds() -> float:
 
 def worker_pids(child: Child) -> list[int]:
     """The BentoML worker processes of one `bentoml serve`."""
-    return [p.pid for p in child.tree()
-            if any("_bentoml_impl.worker.service" in part for part in (p.cmdline() if p.is_running() else []))]
+    return [
+        p.pid
+        for p in child.tree()
+        if any("_bentoml_impl.worker.service" in part for part in (p.cmdline() if p.is_running() else []))
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,9 +184,19 @@ def worker_pids(child: Child) -> list[int]:
 
 def canary_settings(state: Path, project: Path, store: Path, ports: list[int]) -> Settings:
     """The stack on four free ports (nginx, blue, green's two slots); what it ships from [tool.canary]."""
-    return Settings(project_dir=project, state_dir=state, host=HOST, port=ports[0], blue_port=ports[1],
-                    green_port=ports[2], green_port_b=ports[3], green_weight=GREEN_WEIGHT, bentoml_home=store,
-                    ready_timeout=60, source="code")
+    return Settings(
+        project_dir=project,
+        state_dir=state,
+        host=HOST,
+        port=ports[0],
+        blue_port=ports[1],
+        green_port=ports[2],
+        green_port_b=ports[3],
+        green_weight=GREEN_WEIGHT,
+        bentoml_home=store,
+        ready_timeout=60,
+        source="code",
+    )
 
 
 def wait_ports_free(settings: Settings, timeout: float = 15.0) -> None:
@@ -179,8 +220,10 @@ def stack_subject(name: str, stack: Stack, by_part: bool = True, columnar: bool 
 def backends(stack: Stack) -> dict[str, tuple[str, str]]:
     """version -> (blue or green, loopback URL) of the stack's two backends."""
     state, s = stack.state, stack.settings
-    return {state.blue_version: ("blue", s.slot_url("blue")),
-            state.green_version: ("green", s.slot_url(state.green_slot))}
+    return {
+        state.blue_version: ("blue", s.slot_url("blue")),
+        state.green_version: ("green", s.slot_url(state.green_slot)),
+    }
 
 
 def stack_memory(stack: Stack) -> dict:

@@ -24,8 +24,15 @@ class CanaryGroup(TyperGroup):
 
     debug = False  # --debug: the traceback too
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         self.debug = False
         try:
             result = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)

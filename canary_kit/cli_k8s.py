@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -16,13 +16,13 @@ k8s_app = typer.Typer(help="The same canary on Kubernetes: Argo Rollouts + Gatew
 
 @k8s_app.command("render")
 def k8s_render(
-    spec: Annotated[Optional[Path], typer.Option(help="rollout spec YAML [default: the committed one]")] = None,
+    spec: Annotated[Path | None, typer.Option(help="rollout spec YAML [default: the committed one]")] = None,
     out: Annotated[Path, typer.Option(help="folder of the kustomize base")] = Path("deploy/k8s"),
     image_tag: Annotated[
-        Optional[str], typer.Option(help="image tag of the version shipped [default: green_version of [tool.canary]]")
+        str | None, typer.Option(help="image tag of the version shipped [default: green_version of [tool.canary]]")
     ] = None,
-    gateway: Annotated[Optional[str], typer.Option(help="Gateway the routes attach to [default: gateway]")] = None,
-    prometheus: Annotated[Optional[str], typer.Option(help="Prometheus URL for the analysis")] = None,
+    gateway: Annotated[str | None, typer.Option(help="Gateway the routes attach to [default: gateway]")] = None,
+    prometheus: Annotated[str | None, typer.Option(help="Prometheus URL for the analysis")] = None,
 ) -> None:
     """Write the kustomize base (Rollout, Services, HTTPRoutes, AnalysisTemplate) from the rollout spec."""
     from canary_kit import k8s

@@ -12,7 +12,7 @@ import inspect
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -22,7 +22,7 @@ from canary_kit.config import CanaryError, Settings, describe
 from canary_kit.target import Target
 from canary_kit.targets import local_state_dir, open_target
 
-StateDir = Annotated[Optional[Path], typer.Option("--state-dir", help="runtime folder [default: .canary]")]
+StateDir = Annotated[Path | None, typer.Option("--state-dir", help="runtime folder [default: .canary]")]
 Reason = Annotated[str, typer.Option("--reason", "-m", help="why, for the change log")]
 COMPOSE_FILE = Path("docker-compose.yml")
 

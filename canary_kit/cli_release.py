@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -43,7 +43,7 @@ def deploy(
     ctx: typer.Context,
     version: Annotated[str, typer.Argument(help="the version to ship as green, e.g. v1.2.0")],
     timeout: Annotated[
-        Optional[float], typer.Option(min=1, max=600, help="seconds it has to become ready [default: 60; 180 compose]")
+        float | None, typer.Option(min=1, max=600, help="seconds it has to become ready [default: 60; 180 compose]")
     ] = None,
     reason: Reason = "",
 ) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,38 +16,34 @@ from canary_kit.config import CanaryError
 
 def rollout(
     ctx: typer.Context,
-    spec: Annotated[Optional[Path], typer.Option(help="rollout spec YAML [default: the committed one]")] = None,
-    steps: Annotated[Optional[str], typer.Option(help="green weights, e.g. 10,25,50,100")] = None,
-    hold: Annotated[Optional[float], typer.Option(help="seconds to hold each step")] = None,
-    min_requests: Annotated[Optional[int], typer.Option(help="green requests the HTTP gates need")] = None,
-    min_rows: Annotated[
-        Optional[int], typer.Option(help="rows each version must predict for the quality gates")
-    ] = None,
-    max_error_rate: Annotated[Optional[float], typer.Option(help="gate: green's 5xx share, e.g. 0.01")] = None,
-    max_p99_ms: Annotated[Optional[float], typer.Option(help="gate: green's p99 latency in ms")] = None,
-    max_p99_ratio: Annotated[Optional[float], typer.Option(help="gate: green p99 / blue p99")] = None,
+    spec: Annotated[Path | None, typer.Option(help="rollout spec YAML [default: the committed one]")] = None,
+    steps: Annotated[str | None, typer.Option(help="green weights, e.g. 10,25,50,100")] = None,
+    hold: Annotated[float | None, typer.Option(help="seconds to hold each step")] = None,
+    min_requests: Annotated[int | None, typer.Option(help="green requests the HTTP gates need")] = None,
+    min_rows: Annotated[int | None, typer.Option(help="rows each version must predict for the quality gates")] = None,
+    max_error_rate: Annotated[float | None, typer.Option(help="gate: green's 5xx share, e.g. 0.01")] = None,
+    max_p99_ms: Annotated[float | None, typer.Option(help="gate: green's p99 latency in ms")] = None,
+    max_p99_ratio: Annotated[float | None, typer.Option(help="gate: green p99 / blue p99")] = None,
     max_class_divergence: Annotated[
-        Optional[float], typer.Option(help="gate: JS distance of green's and blue's predicted-class shares")
+        float | None, typer.Option(help="gate: JS distance of green's and blue's predicted-class shares")
     ] = None,
     max_confidence_drop: Annotated[
-        Optional[float], typer.Option(help="gate: blue's mean top-class probability minus green's")
+        float | None, typer.Option(help="gate: blue's mean top-class probability minus green's")
     ] = None,
-    srm_p_value: Annotated[Optional[float], typer.Option(help="gate: split mismatch below this p-value fails")] = None,
+    srm_p_value: Annotated[float | None, typer.Option(help="gate: split mismatch below this p-value fails")] = None,
     max_accuracy_drop: Annotated[
-        Optional[float], typer.Option(help="gate on labels: blue's accuracy minus green's, with 95% confidence")
+        float | None, typer.Option(help="gate on labels: blue's accuracy minus green's, with 95% confidence")
     ] = None,
-    min_labels: Annotated[Optional[int], typer.Option(help="labelled rows per version the accuracy gate needs")] = None,
-    label_wait: Annotated[Optional[float], typer.Option(help="seconds a step waits for labels")] = None,
+    min_labels: Annotated[int | None, typer.Option(help="labelled rows per version the accuracy gate needs")] = None,
+    label_wait: Annotated[float | None, typer.Option(help="seconds a step waits for labels")] = None,
     dry_run: Annotated[
-        Optional[list[str]], typer.Option("--dry-run", help="measure and report this gate, never act on it (repeat)")
+        list[str] | None, typer.Option("--dry-run", help="measure and report this gate, never act on it (repeat)")
     ] = None,
-    on_failure: Annotated[Optional[str], typer.Option(help="after the failed checks: rollback or pause")] = None,
-    max_failed_checks: Annotated[Optional[int], typer.Option(help="failed checks before on_failure")] = None,
-    max_inconclusive: Annotated[Optional[int], typer.Option(help="inconclusive windows before pausing")] = None,
-    shadow_seconds: Annotated[Optional[float], typer.Option(help="shadow phase before going live")] = None,
-    min_agreement: Annotated[
-        Optional[float], typer.Option(help="shadow agreement (95% lower bound) to go live")
-    ] = None,
+    on_failure: Annotated[str | None, typer.Option(help="after the failed checks: rollback or pause")] = None,
+    max_failed_checks: Annotated[int | None, typer.Option(help="failed checks before on_failure")] = None,
+    max_inconclusive: Annotated[int | None, typer.Option(help="inconclusive windows before pausing")] = None,
+    shadow_seconds: Annotated[float | None, typer.Option(help="shadow phase before going live")] = None,
+    min_agreement: Annotated[float | None, typer.Option(help="shadow agreement (95% lower bound) to go live")] = None,
 ) -> None:
     """Walk green through the steps, judging each on its server and model figures; roll back or pause on failure."""
     from canary_kit import rollout as plan
@@ -61,11 +57,24 @@ def rollout(
     except ValueError:
         raise CanaryError(f"--steps must be comma-separated whole numbers, got {steps!r}") from None
     overrides = dict(
-        steps=weights, hold_seconds=hold, min_requests=min_requests, min_rows=min_rows, max_error_rate=max_error_rate,
-        max_p99_ms=max_p99_ms, max_p99_ratio=max_p99_ratio, max_class_divergence=max_class_divergence,
-        max_confidence_drop=max_confidence_drop, srm_p_value=srm_p_value, max_accuracy_drop=max_accuracy_drop,
-        min_labels=min_labels, label_wait_seconds=label_wait, dry_run=dry_run, on_failure=on_failure,
-        max_failed_checks=max_failed_checks, max_inconclusive=max_inconclusive, shadow_seconds=shadow_seconds,
+        steps=weights,
+        hold_seconds=hold,
+        min_requests=min_requests,
+        min_rows=min_rows,
+        max_error_rate=max_error_rate,
+        max_p99_ms=max_p99_ms,
+        max_p99_ratio=max_p99_ratio,
+        max_class_divergence=max_class_divergence,
+        max_confidence_drop=max_confidence_drop,
+        srm_p_value=srm_p_value,
+        max_accuracy_drop=max_accuracy_drop,
+        min_labels=min_labels,
+        label_wait_seconds=label_wait,
+        dry_run=dry_run,
+        on_failure=on_failure,
+        max_failed_checks=max_failed_checks,
+        max_inconclusive=max_inconclusive,
+        shadow_seconds=shadow_seconds,
         min_agreement=min_agreement,
     )
     chosen = load_spec(spec, overrides)
@@ -73,10 +82,13 @@ def rollout(
     require_green(current(target))
     gates = ", ".join(
         f"{name} {gate.threshold:g}{' (dry-run)' if gate.dry_run else ''}"
-        for name, gate in chosen.gates.items() if gate.threshold is not None
+        for name, gate in chosen.gates.items()
+        if gate.threshold is not None
     )
-    typer.echo(f"rollout: steps {chosen.steps}, hold {chosen.hold_seconds:.0f}s, on failure {chosen.on_failure}; "
-               f"gates: {gates}")
+    typer.echo(
+        f"rollout: steps {chosen.steps}, hold {chosen.hold_seconds:.0f}s, on failure {chosen.on_failure}; "
+        f"gates: {gates}"
+    )
     try:
         result = plan.run(target, chosen, typer.echo, run_shadow)
     except KeyboardInterrupt:
@@ -118,8 +130,10 @@ def labels(
             raise CanaryError(f"{lines}: nothing written (fix them, or --skip-bad)")
         applied = labelling.apply(conn, parsed.labels)
     joined = sum(applied.joined.values())
-    typer.echo(f"joined {joined} labels ({sum(applied.replaced.values())} replacing earlier ones), "
-               f"unknown {len(applied.unknown)} (no such answer), refused {len(parsed.refused)}")
+    typer.echo(
+        f"joined {joined} labels ({sum(applied.replaced.values())} replacing earlier ones), "
+        f"unknown {len(applied.unknown)} (no such answer), refused {len(parsed.refused)}"
+    )
     for version in sorted(applied.joined):
         typer.echo(f"  {version}: {applied.joined[version]} joined, {applied.replaced[version]} replaced")
     if applied.unknown:
@@ -130,7 +144,7 @@ def labels(
 def quality(
     ctx: typer.Context,
     since: Annotated[
-        Optional[str], typer.Option(help="answers since an ISO time, a duration (30m, 2h, 7d) or `change`")
+        str | None, typer.Option(help="answers since an ISO time, a duration (30m, 2h, 7d) or `change`")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:

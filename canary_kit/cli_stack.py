@@ -6,7 +6,7 @@ import json
 import signal
 import sys
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,12 +15,12 @@ from canary_kit.targets import local_state_dir
 
 
 def up(
-    port: Annotated[Optional[int], typer.Option(help="nginx's public port [default: 8000]")] = None,
+    port: Annotated[int | None, typer.Option(help="nginx's public port [default: 8000]")] = None,
     green_weight: Annotated[
-        Optional[int], typer.Option(help="percent of traffic to green [default: the last split, or 10]")
+        int | None, typer.Option(help="percent of traffic to green [default: the last split, or 10]")
     ] = None,
     from_bentos: Annotated[bool, typer.Option("--from-bentos", help="serve the built Bentos, not service.py")] = False,
-    workers: Annotated[Optional[int], typer.Option(help="BentoML workers per version [default: 1]")] = None,
+    workers: Annotated[int | None, typer.Option(help="BentoML workers per version [default: 1]")] = None,
     state_dir: StateDir = None,
 ) -> None:
     """Start blue, green and nginx; restart whichever dies; stay in the foreground until Ctrl-C, then stop them all."""
@@ -102,7 +102,7 @@ def status(
 
 def history(
     ctx: typer.Context,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="only the last LIMIT changes")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="only the last LIMIT changes")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
 ) -> None:
     """What served when: starts, deploys, weight changes, promotions, rollbacks, finalizations, and why."""

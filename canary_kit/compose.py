@@ -27,7 +27,11 @@ _resolved: dict[tuple, dict] = {}  # one `compose config` per compose file, comm
 
 
 def run(
-    compose_cmd: Sequence[str], compose_file: Path, *args: str, check: bool = True, env: dict | None = None,
+    compose_cmd: Sequence[str],
+    compose_file: Path,
+    *args: str,
+    check: bool = True,
+    env: dict | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess:
     """`COMPOSE -f FILE ARGS…`; a missing compose, a time-out or (with `check`) a failure is a CanaryError."""
@@ -48,7 +52,11 @@ def compose_config(compose_file: Path, compose_cmd: Sequence[str]) -> dict:
     compose_file = compose_file.absolute()
     dotenv = compose_file.parent / ".env"
     key = (
-        str(compose_file), tuple(compose_cmd), _stamp(compose_file), _stamp(dotenv), tuple(sorted(os.environ.items()))
+        str(compose_file),
+        tuple(compose_cmd),
+        _stamp(compose_file),
+        _stamp(dotenv),
+        tuple(sorted(os.environ.items())),
     )
     if key in _resolved:
         return _resolved[key]

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
         None, pattern=METRIC, description="the service's histogram of each row's top-class probability"
     )
     endpoints: list[str] = Field(
-        ["/predict"], min_length=1,
+        ["/predict"],
+        min_length=1,
         description="the service's prediction endpoints: their requests, errors and latency make a version's figures",
     )
     blue_version: str = Field(pattern=VERSION, description="the stable version at the first start")
@@ -99,7 +100,9 @@ class Settings(BaseSettings):
     stable_seconds: float = Field(30.0, gt=0, le=3600, description="running this long ends a series of deaths")
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         return init_settings, env_settings, PyprojectTomlConfigSettingsSource(settings_cls)
 
     @field_validator("project_dir", "state_dir", "bentoml_home")
@@ -116,7 +119,7 @@ class Settings(BaseSettings):
         return endpoints
 
     @model_validator(mode="after")
-    def _distinct_ports(self) -> "Settings":
+    def _distinct_ports(self) -> Settings:
         ports = (self.port, self.blue_port, self.green_port, self.green_port_b)
         if len(set(ports)) != len(ports):
             raise ValueError(f"port, blue_port, green_port and green_port_b must differ, got {ports}")

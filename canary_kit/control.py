@@ -15,7 +15,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -109,11 +109,12 @@ def record(target: Target, event: str, before: RoutingState, state: RoutingState
     write_baseline(target.state_dir, entry["time"], state.green_weight, snapshots(target))
 
 
-def log_event(state_dir: Path, target_name: str, event: str, before: RoutingState, state: RoutingState, reason: str,
-              **extra) -> dict:
+def log_event(
+    state_dir: Path, target_name: str, event: str, before: RoutingState, state: RoutingState, reason: str, **extra
+) -> dict:
     """Append one entry to the change log in `state_dir` (what `canary history` shows); returns it."""
     entry = {
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "event": event,
         "target": target_name,
         "blue_version": state.blue_version,
@@ -205,7 +206,12 @@ def status(target: Target, now: dict[str, dict | None] | None = None) -> dict:
 def takeover_of(state: RoutingState, green_weight: int, answering: dict[str, str | None]) -> dict | None:
     """Green answering blue's share because blue does not answer (nginx fails blue's requests over to green), from
     the versions that answered; None when that is not so."""
-    if answering["blue"] is not None or answering["green"] is None or state.green_version is None or green_weight >= 100:
+    if (
+        answering["blue"] is not None
+        or answering["green"] is None
+        or state.green_version is None
+        or green_weight >= 100
+    ):
         return None
     return {"blue_version": state.blue_version, "green_version": answering["green"], "blue_share": 100 - green_weight}
 

@@ -29,10 +29,11 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -53,10 +54,17 @@ TOKEN_HEADER = "X-Canary-Token"
 TOKEN_VARIABLE = "CANARY_DASHBOARD_TOKEN"
 KEEP_SECONDS = 900  # 15 minutes of per-second samples
 HISTORY = 40  # changes listed below the charts
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff", "referrer-policy": "no-referrer",
-           "x-frame-options": "DENY", "cache-control": "no-store"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cache-control": "no-store",
+}
 STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 EVENTS = {"set-weight": None, "promote": 100, "rollback": 0}  # weight actions; pause/abort go to the rollout
 
@@ -83,8 +91,13 @@ def get_token() -> str:
 class Poller:
     """The one reader of the stack: a tick per `interval` seconds, whatever the number of pages open."""
 
-    def __init__(self, make_target: Callable[[], Target], state_dir: Path | None = None, interval: float = 1.0,
-                 rebuild: bool = True) -> None:
+    def __init__(
+        self,
+        make_target: Callable[[], Target],
+        state_dir: Path | None = None,
+        interval: float = 1.0,
+        rebuild: bool = True,
+    ) -> None:
         self.make_target, self.state_dir, self.interval, self.rebuild = make_target, state_dir, interval, rebuild
         self.samples: deque[dict] = deque(maxlen=int(KEEP_SECONDS / interval))
         self.reads = 0  # snapshot rounds taken (each: one /metrics read per backend)
@@ -94,7 +107,7 @@ class Poller:
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-poller", daemon=True)
 
-    def start(self) -> "Poller":
+    def start(self) -> Poller:
         """The first read before anything is served (a page opened at once has figures), then one per tick."""
         self._tick()
         self._thread.start()
@@ -141,16 +154,25 @@ class Poller:
             report = status(target, now=snap)
             warnings = status_lines(report)[1]
             if report["state_file"] is None and target.state_file.exists():
-                warnings.append(f"warning: the state file {target.state_file} is invalid: nginx sends everything to "
-                                "blue; the next change writes a valid one")
+                warnings.append(
+                    f"warning: the state file {target.state_file} is invalid: nginx sends everything to "
+                    "blue; the next change writes a valid one"
+                )
             sample.update(weight=report["green_weight"], divergence=report["class_divergence"])
             for color in COLORS:
                 before = (self._previous or {}).get(color)
                 per = figures_between(before, snap[color]) if before and snap[color] else None
-                sample[color] = None if per is None else {
-                    "rps": round(per["requests"] / per["seconds"], 1) if per["seconds"] > 0 else None,
-                    "error_rate": per["error_rate"], "p50_ms": per["p50_ms"], "p99_ms": per["p99_ms"],
-                    "confidence": per["confidence_mean"]}
+                sample[color] = (
+                    None
+                    if per is None
+                    else {
+                        "rps": round(per["requests"] / per["seconds"], 1) if per["seconds"] > 0 else None,
+                        "error_rate": per["error_rate"],
+                        "p50_ms": per["p50_ms"],
+                        "p99_ms": per["p99_ms"],
+                        "confidence": per["confidence_mean"],
+                    }
+                )
             self._previous = snap
         self.samples.append(sample)
         history = read_history(self.state_dir / CHANGELOG, HISTORY) if self.state_dir else []
@@ -163,8 +185,17 @@ class Poller:
         charts = dashcharts.render(list(self.samples), history, rollout, now)
         with self._lock:
             tick = self._view.get("tick", 0) + 1
-            self._view = {"tick": tick, "time": now, "problem": problem, "warnings": warnings, "status": report,
-                          "latest": sample, "history": history[::-1], "rollout": rollout, "charts": charts}
+            self._view = {
+                "tick": tick,
+                "time": now,
+                "problem": problem,
+                "warnings": warnings,
+                "status": report,
+                "latest": sample,
+                "history": history[::-1],
+                "rollout": rollout,
+                "charts": charts,
+            }
 
 
 class Guard:
@@ -191,8 +222,10 @@ class Guard:
     def token_refusal(self, request: Request) -> tuple[int, str] | None:
         given = request.headers.get(TOKEN_HEADER)
         if not given:
-            return 401, (f"this needs the dashboard's token in the {TOKEN_HEADER} header: the one `canary dashboard` "
-                         f"printed, or {TOKEN_VARIABLE}")
+            return 401, (
+                f"this needs the dashboard's token in the {TOKEN_HEADER} header: the one `canary dashboard` "
+                f"printed, or {TOKEN_VARIABLE}"
+            )
         if not hmac.compare_digest(given.encode(), self.token.encode()):
             return 403, "wrong token: use the one `canary dashboard` printed (or CANARY_DASHBOARD_TOKEN)"
         return None
@@ -294,8 +327,9 @@ def perform(make_target: Callable, action: str, body: dict) -> dict:
     return {"message": change_line(before, after), "green_weight": after.green_weight, "serial": after.serial}
 
 
-def serve(make_target: Callable, state_dir, host: str, port: int, echo: Callable[[str], None],
-          rebuild: bool = True) -> None:
+def serve(
+    make_target: Callable, state_dir, host: str, port: int, echo: Callable[[str], None], rebuild: bool = True
+) -> None:
     """Run the dashboard until Ctrl-C."""
     import uvicorn
 
@@ -311,11 +345,21 @@ def serve(make_target: Callable, state_dir, host: str, port: int, echo: Callable
     url = f"http://{shown}:{port}/"
     echo(f"canary dashboard: {url}" + ("   (token from CANARY_DASHBOARD_TOKEN)" if given else f"#token={token}"))
     if not is_loopback(host):
-        echo("warning: listening beyond this machine: reading needs the token too, and the connection is plain HTTP "
-             "(put TLS or an SSH tunnel in front)")
+        echo(
+            "warning: listening beyond this machine: reading needs the token too, and the connection is plain HTTP "
+            "(put TLS or an SSH tunnel in front)"
+        )
     echo("Ctrl-C stops it")
-    server = uvicorn.Server(uvicorn.Config(create_app(poller, make_target, token, host), host=host, port=port,
-                                           log_level="warning", access_log=False, lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(poller, make_target, token, host),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+    )
     try:
         server.run()
     finally:

@@ -13,12 +13,11 @@ Each gate's result is kept whether live or dry-run, for the report: pass | fail 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 from canary_kit.spec import Gate, RolloutSpec
 from canary_kit.stats import difference, js_distance, srm_p_value, wilson
-
 
 Verdict = tuple[str, float | None, str]  # one gate over one window: status, figure, detail
 
@@ -207,8 +206,11 @@ def _rows(gate: Gate, green: dict, w: Window) -> tuple[dict, dict] | Verdict:
     if not blue or blue.get("rows") is None:
         return "inconclusive", None, "blue exports no prediction metrics"
     if green["rows"] < gate.min_rows or blue["rows"] < gate.min_rows:
-        return "inconclusive", None, (f"only {green['rows']} green / {blue['rows']} blue rows predicted "
-                                      f"(need {gate.min_rows} each)")
+        return (
+            "inconclusive",
+            None,
+            (f"only {green['rows']} green / {blue['rows']} blue rows predicted (need {gate.min_rows} each)"),
+        )
     return green, blue
 
 
@@ -245,14 +247,19 @@ def _accuracy_drop(gate: Gate, limit: float, figures: dict, w: Window) -> Verdic
     labels = w.labels or {}
     (green, green_right), (blue, blue_right) = labels.get("green", (0, 0)), labels.get("blue", (0, 0))
     if green < gate.min_rows or blue < gate.min_rows:
-        return "inconclusive", None, (f"waiting for labels: {green} green / {blue} blue labelled rows "
-                                      f"(need {gate.min_rows} each)")
+        return (
+            "inconclusive",
+            None,
+            (f"waiting for labels: {green} green / {blue} blue labelled rows (need {gate.min_rows} each)"),
+        )
     found = difference(green_right, green, blue_right, blue)
     if found is None:
         return "inconclusive", None, "no labelled rows"
     diff, low, high = found
-    seen = (f"accuracy green {green_right / green:.1%} vs blue {blue_right / blue:.1%} ({green} / {blue} labelled), "
-            f"difference {diff:+.1%} [{low:+.1%}, {high:+.1%}]")
+    seen = (
+        f"accuracy green {green_right / green:.1%} vs blue {blue_right / blue:.1%} ({green} / {blue} labelled), "
+        f"difference {diff:+.1%} [{low:+.1%}, {high:+.1%}]"
+    )
     if high < -limit:
         return "fail", diff, f"{seen}: green worse by more than {limit:.1%}"
     if low > -limit:
@@ -269,11 +276,15 @@ def judge_shadow(spec: RolloutSpec, report: dict) -> GateResult:
     if gate.threshold is None:
         return GateResult("min_agreement", "skipped", low, None, gate.dry_run, "no min_agreement set")
     if rows < gate.min_rows or low is None:
-        return GateResult("min_agreement", "inconclusive", low, gate.threshold, gate.dry_run,
-                          f"only {rows} rows compared in the shadow phase (need {gate.min_rows})")
+        return GateResult(
+            "min_agreement",
+            "inconclusive",
+            low,
+            gate.threshold,
+            gate.dry_run,
+            f"only {rows} rows compared in the shadow phase (need {gate.min_rows})",
+        )
     seen = f"shadow agreement {agreed / rows:.2%} of {rows} rows, 95% lower bound {low:.2%}"
     if low < gate.threshold:
-        return GateResult("min_agreement", "fail", low, gate.threshold, gate.dry_run,
-                          f"{seen} < {gate.threshold:.2%}")
+        return GateResult("min_agreement", "fail", low, gate.threshold, gate.dry_run, f"{seen} < {gate.threshold:.2%}")
     return GateResult("min_agreement", "pass", low, gate.threshold, gate.dry_run, f"{seen} >= {gate.threshold:.2%}")
-

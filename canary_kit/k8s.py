@@ -38,7 +38,13 @@ COOKIE = "canary"
 HASH_LABEL = "rollouts_pod_template_hash"  # Prometheus' name for the pod label Argo puts on each ReplicaSet's pods
 # Labels the scrape adds to BentoML's own (the AnalysisTemplate selects pods by them): see README, Kubernetes.
 SCRAPE_LABELS = ("namespace", HASH_LABEL)
-ARGS = {"canary": "canary-hash", "stable": "stable-hash", "namespace": "namespace", "window": "window", "weight": "weight"}
+ARGS = {
+    "canary": "canary-hash",
+    "stable": "stable-hash",
+    "namespace": "namespace",
+    "window": "window",
+    "weight": "weight",
+}
 FILES = ("kustomization.yaml", "rollout.yaml", "services.yaml", "httproutes.yaml", "analysistemplate.yaml")
 # Whole-string patterns (re.fullmatch): a Kubernetes object name (RFC 1123 subdomain, at most 253 characters), a
 # Service name (RFC 1035 label, at most 63), and the Prometheus address the analysis runs its queries against.
@@ -153,7 +159,10 @@ def header_routes() -> list[dict]:
     """One managed route per pin: the plugin ANDs the headers of one step."""
     return [
         {"name": "canary-header", "match": [{"headerName": HEADER, "headerValue": {"exact": "always"}}]},
-        {"name": "canary-cookie", "match": [{"headerName": "Cookie", "headerValue": {"regex": cookie_regex("always")}}]},
+        {
+            "name": "canary-cookie",
+            "match": [{"headerName": "Cookie", "headerValue": {"regex": cookie_regex("always")}}],
+        },
     ]
 
 
@@ -318,7 +327,9 @@ def manifests(served: ServedModel, spec: RolloutSpec) -> dict[str, str]:
         "rollout.yaml": dump(argo_rollout(served, spec)),
         "services.yaml": dump(service(served, served.stable), service(served, served.canary)),
         "httproutes.yaml": dump(*routes(served)),
-        "analysistemplate.yaml": dump(*filter(None, (k8s_analysis.analysis_template(served, spec), k8s_analysis.split_template(served, spec)))),
+        "analysistemplate.yaml": dump(
+            *filter(None, (k8s_analysis.analysis_template(served, spec), k8s_analysis.split_template(served, spec)))
+        ),
     }
 
 
@@ -350,4 +361,4 @@ def render(served: ServedModel, spec: RolloutSpec, out: Path, spec_name: str) ->
     return written
 
 
-from canary_kit import k8s_analysis  # last: the gates build on ServedModel and the helpers above
+from canary_kit import k8s_analysis  # noqa: E402  (last: the gates build on ServedModel and the helpers above)

@@ -116,11 +116,16 @@ def queries(served: ServedModel, spec: RolloutSpec) -> dict[str, tuple[str, str,
         rate, rows = number(gates.max_error_rate.threshold), gates.max_error_rate.min_rows
         out["error-rate"] = (
             "max_error_rate",
-            f"({errors} / clamp_min({total}, {rows}) > {rate})\nor\n({errors} / {total} and on() {enough('max_error_rate')})",
+            f"({errors} / clamp_min({total}, {rows}) > {rate})\nor\n"
+            f"({errors} / {total} and on() {enough('max_error_rate')})",
             gates.max_error_rate.threshold,
         )
     if gates.max_p99_ms.threshold is not None:
-        out["p99-seconds"] = ("max_p99_ms", f"{p99(green)}\nand on() {enough('max_p99_ms')}", gates.max_p99_ms.threshold / 1000)
+        out["p99-seconds"] = (
+            "max_p99_ms",
+            f"{p99(green)}\nand on() {enough('max_p99_ms')}",
+            gates.max_p99_ms.threshold / 1000,
+        )
     if gates.max_p99_ratio.threshold is not None:
         # Blue idle (green at 100%): no ratio to judge, as the one-host judge, so 0 (passes).
         out["p99-ratio"] = (
@@ -131,7 +136,10 @@ def queries(served: ServedModel, spec: RolloutSpec) -> dict[str, tuple[str, str,
     divergence, drop = gates.max_class_divergence, gates.max_confidence_drop
     if served.class_metric and divergence.threshold is not None:
         out["class-divergence"] = (
-            "max_class_divergence", class_divergence(served, divergence.min_rows), divergence.threshold)
+            "max_class_divergence",
+            class_divergence(served, divergence.min_rows),
+            divergence.threshold,
+        )
     if served.confidence_metric and drop.threshold is not None:
         out["confidence-drop"] = ("max_confidence_drop", confidence_drop(served, drop.min_rows), drop.threshold)
     return out

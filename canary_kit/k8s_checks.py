@@ -226,7 +226,9 @@ def check_analysis(argo_rollout: dict, docs: list[dict], exported: dict[str, set
     return problems
 
 
-def _templates(where: str, refs: list[dict], templates: dict, supplied: set[str], exported: dict, checked: set) -> list[str]:
+def _templates(
+    where: str, refs: list[dict], templates: dict, supplied: set[str], exported: dict, checked: set
+) -> list[str]:
     """Each referenced template exists and is sound with these args (each template and args checked once)."""
     problems = []
     for ref in refs:
@@ -252,7 +254,9 @@ def check_template(template: dict, supplied: set[str], exported: dict[str, set[s
         problems.append(f"AnalysisTemplate {name}: metric names are not unique: {metric_names}")
     for dry in template["spec"].get("dryRun") or []:
         if dry.get("metricName") not in metric_names:
-            problems.append(f"AnalysisTemplate {name}: dryRun names metric {dry.get('metricName')!r}, not one of {metric_names}")
+            problems.append(
+                f"AnalysisTemplate {name}: dryRun names metric {dry.get('metricName')!r}, not one of {metric_names}"
+            )
     for metric in template["spec"]["metrics"]:
         where = f"AnalysisTemplate {name}: metric {metric['name']}"
         prometheus = (metric.get("provider") or {}).get("prometheus") or {}
@@ -289,12 +293,12 @@ def check_query(query: str, exported: dict[str, set[str]]) -> list[str]:
             continue
         matchers = MATCHER.findall(body)
         allowed = exported[series] | set(SCRAPE_LABELS)
-        for label, op, value in matchers:
+        for label, _op, _value in matchers:
             if label not in allowed:
                 problems.append(f"label {label!r} is not on {series} (it has {', '.join(sorted(allowed))})")
         endpoint = [(op, v) for label, op, v in matchers if label == "endpoint"]
         if "endpoint" in exported[series] and (not endpoint or endpoint[0][0] != "=" or endpoint[0][1] in PROBES):
-            problems.append(f"{series} must select the model's endpoint with endpoint=\"...\", so probes never count")
+            problems.append(f'{series} must select the model\'s endpoint with endpoint="...", so probes never count')
         for label in SCRAPE_LABELS:
             if label not in {m[0] for m in matchers}:
                 problems.append(f"{series} does not select the pods by {label}")
@@ -316,8 +320,12 @@ def problems(docs: list[dict], exported: dict[str, set[str]] | None = None) -> l
     if not (argo_rollout.get("spec", {}).get("strategy") or {}).get("canary"):
         return [f"Rollout {argo_rollout['metadata']['name']}: strategy.canary is missing"]
     try:
-        return (check_names(docs) + check_steps(argo_rollout) + check_routes(argo_rollout, docs)
-                + check_analysis(argo_rollout, docs, exported))
+        return (
+            check_names(docs)
+            + check_steps(argo_rollout)
+            + check_routes(argo_rollout, docs)
+            + check_analysis(argo_rollout, docs, exported)
+        )
     except (KeyError, TypeError, AttributeError) as exc:  # a structural hole: the schemas name it precisely
         return [f"a required field is missing or mistyped ({exc!r}); validate the base against the schemas"]
 

@@ -14,7 +14,7 @@ import json
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from canary_kit.ledger import transaction
 
@@ -135,18 +135,21 @@ class Applied:
 def apply(conn: sqlite3.Connection, labels: list[Label]) -> Applied:
     """Join labels to their answers, in one transaction; a label for a row outside its answer is refused."""
     out = Applied()
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
     with transaction(conn):
         for item in labels:
-            answer = conn.execute("SELECT version FROM answers WHERE request_id = ? AND row = ?",
-                                  (item.request_id, item.row)).fetchone()
+            answer = conn.execute(
+                "SELECT version FROM answers WHERE request_id = ? AND row = ?", (item.request_id, item.row)
+            ).fetchone()
             if answer is None:
                 out.unknown.append(item)
                 continue
-            old = conn.execute("SELECT 1 FROM labels WHERE request_id = ? AND row = ?",
-                               (item.request_id, item.row)).fetchone()
-            conn.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)",
-                         (item.request_id, item.row, item.label, now))
+            old = conn.execute(
+                "SELECT 1 FROM labels WHERE request_id = ? AND row = ?", (item.request_id, item.row)
+            ).fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)", (item.request_id, item.row, item.label, now)
+            )
             out.joined[answer[0]] += 1
             out.replaced[answer[0]] += old is not None
     return out
@@ -157,8 +160,9 @@ def rows_of(conn: sqlite3.Connection, request_ids: set[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     ids = list(request_ids)
     for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        query = f"SELECT request_id, MAX(row) + 1 FROM answers WHERE request_id IN ({','.join('?' * len(chunk))}) GROUP BY 1"
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT request_id, MAX(row) + 1 FROM answers WHERE request_id IN ({marks}) GROUP BY 1"
         out.update(dict(conn.execute(query, chunk).fetchall()))
     return out
 

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,8 +46,8 @@ def utc(text: str) -> str | None:
     try:
         moment = datetime.fromisoformat(text)
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
     except (TypeError, ValueError, OverflowError):
         return None
 
@@ -100,8 +100,9 @@ def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> int:
     return conn.total_changes - before
 
 
-def ingest_file(conn: sqlite3.Connection, log: Path, name: str = "access.log",
-                endpoints: tuple[str, ...] = (ENDPOINT,)) -> int:
+def ingest_file(
+    conn: sqlite3.Connection, log: Path, name: str = "access.log", endpoints: tuple[str, ...] = (ENDPOINT,)
+) -> int:
     """Add what `log` holds beyond the position kept for it (and, if it was rotated, the rest of `log`.1 first).
     Returns the rows added."""
     kept = conn.execute("SELECT inode, offset FROM sources WHERE name = ?", (name,)).fetchone()
@@ -141,13 +142,19 @@ def ingest_file(conn: sqlite3.Connection, log: Path, name: str = "access.log",
                         rows = []
                 added += _insert(conn, rows)
         if kept != (stat.st_ino, end):  # nothing read, nothing written: a refused label file leaves no trace
-            conn.execute("INSERT OR REPLACE INTO sources (name, inode, offset) VALUES (?, ?, ?)",
-                         (name, stat.st_ino, end))
+            conn.execute(
+                "INSERT OR REPLACE INTO sources (name, inode, offset) VALUES (?, ?, ?)", (name, stat.st_ino, end)
+            )
     return added
 
 
-def ingest_entries(conn: sqlite3.Connection, entries: list[dict], mark: str, name: str = "compose",
-                   endpoints: tuple[str, ...] = (ENDPOINT,)) -> int:
+def ingest_entries(
+    conn: sqlite3.Connection,
+    entries: list[dict],
+    mark: str,
+    name: str = "compose",
+    endpoints: tuple[str, ...] = (ENDPOINT,),
+) -> int:
     """Add parsed log entries (compose's nginx logs to stdout) and keep `mark` as where to read from next."""
     with transaction(conn):
         added = _insert(conn, [row for entry in entries for row in answer_rows(entry, endpoints)])
@@ -157,18 +164,21 @@ def ingest_entries(conn: sqlite3.Connection, entries: list[dict], mark: str, nam
 
 def prune(conn: sqlite3.Connection, retention: Retention, now: datetime | None = None) -> int:
     """Drop answers older than `retention.days`, then the oldest beyond `retention.rows`, and their labels."""
-    cutoff = ((now or datetime.now(timezone.utc)) - timedelta(days=retention.days)).strftime("%Y-%m-%dT%H:%M:%S")
+    cutoff = ((now or datetime.now(UTC)) - timedelta(days=retention.days)).strftime("%Y-%m-%dT%H:%M:%S")
     with transaction(conn):
         before = conn.total_changes
         conn.execute("DELETE FROM answers WHERE time < ?", (cutoff,))
-        edge = conn.execute("SELECT time FROM answers ORDER BY time DESC LIMIT 1 OFFSET ?",
-                            (retention.rows - 1,)).fetchone()
+        edge = conn.execute(
+            "SELECT time FROM answers ORDER BY time DESC LIMIT 1 OFFSET ?", (retention.rows - 1,)
+        ).fetchone()
         if edge is not None:  # older than the newest `rows` (a second's answers all stay: nginx logs whole seconds)
             conn.execute("DELETE FROM answers WHERE time < ?", edge)
         dropped = conn.total_changes - before
         if dropped:
-            conn.execute("DELETE FROM labels WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE "
-                         "a.request_id = labels.request_id AND a.row = labels.row)")
+            conn.execute(
+                "DELETE FROM labels WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE "
+                "a.request_id = labels.request_id AND a.row = labels.row)"
+            )
     return dropped
 
 
@@ -216,8 +226,10 @@ def quality(conn: sqlite3.Connection, versions: list[str], since: str | None = N
     """Per version, its answers since `since` (UTC 'YYYY-MM-DDTHH:MM:SS') that have a label."""
     out = {v: VersionQuality(v) for v in versions}
     # From the labels (far fewer than answers) to their answers by key: CROSS JOIN keeps SQLite to that order.
-    query = ("SELECT a.version, l.label, a.predicted, COUNT(*) FROM labels l CROSS JOIN answers a "
-             "ON a.request_id = l.request_id AND a.row = l.row WHERE a.time >= ? GROUP BY 1, 2, 3")
+    query = (
+        "SELECT a.version, l.label, a.predicted, COUNT(*) FROM labels l CROSS JOIN answers a "
+        "ON a.request_id = l.request_id AND a.row = l.row WHERE a.time >= ? GROUP BY 1, 2, 3"
+    )
     for version, label, predicted, n in conn.execute(query, (since or "",)):
         if version not in out:
             continue
@@ -272,8 +284,11 @@ def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict
     with connect(target.state_dir) as conn:
         catch_up(target, conn, target.retention)
         found = quality(conn, [v for v in versions.values() if v])
-    return {colour: {"version": v, "labelled": found[v].labelled, "accuracy": found[v].accuracy}
-            for colour, v in versions.items() if v and found[v].labelled}
+    return {
+        colour: {"version": v, "labelled": found[v].labelled, "accuracy": found[v].accuracy}
+        for colour, v in versions.items()
+        if v and found[v].labelled
+    }
 
 
 def since_time(text: str | None, last_change: str | None, now: datetime | None = None) -> str | None:
@@ -287,7 +302,7 @@ def since_time(text: str | None, last_change: str | None, now: datetime | None =
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
         try:
-            moment = (now or datetime.now(timezone.utc)) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+            moment = (now or datetime.now(UTC)) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
         except OverflowError:
             return "0001-01-01T00:00:00"  # further back than any answer: all of them
         return moment.strftime("%Y-%m-%dT%H:%M:%S")
@@ -314,9 +329,17 @@ def quality_report(target: Target, versions: dict[str, str | None], since: str |
         if not q.labelled and version not in role:
             continue
         bounds = wilson(q.correct, q.labelled)
-        rows.append({"version": version, "role": role.get(version, ""), "labelled": q.labelled, "correct": q.correct,
-                     "accuracy": q.accuracy, "interval": None if bounds is None else list(bounds),
-                     "confusion": q.confusion})
+        rows.append(
+            {
+                "version": version,
+                "role": role.get(version, ""),
+                "labelled": q.labelled,
+                "correct": q.correct,
+                "accuracy": q.accuracy,
+                "interval": None if bounds is None else list(bounds),
+                "confusion": q.confusion,
+            }
+        )
     blue, green = (found.get(versions.get(c) or "") for c in ("blue", "green"))
     diff = difference(green.correct, green.labelled, blue.correct, blue.labelled) if blue and green else None
     return {"since": since, "versions": rows, "green_minus_blue": None if diff is None else list(diff), **totals}

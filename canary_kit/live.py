@@ -19,7 +19,7 @@ import json
 import os
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from canary_kit.config import CanaryError
@@ -56,9 +56,19 @@ class Channel:
         r = self.result
         outcome = state or ("running" if r.outcome == "running" else r.outcome)
         checks = [{**asdict(c), "wall": round(self.t0_wall + c.at, 1)} for c in r.checks]
-        data = {"started": r.started, "pid": os.getpid(), "state": outcome, "reason": r.reason,
-                "final_weight": r.final_weight, "steps": r.spec.get("steps"), "hold_seconds": r.spec.get("hold_seconds"),
-                "shadow": r.shadow, "checks": checks, "updated": time.time(), **self.where}
+        data = {
+            "started": r.started,
+            "pid": os.getpid(),
+            "state": outcome,
+            "reason": r.reason,
+            "final_weight": r.final_weight,
+            "steps": r.spec.get("steps"),
+            "hold_seconds": r.spec.get("hold_seconds"),
+            "shadow": r.shadow,
+            "checks": checks,
+            "updated": time.time(),
+            **self.where,
+        }
         try:
             write_atomic(self.folder / CURRENT, json.dumps(data, default=str))
         except OSError:
@@ -74,7 +84,11 @@ class Channel:
         except (OSError, ValueError):
             request = None
         path.unlink(missing_ok=True)
-        if isinstance(request, dict) and request.get("action") in ACTIONS and request.get("rollout") == self.result.started:
+        if (
+            isinstance(request, dict)
+            and request.get("action") in ACTIONS
+            and request.get("rollout") == self.result.started
+        ):
             raise Interrupted(request["action"], str(request.get("by") or ""), str(request.get("reason") or ""))
 
 
@@ -99,8 +113,13 @@ def request(state_dir: Path, action: str, by: str, reason: str = "", wait: float
     running = read(state_dir)
     if running is None or running.get("state") != "running":
         raise CanaryError("no rollout is running")
-    ask = {"action": action, "rollout": running["started"], "by": by, "reason": reason,
-           "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    ask = {
+        "action": action,
+        "rollout": running["started"],
+        "by": by,
+        "reason": reason,
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     write_atomic(Path(state_dir) / FOLDER / CONTROL, json.dumps(ask))
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:

@@ -48,7 +48,7 @@ class Snapshot:
     confidence: tuple[float, float] | None = None  # (sum, count) of the top-class probabilities
 
     @classmethod
-    def parse(cls, text: str, names: PredictionMetrics = PredictionMetrics(), endpoint: str | None = None) -> "Snapshot":
+    def parse(cls, text: str, names: PredictionMetrics = PredictionMetrics(), endpoint: str | None = None) -> Snapshot:
         endpoints = names.endpoints if endpoint is None else (endpoint,)
         snap = cls(taken_at=time.time())
         confidence: dict[str, float] = {}
@@ -79,8 +79,11 @@ class Snapshot:
         return snap
 
     def to_json(self) -> dict:
-        data = {"by_status": self.by_status, "buckets": {str(k): v for k, v in self.buckets.items()},
-                "taken_at": self.taken_at}
+        data = {
+            "by_status": self.by_status,
+            "buckets": {str(k): v for k, v in self.buckets.items()},
+            "taken_at": self.taken_at,
+        }
         if self.classes:
             data["classes"] = self.classes
         if self.confidence is not None:
@@ -88,11 +91,16 @@ class Snapshot:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "Snapshot":
+    def from_json(cls, data: dict) -> Snapshot:
         buckets = {float(k): v for k, v in data.get("buckets", {}).items()}
         confidence = data.get("confidence")
-        return cls(dict(data.get("by_status", {})), buckets, data.get("taken_at", 0.0), dict(data.get("classes", {})),
-                   None if confidence is None else (float(confidence[0]), float(confidence[1])))
+        return cls(
+            dict(data.get("by_status", {})),
+            buckets,
+            data.get("taken_at", 0.0),
+            dict(data.get("classes", {})),
+            None if confidence is None else (float(confidence[0]), float(confidence[1])),
+        )
 
 
 @dataclass
@@ -134,7 +142,11 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
 def window(before: Snapshot | None, after: Snapshot) -> Figures:
     """What happened between two snapshots (a restarted backend, any of whose counters fell, counts from zero)."""
     before = before or Snapshot(taken_at=after.taken_at)
-    pairs: list[tuple[dict, dict]] = [(after.by_status, before.by_status), (after.buckets, before.buckets), (after.classes, before.classes)]
+    pairs: list[tuple[dict, dict]] = [
+        (after.by_status, before.by_status),
+        (after.buckets, before.buckets),
+        (after.classes, before.classes),
+    ]
     if any(now.get(key, 0.0) < then for now, old in pairs for key, then in old.items()):
         before = Snapshot(taken_at=before.taken_at)
     by_status = {code: n - before.by_status.get(code, 0.0) for code, n in after.by_status.items()}
@@ -172,8 +184,9 @@ def figures_between(before: dict | None, after: dict | None) -> dict | None:
     return window(start, Snapshot.from_json(after)).as_dict()
 
 
-def unpinned_split(entries: list[dict], versions: dict[str, str | None],
-                   endpoints: tuple[str, ...] = (ENDPOINT,)) -> dict[str, int]:
+def unpinned_split(
+    entries: list[dict], versions: dict[str, str | None], endpoints: tuple[str, ...] = (ENDPOINT,)
+) -> dict[str, int]:
     """Unpinned answers of the model's endpoints by colour, from nginx's access log: what the weighted draw sent
     where (pinned requests, shadow copies, and answers from neither version, such as a shed 503, are left out)."""
     colour = {version: name for name, version in versions.items() if version}

@@ -13,7 +13,7 @@ the promoted code is not run anywhere it was not already running (Flagger promot
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from canary_kit.config import CanaryError
 from canary_kit.control import SplitChanged, change_lock, commit, current
@@ -31,7 +31,9 @@ def _versions(target: Target, state: RoutingState) -> dict:
     }
 
 
-def deploy(target: Target, version: str, reason: str, echo: Callable[[str], None], timeout: float | None = None) -> RoutingState:
+def deploy(
+    target: Target, version: str, reason: str, echo: Callable[[str], None], timeout: float | None = None
+) -> RoutingState:
     """Make `version` the candidate: green at 0%, the version started next to the running ones, then switched
     in as green once it answers, and the old green stopped. Refused, with blue at 100% and the old green kept,
     if the version is not there or does not become ready."""
@@ -48,8 +50,15 @@ def deploy(target: Target, version: str, reason: str, echo: Callable[[str], None
                 )
             if before.green_weight or before.shadow:
                 echo(f"green {before.green_weight}% -> 0% until {version} is ready")
-                before = commit(target, before, "deploy", f"deploy {version}: green to 0% until it is ready",
-                                green_weight=0, shadow=False, **_versions(target, before))
+                before = commit(
+                    target,
+                    before,
+                    "deploy",
+                    f"deploy {version}: green to 0% until it is ready",
+                    green_weight=0,
+                    shadow=False,
+                    **_versions(target, before),
+                )
         echo(f"starting {version} next to blue {before.blue_version or target.serving('blue')} ...")
         try:
             slot = target.start_green(version, timeout)
@@ -61,10 +70,19 @@ def deploy(target: Target, version: str, reason: str, echo: Callable[[str], None
             with change_lock(target.state_file.parent):
                 now = current(target)
                 if now.serial != before.serial:
-                    raise SplitChanged(f"the state was changed during the deploy (green now {now.green_weight}%); "
-                                       f"{version} was not switched in")
-                state = commit(target, now, "deploy", reason or f"deploy {version}", green_slot=slot,
-                               blue_version=_versions(target, now)["blue_version"], green_version=version)
+                    raise SplitChanged(
+                        f"the state was changed during the deploy (green now {now.green_weight}%); "
+                        f"{version} was not switched in"
+                    )
+                state = commit(
+                    target,
+                    now,
+                    "deploy",
+                    reason or f"deploy {version}",
+                    green_slot=slot,
+                    blue_version=_versions(target, now)["blue_version"],
+                    green_version=version,
+                )
                 switched = True
         finally:
             if not switched:
@@ -94,7 +112,14 @@ def finalize(target: Target, reason: str, echo: Callable[[str], None]) -> Routin
         if promoted != stable:
             echo(f"restarting blue with {promoted} (was {stable}) while green answers every request ...")
             target.restart_blue(promoted, stable)
-        state = commit(target, before, "finalize", reason or f"finalize {promoted}",
-                       green_weight=0, blue_version=promoted, green_version=None)
+        state = commit(
+            target,
+            before,
+            "finalize",
+            reason or f"finalize {promoted}",
+            green_weight=0,
+            blue_version=promoted,
+            green_version=None,
+        )
         target.discard(before.green_slot)
     return state

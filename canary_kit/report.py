@@ -13,10 +13,16 @@ from canary_kit.rollout import Check, Rollout
 from canary_kit.spec import GATES
 from canary_kit.views import figures_line
 
-COLOURS = {"pass": "#27ae60", "fail": "#c0392b", "inconclusive": "#95a5a6", "skipped": "#ecf0f1",
-           "dry-run": "#e67e22"}
-SHORT = {"max_error_rate": "5xx rate", "max_p99_ms": "p99 ms", "max_p99_ratio": "p99 ratio", "srm_p_value": "SRM p",
-         "max_class_divergence": "class div.", "max_confidence_drop": "conf. drop", "min_agreement": "agreement"}
+COLOURS = {"pass": "#27ae60", "fail": "#c0392b", "inconclusive": "#95a5a6", "skipped": "#ecf0f1", "dry-run": "#e67e22"}
+SHORT = {
+    "max_error_rate": "5xx rate",
+    "max_p99_ms": "p99 ms",
+    "max_p99_ratio": "p99 ratio",
+    "srm_p_value": "SRM p",
+    "max_class_divergence": "class div.",
+    "max_confidence_drop": "conf. drop",
+    "min_agreement": "agreement",
+}
 
 
 def figure(value: float | None) -> str:
@@ -40,15 +46,19 @@ def write_report(result: Rollout, folder: Path) -> Path:
     rows = []
     for c in result.checks:
         gates = "<br>".join(f"{g['name']} {figure(g['figure'])} / {g['threshold']:g}: {mark(g)}" for g in c.gates)
-        rows.append(f"| {c.at:.0f} | {c.step} | {c.weight}% | {c.verdict} | {figures_line(c.green)} | {figures_line(c.blue)} | "
-                    f"{gates or '-'} | {c.reason} |")
+        rows.append(
+            f"| {c.at:.0f} | {c.step} | {c.weight}% | {c.verdict} | {figures_line(c.green)} | {figures_line(c.blue)} | "
+            f"{gates or '-'} | {c.reason} |"
+        )
     shadow = ""
     if result.shadow:
         gate = result.shadow.get("gate") or {}
-        shadow = (f"\nShadow phase: agreement {result.shadow.get('agreement')} (95% interval "
-                  f"{result.shadow.get('agreement_95')}) over {result.shadow.get('rows_compared')} rows; "
-                  f"{gate.get('detail', '')} ({mark(gate) if gate else '-'}); class flips blue -> green: "
-                  f"{json.dumps(result.shadow.get('flips') or {})}\n")
+        shadow = (
+            f"\nShadow phase: agreement {result.shadow.get('agreement')} (95% interval "
+            f"{result.shadow.get('agreement_95')}) over {result.shadow.get('rows_compared')} rows; "
+            f"{gate.get('detail', '')} ({mark(gate) if gate else '-'}); class flips blue -> green: "
+            f"{json.dumps(result.shadow.get('flips') or {})}\n"
+        )
     stem.with_suffix(".md").write_text(
         f"# Rollout {result.started}: {result.outcome}\n\n{result.reason}; green ends at {result.final_weight}%.\n"
         f"{shadow}\n![weight, green error rate and gates](./{stem.name}.svg)\n\n"
@@ -99,11 +109,15 @@ def chart(checks: list[Check], width: int = 560, top: int = 160) -> str:
             )
             if x1 - x0 > 34:
                 grid.append(f'<text x="{x0 + 3:.1f}" y="{y + 11}" fill="white">{escape(figure(gate["figure"]))}</text>')
-    legend = "".join(
-        f'<rect x="{left + 95 * i}" y="{height - 9}" width="8" height="8" fill="{colour}"/>'
-        f'<text x="{left + 95 * i + 11}" y="{height - 1}">{"fail (dry-run)" if key == "dry-run" else key}</text>'
-        for i, (key, colour) in enumerate(COLOURS.items())
-    ) if names else ""
+    legend = (
+        "".join(
+            f'<rect x="{left + 95 * i}" y="{height - 9}" width="8" height="8" fill="{colour}"/>'
+            f'<text x="{left + 95 * i + 11}" y="{height - 1}">{"fail (dry-run)" if key == "dry-run" else key}</text>'
+            for i, (key, colour) in enumerate(COLOURS.items())
+        )
+        if names
+        else ""
+    )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + (12 if names else 0)}" '
         f'font-family="sans-serif" font-size="10"><rect width="100%" height="100%" fill="white"/>'

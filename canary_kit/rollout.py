@@ -9,9 +9,9 @@ function of the spec, the step and the window's figures (gates.py), tested on re
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 from canary_kit.control import SplitChanged, current, set_weight, snapshots
 from canary_kit.gates import Decision, Step, Window, decide, judge_shadow
@@ -56,14 +56,19 @@ class Rollout:
     checks: list[Check] = field(default_factory=list)
 
 
-WORD = {"pass": "ADVANCE", "inconclusive": "HOLD", "fail": "FAIL", "blue-down": "BLUE DOWN",
-        "awaiting-labels": "HOLD (labels)"}
+WORD = {
+    "pass": "ADVANCE",
+    "inconclusive": "HOLD",
+    "fail": "FAIL",
+    "blue-down": "BLUE DOWN",
+    "awaiting-labels": "HOLD (labels)",
+}
 
 
 def run(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None = None) -> Rollout:
     """Walk the steps; return how it ended. Ctrl-C leaves the split where it is (the caller says so). Progress is
     published, and pause/abort requests are taken, through the state folder (live.py)."""
-    result = Rollout(spec=spec.model_dump(), started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    result = Rollout(spec=spec.model_dump(), started=datetime.now(UTC).isoformat(timespec="seconds"))
     channel = Channel(target.state_dir, result)
     try:
         return _walk(target, spec, echo, shadow_phase, result, channel)
@@ -71,8 +76,9 @@ def run(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase
         channel.publish(state=None if result.outcome != "running" else "interrupted")
 
 
-def _walk(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None, result: Rollout,
-          channel: Channel) -> Rollout:
+def _walk(
+    target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None, result: Rollout, channel: Channel
+) -> Rollout:
     t0 = time.monotonic()
     since = utc(result.started) or result.started  # labels count for every answer of this rollout, in any step
     if spec.shadow_seconds and not _shadow_passes(target, spec, echo, shadow_phase, result):
@@ -135,15 +141,17 @@ def _walk(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPha
                 return result
             set_weight(target, 0, reason=f"rollout: {decision.reason}", event="rollout")
             result.outcome, result.final_weight = "rolled back", 0
-            result.reason = (f"{failed} failed checks; last: {decision.reason}" if decision.outcome == "fail"
-                             else decision.reason)
+            result.reason = (
+                f"{failed} failed checks; last: {decision.reason}" if decision.outcome == "fail" else decision.reason
+            )
             return result
     result.outcome, result.reason = "promoted", "every step passed"
     return result
 
 
-def _shadow_passes(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None,
-                   result: Rollout) -> bool:
+def _shadow_passes(
+    target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None, result: Rollout
+) -> bool:
     """The shadow phase and its agreement gate; False (and the outcome set) when green must not go live."""
     if shadow_phase is None:
         raise ValueError("the spec asks for a shadow phase, and none was given")
@@ -164,7 +172,9 @@ def _shadow_passes(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: 
 
 def _interrupted(target: Target, result: Rollout, asked: Interrupted, weight: int, echo: Echo) -> Rollout:
     """A pause (the split stays) or an abort (green back to 0%) asked from outside, e.g. from `canary dashboard`."""
-    why = f"{asked.action} asked from outside by {asked.by or 'someone'}" + (f" ({asked.reason})" if asked.reason else "")
+    why = f"{asked.action} asked from outside by {asked.by or 'someone'}" + (
+        f" ({asked.reason})" if asked.reason else ""
+    )
     echo(f"rollout: {why}")
     if asked.action == "abort":
         set_weight(target, 0, reason=f"rollout aborted: {why}", event="rollout")
@@ -174,8 +184,17 @@ def _interrupted(target: Target, result: Rollout, asked: Interrupted, weight: in
     return result
 
 
-def _measure(target: Target, spec: RolloutSpec, state: RoutingState, number: int, weight: int, echo: Echo,
-             blue_reference: dict | None, since: str, channel: Channel | None = None) -> Window | None:
+def _measure(
+    target: Target,
+    spec: RolloutSpec,
+    state: RoutingState,
+    number: int,
+    weight: int,
+    echo: Echo,
+    blue_reference: dict | None,
+    since: str,
+    channel: Channel | None = None,
+) -> Window | None:
     """Hold one window (cut short when a version stops answering its health check); None if someone else changed
     the state meanwhile."""
     before, mark, started = snapshots(target), target.log_mark(), time.monotonic()
@@ -204,13 +223,28 @@ def _measure(target: Target, spec: RolloutSpec, state: RoutingState, number: int
     return Window(green, blue, split, green_ready, blue_ready, blue_reference, labels)
 
 
-def _record(result: Rollout, decision: Decision, number: int, weight: int, window: Window, t0: float, echo: Echo,
-            steps: int) -> None:
+def _record(
+    result: Rollout, decision: Decision, number: int, weight: int, window: Window, t0: float, echo: Echo, steps: int
+) -> None:
     at = round(time.monotonic() - t0, 1)
-    result.checks.append(Check(number, weight, decision.verdict, decision.reason, at, window.green, window.blue,
-                               decision.outcome, [g.as_dict() for g in decision.gates], window.split))
-    echo(f"step {number}/{steps} green {weight}%: {WORD[decision.outcome]} - {decision.reason}  "
-         f"(blue: {figures_line(window.blue)})")
+    result.checks.append(
+        Check(
+            number,
+            weight,
+            decision.verdict,
+            decision.reason,
+            at,
+            window.green,
+            window.blue,
+            decision.outcome,
+            [g.as_dict() for g in decision.gates],
+            window.split,
+        )
+    )
+    echo(
+        f"step {number}/{steps} green {weight}%: {WORD[decision.outcome]} - {decision.reason}  "
+        f"(blue: {figures_line(window.blue)})"
+    )
     for gate in decision.gates:
         if gate.dry_run and gate.status == "fail":
             echo(f"  dry-run gate {gate.name} failed (not acted on): {gate.detail}")

@@ -18,7 +18,7 @@ tests/data/routing_states.json (which files are valid, and what nginx applies fo
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -56,10 +56,10 @@ class RoutingState(BaseModel):
     serial: Whole = Field(0, ge=0, description="grows by one with every change")
     changed_at: str = ""
 
-    def next(self, **changes) -> "RoutingState":
+    def next(self, **changes) -> RoutingState:
         """The state after one change (validated: a bad value raises before any file is touched)."""
         fields = {**self.model_dump(), **changes, "serial": self.serial + 1}
-        fields["changed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        fields["changed_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         return RoutingState.model_validate(fields)
 
     @property

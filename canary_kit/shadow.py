@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from canary_kit.config import CanaryError
 from canary_kit.control import current, require_green, set_weight
@@ -117,8 +117,11 @@ def settled_log(target: Target, mark: LogMark, endpoints: tuple[str, ...] = (END
         entries = target.log_since(mark)
         copied = {e["request_id"] for e in entries if e.get("shadow")}
         waiting = [
-            e for e in entries
-            if e.get("mirrored") == "on" and e.get("status") == 200 and is_endpoint(e.get("uri", ""), endpoints)
+            e
+            for e in entries
+            if e.get("mirrored") == "on"
+            and e.get("status") == 200
+            and is_endpoint(e.get("uri", ""), endpoints)
             and e["request_id"] not in copied
         ]
         if not waiting or time.monotonic() > deadline:

@@ -21,15 +21,28 @@ GATES: dict[str, tuple[str, tuple[float, float, bool, bool], str]] = {
     "max_error_rate": ("green's share of 5xx answers", (0, 1, True, True), "http"),
     "max_p99_ms": ("green's p99 latency, in ms", (0, 3_600_000, False, True), "http"),
     "max_p99_ratio": ("green's p99 over blue's", (0, 1000, False, True), "http"),
-    "srm_p_value": ("sample-ratio mismatch: the chi-square p-value below which the split is not the one set",
-                    (0, 1, False, False), "srm"),
-    "max_class_divergence": ("Jensen-Shannon distance between green's and blue's predicted-class shares",
-                             (0, 1, True, True), "quality"),
+    "srm_p_value": (
+        "sample-ratio mismatch: the chi-square p-value below which the split is not the one set",
+        (0, 1, False, False),
+        "srm",
+    ),
+    "max_class_divergence": (
+        "Jensen-Shannon distance between green's and blue's predicted-class shares",
+        (0, 1, True, True),
+        "quality",
+    ),
     "max_confidence_drop": ("blue's mean top-class probability minus green's", (0, 1, True, True), "quality"),
-    "max_accuracy_drop": ("labels sent back: blue's accuracy minus green's, with 95% confidence, on the answers of "
-                          "this rollout (min_rows: labelled rows per version)", (0, 1, True, True), "labels"),
-    "min_agreement": ("shadow phase: the 95% Wilson lower bound of the rows on which both versions agree",
-                      (0, 1, True, True), "shadow"),
+    "max_accuracy_drop": (
+        "labels sent back: blue's accuracy minus green's, with 95% confidence, on the answers of "
+        "this rollout (min_rows: labelled rows per version)",
+        (0, 1, True, True),
+        "labels",
+    ),
+    "min_agreement": (
+        "shadow phase: the 95% Wilson lower bound of the rows on which both versions agree",
+        (0, 1, True, True),
+        "shadow",
+    ),
 }
 
 
@@ -72,7 +85,7 @@ class Gates(BaseModel):
     min_agreement: Gate = Field(default_factory=lambda: _gate(None, 100))
 
     @model_validator(mode="after")
-    def _in_range(self) -> "Gates":
+    def _in_range(self) -> Gates:
         problems = []
         for name, (_, (low, high, low_in, high_in), _) in GATES.items():
             value = getattr(self, name).threshold
@@ -137,8 +150,10 @@ def load_spec(path: Path | None, overrides: dict | None = None) -> RolloutSpec:
     gates = {name: _as_mapping(value) for name, value in (data.get("gates") or {}).items()}
     for name, value in gates.items():
         if not isinstance(value, dict):
-            raise CanaryError(f"invalid rollout spec: gates.{name} must be a number, null or a mapping "
-                              f"{{threshold, min_rows, dry_run}}, got {value!r}")
+            raise CanaryError(
+                f"invalid rollout spec: gates.{name} must be a number, null or a mapping "
+                f"{{threshold, min_rows, dry_run}}, got {value!r}"
+            )
     for name in [k for k in overrides if k in GATES]:
         gates.setdefault(name, {})["threshold"] = overrides.pop(name)
     for name in overrides.pop("dry_run", []):

@@ -28,14 +28,12 @@ from canary_kit import routing
 from canary_kit.config import SLOTS, CanaryError, Settings
 from canary_kit.files import locked, write_atomic
 from canary_kit.nginx import LocalNginx, njs_module
-from canary_kit.readyz import serving
-from canary_kit.scrape import clear_baseline
 from canary_kit.processes import (
     COMPONENT,
     Child,
     alive,
-    created,
     component_mark,
+    created,
     describe_processes,
     kill_all,
     listeners,
@@ -43,6 +41,8 @@ from canary_kit.processes import (
     stack_processes,
     stop_tree,
 )
+from canary_kit.readyz import serving
+from canary_kit.scrape import clear_baseline
 
 STACK_FILE = "stack.json"
 STACK_LOCK = ".stack.lock"  # held while stack.json is read and rewritten
@@ -90,8 +90,14 @@ def backend_child(settings: Settings, slot: str, version: str, die_with_parent: 
     }
     if settings.workers != 1:
         env["BENTOML_CONFIG_OPTIONS"] = f"services.{settings.service_name}.workers={settings.workers}"
-    return Child(slot, argv, settings.state_dir / "logs" / f"{slot}.log", env, settings.project_dir,
-                 die_with_parent=die_with_parent)
+    return Child(
+        slot,
+        argv,
+        settings.state_dir / "logs" / f"{slot}.log",
+        env,
+        settings.project_dir,
+        die_with_parent=die_with_parent,
+    )
 
 
 def missing_version(settings: Settings, version: str) -> str | None:
@@ -104,7 +110,11 @@ def missing_version(settings: Settings, version: str) -> str | None:
         tag = settings.model_tag(version)
     if where.is_dir():
         return None
-    found = sorted(p.name for p in where.parent.iterdir() if p.is_dir() and p.name != "latest") if where.parent.is_dir() else []
+    found = (
+        sorted(p.name for p in where.parent.iterdir() if p.is_dir() and p.name != "latest")
+        if where.parent.is_dir()
+        else []
+    )
     return f"{tag} is not in {where.parent.parent} ({hint} first; versions there: {', '.join(found) or 'none'})"
 
 
@@ -112,7 +122,8 @@ def preflight(settings: Settings, versions: list[str] | None = None) -> None:
     """Refuse, in one line, what would make the start fail half-way."""
     if shutil.which(settings.nginx_bin) is None:
         raise CanaryError(
-            f"nginx is not installed ({settings.nginx_bin!r} not found): sudo apt-get install -y nginx libnginx-mod-http-js"
+            f"nginx is not installed ({settings.nginx_bin!r} not found): "
+            "sudo apt-get install -y nginx libnginx-mod-http-js"
         )
     njs_module(settings.nginx_bin)
     if settings.source == "code" and not settings.project_dir.is_dir():
@@ -144,8 +155,10 @@ def wait_ready(children: list[Child], urls: dict[str, str], timeout: float) -> N
                 seen[child.name] |= running
                 if len(seen[child.name] - running) >= 2:
                     died = len(seen[child.name] - running)
-                    raise CanaryError(f"{child.name} keeps crashing while starting (its worker died {died} times); "
-                                      f"{child.last_line()}")
+                    raise CanaryError(
+                        f"{child.name} keeps crashing while starting (its worker died {died} times); "
+                        f"{child.last_line()}"
+                    )
             for name, url in list(pending.items()):
                 try:
                     if client.get(url).status_code == 200:
@@ -153,7 +166,9 @@ def wait_ready(children: list[Child], urls: dict[str, str], timeout: float) -> N
                 except httpx.HTTPError:
                     pass
             if pending and time.monotonic() > deadline:
-                raise CanaryError(f"not ready after {timeout:.0f}s: {', '.join(pending)} (logs in {children[0].log.parent})")
+                raise CanaryError(
+                    f"not ready after {timeout:.0f}s: {', '.join(pending)} (logs in {children[0].log.parent})"
+                )
             if pending:
                 time.sleep(0.2)
 
@@ -209,12 +224,17 @@ def initial_state(settings: Settings) -> routing.RoutingState:
     path = settings.state_dir / routing.STATE_FILE
     last = routing.read(path) or routing.recovered(path)
     if last is not None and last.green_version is None and settings.green_weight:
-        raise CanaryError("green serves no version (after `canary finalize`): start without --green-weight, then deploy")
+        raise CanaryError(
+            "green serves no version (after `canary finalize`): start without --green-weight, then deploy"
+        )
     if last is None or last.blue_version is None:
         weight = routing.INITIAL_GREEN_WEIGHT if settings.green_weight is None else settings.green_weight
         state = (last or routing.FALLBACK).next(
-            green_weight=weight, shadow=False, green_slot="green_a",
-            blue_version=settings.blue_version, green_version=settings.green_version,
+            green_weight=weight,
+            shadow=False,
+            green_slot="green_a",
+            blue_version=settings.blue_version,
+            green_version=settings.green_version,
         )
     elif settings.green_weight is not None and settings.green_weight != last.green_weight:
         state = last.next(green_weight=settings.green_weight)
@@ -248,12 +268,16 @@ def still_running(state_dir: Path) -> None:
     stack = read_stack_file(state_dir)
     supervisor = stack.get("supervisor_pid")
     if supervisor and alive(supervisor, stack.get("supervisor_started")):
-        raise CanaryError(f"the canary stack in {state_dir} is already running (canary up, pid {supervisor}); "
-                          f"`canary down --state-dir {state_dir}` stops it")
+        raise CanaryError(
+            f"the canary stack in {state_dir} is already running (canary up, pid {supervisor}); "
+            f"`canary down --state-dir {state_dir}` stops it"
+        )
     left = stack_processes(state_dir)
     if left:
-        raise CanaryError(f"processes of an earlier canary stack in {state_dir} still run ({describe_processes(left)}); "
-                          f"`canary down --state-dir {state_dir}` stops them")
+        raise CanaryError(
+            f"processes of an earlier canary stack in {state_dir} still run ({describe_processes(left)}); "
+            f"`canary down --state-dir {state_dir}` stops them"
+        )
 
 
 def backend_entry(settings: Settings, slot: str, version: str, pid: int) -> dict:
@@ -277,7 +301,7 @@ class Stack:
         still_running(self.settings.state_dir)
         preflight(self.settings, resumed)
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         """Backends first; nginx once they are ready (so no early failure is ever held against them), then one
         request to each version through nginx. Returns when a client gets an answer from either version."""
         s = self.settings
@@ -352,7 +376,7 @@ class Stack:
             kill_all(left)
         (self.settings.state_dir / STACK_FILE).unlink(missing_ok=True)
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -63,8 +63,9 @@ def chi2_critical(p_value: float) -> float:
     return NormalDist().inv_cdf(1 - p_value / 2) ** 2
 
 
-def difference(successes_a: int, trials_a: int, successes_b: int, trials_b: int,
-               z: float = Z95) -> tuple[float, float, float] | None:
+def difference(
+    successes_a: int, trials_a: int, successes_b: int, trials_b: int, z: float = Z95
+) -> tuple[float, float, float] | None:
     """Share a minus share b with its 95% interval (Newcombe's hybrid score interval, from both Wilson intervals:
     sound for small samples and shares near 0 or 1); None unless both have trials."""
     if trials_a <= 0 or trials_b <= 0:

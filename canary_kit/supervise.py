@@ -19,9 +19,9 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from canary_kit import routing
 from canary_kit.config import Settings
@@ -113,12 +113,20 @@ class Supervisor:
             watch.gave_up = watch.deaths > self.settings.restart_limit
             wait = delay(self.settings, watch.deaths)
             watch.due = None if watch.gave_up else now + wait
-            state = (f"stopped: gave up after {watch.deaths - 1} restarts in a row" if watch.gave_up
-                     else f"restarting in {wait:.1f}s")
+            state = (
+                f"stopped: gave up after {watch.deaths - 1} restarts in a row"
+                if watch.gave_up
+                else f"restarting in {wait:.1f}s"
+            )
             self.update(name, last_exit=reason, state=state, exited_at=time.time())
         self.report(f"{name} {reason}; {state}")
-        self.log("gave-up" if watch.gave_up else "exit", f"{self.label(name)} {reason}; {state}", component=name,
-                 deaths_in_a_row=watch.deaths, delay_s=None if watch.gave_up else wait)
+        self.log(
+            "gave-up" if watch.gave_up else "exit",
+            f"{self.label(name)} {reason}; {state}",
+            component=name,
+            deaths_in_a_row=watch.deaths,
+            delay_s=None if watch.gave_up else wait,
+        )
 
     def restart(self, name: str, watch: Watch) -> None:
         s = self.settings
@@ -146,14 +154,23 @@ class Supervisor:
             child.start()
             started = process(child.pid)
             restarts = entry.get("restarts", 0) + 1
-            self.update(name, pid=child.pid, started=started.create_time() if started else None,
-                        restarts=restarts, state="running")
+            self.update(
+                name,
+                pid=child.pid,
+                started=started.create_time() if started else None,
+                restarts=restarts,
+                state="running",
+            )
         self.owned[name] = child
         self.stack.children = [c for c in self.stack.children if c.name != name] + [child]
         watch.due, watch.up_since = None, time.monotonic()
         self.report(f"{name} restarted (pid {child.pid}, restart {restarts})")
-        self.log("restart", f"{self.label(name)} restarted as pid {child.pid} (restart {restarts})",
-                 component=name, restarts=restarts)
+        self.log(
+            "restart",
+            f"{self.label(name)} restarted as pid {child.pid} (restart {restarts})",
+            component=name,
+            restarts=restarts,
+        )
 
     def entry(self, name: str) -> dict:
         listed = read_stack_file(self.settings.state_dir)

@@ -14,7 +14,7 @@ import shlex
 import shutil
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -198,8 +198,9 @@ class ComposeTarget:
         """Docker restarts the containers (restart: unless-stopped); `docker compose ps` shows them."""
         return {}
 
-    def _run(self, *args: str, check: bool = True, env: dict | None = None,
-             timeout: float = 60) -> subprocess.CompletedProcess:
+    def _run(
+        self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         return run(self.compose_cmd, self.compose_file, *args, check=check, env=env, timeout=timeout)
 
     def _exec(self, service: str, *command: str) -> subprocess.CompletedProcess | None:
@@ -228,7 +229,9 @@ class ComposeTarget:
     def missing(self, version: str) -> str | None:
         image = f"{self.repository}:{version}"
         try:
-            found = subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=30).returncode == 0
+            found = (
+                subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=30).returncode == 0
+            )
         except (OSError, subprocess.SubprocessError) as exc:
             return f"cannot ask docker for image {image}: {exc}"
         return None if found else f"image {image} not found (bentoml build, then bentoml containerize {image})"
@@ -241,7 +244,9 @@ class ComposeTarget:
         deadline = time.monotonic() + timeout
         while (answered := self.serving(color)) != version:
             if time.monotonic() > deadline:
-                raise CanaryError(f"ml-{color} did not answer as {version} within {timeout:.0f}s (it answers: {answered})")
+                raise CanaryError(
+                    f"ml-{color} did not answer as {version} within {timeout:.0f}s (it answers: {answered})"
+                )
             time.sleep(1)
 
     def start_green(self, version: str, timeout: float | None = None) -> str:
@@ -287,7 +292,7 @@ class ComposeTarget:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def open_target(state_dir: Path | None, compose: bool, compose_file: Path) -> Target:

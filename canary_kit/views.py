@@ -35,9 +35,15 @@ def status_lines(report: dict) -> tuple[list[str], list[str]]:
     lines = [f"split: blue {100 - weight}% / green {weight}%{shadow}   figures {since}"]
     taken = report.get("takeover")
     if taken:  # first, where nobody can miss it: the untested candidate answers production traffic
-        lines.insert(0, f"BLUE IS DOWN: green {taken['green_version']} (the candidate) answers blue's "
-                        f"{taken['blue_share']}% share too, so 100% of requests")
-    lines.append(f"{'':6}{'version':<9}{'weight':>7}  {'health':<7}{'requests':>9}{'5xx':>6}{'err%':>7}{'p50 ms':>8}{'p99 ms':>8}")
+        lines.insert(
+            0,
+            f"BLUE IS DOWN: green {taken['green_version']} (the candidate) answers blue's "
+            f"{taken['blue_share']}% share too, so 100% of requests",
+        )
+    lines.append(
+        f"{'':6}{'version':<9}{'weight':>7}  {'health':<7}"
+        f"{'requests':>9}{'5xx':>6}{'err%':>7}{'p50 ms':>8}{'p99 ms':>8}"
+    )
     for color, b in report["backends"].items():
         f = b["since_change"] or {}
         rate = None if f.get("error_rate") is None else 100 * f["error_rate"]
@@ -70,28 +76,40 @@ def prediction_lines(report: dict) -> list[str]:
         if not f.get("rows"):
             continue
         shares = "  ".join(f"{name} {100 * n / f['rows']:.0f}%" for name, n in (f.get("class_rows") or {}).items())
-        lines.append(f"{color:<6}predicted {f['rows']} rows: {shares}   mean confidence {fmt(f.get('confidence_mean'), '.3f')}")
+        lines.append(
+            f"{color:<6}predicted {f['rows']} rows: {shares}   mean confidence {fmt(f.get('confidence_mean'), '.3f')}"
+        )
     if lines and report.get("class_divergence") is not None:
         lines.append(f"class divergence (JS distance, green vs blue): {report['class_divergence']:.3f}")
     for color, q in (report.get("labelled") or {}).items():
-        lines.append(f"{color:<6}{q['version']}: {q['labelled']} labelled rows, accuracy {100 * q['accuracy']:.1f}% "
-                     "(all its answers; `canary quality` for more)")
+        lines.append(
+            f"{color:<6}{q['version']}: {q['labelled']} labelled rows, accuracy {100 * q['accuracy']:.1f}% "
+            "(all its answers; `canary quality` for more)"
+        )
     return lines
 
 
 def quality_lines(report: dict) -> list[str]:
     """`canary quality` as a table, the difference, and each version's confusion matrix."""
     since = f"since {report['since']} UTC" if report["since"] else "all answers kept"
-    lines = [f"labelled answers ({since}; the ledger holds {report['answers']:,} answered rows, "
-             f"{report['labels']:,} labels)",
-             f"{'version':<9}{'role':<7}{'labelled':>9}{'correct':>9}{'accuracy':>10}  95% interval"]
+    lines = [
+        f"labelled answers ({since}; the ledger holds {report['answers']:,} answered rows, "
+        f"{report['labels']:,} labels)",
+        f"{'version':<9}{'role':<7}{'labelled':>9}{'correct':>9}{'accuracy':>10}  95% interval",
+    ]
     for row in report["versions"]:
-        interval = "-" if row["interval"] is None else f"[{100 * row['interval'][0]:.1f}%, {100 * row['interval'][1]:.1f}%]"
+        interval = (
+            "-" if row["interval"] is None else f"[{100 * row['interval'][0]:.1f}%, {100 * row['interval'][1]:.1f}%]"
+        )
         accuracy = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
-        lines.append(f"{row['version']:<9}{row['role']:<7}{row['labelled']:>9}{row['correct']:>9}{accuracy:>10}  {interval}")
+        lines.append(
+            f"{row['version']:<9}{row['role']:<7}{row['labelled']:>9}{row['correct']:>9}{accuracy:>10}  {interval}"
+        )
     diff = report["green_minus_blue"]
     if diff is not None:
-        lines.append(f"green - blue: {100 * diff[0]:+.1f} points, 95% interval [{100 * diff[1]:+.1f}, {100 * diff[2]:+.1f}]")
+        lines.append(
+            f"green - blue: {100 * diff[0]:+.1f} points, 95% interval [{100 * diff[1]:+.1f}, {100 * diff[2]:+.1f}]"
+        )
     for row in report["versions"]:
         if not row["confusion"]:
             continue
@@ -110,8 +128,10 @@ def process_lines(processes: dict) -> list[str]:
         return []
     lines = [f"{'process':<9}{'pid':>8}  {'restarts':>8}  {'state':<24} last exit"]
     for name, p in processes.items():
-        lines.append(f"{name:<9}{fmt(p.get('pid')):>8}  {p.get('restarts', 0):>8}  {p.get('state', 'running'):<24} "
-                     f"{p.get('last_exit') or '-'}")
+        lines.append(
+            f"{name:<9}{fmt(p.get('pid')):>8}  {p.get('restarts', 0):>8}  {p.get('state', 'running'):<24} "
+            f"{p.get('last_exit') or '-'}"
+        )
     return lines
 
 

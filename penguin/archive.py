@@ -18,7 +18,9 @@ class ArchiveError(Exception):
 def archive_info(path: Path) -> dict:
     """name, version and creation_time from the archive's model.yaml, without unpacking the model."""
     if not path.is_file():
-        raise ArchiveError(f"MODEL_PATH {path} is not a file (expected a .bentomodel archive from `bentoml models export`)")
+        raise ArchiveError(
+            f"MODEL_PATH {path} is not a file (expected a .bentomodel archive from `bentoml models export`)"
+        )
     try:
         with tarfile.open(path) as archive:
             member = next(m for m in archive.getmembers() if Path(m.name).name == "model.yaml")
@@ -44,8 +46,10 @@ def import_archive(path: Path, model_name: str, wanted_version: str | None = Non
     if info["name"] != model_name:
         raise ArchiveError(f"MODEL_PATH {path} holds model {info['name']!r}, not {model_name!r}")
     if wanted_version not in (None, info["version"]):
-        raise ArchiveError(f"MODEL_PATH {path} holds {tag} but MODEL_VERSION (or --arg model_version) asks for "
-                           f"{wanted_version}: drop one or make them agree")
+        raise ArchiveError(
+            f"MODEL_PATH {path} holds {tag} but MODEL_VERSION (or --arg model_version) asks for "
+            f"{wanted_version}: drop one or make them agree"
+        )
     try:
         stored = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:

@@ -20,7 +20,7 @@ orjson and pydantic-core only): the Bento ships this module.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import msgspec
 import numpy as np
@@ -60,12 +60,13 @@ def _typed_column(name: str) -> object:
     if name in CHOICES:
         choices, nullable = CHOICES[name]
         item = Literal[choices]
-        return list[Optional[item] if nullable else item]
-    return list[Optional[Annotated[float, msgspec.Meta(gt=0)]]]  # ints read as floats; booleans, strings refused
+        return list[item | None if nullable else item]
+    return list[Annotated[float, msgspec.Meta(gt=0)] | None]  # ints read as floats; booleans, strings refused
 
 
-_TypedColumns = msgspec.defstruct("TypedColumns", [(name, _typed_column(name)) for name in FEATURES],
-                                  forbid_unknown_fields=True)
+_TypedColumns = msgspec.defstruct(
+    "TypedColumns", [(name, _typed_column(name)) for name in FEATURES], forbid_unknown_fields=True
+)
 BODY = msgspec.json.Decoder(msgspec.defstruct("TypedBody", [("columns", _TypedColumns)], forbid_unknown_fields=True))
 
 
@@ -122,36 +123,52 @@ def kind(value: object) -> str:
     """A JSON value's type, as a client would call it."""
     if value is None:
         return "null"
-    return {bool: "a boolean", str: "a string", list: "an array", dict: "an object", float: "a number",
-            int: "a number"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        float: "a number",
+        int: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def check(data: object, max_rows: int = MAX_COLUMN_ROWS) -> Columns:
     """The parsed body -> its checked columns (see the module's rules)."""
     if not isinstance(data, dict):
-        raise ColumnError((), f'the body must be a JSON object {{"columns": {{feature: [values]}}}}, not {kind(data)}',
-                          "model_type")
+        raise ColumnError(
+            (), f'the body must be a JSON object {{"columns": {{feature: [values]}}}}, not {kind(data)}', "model_type"
+        )
     if "columns" not in data:
         raise ColumnError(("columns",), 'Field required: send {"columns": {feature: [one value per row]}}', "missing")
     for key in data:
         if key != "columns":
-            raise ColumnError((key,), f"Extra inputs are not permitted: {key!r} (the body holds only \"columns\")",
-                              "extra_forbidden")
+            raise ColumnError(
+                (key,), f'Extra inputs are not permitted: {key!r} (the body holds only "columns")', "extra_forbidden"
+            )
     columns = data["columns"]
     if not isinstance(columns, dict):
-        raise ColumnError(("columns",), f"columns must be an object {{feature: [values]}}, not {kind(columns)}",
-                          "model_type")
+        raise ColumnError(
+            ("columns",), f"columns must be an object {{feature: [values]}}, not {kind(columns)}", "model_type"
+        )
     for name in columns:
         if name not in Penguin.model_fields:
-            raise ColumnError(("columns", name), f"unknown column {name!r}; the columns are {', '.join(FEATURES)}",
-                              "extra_forbidden")
+            raise ColumnError(
+                ("columns", name), f"unknown column {name!r}; the columns are {', '.join(FEATURES)}", "extra_forbidden"
+            )
     for name in FEATURES:
         if name not in columns:
-            raise ColumnError(("columns", name), f"missing column {name!r}: every feature needs a column "
-                              "(a measurement's values may be null)", "missing")
+            raise ColumnError(
+                ("columns", name),
+                f"missing column {name!r}: every feature needs a column (a measurement's values may be null)",
+                "missing",
+            )
         if not isinstance(columns[name], list):
-            raise ColumnError(("columns", name), f"column {name!r} must be an array of values, one per row, "
-                              f"not {kind(columns[name])}", "list_type")
+            raise ColumnError(
+                ("columns", name),
+                f"column {name!r} must be an array of values, one per row, not {kind(columns[name])}",
+                "list_type",
+            )
     out = Columns()
     out.rows = rows(columns, max_rows)
     for name in FEATURES:
@@ -165,14 +182,20 @@ def rows(columns: dict, max_rows: int) -> int:
     count = len(columns[FEATURES[0]])
     for name in FEATURES[1:]:
         if len(columns[name]) != count:
-            raise ColumnError(("columns", name), f"column {name!r} has {len(columns[name])} rows but column "
-                              f"{FEATURES[0]!r} has {count}: every column needs one value per row", "length_mismatch")
+            raise ColumnError(
+                ("columns", name),
+                f"column {name!r} has {len(columns[name])} rows but column "
+                f"{FEATURES[0]!r} has {count}: every column needs one value per row",
+                "length_mismatch",
+            )
     if count == 0:
-        raise ColumnError(("columns", FEATURES[0]), "no rows: send at least 1 row (columns of at least 1 value)",
-                          "too_short")
+        raise ColumnError(
+            ("columns", FEATURES[0]), "no rows: send at least 1 row (columns of at least 1 value)", "too_short"
+        )
     if count > max_rows:
-        raise ColumnError(("columns", FEATURES[0]), f"{count} rows: send at most {max_rows} rows per request",
-                          "too_long")
+        raise ColumnError(
+            ("columns", FEATURES[0]), f"{count} rows: send at most {max_rows} rows per request", "too_long"
+        )
     return count
 
 
@@ -188,8 +211,12 @@ def category(name: str, values: list) -> list:
     for row, value in enumerate(values):
         if not (isinstance(value, str) or value is None) or value not in allowed:
             options = " or ".join(f"{c!r}" for c in choices) + (" or null" if nullable else "")
-            raise ColumnError(("columns", name, row), f"column {name!r}, row {row}: Input should be {options}, "
-                              f"not {kind(value) if not isinstance(value, str) else repr(value)}", "literal_error")
+            raise ColumnError(
+                ("columns", name, row),
+                f"column {name!r}, row {row}: Input should be {options}, "
+                f"not {kind(value) if not isinstance(value, str) else repr(value)}",
+                "literal_error",
+            )
     return values  # not reached
 
 
@@ -206,14 +233,18 @@ def measurement(name: str, values: list) -> np.ndarray:
     types = set(map(type, values))
     if not types <= NULLABLE_NUMBER_TYPES:
         row = next(i for i, v in enumerate(values) if type(v) not in NULLABLE_NUMBER_TYPES)
-        raise ColumnError(("columns", name, row), f"column {name!r}, row {row}: Input should be a number or null, "
-                          f"not {kind(values[row])}", "float_type")
+        raise ColumnError(
+            ("columns", name, row),
+            f"column {name!r}, row {row}: Input should be a number or null, not {kind(values[row])}",
+            "float_type",
+        )
     try:
         array = np.array(values, dtype=np.float64)  # null -> NaN
     except OverflowError:  # an integer beyond float64
         row = next(i for i, v in enumerate(values) if isinstance(v, int) and not _fits(v))
-        raise ColumnError(("columns", name, row), f"column {name!r}, row {row}: Input should be a finite number",
-                          "finite_number") from None
+        raise ColumnError(
+            ("columns", name, row), f"column {name!r}, row {row}: Input should be a finite number", "finite_number"
+        ) from None
     good = array > 0  # NaN (null, or a NaN literal) is not
     good &= array < np.inf
     if good.all():
@@ -226,10 +257,15 @@ def measurement(name: str, values: list) -> np.ndarray:
     row = int(bad.argmax())
     value = array[row]
     if np.isfinite(value):
-        raise ColumnError(("columns", name, row), f"column {name!r}, row {row}: Input should be greater than 0",
-                          "greater_than")
-    raise ColumnError(("columns", name, row), f"column {name!r}, row {row}: Input should be a finite number "
-                      "(NaN and infinity are refused; send null for a missing value)", "finite_number")
+        raise ColumnError(
+            ("columns", name, row), f"column {name!r}, row {row}: Input should be greater than 0", "greater_than"
+        )
+    raise ColumnError(
+        ("columns", name, row),
+        f"column {name!r}, row {row}: Input should be a finite number "
+        "(NaN and infinity are refused; send null for a missing value)",
+        "finite_number",
+    )
 
 
 def answer(predictions: list[str], classes: list[str], proba: np.ndarray, version: str) -> bytes:

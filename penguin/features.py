@@ -6,7 +6,7 @@ can never disagree. Kept free of heavy imports: the Bento ships this module.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,11 +40,11 @@ class Penguin(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     island: Island = Field(..., description="Island in the Palmer Archipelago", examples=["Biscoe"])
-    bill_length_mm: Optional[float] = _measure("Bill (culmen) length in millimetres", 39.1)
-    bill_depth_mm: Optional[float] = _measure("Bill (culmen) depth in millimetres", 18.7)
-    flipper_length_mm: Optional[float] = _measure("Flipper length in millimetres", 181.0)
-    body_mass_g: Optional[float] = _measure("Body mass in grams", 3750.0)
-    sex: Optional[Sex] = Field(..., description="female, male, or null if unknown", examples=["male"])
+    bill_length_mm: float | None = _measure("Bill (culmen) length in millimetres", 39.1)
+    bill_depth_mm: float | None = _measure("Bill (culmen) depth in millimetres", 18.7)
+    flipper_length_mm: float | None = _measure("Flipper length in millimetres", 181.0)
+    body_mass_g: float | None = _measure("Body mass in grams", 3750.0)
+    sex: Sex | None = Field(..., description="female, male, or null if unknown", examples=["male"])
 
 
 FEATURES: tuple[str, ...] = tuple(Penguin.model_fields)

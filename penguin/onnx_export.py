@@ -100,8 +100,12 @@ def float32_values(model: onnx.ModelProto) -> list[str]:
     typed = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
     names = [v.name for v in typed if v.type.tensor_type.elem_type == TensorProto.FLOAT]
     names += [t.name for t in inferred.graph.initializer if t.data_type == TensorProto.FLOAT]
-    names += [f"{n.op_type}.{a.name}" for n in inferred.graph.node for a in n.attribute
-              if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT]
+    names += [
+        f"{n.op_type}.{a.name}"
+        for n in inferred.graph.node
+        for a in n.attribute
+        if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT
+    ]
     return [name for name in names if not name.startswith(FLOAT32_ROUNDING)]
 
 
@@ -159,8 +163,12 @@ def convert_imputer(scope, operator, container) -> None:
     else:
         container.add_initializer(fill, TensorProto.DOUBLE, [len(statistics)], statistics.astype(np.float64).tolist())
         container.add_node("IsNaN", [x.full_name], missing, name=scope.get_unique_operator_name("IsNaN"))
-    container.add_node("Where", [missing, fill, x.full_name], operator.outputs[0].full_name,
-                       name=scope.get_unique_operator_name("Where"))
+    container.add_node(
+        "Where",
+        [missing, fill, x.full_name],
+        operator.outputs[0].full_name,
+        name=scope.get_unique_operator_name("Where"),
+    )
 
 
 def hist_gradient_boosting_trees(model) -> list[tuple[int, dict]]:
@@ -173,9 +181,20 @@ def hist_gradient_boosting_trees(model) -> list[tuple[int, dict]]:
             nodes = predictor.nodes
             if nodes["is_categorical"].any():
                 raise NotImplementedError("native categorical splits are not exported (the pipeline one-hot encodes)")
-            trees.append((k, {"feature": nodes["feature_idx"], "threshold": nodes["num_threshold"],
-                              "left": nodes["left"], "right": nodes["right"], "is_leaf": nodes["is_leaf"].astype(bool),
-                              "missing_left": nodes["missing_go_to_left"], "value": nodes["value"]}))
+            trees.append(
+                (
+                    k,
+                    {
+                        "feature": nodes["feature_idx"],
+                        "threshold": nodes["num_threshold"],
+                        "left": nodes["left"],
+                        "right": nodes["right"],
+                        "is_leaf": nodes["is_leaf"].astype(bool),
+                        "missing_left": nodes["missing_go_to_left"],
+                        "value": nodes["value"],
+                    },
+                )
+            )
     return trees
 
 
@@ -187,17 +206,40 @@ def forest_trees(model) -> list[tuple[int, dict]]:
         is_leaf = t.children_left == -1
         missing = getattr(t, "missing_go_to_left", np.zeros(t.node_count, dtype=np.uint8))
         for k in range(len(model.classes_)):
-            trees.append((k, {"feature": t.feature, "threshold": t.threshold, "left": t.children_left,
-                              "right": t.children_right, "is_leaf": is_leaf, "missing_left": missing,
-                              "value": t.value[:, 0, k]}))
+            trees.append(
+                (
+                    k,
+                    {
+                        "feature": t.feature,
+                        "threshold": t.threshold,
+                        "left": t.children_left,
+                        "right": t.children_right,
+                        "is_leaf": is_leaf,
+                        "missing_left": missing,
+                        "value": t.value[:, 0, k],
+                    },
+                )
+            )
     return trees
 
 
 def tree_ensemble_attributes(trees: list[tuple[int, dict]], n_targets: int) -> dict:
     """ai.onnx.ml 5 `TreeEnsemble` attributes (sum of leaf values per target), thresholds and leaves in float64."""
-    a = {k: [] for k in ("tree_roots", "nodes_featureids", "nodes_splits", "nodes_truenodeids", "nodes_trueleafs",
-                         "nodes_falsenodeids", "nodes_falseleafs", "nodes_missing_value_tracks_true",
-                         "leaf_targetids", "leaf_weights")}
+    a = {
+        k: []
+        for k in (
+            "tree_roots",
+            "nodes_featureids",
+            "nodes_splits",
+            "nodes_truenodeids",
+            "nodes_trueleafs",
+            "nodes_falsenodeids",
+            "nodes_falseleafs",
+            "nodes_missing_value_tracks_true",
+            "leaf_targetids",
+            "leaf_weights",
+        )
+    }
     for target, tree in trees:
         ids = {}
         for i, leaf in enumerate(tree["is_leaf"]):  # number the leaves and the branch nodes of this tree
@@ -249,9 +291,15 @@ def convert_trees(scope, operator, container) -> None:
         x = back
     trees = forest_trees(model) if forest else hist_gradient_boosting_trees(model)
     summed = name("tree_sums")
-    container.add_node("TreeEnsemble", [x], summed, op_domain="ai.onnx.ml", op_version=3,
-                       name=scope.get_unique_operator_name("TreeEnsemble"),
-                       **tree_ensemble_attributes(trees, len(classes)))
+    container.add_node(
+        "TreeEnsemble",
+        [x],
+        summed,
+        op_domain="ai.onnx.ml",
+        op_version=3,
+        name=scope.get_unique_operator_name("TreeEnsemble"),
+        **tree_ensemble_attributes(trees, len(classes)),
+    )
     proba = operator.outputs[1].full_name
     if forest:
         count = name("n_trees")
@@ -259,13 +307,17 @@ def convert_trees(scope, operator, container) -> None:
         container.add_node("Div", [summed, count], proba, name=scope.get_unique_operator_name("Div"))
     else:
         baseline, raw = name("baseline"), name("raw_predictions")
-        container.add_initializer(baseline, TensorProto.DOUBLE, [1, len(classes)],
-                                  model._baseline_prediction.astype(np.float64).ravel().tolist())
+        container.add_initializer(
+            baseline,
+            TensorProto.DOUBLE,
+            [1, len(classes)],
+            model._baseline_prediction.astype(np.float64).ravel().tolist(),
+        )
         container.add_node("Add", [summed, baseline], raw, name=scope.get_unique_operator_name("Add"))
         container.add_node("Softmax", [raw], proba, axis=1, name=scope.get_unique_operator_name("Softmax"))
     index, labels = name("best"), name("class_labels")
     container.add_initializer(labels, TensorProto.STRING, [len(classes)], [c.encode() for c in classes])
     container.add_node("ArgMax", [proba], index, axis=1, keepdims=0, name=scope.get_unique_operator_name("ArgMax"))
-    container.add_node("Gather", [labels, index], operator.outputs[0].full_name,
-                       name=scope.get_unique_operator_name("Gather"))
-
+    container.add_node(
+        "Gather", [labels, index], operator.outputs[0].full_name, name=scope.get_unique_operator_name("Gather")
+    )

@@ -31,8 +31,10 @@ def data_rows(path: Path) -> list[dict]:
 
     frame = pandas.read_csv(path)[list(FEATURES)].astype(object)
     missing = frame.isna()
-    return [{name: None if missing.at[i, name] else (float(v) if name in NUMERIC else str(v))
-             for name, v in row.items()} for i, row in frame.iterrows()]
+    return [
+        {name: None if missing.at[i, name] else (float(v) if name in NUMERIC else str(v)) for name, v in row.items()}
+        for i, row in frame.iterrows()
+    ]
 
 
 def on_grid(value: float, step: float) -> float:
@@ -60,8 +62,7 @@ def split_points(pipeline) -> list[tuple[str, float]]:
         return []
     measured = [c for name, _, cols in pre.transformers_ if name == "num" for c in cols]
     scaler = pre.named_transformers_["num"].named_steps["scale"]
-    return sorted((measured[i], float(t * scaler.scale_[i] + scaler.mean_[i]))
-                  for i, t in splits if i < len(measured))
+    return sorted((measured[i], float(t * scaler.scale_[i] + scaler.mean_[i])) for i, t in splits if i < len(measured))
 
 
 def generated_rows(pipeline, data: list[dict], count: int = GENERATED, seed: int = SEED) -> list[dict]:
@@ -85,8 +86,14 @@ def generated_rows(pipeline, data: list[dict], count: int = GENERATED, seed: int
         rows.append(row)
     for name, value in split_points(pipeline):
         step = GRID[name]
-        near = {value, math.nextafter(value, -math.inf), math.nextafter(value, math.inf),
-                on_grid(value, step), on_grid(value - step, step), on_grid(value + step, step)}
+        near = {
+            value,
+            math.nextafter(value, -math.inf),
+            math.nextafter(value, math.inf),
+            on_grid(value, step),
+            on_grid(value - step, step),
+            on_grid(value + step, step),
+        }
         for candidate in sorted(v for v in near if v > 0):
             rows.append({**data[rng.integers(len(data))], name: candidate})
     return rows
@@ -114,8 +121,9 @@ def compare(expected: np.ndarray, got: np.ndarray, classes: list[str]) -> dict:
         "max_abs_prob_diff": float(diff[worst]),
         "worst_row": worst,
         "class_mismatches": int(len(flipped)),
-        "first_mismatches": [f"row {i}: {classes[expected[i].argmax()]} vs {classes[got[i].argmax()]}"
-                             for i in flipped[:3]],
+        "first_mismatches": [
+            f"row {i}: {classes[expected[i].argmax()]} vs {classes[got[i].argmax()]}" for i in flipped[:3]
+        ],
         "tolerance": TOLERANCE,
         "ok": bool(diff[worst] <= TOLERANCE and len(flipped) == 0),
     }
@@ -123,8 +131,10 @@ def compare(expected: np.ndarray, got: np.ndarray, classes: list[str]) -> dict:
 
 def summary(result: dict) -> str:
     """One line: rows, largest difference, class mismatches."""
-    return (f"{result['rows']:,} rows, max |dp| {result['max_abs_prob_diff']:.2e} (limit {result['tolerance']:.0e}), "
-            f"{result['class_mismatches']} class mismatches")
+    return (
+        f"{result['rows']:,} rows, max |dp| {result['max_abs_prob_diff']:.2e} (limit {result['tolerance']:.0e}), "
+        f"{result['class_mismatches']} class mismatches"
+    )
 
 
 def served_proba(url: str, rows: list[dict], classes: list[str], batch: int = 1000, timeout: float = 60) -> dict:
@@ -135,7 +145,7 @@ def served_proba(url: str, rows: list[dict], classes: list[str], batch: int = 10
     proba, predictions, versions = [], [], set()
     with httpx.Client(timeout=timeout, trust_env=False) as client:
         for start in range(0, len(rows), batch):
-            response = client.post(f"{url}/predict", json={"instances": rows[start:start + batch]})
+            response = client.post(f"{url}/predict", json={"instances": rows[start : start + batch]})
             response.raise_for_status()
             answer = response.json()
             proba += [[p[c] for c in classes] for p in answer["probabilities"]]

@@ -23,7 +23,7 @@ CONFIDENCE_METRIC = "penguin_prediction_confidence"
 # The top-class probability of a 3-class model lies in [1/3, 1]: finer where a confident model lives.
 CONFIDENCE_BUCKETS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
-_made: dict[tuple[str, ...], "PredictionMetrics"] = {}
+_made: dict[tuple[str, ...], PredictionMetrics] = {}
 
 
 class PredictionMetrics:
@@ -38,7 +38,9 @@ class PredictionMetrics:
         counter = Counter(CLASS_METRIC, "Rows answered by /predict, per predicted class", ["class"], registry=registry)
         self.per_class = [counter.labels(name) for name in classes]
         self.confidence = Histogram(
-            CONFIDENCE_METRIC, "Top-class probability of each row answered by /predict", buckets=CONFIDENCE_BUCKETS,
+            CONFIDENCE_METRIC,
+            "Top-class probability of each row answered by /predict",
+            buckets=CONFIDENCE_BUCKETS,
             registry=registry,
         )
         # Batches go straight into the histogram's buckets (its `observe` internals, checked by the tests); were a

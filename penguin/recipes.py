@@ -89,7 +89,10 @@ def make_pipeline(estimator, used: tuple[str, ...] = FEATURES) -> Pipeline:
             ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
         ]
     )
-    steps = [("num", numeric, [f for f in NUMERIC if f in used]), ("cat", categorical, [f for f in CATEGORICAL if f in used])]
+    steps = [
+        ("num", numeric, [f for f in NUMERIC if f in used]),
+        ("cat", categorical, [f for f in CATEGORICAL if f in used]),
+    ]
     pre = ColumnTransformer([step for step in steps if step[2]], remainder="drop")
     return Pipeline([("preprocess", pre), ("model", estimator)])
 
@@ -105,8 +108,9 @@ def parse_param(text: str) -> tuple[str, object]:
         return name, raw
 
 
-def recipe_for(version: str, algorithm: str | None = None, params: dict | None = None,
-               features: tuple[str, ...] | None = None) -> Recipe:
+def recipe_for(
+    version: str, algorithm: str | None = None, params: dict | None = None, features: tuple[str, ...] | None = None
+) -> Recipe:
     """The recipe to train `version` from, or ValueError with a one-line reason.
 
     A declared version takes its recipe from RECIPES (an --algorithm must agree; nothing may change it). Any other

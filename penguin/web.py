@@ -139,7 +139,9 @@ def _wrappable(cycle) -> bool:
     """A RequestResponseCycle of the layout the wrapper was written for: it keeps `transport` and
     `response_started` on itself, and has an async `send`."""
     names = getattr(getattr(cycle.__init__, "__code__", None), "co_names", ())
-    return {"transport", "response_started", "response_complete"} <= set(names) and callable(getattr(cycle, "send", None))
+    return {"transport", "response_started", "response_complete"} <= set(names) and callable(
+        getattr(cycle, "send", None)
+    )
 
 
 def send_heads_with_bodies() -> list[str]:
@@ -259,18 +261,24 @@ def openapi_document(spec: dict, version: str, extra_paths: dict[str, tuple[str,
     paths = dict(doc.get("paths", {}))
     for path, (description, model) in extra_paths.items():
         answer = add_schema(schemas, model)
-        paths[path] = {"get": {
-            "description": description,
-            "tags": ["Infrastructure"],
-            "operationId": path.strip("/").replace("/", "_") or "root",
-            "responses": {"200": {"description": "Successful Response", "content": {"application/json": {"schema": answer}}}},
-        }}
+        paths[path] = {
+            "get": {
+                "description": description,
+                "tags": ["Infrastructure"],
+                "operationId": path.strip("/").replace("/", "_") or "root",
+                "responses": {
+                    "200": {"description": "Successful Response", "content": {"application/json": {"schema": answer}}}
+                },
+            }
+        }
     for item in paths.values():
         post = item.get("post")
         if post is not None:
-            post.setdefault("responses", {}).update({
-                "413": {"description": "Request body too large", **error},
-                "415": {"description": "Content type is not application/json", **error},
-            })
+            post.setdefault("responses", {}).update(
+                {
+                    "413": {"description": "Request body too large", **error},
+                    "415": {"description": "Content type is not application/json", **error},
+                }
+            )
     doc["paths"] = paths
     return doc

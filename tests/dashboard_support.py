@@ -21,9 +21,18 @@ from conftest import ROOT, free_port
 
 TOKEN = "dashboard-test-token-0123456789"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1440,1350"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1440,1350",
+]
 
 
 @dataclass
@@ -48,8 +57,19 @@ def dashboard(state_dir: Path, *args: str, token: str = TOKEN, host: str = "127.
     """`canary dashboard` for the stack in `state_dir`, on a free port, stopped whatever happens."""
     port = free_port()
     env = {**os.environ, "CANARY_DASHBOARD_TOKEN": token}
-    argv = [sys.executable, "-m", "canary_kit.cli", "dashboard", "--port", str(port), "--host", host,
-            "--state-dir", str(state_dir), *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "canary_kit.cli",
+        "dashboard",
+        "--port",
+        str(port),
+        "--host",
+        host,
+        "--state-dir",
+        str(state_dir),
+        *args,
+    ]
     log = tempfile.NamedTemporaryFile("w+", prefix="dashboard-", suffix=".log", delete=False)
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -121,5 +141,7 @@ def wait_until(condition, timeout: float, step: float = 0.05, what: str = "") ->
 
 def fingerprint(state_dir: Path) -> dict[str, str]:
     """Hashes of the files an action would change: the routing state, the change log, the figures' baseline."""
-    return {name: hashlib.sha256((state_dir / name).read_bytes()).hexdigest() if (state_dir / name).exists() else ""
-            for name in ("routing.json", "changes.log", "baseline.json")}
+    return {
+        name: hashlib.sha256((state_dir / name).read_bytes()).hexdigest() if (state_dir / name).exists() else ""
+        for name in ("routing.json", "changes.log", "baseline.json")
+    }

@@ -74,8 +74,14 @@ class Load:
                 row = turn % len(bodies)
                 try:
                     r = client.post(f"{self.url}/predict", json=bodies[row])
-                    answer = Answer(sent, r.status_code, r.headers.get("x-model-version"),
-                                    r.headers.get("x-canary-route"), request_id=r.headers.get("x-request-id"), row=row)
+                    answer = Answer(
+                        sent,
+                        r.status_code,
+                        r.headers.get("x-model-version"),
+                        r.headers.get("x-canary-route"),
+                        request_id=r.headers.get("x-request-id"),
+                        row=row,
+                    )
                     if self.check_version_field and r.status_code == 200:
                         answer.error = _version_field_problem(r, answer.version)
                 except httpx.HTTPError as exc:
@@ -83,7 +89,7 @@ class Load:
                 with self._lock:
                     self.answers.append(answer)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self._began = time.monotonic()
         self._deadline = self._began + self.max_seconds
         for thread in self._threads:
@@ -95,7 +101,7 @@ class Load:
         for thread in self._threads:
             thread.join(timeout=30)
 
-    def run(self) -> "Load":
+    def run(self) -> Load:
         """Send the whole load and wait until it is done (or its time is up)."""
         with self:
             for thread in self._threads:
@@ -133,8 +139,9 @@ def _version_field_problem(response: httpx.Response, header: str | None) -> str:
 
 
 def tally(answers: list[Answer]) -> Counter:
-    return Counter(a.version if a.status == 200 and not a.error else f"failed:{a.status}:{a.error[:60]}"
-                   for a in answers)
+    return Counter(
+        a.version if a.status == 200 and not a.error else f"failed:{a.status}:{a.error[:60]}" for a in answers
+    )
 
 
 def assert_split(green: int, total: int, weight: int, sigmas: float = 4.5) -> None:

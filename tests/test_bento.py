@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from penguin.features import MODEL_NAME
 from canary_kit.stack import Stack
 from conftest import BIN, EXAMPLE_ROW, ROOT, local_settings, run
+from penguin.features import MODEL_NAME
 
 pytestmark = [pytest.mark.bento, pytest.mark.integration]
 VERSIONS = ("v1.0.0", "v1.1.0")

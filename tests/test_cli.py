@@ -10,8 +10,20 @@ from canary_kit.cli import app
 from canary_kit.cli_options import StackCommand
 from canary_kit.config import CanaryError
 
-STACK_COMMANDS = ["set-weight", "promote", "rollback", "status", "history", "deploy", "finalize", "shadow",
-                  "rollout", "labels", "quality", "dashboard"]
+STACK_COMMANDS = [
+    "set-weight",
+    "promote",
+    "rollback",
+    "status",
+    "history",
+    "deploy",
+    "finalize",
+    "shadow",
+    "rollout",
+    "labels",
+    "quality",
+    "dashboard",
+]
 
 
 @pytest.mark.parametrize("command", STACK_COMMANDS)

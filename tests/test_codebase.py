@@ -1,5 +1,6 @@
-"""The codebase's own rules, checked by the tools that know them: mypy types canary_kit/ ([tool.mypy]) and
-import-linter keeps its layers pointing one way ([tool.importlinter]). A failure prints the tool's report."""
+"""The codebase's own rules, checked by the tools that know them: mypy types canary_kit/ ([tool.mypy]),
+import-linter keeps its layers pointing one way ([tool.importlinter]) and ruff lints and formats every Python file
+([tool.ruff]). A failure prints the tool's report."""
 
 from __future__ import annotations
 
@@ -23,3 +24,13 @@ def test_canary_kit_type_checks():
 def test_imports_point_down_the_layers():
     result = run([str(BIN / "lint-imports"), "--no-logo"])  # contracts: [tool.importlinter] in pyproject.toml
     assert result.returncode == 0, f"lint-imports found broken contracts:\n{result.stdout}{result.stderr}"
+
+
+def test_ruff_lint_passes():
+    result = run([str(BIN / "ruff"), "check", "--no-cache", "."])
+    assert result.returncode == 0, f"ruff check found problems (`ruff check --fix` mends some):\n{result.stdout}"
+
+
+def test_ruff_format_is_kept():
+    result = run([str(BIN / "ruff"), "format", "--check", "--no-cache", "."])
+    assert result.returncode == 0, f"files `ruff format` would change:\n{result.stdout}"

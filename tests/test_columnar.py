@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import httpx
 import numpy as np
 import pytest
 
+from conftest import EXAMPLE_ROW, ROOT, bentoml_serve
 from penguin import columnar, parity
 from penguin.features import (
     CANDIDATE_VERSION,
@@ -22,7 +22,6 @@ from penguin.features import (
     MODEL_NAME,
     STABLE_VERSION,
 )
-from conftest import EXAMPLE_ROW, ROOT, bentoml_serve
 
 CLASSES = ["Adelie", "Chinstrap", "Gentoo"]
 EXACT = 1e-12
@@ -65,14 +64,26 @@ BAD = {
 
 NUMBERS = '"bill_depth_mm":[18.7],"flipper_length_mm":[181],"body_mass_g":[3750],"sex":["male"]'
 RAW = {  # (bytes, content type, status, a word the answer must contain)
-    "NaN": (b'{"columns":{"island":["Dream"],"bill_length_mm":[NaN],' + NUMBERS.encode() + b"}}", 400,
-            "bill_length_mm"),
-    "Infinity": (b'{"columns":{"island":["Dream"],"bill_length_mm":[Infinity],' + NUMBERS.encode() + b"}}", 400,
-                 "bill_length_mm"),
-    "1e999 (overflows to infinity)": (b'{"columns":{"island":["Dream"],"bill_length_mm":[1e999],'
-                                      + NUMBERS.encode() + b"}}", 400, "bill_length_mm"),
-    "an integer beyond float64": (b'{"columns":{"island":["Dream"],"bill_length_mm":[1' + b"0" * 400 + b"],"
-                                  + NUMBERS.encode() + b"}}", 400, "bill_length_mm"),
+    "NaN": (
+        b'{"columns":{"island":["Dream"],"bill_length_mm":[NaN],' + NUMBERS.encode() + b"}}",
+        400,
+        "bill_length_mm",
+    ),
+    "Infinity": (
+        b'{"columns":{"island":["Dream"],"bill_length_mm":[Infinity],' + NUMBERS.encode() + b"}}",
+        400,
+        "bill_length_mm",
+    ),
+    "1e999 (overflows to infinity)": (
+        b'{"columns":{"island":["Dream"],"bill_length_mm":[1e999],' + NUMBERS.encode() + b"}}",
+        400,
+        "bill_length_mm",
+    ),
+    "an integer beyond float64": (
+        b'{"columns":{"island":["Dream"],"bill_length_mm":[1' + b"0" * 400 + b"]," + NUMBERS.encode() + b"}}",
+        400,
+        "bill_length_mm",
+    ),
     "not JSON": (b"island=Dream", 400, "Invalid JSON"),
     "truncated JSON": (b'{"columns":{"island":', 400, "JSON"),
     "empty body": (b"", 400, "JSON"),
@@ -83,8 +94,13 @@ RAW = {  # (bytes, content type, status, a word the answer must contain)
 @pytest.fixture(scope="module", params=["onnx", "sklearn"])
 def served(request, trained):
     """v1.1.0 (a tree model: the generated rows probe its every split) under `bentoml serve`, on each runtime."""
-    target = ["service:PenguinClassifier", "--arg", f"model_version={CANDIDATE_VERSION}",
-              "--arg", f"runtime={request.param}"]
+    target = [
+        "service:PenguinClassifier",
+        "--arg",
+        f"model_version={CANDIDATE_VERSION}",
+        "--arg",
+        f"runtime={request.param}",
+    ]
     with bentoml_serve(target) as url:
         yield url, request.param
 
@@ -118,26 +134,60 @@ def reading(read, body: bytes):
         checked = read(body)
     except columnar.ColumnError as exc:
         return "refused", exc.loc, exc.message
-    plain = {n: [None if v != v else v for v in (v.tolist() if isinstance(v, np.ndarray) else v)]
-             for n, v in checked.items()}
+    plain = {
+        n: [None if v != v else v for v in (v.tolist() if isinstance(v, np.ndarray) else v)] for n, v in checked.items()
+    }
     return "ok", checked.rows, plain
 
 
 def number_bodies() -> list[bytes]:
     """Bodies whose bill_length_mm holds one JSON number literal of every kind the two readings might read apart."""
-    literals = ["39.1", "181", "0", "-0.0", "-1", "1E2", "1e+2", "1e-2", "0.1e1", "5e-324", "2.2250738585072014e-308",
-                "1.7976931348623157e308", "1.8e308", "1e999", "1" + "0" * 400, "12345678901234567890123456789",
-                "18446744073709551616", "9007199254740993", "0.30000000000000004", "1.00000000000000011102230246251565",
-                "3.141592653589793238462643383279502884197", "01", "+1", ".5", "5.", "1e", "-", "NaN", "Infinity",
-                "true", "null", '"3"', "[1]", "{}"]
+    literals = [
+        "39.1",
+        "181",
+        "0",
+        "-0.0",
+        "-1",
+        "1E2",
+        "1e+2",
+        "1e-2",
+        "0.1e1",
+        "5e-324",
+        "2.2250738585072014e-308",
+        "1.7976931348623157e308",
+        "1.8e308",
+        "1e999",
+        "1" + "0" * 400,
+        "12345678901234567890123456789",
+        "18446744073709551616",
+        "9007199254740993",
+        "0.30000000000000004",
+        "1.00000000000000011102230246251565",
+        "3.141592653589793238462643383279502884197",
+        "01",
+        "+1",
+        ".5",
+        "5.",
+        "1e",
+        "-",
+        "NaN",
+        "Infinity",
+        "true",
+        "null",
+        '"3"',
+        "[1]",
+        "{}",
+    ]
     rng = np.random.default_rng(22)
     for _ in range(300):  # and random decimals of up to 25 significant digits, some with exponents
         digits = "".join(map(str, rng.integers(0, 10, size=int(rng.integers(1, 26)))))
         point = int(rng.integers(0, len(digits) + 1))
         literal = (digits[:point] or "0") + ("." + digits[point:] if digits[point:] else "")
         literals.append(literal + (f"e{int(rng.integers(-330, 330))}" if rng.random() < 0.3 else ""))
-    return [(b'{"columns":{"island":["Dream"],"bill_length_mm":[' + n.encode() + b"]," + NUMBERS.encode() + b"}}")
-            for n in literals]
+    return [
+        (b'{"columns":{"island":["Dream"],"bill_length_mm":[' + n.encode() + b"]," + NUMBERS.encode() + b"}}")
+        for n in literals
+    ]
 
 
 def other_bodies() -> list[bytes]:
@@ -146,10 +196,16 @@ def other_bodies() -> list[bytes]:
     return [
         *(json.dumps(body).encode() for body, _ in BAD.values()),
         *(raw for raw, _, _ in RAW.values()),
-        example, example.replace(b" ", b""), example.replace(b": ", b" :\n "), b"\xef\xbb\xbf" + example,
-        example + b" \n", example + b"x", example + example,
+        example,
+        example.replace(b" ", b""),
+        example.replace(b": ", b" :\n "),
+        b"\xef\xbb\xbf" + example,
+        example + b" \n",
+        example + b"x",
+        example + example,
         example.replace(b'"Torgersen"', b'"\\u0054orgersen"'),  # an escaped letter: the same string
-        example.replace(b'"Torgersen"', b'"torgersen"'), example.replace(b'"male"', b'"Male"'),
+        example.replace(b'"Torgersen"', b'"torgersen"'),
+        example.replace(b'"male"', b'"Male"'),
         example.replace(b'{"columns": {', b'{"columns": {"island": ["Biscoe", "Biscoe"], '),  # a key twice
         example.replace(b'"columns"', b'"col\\u0075mns"'),
         json.dumps(cols(2, sex=[None, None], bill_depth_mm=[None, 1])).encode(),
@@ -179,13 +235,19 @@ def test_the_largest_request_of_each_form_fits_the_body_limit_that_nginx_and_the
     template = (ROOT / "nginx" / "canary.conf.template").read_text()
     limits = set(re.findall(r"client_max_body_size\s+(\d+)m;", template))
     assert limits == {str(MAX_BODY_BYTES // (1024 * 1024))}, limits  # every nginx server: the service's limit
-    longest = {**EXAMPLE_ROW, **{name: 1234.5678901234567 for name in ("bill_length_mm", "bill_depth_mm",
-                                                                       "flipper_length_mm", "body_mass_g")},
-               "island": "Torgersen", "sex": "female"}
+    longest = {
+        **EXAMPLE_ROW,
+        **{
+            name: 1234.5678901234567 for name in ("bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g")
+        },
+        "island": "Torgersen",
+        "sex": "female",
+    }
     rows = json.dumps({"instances": [longest] * MAX_INSTANCES}).encode()
     columns = json.dumps({"columns": {n: [longest[n]] * MAX_COLUMN_ROWS for n in FEATURES}}).encode()
-    print(f"\nlargest bodies: {len(rows):,} bytes as row objects, {len(columns):,} as columns; "
-          f"limit {MAX_BODY_BYTES:,}")
+    print(
+        f"\nlargest bodies: {len(rows):,} bytes as row objects, {len(columns):,} as columns; limit {MAX_BODY_BYTES:,}"
+    )
     assert len(rows) < MAX_BODY_BYTES and len(columns) < MAX_BODY_BYTES
 
 
@@ -208,7 +270,7 @@ def test_columns_answer_exactly_as_row_objects_every_data_row_and_the_generated_
     proba, predictions, versions = [], [], set()
     with httpx.Client(timeout=60, trust_env=False) as client:
         for start in range(0, len(rows), MAX_COLUMN_ROWS):
-            response = post_columns(client, url, rows[start:start + MAX_COLUMN_ROWS])
+            response = post_columns(client, url, rows[start : start + MAX_COLUMN_ROWS])
             assert response.status_code == 200, response.text[:500]
             answer = response.json()
             assert response.headers["x-predictions"] == ",".join(answer["predictions"])
@@ -218,9 +280,11 @@ def test_columns_answer_exactly_as_row_objects_every_data_row_and_the_generated_
             versions.add(answer["model_version"])
     proba = np.vstack(proba)
     worst = float(np.abs(proba - by_rows["proba"]).max())
-    print(f"\n{runtime}: {len(rows):,} rows ({len(data)} data + {len(rows) - len(data):,} generated), columns vs "
-          f"row objects: max |dp| {worst:.1e}, class mismatches "
-          f"{sum(a != b for a, b in zip(predictions, by_rows['predictions']))}")
+    print(
+        f"\n{runtime}: {len(rows):,} rows ({len(data)} data + {len(rows) - len(data):,} generated), columns vs "
+        f"row objects: max |dp| {worst:.1e}, class mismatches "
+        f"{sum(a != b for a, b in zip(predictions, by_rows['predictions']))}"
+    )
     assert versions == {CANDIDATE_VERSION} and by_rows["versions"] == [CANDIDATE_VERSION]
     assert predictions == by_rows["predictions"]
     assert worst <= EXACT
@@ -310,8 +374,21 @@ def test_schemathesis_finds_no_server_error(served, tmp_path):
     st = BIN / "st" if (BIN / "st").exists() else shutil.which("st") or shutil.which("schemathesis")
     if st is None:
         pytest.skip("schemathesis is not installed (pip install -e '.[dev]')")
-    argv = [str(st), "run", f"{url}/docs.json", "--url", url, "--checks", "not_a_server_error",
-            "--include-path-regex", "^/predict", "--max-examples", "150", "--mode", "all"]
+    argv = [
+        str(st),
+        "run",
+        f"{url}/docs.json",
+        "--url",
+        url,
+        "--checks",
+        "not_a_server_error",
+        "--include-path-regex",
+        "^/predict",
+        "--max-examples",
+        "150",
+        "--mode",
+        "all",
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     output = result.stdout + result.stderr
     print(output[-3000:])

@@ -21,7 +21,9 @@ def spec() -> dict:
 
 def test_compose_spec_schema():
     checker = BIN / "check-jsonschema"
-    result = subprocess.run([str(checker), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -99,7 +101,10 @@ def test_nginx_loads_njs_and_reads_the_routing_state_from_a_mounted_folder(spec,
     mounts = {v.split(":")[1]: v.split(":")[0] for v in spec["services"]["nginx"]["volumes"]}
     assert mounts[env["CANARY_NJS"]] == "./nginx/canary.js"
     assert mounts["/etc/nginx/nginx.conf"] == "./nginx/nginx.compose.conf"
-    assert "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;" in (ROOT / "nginx" / "nginx.compose.conf").read_text()
+    assert (
+        "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;"
+        in (ROOT / "nginx" / "nginx.compose.conf").read_text()
+    )
 
 
 def first_state(tmp_path, weight: str | None, existing: str | None = None, **servers) -> subprocess.CompletedProcess:
@@ -109,8 +114,13 @@ def first_state(tmp_path, weight: str | None, existing: str | None = None, **ser
     if existing is not None:
         state.write_text(existing)
     nowhere = f"127.0.0.1:{free_port()}"
-    env = {"PATH": "/usr/bin:/bin", "CANARY_STATE_FILE": str(state),
-           "CANARY_BLUE_SERVER": nowhere, "CANARY_GREEN_SERVER": nowhere, **servers}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "CANARY_STATE_FILE": str(state),
+        "CANARY_BLUE_SERVER": nowhere,
+        "CANARY_GREEN_SERVER": nowhere,
+        **servers,
+    }
     if weight is not None:
         env["CANARY_GREEN_WEIGHT"] = weight
     return subprocess.run(["sh", str(ROOT / "nginx" / "canary-state-init.sh")], env=env, capture_output=True, text=True)
@@ -137,8 +147,9 @@ def test_the_first_state_hook_names_the_versions_the_backends_answer_with(stack,
     from canary_kit import routing
 
     s = stack.settings
-    result = first_state(tmp_path, "10", CANARY_BLUE_SERVER=f"127.0.0.1:{s.blue_port}",
-                         CANARY_GREEN_SERVER=f"127.0.0.1:{s.green_port}")
+    result = first_state(
+        tmp_path, "10", CANARY_BLUE_SERVER=f"127.0.0.1:{s.blue_port}", CANARY_GREEN_SERVER=f"127.0.0.1:{s.green_port}"
+    )
     assert result.returncode == 0, result.stderr
     state = routing.read(tmp_path / "routing.json")
     assert (state.blue_version, state.green_version) == (s.blue_version, s.green_version), state
@@ -152,7 +163,9 @@ def test_the_first_state_hook_writes_nothing_when_only_one_backend_says_its_vers
     assert not (tmp_path / "routing.json").exists()
 
 
-@pytest.mark.parametrize("weight, applied", [("0", 0), ("1", 1), ("100", 100), ("010", 10), ("08", 8), ("000", 0), ("0100", 100)])
+@pytest.mark.parametrize(
+    "weight, applied", [("0", 0), ("1", 1), ("100", 100), ("010", 10), ("08", 8), ("000", 0), ("0100", 100)]
+)
 def test_the_first_state_hook_writes_a_valid_state(tmp_path, weight, applied):
     """The hook's state is valid by canary_kit/routing.py, which reads every case of tests/data/routing_states.json
     as nginx/canary.js does (tests/test_nginx.py); a weight is read as a decimal number."""

@@ -12,8 +12,16 @@ from conftest import local_settings
 
 @pytest.mark.parametrize(
     "values",
-    [{"green_weight": 150}, {"green_weight": -1}, {"port": 0}, {"blue_port": 8000}, {"workers": 0},
-     {"green_version": "latest"}, {"source": "docker"}, {"unknown": 1}],
+    [
+        {"green_weight": 150},
+        {"green_weight": -1},
+        {"port": 0},
+        {"blue_port": 8000},
+        {"workers": 0},
+        {"green_version": "latest"},
+        {"source": "docker"},
+        {"unknown": 1},
+    ],
 )
 def test_bad_settings_are_refused(values):
     with pytest.raises(ValidationError):
@@ -47,7 +55,10 @@ def test_what_is_shipped_comes_from_the_pyproject_table_and_can_be_overridden(mo
     table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["canary"]
     settings = Settings()
     assert (settings.model_name, settings.blue_version, settings.green_version) == (
-        table["model_name"], table["blue_version"], table["green_version"])
+        table["model_name"],
+        table["blue_version"],
+        table["green_version"],
+    )
     monkeypatch.setenv("CANARY_GREEN_VERSION", "v1.2.0")
     assert Settings().green_version == "v1.2.0"
     monkeypatch.chdir(tmp_path)  # another project, with no [tool.canary]: the model must be named somewhere
@@ -94,7 +105,7 @@ def test_the_tool_and_the_service_write_a_validation_error_alike():
         note: int = 0
 
         @model_validator(mode="after")
-        def _some(self) -> "Body":
+        def _some(self) -> Body:
             if not self.instances:
                 raise ValueError("no rows")
             return self
@@ -112,7 +123,8 @@ def test_the_tool_and_the_service_write_a_validation_error_alike():
     )
     assert service == f"{count} validation error(s): {tool}"
     assert service_describe(caught.value) == f"{count} validation error(s): " + "; ".join(tool.split("; ")[:3]) + (
-        f"; and {count - 3} more")
+        f"; and {count - 3} more"
+    )
     with pytest.raises(ValidationError) as whole:
         Body.model_validate({"instances": []})
     assert tool_describe(whole.value) == "value: no rows"

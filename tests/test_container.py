@@ -62,8 +62,9 @@ CANARY = str(BIN / "canary")
 def command(argv: list[str], timeout: float = 120, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
     """Run a command from the project folder with the stack's environment; a time-out gives exit code -1."""
     try:
-        return subprocess.run(argv, cwd=ROOT, env={**ENV, **env}, input=stdin, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            argv, cwd=ROOT, env={**ENV, **env}, input=stdin, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired as exc:
         return subprocess.CompletedProcess(argv, -1, str(exc.stdout or ""), f"timed out after {timeout}s")
 
@@ -194,8 +195,10 @@ def test_backend_runs_as_non_root_with_heads_with_bodies(stack, service):
 
 def test_pins_reach_one_version(stack):
     r = httpx.post(f"{URL}/predict", json={"instances": ROWS[:1]}, timeout=10)
-    print(f"\none request: HTTP {r.status_code}, X-Model-Version {r.headers.get('x-model-version')}, "
-          f"X-Canary-Route {r.headers.get('x-canary-route')}")
+    print(
+        f"\none request: HTTP {r.status_code}, X-Model-Version {r.headers.get('x-model-version')}, "
+        f"X-Canary-Route {r.headers.get('x-canary-route')}"
+    )
     for value, want in (("always", GREEN), ("never", BLUE)):
         pinned = load(workers=1, max_requests=20, max_seconds=120, headers={"X-Canary": value}).run()
         assert not pinned.not_ok(), tally(pinned.answers)
@@ -218,9 +221,20 @@ def test_split_is_90_10(stack):
 
 
 # ---------------------------------------------------------------------------------------------- changes under load
-def change_under_load(argv: list[str], expect_after: str, *, requests: int, workers: int, rate: float, before: int,
-                      min_after: int, command_timeout: float, keepalive: bool = True, within: float = 120.0,
-                      name: str = "") -> str:
+def change_under_load(
+    argv: list[str],
+    expect_after: str,
+    *,
+    requests: int,
+    workers: int,
+    rate: float,
+    before: int,
+    min_after: int,
+    command_timeout: float,
+    keepalive: bool = True,
+    within: float = 120.0,
+    name: str = "",
+) -> str:
     """Clients that never resend (paced to `rate` per second, at most `requests` in `within` seconds); after
     `before` answers run the command; then `min_after` requests sent after it returned. Every request must be
     answered 200, and every one sent after the command returned by `expect_after`. Returns the command's output."""
@@ -234,17 +248,21 @@ def change_under_load(argv: list[str], expect_after: str, *, requests: int, work
         clients.wait_for(returned, min_after, timeout=max(0.0, began + within - returned))
     after = clients.since(returned)
     name = name or shlex.join([Path(argv[0]).name, *argv[1:2]])
-    print(f"\n`{name}` (rc {result.returncode}, {returned - started:.2f}s): "
-          f"{len(clients.answers)} requests by {workers} clients at <={rate:g}/s "
-          f"({'keepalive' if keepalive else 'a connection per request'}); "
-          f"before it: {dict(tally([a for a in clients.answers if a.sent < started]))}; "
-          f"sent after it returned: {dict(tally(after))}\n{result.stdout}{result.stderr}")
+    print(
+        f"\n`{name}` (rc {result.returncode}, {returned - started:.2f}s): "
+        f"{len(clients.answers)} requests by {workers} clients at <={rate:g}/s "
+        f"({'keepalive' if keepalive else 'a connection per request'}); "
+        f"before it: {dict(tally([a for a in clients.answers if a.sent < started]))}; "
+        f"sent after it returned: {dict(tally(after))}\n{result.stdout}{result.stderr}"
+    )
     assert result.returncode == 0, said(result)
     assert not clients.not_ok(), tally(clients.not_ok())
     assert len(after) >= min_after, f"only {len(after)} requests after the command returned (wanted {min_after})"
     wrong = [a for a in after if a.version != expect_after]
-    assert not wrong, (f"{len(wrong)} answers from other than {expect_after} after the command returned "
-                       f"(first sent {(min(a.sent for a in wrong) - returned) * 1000:.0f} ms after)")
+    assert not wrong, (
+        f"{len(wrong)} answers from other than {expect_after} after the command returned "
+        f"(first sent {(min(a.sent for a in wrong) - returned) * 1000:.0f} ms after)"
+    )
     return result.stdout + result.stderr
 
 
@@ -254,22 +272,50 @@ def test_commands_act_on_compose(name):
 
 
 def test_weight_changes_and_rollback_under_keepalive_load(stack):
-    script = 'for w in 30 70 5 50 100 0 25 90 15 60 40 80; do "$0" set-weight "$w" --compose -m e2e || exit 1; done\n' \
-             '"$0" rollback --compose -m e2e'
-    change_under_load(["bash", "-c", script, CANARY], BLUE, requests=20000, workers=16, rate=150, before=200,
-                      min_after=300, command_timeout=240, name="12 set-weight and a rollback")
+    script = (
+        'for w in 30 70 5 50 100 0 25 90 15 60 40 80; do "$0" set-weight "$w" --compose -m e2e || exit 1; done\n'
+        '"$0" rollback --compose -m e2e'
+    )
+    change_under_load(
+        ["bash", "-c", script, CANARY],
+        BLUE,
+        requests=20000,
+        workers=16,
+        rate=150,
+        before=200,
+        min_after=300,
+        command_timeout=240,
+        name="12 set-weight and a rollback",
+    )
 
 
 def test_shadow_compares_greens_answers_under_keepalive_load(stack):
     # green at 0%: blue answers everyone, nginx's relay passes each /predict on to green, the answers are compared
-    out = change_under_load([CANARY, "shadow", "--compose", "--seconds", "8"], BLUE, requests=5000, workers=8,
-                            rate=100, before=100, min_after=100, command_timeout=120)
+    out = change_under_load(
+        [CANARY, "shadow", "--compose", "--seconds", "8"],
+        BLUE,
+        requests=5000,
+        workers=8,
+        rate=100,
+        before=100,
+        min_after=100,
+        command_timeout=120,
+    )
     assert re.search(r"mirrored [1-9][0-9]* requests", out), out
 
 
 def test_promote_with_a_connection_per_request(stack):
-    change_under_load([CANARY, "promote", "--compose"], GREEN, requests=1500, workers=4, rate=50, before=100,
-                      min_after=200, command_timeout=120, keepalive=False)
+    change_under_load(
+        [CANARY, "promote", "--compose"],
+        GREEN,
+        requests=1500,
+        workers=4,
+        rate=50,
+        before=100,
+        min_after=200,
+        command_timeout=120,
+        keepalive=False,
+    )
 
 
 def test_set_weight_back_to_10_and_the_split_follows(stack):
@@ -278,8 +324,10 @@ def test_set_weight_back_to_10_and_the_split_follows(stack):
     took = time.monotonic() - began
     assert result.returncode == 0, said(result)
     last = json.loads((STATE / "changes.log").read_text().splitlines()[-1])
-    print(f"\ncanary set-weight 10 --compose took {took:.2f} s "
-          f"(nginx applied it {last.get('applied_ms')} ms after the write)")
+    print(
+        f"\ncanary set-weight 10 --compose took {took:.2f} s "
+        f"(nginx applied it {last.get('applied_ms')} ms after the write)"
+    )
     check_split(10)
 
 
@@ -295,7 +343,7 @@ def test_labels_join_by_the_answering_version(stack):
     quality = command([CANARY, "quality", "--compose", "--json"])
     assert quality.returncode == 0, said(quality)
     versions = json.loads(quality.stdout)["versions"]
-    print(f"canary quality --compose: labelled rows {({v['version']: v['labelled'] for v in versions})}")
+    print(f"canary quality --compose: labelled rows { ({v['version']: v['labelled'] for v in versions}) }")
     assert sum(v["labelled"] for v in versions) == 40, versions
 
 
@@ -303,8 +351,16 @@ def test_labels_join_by_the_answering_version(stack):
 @pytest.mark.parametrize("step, expect_after", [(f"deploy {NEXT}", BLUE), ("promote", NEXT), ("finalize", NEXT)])
 def test_next_release_under_keepalive_load(stack, step, expect_after):
     # v1.2.0 from its image: deploy (in place of ml-green, at 0%), promote, finalize (ml-blue takes it over)
-    change_under_load([CANARY, *step.split(), "--compose", "-m", "container-e2e"], expect_after, requests=30000,
-                      workers=16, rate=100, before=200, min_after=300, command_timeout=400)
+    change_under_load(
+        [CANARY, *step.split(), "--compose", "-m", "container-e2e"],
+        expect_after,
+        requests=30000,
+        workers=16,
+        rate=100,
+        before=200,
+        min_after=300,
+        command_timeout=400,
+    )
 
 
 def test_history_lists_the_release(stack):

@@ -62,7 +62,7 @@ def test_changes_under_keepalive_clients_that_never_retry_fail_nothing_and_reloa
             assert result.returncode == 0, result.stderr
             load.wait_for(time.monotonic(), 40, timeout=60)
         after = {}
-        for command, version in (("promote", "v1.1.0"), ("rollback", "v1.0.0")):
+        for command in ("promote", "rollback"):
             result = canary_process(state_dir, command, "-m", f"test {command}")
             assert result.returncode == 0, result.stderr
             after[command] = tally(load.wait_for(time.monotonic(), 300, timeout=120))
@@ -130,9 +130,11 @@ def test_every_worker_applies_a_change_on_its_next_request(control):
         handle.seek(mark)
         served_by = {json.loads(line)["worker"] for line in handle.read().splitlines() if line.startswith(b"{")}
     routes = Counter(response.headers["x-canary-route"] for response, _ in answers)
-    print(f"\nbefore the change: {dict(Counter(before))}; the first request of each of 48 connections after it: "
-          f"{dict(routes)}, served by workers {sorted(served_by)} of {workers}, the last "
-          f"{max(ms for _, ms in answers):.1f} ms after the command returned")
+    print(
+        f"\nbefore the change: {dict(Counter(before))}; the first request of each of 48 connections after it: "
+        f"{dict(routes)}, served by workers {sorted(served_by)} of {workers}, the last "
+        f"{max(ms for _, ms in answers):.1f} ms after the command returned"
+    )
     assert set(before) == {"blue"} and routes == {"green": 48}
     assert served_by == set(workers), "the connections did not reach every worker"
 
@@ -145,7 +147,9 @@ def test_concurrent_changes_never_interleave(control):
     start_serial = routing.read(control.settings.state_dir / routing.STATE_FILE).serial
     results = {}
     threads = [
-        threading.Thread(target=lambda w=w: results.update({w: canary_process(control.settings.state_dir, "set-weight", str(w))}))
+        threading.Thread(
+            target=lambda w=w: results.update({w: canary_process(control.settings.state_dir, "set-weight", str(w))})
+        )
         for w in weights
     ]
     for thread in threads:
@@ -194,8 +198,18 @@ def test_killing_the_tool_never_leaves_a_half_written_state(control):
     outcomes = Counter()
     for attempt in range(12):
         weight = 60 if attempt % 2 == 0 else 10
-        argv = [sys.executable, "-m", "canary_kit.cli", "set-weight", str(weight), "--state-dir", str(control.settings.state_dir)]
-        proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        argv = [
+            sys.executable,
+            "-m",
+            "canary_kit.cli",
+            "set-weight",
+            str(weight),
+            "--state-dir",
+            str(control.settings.state_dir),
+        ]
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(rng.uniform(0.2, 1.2))  # the tool needs about 0.6 s here: kill it before, during and after
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -16,8 +16,8 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from canary_kit.control import split_of
-from canary_kit.targets import LocalTarget
 from canary_kit.dashboard import Poller, create_app
+from canary_kit.targets import LocalTarget
 from conftest import canary_process, free_port, running_stack
 from dashboard_support import TOKEN, chromium, dashboard, fingerprint, text, wait_until
 from load import Load, assert_split, tally
@@ -58,18 +58,29 @@ def test_the_page_shows_both_versions_and_sets_the_weight_and_rolls_back(at_10):
     with Load(settings.url, workers=4, max_requests=100000, max_seconds=300) as load, chromium() as driver:
         load.wait_for(0, 50)
         with dashboard(state_dir) as dash:
-            loaded = time.monotonic()
             driver.get(f"{dash.url}/#token={TOKEN}")
-            shown = wait_until(lambda: text(driver, "blue-version") == "v1.0.0" and text(driver, "green-version") ==
-                               "v1.1.0" and text(driver, "blue-requests").isdigit() and
-                               text(driver, "green-requests").isdigit() and text(driver, "green-weight") == "10%" and
-                               re.match(r"[\d.]+ / [\d.]+", text(driver, "blue-latency")), 10, what="both versions")
+            shown = wait_until(
+                lambda: (
+                    text(driver, "blue-version") == "v1.0.0"
+                    and text(driver, "green-version") == "v1.1.0"
+                    and text(driver, "blue-requests").isdigit()
+                    and text(driver, "green-requests").isdigit()
+                    and text(driver, "green-weight") == "10%"
+                    and re.match(r"[\d.]+ / [\d.]+", text(driver, "blue-latency"))
+                ),
+                10,
+                what="both versions",
+            )
             rates = wait_until(lambda: text(driver, "blue-rps") != "-" and text(driver, "green-rps") != "-", 10)
-            figures = {c: [text(driver, f"{c}-{k}") for k in ("weight", "health", "rps", "requests", "latency")]
-                       for c in ("blue", "green")}
-            print(f"\ndashboard answered {dash.ready - dash.started:.2f} s after its start; the page showed both "
-                  f"versions' figures {shown:.2f} s after it was opened ({time.monotonic() - dash.started:.2f} s "
-                  f"after the start), rates {rates:.2f} s later: {figures}")
+            figures = {
+                c: [text(driver, f"{c}-{k}") for k in ("weight", "health", "rps", "requests", "latency")]
+                for c in ("blue", "green")
+            }
+            print(
+                f"\ndashboard answered {dash.ready - dash.started:.2f} s after its start; the page showed both "
+                f"versions' figures {shown:.2f} s after it was opened ({time.monotonic() - dash.started:.2f} s "
+                f"after the start), rates {rates:.2f} s later: {figures}"
+            )
             assert shown < 2.0
             assert driver.current_url.endswith("/"), "the token is taken out of the address bar"
 
@@ -86,9 +97,11 @@ def test_the_page_shows_both_versions_and_sets_the_weight_and_rolls_back(at_10):
             clicked = click(driver, "set-weight")
             took = wait_until(lambda: text(driver, "green-weight") == "50%" and "green 50%" in text(driver, "split"), 5)
             wait_until(lambda: text(driver, "message") == "green 10% -> 50%  (blue 50%)", 5, what="the CLI's line")
-            confirmed = wait_until(lambda: dash.state()["status"]["green_weight"] == 50, 5)
-            print(f"set weight 50: the page showed 50% {took:.2f} s after the click, the poller confirmed it "
-                  f"{time.monotonic() - clicked:.2f} s after it")
+            wait_until(lambda: dash.state()["status"]["green_weight"] == 50, 5)
+            print(
+                f"set weight 50: the page showed 50% {took:.2f} s after the click, the poller confirmed it "
+                f"{time.monotonic() - clicked:.2f} s after it"
+            )
             assert took < 2.0
             assert last_change(state_dir)["event"] == "set-weight"
             assert last_change(state_dir)["reason"] == "test: from the page (dashboard)"
@@ -130,8 +143,12 @@ def test_actions_without_the_token_from_elsewhere_or_by_get_are_refused_and_chan
             "foreign Origin": dash.post("set-weight", {"weight": 50}, Origin="http://evil.example"),
             "cross-site fetch": dash.post("set-weight", {"weight": 50}, **{"Sec-Fetch-Site": "cross-site"}),
             "GET": httpx.get(f"{url}?weight=50", headers={"X-Canary-Token": TOKEN}, trust_env=False),
-            "a form post": httpx.post(url, content="weight=50", trust_env=False, headers={
-                "X-Canary-Token": TOKEN, "Content-Type": "application/x-www-form-urlencoded"}),
+            "a form post": httpx.post(
+                url,
+                content="weight=50",
+                trust_env=False,
+                headers={"X-Canary-Token": TOKEN, "Content-Type": "application/x-www-form-urlencoded"},
+            ),
             "another Host (DNS rebinding)": dash.post("set-weight", {"weight": 50}, Host="evil.example"),
             "a stale view": dash.post("set-weight", {"weight": 50, "serial": serial - 1}),
             "promote, stale": dash.post("promote", {"serial": serial - 1}),
@@ -141,9 +158,17 @@ def test_actions_without_the_token_from_elsewhere_or_by_get_are_refused_and_chan
         print("\n" + "\n".join(f"{name}: {code} {line}" for name, (code, line) in lines.items()))
         assert fingerprint(state_dir) == before, "a refused action changed the state"
         assert {name: code for name, (code, _) in lines.items()} == {
-            "no token": 401, "wrong token": 403, "foreign Origin": 403, "cross-site fetch": 403, "GET": 405,
-            "a form post": 415, "another Host (DNS rebinding)": 403, "a stale view": 409, "promote, stale": 409,
-            "pause, no rollout": 409}
+            "no token": 401,
+            "wrong token": 403,
+            "foreign Origin": 403,
+            "cross-site fetch": 403,
+            "GET": 405,
+            "a form post": 415,
+            "another Host (DNS rebinding)": 403,
+            "a stale view": 409,
+            "promote, stale": 409,
+            "pause, no rollout": 409,
+        }
         assert lines["a stale view"][1] == "the state was changed by someone else (green now 10%); leaving it as it is"
         assert lines["pause, no rollout"][1] == "no rollout is running"
         assert "\n" not in "".join(line for _, line in lines.values())
@@ -194,8 +219,11 @@ def dashboard_in_process(state_dir, counts: Counter):
     make_target = lambda: Counting(LocalTarget(state_dir), counts)  # noqa: E731
     poller = Poller(make_target, state_dir).start()
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(poller, make_target, TOKEN), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(poller, make_target, TOKEN), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

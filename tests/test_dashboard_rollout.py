@@ -93,11 +93,13 @@ def test_pause_and_abort_a_running_rollout_from_the_page(next_green, action):
         wait_until(lambda: text(driver, "rollout-state").startswith(state), 5, what=f"the page shows {state}")
         shown = text(driver, "message")
     acted = stamp(output, "asked from outside")
-    print(f"\n{action} from the page: the rollout acted {acted:.1f} s after the click and ended {took:.2f} s after "
-          f"it (exit {code}); "
-          f"the page said: {shown}\n{output}")
+    print(
+        f"\n{action} from the page: the rollout acted {acted:.1f} s after the click and ended {took:.2f} s after "
+        f"it (exit {code}); "
+        f"the page said: {shown}\n{output}"
+    )
     assert f"{action} asked from outside" in output, output
-    assert f"by the dashboard (" in output and f"(test: {action} from the page)" in output
+    assert "by the dashboard (" in output and f"(test: {action} from the page)" in output
     last = unstamped(output)[-1]
     if action == "pause":
         assert code == 2 and last.startswith("paused: at 10%: pause asked from outside"), output
@@ -120,8 +122,14 @@ def test_screenshots_of_the_weak_model_mid_rollout_and_after_its_automatic_rollb
             time.sleep(20)  # some minutes of history on the charts before the rollout (here: seconds)
             proc = rollout(state_dir, "--hold", "8", "--max-failed-checks", "3", "--steps", "10,25,50,100")
             try:
-                wait_until(lambda: "fail, verdict hold - class divergence" in text(driver, "rollout-check") and
-                           text(driver, "rollout-state").startswith("running"), 90, what="a failed check, running")
+                wait_until(
+                    lambda: (
+                        "fail, verdict hold - class divergence" in text(driver, "rollout-check")
+                        and text(driver, "rollout-state").startswith("running")
+                    ),
+                    90,
+                    what="a failed check, running",
+                )
                 time.sleep(1.5)  # the gate grid drawn
                 mid = screenshot(driver, "dashboard-rollout.png", tmp_path)
                 gates_mid = text(driver, "gates")
@@ -129,8 +137,13 @@ def test_screenshots_of_the_weak_model_mid_rollout_and_after_its_automatic_rollb
             finally:
                 if proc.poll() is None:
                     proc.kill()
-            wait_until(lambda: text(driver, "rollout-state").startswith("rolled back") and
-                       text(driver, "green-weight") == "0%", 10, what="the rollback on the page")
+            wait_until(
+                lambda: (
+                    text(driver, "rollout-state").startswith("rolled back") and text(driver, "green-weight") == "0%"
+                ),
+                10,
+                what="the rollback on the page",
+            )
             time.sleep(4)  # a few seconds at 0% on the charts
             after = screenshot(driver, "dashboard-rolled-back.png", tmp_path)
             final = text(driver, "rollout-state")

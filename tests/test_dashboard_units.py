@@ -32,8 +32,9 @@ def test_the_channel_publishes_progress_and_takes_only_requests_meant_for_its_ro
     (tmp_path / "rollouts" / "control.json").write_text('{"action": "pause", "rollout": "another one"}')
     channel.check()  # not for this rollout: ignored, and removed
     assert not (tmp_path / "rollouts" / "control.json").exists()
-    (tmp_path / "rollouts" / "control.json").write_text(json.dumps(
-        {"action": "pause", "rollout": result.started, "by": "ana", "reason": "lunch"}))
+    (tmp_path / "rollouts" / "control.json").write_text(
+        json.dumps({"action": "pause", "rollout": result.started, "by": "ana", "reason": "lunch"})
+    )
     with pytest.raises(live.Interrupted) as asked:
         channel.check()
     assert (asked.value.action, asked.value.by, asked.value.reason) == ("pause", "ana", "lunch")
@@ -48,7 +49,7 @@ def test_the_channel_publishes_progress_and_takes_only_requests_meant_for_its_ro
 def test_a_running_rollout_whose_process_is_gone_reads_as_interrupted(tmp_path):
     live.Channel(tmp_path, rollout())
     data = json.loads((tmp_path / "rollouts" / "current.json").read_text())
-    (tmp_path / "rollouts" / "current.json").write_text(json.dumps({**data, "pid": 2 ** 22 + 12345}))
+    (tmp_path / "rollouts" / "current.json").write_text(json.dumps({**data, "pid": 2**22 + 12345}))
     assert live.read(tmp_path)["state"] == "interrupted"
     with pytest.raises(CanaryError, match="no rollout is running"):
         live.request(tmp_path, "abort", "ana")
@@ -56,12 +57,28 @@ def test_a_running_rollout_whose_process_is_gone_reads_as_interrupted(tmp_path):
 
 def test_charts_share_one_time_axis_and_escape_what_they_show():
     now = 1_000_000.0
-    samples = [{"t": now - 30 + i, "weight": 10, "divergence": 0.1,
-                "blue": {"rps": 100.0, "error_rate": 0.0, "p50_ms": 5.0, "p99_ms": 20.0, "confidence": 0.9},
-                "green": None if i == 10 else {"rps": 10.0, "error_rate": 0.01, "p50_ms": 6.0, "p99_ms": 30.0,
-                                               "confidence": 0.7}} for i in range(30)]
-    history = [{"unix": now - 20, "time": "2026-01-01T00:00:00+00:00", "event": "set-weight", "old_green_weight": 0,
-                "new_green_weight": 10, "reason": "<script>alert(1)</script>"}]
+    samples = [
+        {
+            "t": now - 30 + i,
+            "weight": 10,
+            "divergence": 0.1,
+            "blue": {"rps": 100.0, "error_rate": 0.0, "p50_ms": 5.0, "p99_ms": 20.0, "confidence": 0.9},
+            "green": None
+            if i == 10
+            else {"rps": 10.0, "error_rate": 0.01, "p50_ms": 6.0, "p99_ms": 30.0, "confidence": 0.7},
+        }
+        for i in range(30)
+    ]
+    history = [
+        {
+            "unix": now - 20,
+            "time": "2026-01-01T00:00:00+00:00",
+            "event": "set-weight",
+            "old_green_weight": 0,
+            "new_green_weight": 10,
+            "reason": "<script>alert(1)</script>",
+        }
+    ]
     checks = [{**Check(1, 10, "hold", "x", 5.0, outcome="fail").__dict__, "wall": now - 5}]
     charts = dashcharts.render(samples, history, {"checks": checks}, now)
     assert set(charts) == {"weight", "rps", "errors", "latency", "confidence", "divergence", "gates"}
@@ -78,4 +95,10 @@ def test_the_token_and_loopback(monkeypatch):
     with pytest.raises(CanaryError, match="at least 16"):
         get_token()
     assert [is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0", "evil.example")] == [
-        True, True, True, True, False, False]
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]

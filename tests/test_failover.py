@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 from typer.testing import CliRunner
 
 from canary_kit.cli import app
-
 from conftest import running_stack
 from load import Load, tally
 
 pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def half_and_half(trained, tmp_path):
     """A stack of its own at 50/50: this test kills one of its processes."""
     with running_stack(tmp_path, green_weight=50) as running:
         yield running
+
 
 def test_killing_green_under_load_fails_no_request(half_and_half):
     own_stack = half_and_half

@@ -32,8 +32,12 @@ def test_a_healthy_window_advances_with_every_gate_passing():
     print(decision)
     assert decision.verdict == "advance" and decision.outcome == "pass"
     assert {g.name: g.status for g in decision.gates} == {
-        "max_error_rate": "pass", "max_p99_ms": "pass", "max_p99_ratio": "pass", "srm_p_value": "pass",
-        "max_class_divergence": "pass", "max_confidence_drop": "pass",
+        "max_error_rate": "pass",
+        "max_p99_ms": "pass",
+        "max_p99_ratio": "pass",
+        "srm_p_value": "pass",
+        "max_class_divergence": "pass",
+        "max_confidence_drop": "pass",
     }
 
 
@@ -70,8 +74,12 @@ def test_a_quiet_window_holds_then_pauses():
 
 
 def test_at_100_percent_blue_is_compared_through_its_last_full_window():
-    at_100 = window("weak", blue={**RECORDED["weak"]["blue"], "rows": 0, "requests": 0, "class_rows": {}},
-                    split=None, blue_reference=RECORDED["weak"]["blue"])
+    at_100 = window(
+        "weak",
+        blue={**RECORDED["weak"]["blue"], "rows": 0, "requests": 0, "class_rows": {}},
+        split=None,
+        blue_reference=RECORDED["weak"]["blue"],
+    )
     decision = decide(spec(), Step(4, 100), at_100)
     assert decision.reason.startswith("class divergence"), decision
     assert {g.name: g.status for g in decision.gates}["srm_p_value"] == "skipped"

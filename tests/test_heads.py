@@ -87,7 +87,9 @@ def read(conn: socket.socket, done=lambda got: False, seconds: float = 10) -> by
 
 
 @pytest.mark.parametrize("parser", ["httptools", "h11"])
-@pytest.mark.parametrize("held, query", [(True, "30"), (True, "stream"), (False, "30")], ids=["held", "stream", "plain"])
+@pytest.mark.parametrize(
+    "held, query", [(True, "30"), (True, "stream"), (False, "30")], ids=["held", "stream", "plain"]
+)
 def test_a_worker_killed_between_head_and_body_leaves_no_half_answer(held, query, parser):
     proc, conn = serve(held, parser)
     try:
@@ -100,7 +102,10 @@ def test_a_worker_killed_between_head_and_body_leaves_no_half_answer(held, query
     finally:
         stop(proc, conn)
     seen = before_kill + after_kill
-    print(f"\n{parser}, {'held' if held else 'plain'} ?{query}: {len(before_kill)} bytes before the kill, {len(after_kill)} after")
+    print(
+        f"\n{parser}, {'held' if held else 'plain'} ?{query}: "
+        f"{len(before_kill)} bytes before the kill, {len(after_kill)} after"
+    )
     if held:  # nothing at all: nginx fails the request over to the other version
         assert seen == b"", f"a half answer reached the client: {seen!r}"
     else:  # the control: without it, uvicorn sends the head alone, and a kill leaves it cut
@@ -164,7 +169,9 @@ def test_a_uvicorn_without_the_expected_layout_is_reported_not_wrapped(monkeypat
 
     fake = types.SimpleNamespace(RequestResponseCycle=Cycle)
     real = importlib.import_module
-    monkeypatch.setattr(importlib, "import_module", lambda name, *a: fake if name.startswith("uvicorn.protocols") else real(name, *a))
+    monkeypatch.setattr(
+        importlib, "import_module", lambda name, *a: fake if name.startswith("uvicorn.protocols") else real(name, *a)
+    )
     monkeypatch.setattr(web, "WRAPPED", [])
     with caplog.at_level(logging.ERROR, logger=web.logger.name):
         wrapped = web.send_heads_with_bodies()

@@ -14,8 +14,6 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import ROOT
-from conftest import k8s_served as served
 from jsonschema import Draft7Validator
 from typer.testing import CliRunner
 
@@ -24,6 +22,8 @@ from canary_kit.cli import app
 from canary_kit.config import CanaryError, Settings
 from canary_kit.spec import load_spec
 from canary_kit.stats import chi2_critical
+from conftest import ROOT
+from conftest import k8s_served as served
 
 BASE = ROOT / "deploy" / "k8s"
 SCHEMAS = Path(__file__).with_name("k8s_schemas")
@@ -56,7 +56,9 @@ def _strict(node):
 @lru_cache
 def crd_validator(name: str) -> Draft7Validator:
     schema = _strict(json.loads((SCHEMAS / name).read_text()))
-    schema["properties"].update({"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}})
+    schema["properties"].update(
+        {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}}
+    )
     return Draft7Validator(schema)
 
 
@@ -105,10 +107,14 @@ def test_committed_base_is_what_the_generator_writes(tmp_path):
     k8s.render(served(), load_spec(None, {}), tmp_path, "canary_kit/rollout.yaml")
     again = tmp_path / "again"
     k8s.render(served(), load_spec(None, {}), again, "canary_kit/rollout.yaml")
-    assert sorted(p.name for p in BASE.iterdir()) == sorted(k8s.FILES), "deploy/k8s holds files the generator does not write"
+    assert sorted(p.name for p in BASE.iterdir()) == sorted(k8s.FILES), (
+        "deploy/k8s holds files the generator does not write"
+    )
     for name in k8s.FILES:
         assert (tmp_path / name).read_text() == (again / name).read_text(), f"{name} differs between two renders"
-        assert (BASE / name).read_text() == (tmp_path / name).read_text(), f"deploy/k8s/{name} is stale: run `canary k8s render`"
+        assert (BASE / name).read_text() == (tmp_path / name).read_text(), (
+            f"deploy/k8s/{name} is stale: run `canary k8s render`"
+        )
 
 
 @needs_kubectl
@@ -147,7 +153,8 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
         "steps: [5, 50, 100]\nhold_seconds: 12.5\nmax_inconclusive: 4\nmax_failed_checks: 3\n"
         "gates: {max_error_rate: {threshold: 0.02, min_rows: 20}, max_p99_ms: {threshold: 200, min_rows: 21},\n"
         "        max_p99_ratio: {threshold: 2.5, min_rows: 22}, srm_p_value: {threshold: 0.01, min_rows: 300},\n"
-        "        max_class_divergence: {threshold: 0.2, min_rows: 150}, max_confidence_drop: {threshold: 0.05, min_rows: 160}}\n"
+        "        max_class_divergence: {threshold: 0.2, min_rows: 150},\n"
+        "        max_confidence_drop: {threshold: 0.05, min_rows: 160}}\n"
     )
     spec = load_spec(spec_file, {})
     files = k8s.manifests(served(image_tag="v1.2.0"), spec)
@@ -155,14 +162,25 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
     hold = {"pause": {"duration": "12500ms"}}
     routes = [s for s in canary["steps"] if "setHeaderRoute" in s]
     judged = [s["analysis"] for s in canary["steps"] if "analysis" in s]
-    assert canary["steps"] == [{"setWeight": 5}, *routes, hold, {"analysis": judged[0]}, {"setWeight": 50}, hold,
-                               {"analysis": judged[1]}, {"setWeight": 100}, hold]  # no split to test at 100%
+    assert canary["steps"] == [
+        {"setWeight": 5},
+        *routes,
+        hold,
+        {"analysis": judged[0]},
+        {"setWeight": 50},
+        hold,
+        {"analysis": judged[1]},
+        {"setWeight": 100},
+        hold,
+    ]  # no split to test at 100%
     for analysis, weight in zip(judged, ("5", "50")):
         assert analysis["templates"] == [{"templateName": "penguin-classifier-split"}]
         args = {a["name"]: a for a in analysis["args"]}
         assert args["weight"] == {"name": "weight", "value": weight}
         assert args["canary-hash"]["valueFrom"] == {"podTemplateHashValue": "Latest"}
-    assert [r["setHeaderRoute"]["name"] for r in routes] == [m["name"] for m in canary["trafficRouting"]["managedRoutes"]]
+    assert [r["setHeaderRoute"]["name"] for r in routes] == [
+        m["name"] for m in canary["trafficRouting"]["managedRoutes"]
+    ]
     assert [r["setHeaderRoute"]["match"] for r in routes] == [
         [{"headerName": "X-Canary", "headerValue": {"exact": "always"}}],
         [{"headerName": "Cookie", "headerValue": {"regex": k8s.cookie_regex("always")}}],
@@ -193,8 +211,13 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
     assert "{{args.weight}}" in srm["provider"]["prometheus"]["query"] and {"name": "weight"} in split["spec"]["args"]
     assert yaml.safe_load(files["kustomization.yaml"])["images"] == [{"name": "penguin_classifier", "newTag": "v1.2.0"}]
     assert "/livez" in files["rollout.yaml"] and "/readyz" in files["rollout.yaml"]
-    assert [p for text in files.values() for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"
-            for p in validate(d)] == []
+    assert [
+        p
+        for text in files.values()
+        for d in yaml.safe_load_all(text)
+        if d["kind"] != "Kustomization"
+        for p in validate(d)
+    ] == []
 
 
 def docs_of(spec, given: k8s.ServedModel | None = None) -> list[dict]:
@@ -224,7 +247,9 @@ def test_on_failure_pause_makes_a_breach_inconclusive_and_says_so(tmp_path):
         for metric in template["spec"]["metrics"]:
             assert metric["failureCondition"] == "false" and metric["inconclusiveLimit"] == 1, metric["name"]
             assert k8s_checks.verdict(metric, [1e9]) == "Inconclusive"  # the Argo Rollout pauses, split kept
-            assert k8s_checks.verdict(metric, []) == "Inconclusive" and k8s_checks.verdict(metric, [0.0]) == "Successful"
+            assert (
+                k8s_checks.verdict(metric, []) == "Inconclusive" and k8s_checks.verdict(metric, [0.0]) == "Successful"
+            )
     k8s.render(served(), spec, tmp_path, "spec.yaml")
     for name in ("rollout.yaml", "analysistemplate.yaml"):
         assert "on_failure: pause" in (tmp_path / name).read_text(), name
@@ -245,9 +270,16 @@ def test_gates_turned_off_or_unknown_to_the_service_are_not_rendered(tmp_path):
 
 @pytest.mark.parametrize(
     "cookie,pinned",
-    [("canary=always", "always"), ("a=1; canary=always", "always"), ("canary=always;b=2", "always"),
-     ("canary=never", "never"), ("x=2;  canary=never ; y=3", "never"), ("notcanary=always", None),
-     ("canary=alwaysx", None), ("canary=sometimes", None)],
+    [
+        ("canary=always", "always"),
+        ("a=1; canary=always", "always"),
+        ("canary=always;b=2", "always"),
+        ("canary=never", "never"),
+        ("x=2;  canary=never ; y=3", "never"),
+        ("notcanary=always", None),
+        ("canary=alwaysx", None),
+        ("canary=sometimes", None),
+    ],
 )
 def test_cookie_pins_match_as_full_and_as_partial_regex(cookie, pinned):
     for value in ("always", "never"):
@@ -271,6 +303,7 @@ def test_an_empty_answer_is_inconclusive_and_thresholds_decide_the_rest():
 
 
 # --- seeded errors: each refused, naming the problem ------------------------------------------------------------
+
 
 def seeded(tmp_path: Path, file: str, old: str, new: str) -> Path:
     folder = tmp_path / "k8s"
@@ -302,36 +335,102 @@ def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, me
 @seeds(
     ("rollout.yaml", "setWeight: 50", "setWeight: 150", "steps[8].setWeight: 150 is outside 0-100"),
     ("rollout.yaml", "setWeight: 50", "setWeight: 20", "setWeight: 20 does not rise above the previous step's 25"),
-    ("services.yaml", "name: penguin-classifier-canary", "name: penguin-classifier-canery",
-     "canaryService 'penguin-classifier-canary' is not a Service of this base"),
-    ("analysistemplate.yaml", "bentoml_service_request_duration_seconds_bucket", "bentoml_request_latency_bucket",
-     "series 'bentoml_request_latency_bucket' is not exported by the backends"),
-    ("analysistemplate.yaml", "penguin_predicted_class_total{", "penguin_predicted_classes_total{",
-     "series 'penguin_predicted_classes_total' is not exported by the backends"),
-    ("analysistemplate.yaml", "penguin_prediction_confidence_sum{", "penguin_prediction_confidence_sum{endpoint=\"/predict\",",
-     "label 'endpoint' is not on penguin_prediction_confidence_sum"),
-    ("analysistemplate.yaml", "sum by (class)", "sum by (klass)", "grouping label 'klass' is on none of the selected series"),
-    ("rollout.yaml", "value: '25'", "value: '30'", "steps[7].analysis: arg weight is '30', not the weight its step set (25)"),
-    ("rollout.yaml", "templateName: penguin-classifier-split", "templateName: split",
-     "steps[4].analysis: templateName 'split' is not an AnalysisTemplate"),
-    ("rollout.yaml", "          - name: weight\n            value: '10'\n", "",
-     "arg 'weight' has no value and the Rollout does not supply it"),
-    ("analysistemplate.yaml", 'endpoint="/predict"', 'path="/predict"', "label 'path' is not on bentoml_service_request_total"),
+    (
+        "services.yaml",
+        "name: penguin-classifier-canary",
+        "name: penguin-classifier-canery",
+        "canaryService 'penguin-classifier-canary' is not a Service of this base",
+    ),
+    (
+        "analysistemplate.yaml",
+        "bentoml_service_request_duration_seconds_bucket",
+        "bentoml_request_latency_bucket",
+        "series 'bentoml_request_latency_bucket' is not exported by the backends",
+    ),
+    (
+        "analysistemplate.yaml",
+        "penguin_predicted_class_total{",
+        "penguin_predicted_classes_total{",
+        "series 'penguin_predicted_classes_total' is not exported by the backends",
+    ),
+    (
+        "analysistemplate.yaml",
+        "penguin_prediction_confidence_sum{",
+        'penguin_prediction_confidence_sum{endpoint="/predict",',
+        "label 'endpoint' is not on penguin_prediction_confidence_sum",
+    ),
+    (
+        "analysistemplate.yaml",
+        "sum by (class)",
+        "sum by (klass)",
+        "grouping label 'klass' is on none of the selected series",
+    ),
+    (
+        "rollout.yaml",
+        "value: '25'",
+        "value: '30'",
+        "steps[7].analysis: arg weight is '30', not the weight its step set (25)",
+    ),
+    (
+        "rollout.yaml",
+        "templateName: penguin-classifier-split",
+        "templateName: split",
+        "steps[4].analysis: templateName 'split' is not an AnalysisTemplate",
+    ),
+    (
+        "rollout.yaml",
+        "          - name: weight\n            value: '10'\n",
+        "",
+        "arg 'weight' has no value and the Rollout does not supply it",
+    ),
+    (
+        "analysistemplate.yaml",
+        'endpoint="/predict"',
+        'path="/predict"',
+        "label 'path' is not on bentoml_service_request_total",
+    ),
     ("analysistemplate.yaml", 'endpoint="/predict"', 'endpoint="/readyz"', "so probes never count"),
-    ("rollout.yaml", "- name: canary-cookie", "- name: canary-cookies", "route 'canary-cookie' is not in managedRoutes"),
+    (
+        "rollout.yaml",
+        "- name: canary-cookie",
+        "- name: canary-cookies",
+        "route 'canary-cookie' is not in managedRoutes",
+    ),
     ("httproutes.yaml", "name: never-cookie", "name: never-header", "rule names are not unique"),
-    ("rollout.yaml", "templateName: penguin-classifier-gates", "templateName: gates", "templateName 'gates' is not an AnalysisTemplate"),
+    (
+        "rollout.yaml",
+        "templateName: penguin-classifier-gates",
+        "templateName: gates",
+        "templateName 'gates' is not an AnalysisTemplate",
+    ),
     ("rollout.yaml", "- name: penguin-classifier-split", "- name: split", "httpRoute 'split' is not an HTTPRoute"),
-    ("analysistemplate.yaml", "{{args.stable-hash}}", "{{args.blue-hash}}", "uses {{args.blue-hash}}, which the template does not declare"),
-    ("analysistemplate.yaml", "    failureCondition: len(result) == 1 && result[0] > 0.01\n", "",
-     "an empty answer (too little traffic) would be Failed, not Inconclusive"),
+    (
+        "analysistemplate.yaml",
+        "{{args.stable-hash}}",
+        "{{args.blue-hash}}",
+        "uses {{args.blue-hash}}, which the template does not declare",
+    ),
+    (
+        "analysistemplate.yaml",
+        "    failureCondition: len(result) == 1 && result[0] > 0.01\n",
+        "",
+        "an empty answer (too little traffic) would be Failed, not Inconclusive",
+    ),
     ("services.yaml", "targetPort: http", "targetPort: web", "targetPort 'web' is not a container port"),
     ("rollout.yaml", "startingStep: 1", "startingStep: 13", "analysis.startingStep 13 is not a step (0-12)"),
     ("httproutes.yaml", "  - name: gateway", "  - name: Bad_Gateway!", "parentRef 'Bad_Gateway!' is not a valid"),
-    ("services.yaml", "name: penguin-classifier-canary", "name: penguin.classifier-canary",
-     "a Service name must be a DNS label"),
-    ("analysistemplate.yaml", "address: http://prometheus.monitoring.svc:9090", "address: prometheus:9090",
-     "Prometheus address 'prometheus:9090' is not an http(s) URL"),
+    (
+        "services.yaml",
+        "name: penguin-classifier-canary",
+        "name: penguin.classifier-canary",
+        "a Service name must be a DNS label",
+    ),
+    (
+        "analysistemplate.yaml",
+        "address: http://prometheus.monitoring.svc:9090",
+        "address: prometheus:9090",
+        "Prometheus address 'prometheus:9090' is not an http(s) URL",
+    ),
 )
 def test_what_schemas_miss_is_refused_by_the_checks(tmp_path, file, old, new, message):
     docs = render(seeded(tmp_path, file, old, new))
@@ -358,8 +457,13 @@ def test_canary_k8s_render_writes_the_base_and_refuses_bad_values(tmp_path):
     assert "newTag: v1.2.0" in (out / "kustomization.yaml").read_text()
     spec = tmp_path / "spec.yaml"
     spec.write_text("steps: [10, 150]\n")
-    for args in (["--spec", str(spec)], ["--image-tag", "v1 2"], ["--gateway", "Bad_Name!"], ["--gateway", "gateway\n"],
-                 ["--prometheus", "x y"]):
+    for args in (
+        ["--spec", str(spec)],
+        ["--image-tag", "v1 2"],
+        ["--gateway", "Bad_Name!"],
+        ["--gateway", "gateway\n"],
+        ["--prometheus", "x y"],
+    ):
         bad = CliRunner().invoke(app, ["k8s", "render", "--out", str(tmp_path / "x"), *args])
         assert bad.exit_code == 1 and bad.output.startswith("error: ") and len(bad.output.strip().splitlines()) == 1
 

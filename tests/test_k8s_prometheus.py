@@ -24,9 +24,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import EXAMPLE_ROW, ROOT, data_rows, free_port, running_stack
-from conftest import k8s_served as served
-from load import Load, tally
 from typer.testing import CliRunner
 
 from canary_kit import k8s, k8s_analysis, k8s_checks
@@ -36,6 +33,9 @@ from canary_kit.metrics import Snapshot, window
 from canary_kit.spec import load_spec
 from canary_kit.stack import Child
 from canary_kit.stats import chi2_critical, js_distance, srm_p_value
+from conftest import EXAMPLE_ROW, ROOT, data_rows, free_port, running_stack
+from conftest import k8s_served as served
+from load import Load, tally
 
 pytestmark = pytest.mark.integration
 TEMPLATE = ROOT / "deploy" / "k8s" / "analysistemplate.yaml"
@@ -56,11 +56,19 @@ def prometheus(targets: dict[str, str], folder: Path):
     if binary is None:
         pytest.skip("prometheus is not installed (Debian: apt-get install prometheus): the gates cannot run for real")
     static = [{"targets": [addr], "labels": {"namespace": NAMESPACE, k8s.HASH_LABEL: h}} for h, addr in targets.items()]
-    config = {"global": {"scrape_interval": "1s"}, "scrape_configs": [{"job_name": "bentoml", "static_configs": static}]}
+    config = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "bentoml", "static_configs": static}],
+    }
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    argv = [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    argv = [
+        binary,
+        f"--config.file={folder / 'prometheus.yml'}",
+        f"--storage.tsdb.path={folder / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
     child = Child("prometheus", argv, folder / "prometheus.log")
     url = f"http://127.0.0.1:{port}"
     try:
@@ -73,7 +81,9 @@ def prometheus(targets: dict[str, str], folder: Path):
                     break
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
-            assert time.monotonic() < deadline, f"prometheus targets not up: {(folder / 'prometheus.log').read_text()[-2000:]}"
+            assert time.monotonic() < deadline, (
+                f"prometheus targets not up: {(folder / 'prometheus.log').read_text()[-2000:]}"
+            )
             assert child.exit_code() is None, f"prometheus exited: {(folder / 'prometheus.log').read_text()[-2000:]}"
             time.sleep(0.3)
         yield url
@@ -133,11 +143,18 @@ def bucket(seconds: float, bounds: list[float]) -> tuple[float, float]:
     return max((b for b in bounds if b < upper), default=0.0), upper
 
 
-def judged(url: str, started: float, at: float, canary_hash: str = "green", weight: int = 50) -> tuple[int, dict[str, list[float]]]:
+def judged(
+    url: str, started: float, at: float, canary_hash: str = "green", weight: int = 50
+) -> tuple[int, dict[str, list[float]]]:
     """The window from just after `started` to `at`, as each gate's query sees it (the step set `weight`)."""
     seconds = int(at - started) - 1  # begins after the baseline, before any request of the window
-    args = {"canary-hash": canary_hash, "stable-hash": "blue", "namespace": NAMESPACE, "window": f"{seconds}s",
-            "weight": str(weight)}
+    args = {
+        "canary-hash": canary_hash,
+        "stable-hash": "blue",
+        "namespace": NAMESPACE,
+        "window": f"{seconds}s",
+        "weight": str(weight),
+    }
     return seconds, {name: evaluate(url, m["provider"]["prometheus"]["query"], args, at) for name, m in gates().items()}
 
 
@@ -179,10 +196,17 @@ def test_gates_in_prometheus_judge_the_window_as_canary_status_does(stack, tmp_p
                 slack = figures["requests"] * 2.2 / (seconds - 2.2) + 5  # up to 1.1 scrape intervals each side
                 assert abs(counted[color] - figures["requests"]) <= slack, (color, counted, figures)
             assert found["error-rate"] == [pytest.approx(green["error_rate"], abs=1e-9)]
-            bounds = sorted(float(b) for b in Snapshot.parse(httpx.get(settings.slot_url("green_a") + "/metrics").text).buckets if b != math.inf)
+            bounds = sorted(
+                float(b)
+                for b in Snapshot.parse(httpx.get(settings.slot_url("green_a") + "/metrics").text).buckets
+                if b != math.inf
+            )
             low, high = bucket(green["p99_ms"] / 1000, bounds)
             assert abs(found["p99-seconds"][0] - green["p99_ms"] / 1000) <= high - low, (found, green, (low, high))
-            (g_low, g_high), (b_low, b_high) = bucket(green["p99_ms"] / 1000, bounds), bucket(blue["p99_ms"] / 1000, bounds)
+            (g_low, g_high), (b_low, b_high) = (
+                bucket(green["p99_ms"] / 1000, bounds),
+                bucket(blue["p99_ms"] / 1000, bounds),
+            )
             assert g_low / b_high <= found["p99-ratio"][0] <= (g_high / b_low if b_low else math.inf)
             # The same verdicts as the figures `canary status` computed (p99 within a bucket: a slow machine may fail).
             assert (verdicts["error-rate"] == "Failed") == (green["error_rate"] > spec.gates.max_error_rate.threshold)
@@ -209,8 +233,10 @@ def test_gates_in_prometheus_judge_the_window_as_canary_status_does(stack, tmp_p
             seconds, found = judged(url, at - 9, at, canary_hash="synthetic")
             figures = window(first, Snapshot.parse(Synthetic.text())).as_dict()
             verdict = k8s_checks.verdict(gates()["error-rate"], found["error-rate"])
-            print(f"synthetic {seconds}s: prometheus error rate {found['error-rate']} -> {verdict}; "
-                  f"snapshots {figures['errors']}/{figures['requests']} = {figures['error_rate']}")
+            print(
+                f"synthetic {seconds}s: prometheus error rate {found['error-rate']} -> {verdict}; "
+                f"snapshots {figures['errors']}/{figures['requests']} = {figures['error_rate']}"
+            )
             assert found["error-rate"] == [pytest.approx(figures["error_rate"], rel=1e-6)] and verdict == "Failed"
             assert figures["error_rate"] > spec.gates.max_error_rate.threshold
     finally:
@@ -252,8 +278,15 @@ def quality_window(settings, url: str, weight: int, **load) -> dict:
     confidence = Settings().confidence_metric
 
     def mean(which: str) -> float | None:
-        sums, counts = (one(url, f"sum({k8s_analysis.increase(f'{confidence}_{part}', '{' + k8s_analysis.pods(which) + '}')})", args, at)
-                        for part in ("sum", "count"))
+        sums, counts = (
+            one(
+                url,
+                f"sum({k8s_analysis.increase(f'{confidence}_{part}', '{' + k8s_analysis.pods(which) + '}')})",
+                args,
+                at,
+            )
+            for part in ("sum", "count")
+        )
         return sums / counts if counts else None
 
     def requests(which: str) -> float:  # now minus a window ago, as the gate counts them
@@ -293,25 +326,41 @@ def test_quality_gates_fail_the_weak_green_and_pass_v1_2_0(more_versions, tmp_pa
             settings = running.settings
             canary(settings, "set-weight", "50", "-m", "k8s quality gates test")
             Load(settings.url, workers=2, max_requests=40, max_seconds=60, rows=rows).run()  # every series exists
-            targets = {c: settings.slot_url(s).removeprefix("http://") for c, s in (("blue", "blue"), ("green", "green_a"))}
+            targets = {
+                c: settings.slot_url(s).removeprefix("http://") for c, s in (("blue", "blue"), ("green", "green_a"))
+            }
             with prometheus(targets, folder) as url:
                 time.sleep(2)
-                results[green_version] = quality_window(settings, url, 50, workers=4, max_requests=900, max_seconds=120, rows=rows)
+                results[green_version] = quality_window(
+                    settings, url, 50, workers=4, max_requests=900, max_seconds=120, rows=rows
+                )
                 if green_version == weak:  # the split broken on purpose: one sticky user id for every client
-                    skewed = quality_window(settings, url, 50, workers=4, max_requests=300, max_seconds=60, rows=rows,
-                                            headers={"X-User-ID": "the-same-user"})
+                    skewed = quality_window(
+                        settings,
+                        url,
+                        50,
+                        workers=4,
+                        max_requests=300,
+                        max_seconds=60,
+                        rows=rows,
+                        headers={"X-User-ID": "the-same-user"},
+                    )
                     results["skewed split"] = skewed
-    thresholds = {"class-divergence": spec.gates.max_class_divergence.threshold,
-                  "confidence-drop": spec.gates.max_confidence_drop.threshold,
-                  "sample-ratio": chi2_critical(spec.gates.srm_p_value.threshold)}
+    thresholds = {
+        "class-divergence": spec.gates.max_class_divergence.threshold,
+        "confidence-drop": spec.gates.max_confidence_drop.threshold,
+        "sample-ratio": chi2_critical(spec.gates.srm_p_value.threshold),
+    }
     print(f"\nthresholds: {thresholds} (sample-ratio: chi-square statistic of p = {spec.gates.srm_p_value.threshold})")
     for name, result in results.items():
         green, blue = result["status"]["green"], result["status"]["blue"]
-        print(f"{name}: window {result['seconds']}s, load {result['load']}\n"
-              f"  prometheus {result['found']} -> {result['verdicts']}\n"
-              f"  stats on the same counters {result['stats']}\n"
-              f"  canary status: green {green['requests']} req {green['class_rows']} conf {green['confidence_mean']}; "
-              f"blue {blue['requests']} req {blue['class_rows']} conf {blue['confidence_mean']}")
+        print(
+            f"{name}: window {result['seconds']}s, load {result['load']}\n"
+            f"  prometheus {result['found']} -> {result['verdicts']}\n"
+            f"  stats on the same counters {result['stats']}\n"
+            f"  canary status: green {green['requests']} req {green['class_rows']} conf {green['confidence_mean']}; "
+            f"blue {blue['requests']} req {blue['class_rows']} conf {blue['confidence_mean']}"
+        )
     for name in (weak, next_version):  # the honest windows: both sides served rows
         result = results[name]
         for gate in QUALITY:  # the PromQL figure is canary_kit.stats' figure of the same counters
@@ -332,7 +381,9 @@ def test_quality_gates_fail_the_weak_green_and_pass_v1_2_0(more_versions, tmp_pa
         green, blue = results[name]["status"]["green"], results[name]["status"]["blue"]
         assert srm_p_value(green["requests"], blue["requests"], 0.5) >= spec.gates.srm_p_value.threshold
         n = green["requests"] + blue["requests"]  # no extrapolation: the very requests `canary status` counted
-        assert results[name]["found"]["sample-ratio"][0] == pytest.approx((green["requests"] - n / 2) ** 2 / (n / 4), abs=0.2)
+        assert results[name]["found"]["sample-ratio"][0] == pytest.approx(
+            (green["requests"] - n / 2) ** 2 / (n / 4), abs=0.2
+        )
 
 
 def test_the_gates_use_only_series_and_labels_that_bentoml_exports(stack):
@@ -343,7 +394,9 @@ def test_the_gates_use_only_series_and_labels_that_bentoml_exports(stack):
     print(f"\nlive /metrics series: { {s: sorted(labels) for s, labels in live.items() if s.startswith('bentoml_')} }")
     print(f"the model's series: { {s: sorted(labels) for s, labels in live.items() if s.startswith('penguin_')} }")
     for series, labels in k8s_checks.exports(Settings().prediction_metrics).items():
-        assert live.get(series) == labels, f"{series}: checks assume {sorted(labels)}, the backend exports {sorted(live.get(series, []))}"
+        assert live.get(series) == labels, (
+            f"{series}: checks assume {sorted(labels)}, the backend exports {sorted(live.get(series, []))}"
+        )
     texts = k8s.manifests(served(), load_spec(None, {})).values()
     docs = [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
     assert k8s_checks.problems(docs, exported=live) == []

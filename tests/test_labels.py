@@ -20,14 +20,19 @@ from canary_kit.cli import app
 from canary_kit.control import split_of
 from canary_kit.ledger import LEDGER
 from canary_kit.targets import LocalTarget
-
 from conftest import NEXT, ROOT, WEAK, canary_process, data_rows, running_stack
 from load import Load, tally
 
 pytestmark = pytest.mark.integration
 SPECIES = pd.read_csv(ROOT / "data" / "data.csv")["target"].tolist()
-NOT_THE_MODEL = ["max_error_rate", "max_p99_ms", "max_p99_ratio", "srm_p_value", "max_class_divergence",
-                 "max_confidence_drop"]
+NOT_THE_MODEL = [
+    "max_error_rate",
+    "max_p99_ms",
+    "max_p99_ratio",
+    "srm_p_value",
+    "max_class_divergence",
+    "max_confidence_drop",
+]
 
 
 def canary(settings, *args):
@@ -60,8 +65,9 @@ def test_accuracy_per_version_is_exactly_the_offline_accuracy_and_survives_a_res
     with running_stack(tmp_path, green_weight=50) as stack:
         settings = stack.settings
         with httpx.Client(timeout=10) as client:
-            requests = [[i] for i in range(len(rows))] + [list(range(s, min(s + 10, len(rows))))
-                                                           for s in range(0, len(rows), 10)]
+            requests = [[i] for i in range(len(rows))] + [
+                list(range(s, min(s + 10, len(rows)))) for s in range(0, len(rows), 10)
+            ]
             for indices in requests:  # one row per request, then again in batches of 10
                 r = client.post(f"{settings.url}/predict", json={"instances": [rows[i] for i in indices]})
                 assert r.status_code == 200, r.text
@@ -125,8 +131,11 @@ class Labeller:
         for turn in range(300):  # bounded: 300 rounds at most
             if self.stop.wait(self.every):
                 return
-            fresh = [(a.request_id, [a.row]) for a in list(self.load.answers)
-                     if a.status == 200 and a.request_id and a.request_id not in self.sent]
+            fresh = [
+                (a.request_id, [a.row])
+                for a in list(self.load.answers)
+                if a.status == 200 and a.request_id and a.request_id not in self.sent
+            ]
             if not fresh:
                 continue
             path = self.folder / f"labels-{turn}.jsonl"
@@ -144,19 +153,34 @@ class Labeller:
 
 
 @pytest.mark.parametrize("green", [WEAK, NEXT])
-def test_the_accuracy_gate_alone_rolls_the_weak_version_back_and_lets_the_next_one_through(more_versions, tmp_path, green):
+def test_the_accuracy_gate_alone_rolls_the_weak_version_back_and_lets_the_next_one_through(
+    more_versions, tmp_path, green
+):
     with running_stack(tmp_path, green_version=green, green_weight=10) as stack:
         settings = stack.settings
         with Load(settings.url, workers=8, max_requests=60000, max_seconds=300, rows=data_rows()) as load:
             load.wait_for(0, 50)
             with Labeller(settings, load, tmp_path):
-                args = ["--hold", "4", "--max-accuracy-drop", "0.05", "--min-labels", "100", "--label-wait", "90",
-                        *[a for g in NOT_THE_MODEL for a in ("--dry-run", g)]]
+                args = [
+                    "--hold",
+                    "4",
+                    "--max-accuracy-drop",
+                    "0.05",
+                    "--min-labels",
+                    "100",
+                    "--label-wait",
+                    "90",
+                    *[a for g in NOT_THE_MODEL for a in ("--dry-run", g)],
+                ]
                 result = canary(settings, "rollout", *args)
         report = json.loads(sorted((settings.state_dir / "rollouts").glob("rollout-*.json"))[-1].read_text())
         weight = split_of(LocalTarget(settings.state_dir))[0]
-    accuracy = [(c["weight"], g["status"], g["detail"]) for c in report["checks"] for g in c["gates"]
-                if g["name"] == "max_accuracy_drop"]
+    accuracy = [
+        (c["weight"], g["status"], g["detail"])
+        for c in report["checks"]
+        for g in c["gates"]
+        if g["name"] == "max_accuracy_drop"
+    ]
     print(f"\n{green}:\n{result.output}\naccuracy gate: {accuracy}\nclients: {dict(tally(load.answers))}")
     if green == WEAK:
         assert result.exit_code == 1 and "rolled back" in result.output, result.output
@@ -173,8 +197,22 @@ def test_without_labels_a_step_holds_then_pauses_saying_why(more_versions, tmp_p
         settings = stack.settings
         with Load(settings.url, workers=4, max_requests=20000, max_seconds=120, rows=data_rows()) as load:
             load.wait_for(0, 20)
-            result = canary(settings, "rollout", "--hold", "3", "--min-requests", "5", "--min-rows", "20",
-                            "--max-accuracy-drop", "0.05", "--label-wait", "8", "--on-failure", "pause")
+            result = canary(
+                settings,
+                "rollout",
+                "--hold",
+                "3",
+                "--min-requests",
+                "5",
+                "--min-rows",
+                "20",
+                "--max-accuracy-drop",
+                "0.05",
+                "--label-wait",
+                "8",
+                "--on-failure",
+                "pause",
+            )
         weight = split_of(LocalTarget(settings.state_dir))[0]
     print(f"\n{result.output}")
     assert result.exit_code == 2 and "paused" in result.output, result.output

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,8 +20,20 @@ CLASSES = {"Adelie", "Chinstrap", "Gentoo"}
 
 
 def entry(rid: str, predictions: str, version: str = "v1.0.0", time: str = "2026-12-03T07:00:00+00:00", **more):
-    return {"time": time, "request_id": rid, "method": "POST", "uri": "/predict", "status": 200, "route": "blue",
-            "version": version, "shadow": False, "mirrored": "off", "pin": "", "predictions": predictions, **more}
+    return {
+        "time": time,
+        "request_id": rid,
+        "method": "POST",
+        "uri": "/predict",
+        "status": 200,
+        "route": "blue",
+        "version": version,
+        "shadow": False,
+        "mirrored": "off",
+        "pin": "",
+        "predictions": predictions,
+        **more,
+    }
 
 
 def nginx_line(e: dict) -> str:
@@ -52,9 +64,16 @@ def rows(folder: Folder) -> int:
 
 def test_ingest_is_incremental_idempotent_and_skips_what_is_not_an_answer(tmp_path):
     folder = Folder(tmp_path)
-    write(folder.access_log, [entry("a", "Adelie"), entry("b", "Adelie,Gentoo,Chinstrap", "v1.1.0"),
-                              entry("s", "Adelie", shadow=True), entry("e", "", status=503),
-                              entry("h", "Adelie", uri="/health")])
+    write(
+        folder.access_log,
+        [
+            entry("a", "Adelie"),
+            entry("b", "Adelie,Gentoo,Chinstrap", "v1.1.0"),
+            entry("s", "Adelie", shadow=True),
+            entry("e", "", status=503),
+            entry("h", "Adelie", uri="/health"),
+        ],
+    )
     with ledger.connect(tmp_path) as conn:
         assert ledger.ingest_file(conn, folder.access_log) == 4
         assert ledger.ingest_file(conn, folder.access_log) == 0  # the same log twice adds nothing
@@ -69,7 +88,10 @@ def test_ingest_is_incremental_idempotent_and_skips_what_is_not_an_answer(tmp_pa
     with ledger.connect(tmp_path) as conn:
         assert ledger.ingest_file(conn, folder.access_log) == 1
         assert conn.execute("SELECT predicted FROM answers WHERE request_id='b' ORDER BY row").fetchall() == [
-            ("Adelie",), ("Gentoo",), ("Chinstrap",)]
+            ("Adelie",),
+            ("Gentoo",),
+            ("Chinstrap",),
+        ]
 
 
 def test_a_rotated_log_is_followed_and_a_restarted_one_read_from_its_start(tmp_path):
@@ -92,7 +114,7 @@ def test_a_rotated_log_is_followed_and_a_restarted_one_read_from_its_start(tmp_p
 
 def test_old_answers_and_their_labels_are_pruned_by_age_and_count(tmp_path):
     folder = Folder(tmp_path)
-    now = datetime(2026, 12, 3, tzinfo=timezone.utc)
+    now = datetime(2026, 12, 3, tzinfo=UTC)
     old = [entry(f"o{i}", "Adelie", time=(now - timedelta(days=40)).isoformat()) for i in range(5)]
     new = [entry(f"n{i}", "Adelie", time=(now - timedelta(minutes=i)).isoformat()) for i in range(2000)]
     write(folder.access_log, old + new)
@@ -101,15 +123,21 @@ def test_old_answers_and_their_labels_are_pruned_by_age_and_count(tmp_path):
         labelling.apply(conn, [labelling.Label(1, "o0", 0, "Adelie"), labelling.Label(2, "n0", 0, "Adelie")])
         assert ledger.prune(conn, ledger.Retention(days=30, rows=1500), now) == 505
         assert ledger.counts(conn) == {"answers": 1500, "labels": 1}  # the newest kept, o0's label gone
-        assert conn.execute("SELECT MIN(time) FROM answers").fetchone()[0] > (now - timedelta(minutes=1500)).isoformat()[:19]
+        assert (
+            conn.execute("SELECT MIN(time) FROM answers").fetchone()[0]
+            > (now - timedelta(minutes=1500)).isoformat()[:19]
+        )
 
 
 def test_a_second_holding_more_answers_than_the_limit_is_kept_whole(tmp_path):
     """nginx logs whole seconds: the row limit never cuts into the newest second (a 1,500-row batch stays)."""
     folder = Folder(tmp_path)
-    now = datetime(2026, 12, 3, tzinfo=timezone.utc)
-    write(folder.access_log, [entry(f"o{i}", "Adelie", time=(now - timedelta(minutes=5)).isoformat()) for i in range(10)]
-          + [entry("batch", ",".join(["Adelie"] * 1500), time=now.isoformat())])
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    write(
+        folder.access_log,
+        [entry(f"o{i}", "Adelie", time=(now - timedelta(minutes=5)).isoformat()) for i in range(10)]
+        + [entry("batch", ",".join(["Adelie"] * 1500), time=now.isoformat())],
+    )
     with ledger.connect(tmp_path) as conn:
         ledger.ingest_file(conn, folder.access_log)
         assert ledger.prune(conn, ledger.Retention(days=30, rows=1000), now) == 10
@@ -137,8 +165,9 @@ BAD = {
 
 
 def ledger_bytes(folder: Path) -> bytes:
-    return b"".join((folder / name).read_bytes() for name in (ledger.LEDGER, ledger.LEDGER + "-wal")
-                    if (folder / name).exists())
+    return b"".join(
+        (folder / name).read_bytes() for name in (ledger.LEDGER, ledger.LEDGER + "-wal") if (folder / name).exists()
+    )
 
 
 @pytest.mark.parametrize("kind", list(BAD))
@@ -164,8 +193,10 @@ def test_each_bad_label_file_is_refused_naming_the_line_and_changes_nothing(tmp_
 def test_labels_join_replace_and_count_unknown_per_version(tmp_path):
     folder = Folder(tmp_path)
     write(folder.access_log, [entry("a", "Adelie,Gentoo"), entry("b", "Chinstrap", "v1.1.0")])
-    text = b'{"request_id": "a", "row": 1, "label": "Gentoo"}\n{"request_id": "b", "label": "Adelie"}\n' \
-           b'{"request_id": "zz", "label": "Adelie"}\n'
+    text = (
+        b'{"request_id": "a", "row": 1, "label": "Gentoo"}\n{"request_id": "b", "label": "Adelie"}\n'
+        b'{"request_id": "zz", "label": "Adelie"}\n'
+    )
     with ledger.connect(tmp_path) as conn:
         ledger.ingest_file(conn, folder.access_log)
         parsed = labelling.parse(text, CLASSES)
@@ -215,7 +246,7 @@ def test_the_accuracy_difference_interval():
 
 
 def test_since_takes_a_time_a_duration_or_the_last_change():
-    now = datetime(2026, 12, 3, 12, tzinfo=timezone.utc)
+    now = datetime(2026, 12, 3, 12, tzinfo=UTC)
     assert ledger.since_time("2h", None, now) == "2026-12-03T10:00:00"
     assert ledger.since_time("2026-12-03T09:00:00+01:00", None) == "2026-12-03T08:00:00"
     assert ledger.since_time("change", "2026-12-03T07:00:00+00:00") == "2026-12-03T07:00:00"

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from canary_kit.config import CanaryError
-from canary_kit.metrics import Snapshot, quantile, window
 from canary_kit.gates import Step, Window, decide
+from canary_kit.metrics import Snapshot, quantile, window
 from canary_kit.spec import load_spec
 
 TEXT = """# TYPE bentoml_service_request_total counter
@@ -50,7 +50,12 @@ def test_window_is_the_difference_and_survives_a_restart():
 
 
 def figures(requests, errors, p99=10.0):
-    return {"requests": requests, "errors": errors, "error_rate": errors / requests if requests else None, "p99_ms": p99}
+    return {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": errors / requests if requests else None,
+        "p99_ms": p99,
+    }
 
 
 OUTCOME = {"advance": "pass", "hold": "inconclusive", "fail": "fail"}

@@ -28,7 +28,9 @@ needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is
 
 def test_render_substitutes_only_named_placeholders():
     text = "listen ${CANARY_LISTEN}; proxy_pass http://$canary_route; set $x ${request_id};"
-    assert render(text, {"CANARY_LISTEN": "8000"}) == "listen 8000; proxy_pass http://$canary_route; set $x ${request_id};"
+    assert (
+        render(text, {"CANARY_LISTEN": "8000"}) == "listen 8000; proxy_pass http://$canary_route; set $x ${request_id};"
+    )
 
 
 @pytest.mark.parametrize("variables", [{}, {"CANARY_LISTEN": "1", "CANARY_OTHER": "2"}])
@@ -120,7 +122,9 @@ def test_rendered_routes_hold_addresses_but_no_split(bare):
 @needs_nginx
 def test_nginx_applies_the_state_file_on_the_next_request(bare):
     for serial, (weight, shadow) in enumerate([(0, False), (37, False), (0, True), (100, False)], start=1):
-        routing.write(bare.state_dir / routing.STATE_FILE, routing.RoutingState(green_weight=weight, shadow=shadow, serial=serial))
+        routing.write(
+            bare.state_dir / routing.STATE_FILE, routing.RoutingState(green_weight=weight, shadow=shadow, serial=serial)
+        )
         report = applied(bare)
         assert (report["green_weight"], report["shadow"], report["serial"]) == (weight, shadow, serial), report
         assert "problem" not in report and report["pid"] > 0
@@ -162,7 +166,10 @@ def test_users_are_sticky_and_green_only_grows_with_the_weight(bare):
             put_state(bare, green_weight=weight, shadow=False, serial=1000 + weight)
             seen = {}
             for user in users:
-                answers = {client.get(f"{bare.url}/health", headers={"X-User-ID": user}).headers["x-canary-route"] for _ in range(2)}
+                answers = {
+                    client.get(f"{bare.url}/health", headers={"X-User-ID": user}).headers["x-canary-route"]
+                    for _ in range(2)
+                }
                 assert len(answers) == 1, (user, answers)  # the same user, the same version
                 seen[user] = answers.pop()
             on_green[weight] = {u for u, route in seen.items() if route == "green"}
@@ -194,7 +201,9 @@ def test_no_version_answering_is_a_json_503_with_retry_after(bare):
     response = httpx.post(f"{bare.url}/predict", json={"instances": []})
     assert response.status_code == 503 and response.headers["retry-after"] == "1", response.headers
     assert response.headers["content-type"] == "application/json" and "retry" in response.json()["error"]
-    big = httpx.post(f"{bare.url}/predict", content=b"x" * (2 * 1024 * 1024), headers={"content-type": "application/json"})
+    big = httpx.post(
+        f"{bare.url}/predict", content=b"x" * (2 * 1024 * 1024), headers={"content-type": "application/json"}
+    )
     assert big.status_code == 413 and "larger than" in big.json()["error"] and "retry-after" not in big.headers
 
 
@@ -222,8 +231,9 @@ def test_green_runs_in_the_slot_the_state_names(bare):
 @needs_nginx
 def test_requests_pinned_to_a_free_green_go_to_blue_directly(bare):
     """After `canary finalize` green runs nothing: pins to green must not try its empty slot first."""
-    put_state(bare, green_weight=0, shadow=False, green_slot="green_b", blue_version="v1.1.0", green_version=None,
-              serial=6000)
+    put_state(
+        bare, green_weight=0, shadow=False, green_slot="green_b", blue_version="v1.1.0", green_version=None, serial=6000
+    )
     headers = httpx.get(f"{bare.url}/health", headers={"X-Canary": "always"}).headers
     assert headers["x-canary-upstream"].startswith(f"127.0.0.1:{bare.blue_port}"), headers
     assert headers["x-canary-route"] == "blue"  # the version that serves it, not the pin's wish

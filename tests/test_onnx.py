@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from penguin import parity
 from penguin.features import CANDIDATE_VERSION, MODEL_NAME, NUMERIC, STABLE_VERSION
 from penguin.predictor import ONNX_FILE, PIPELINE_FILE, OnnxPredictor, SklearnPredictor
-from conftest import ROOT
 
 DATA = ROOT / "data" / "data.csv"
 
@@ -32,7 +32,10 @@ def test_each_version_stores_its_graph_and_parity_figures(models):
     for version, model in models.items():
         assert Path(model.path_of(ONNX_FILE)).is_file() and Path(model.path_of(PIPELINE_FILE)).is_file()
         figures = model.info.metadata["onnx"]["parity"]
-        print(f"\n{version}: {parity.summary(figures)} (data {figures['data_rows']}, generated {figures['generated_rows']})")
+        print(
+            f"\n{version}: {parity.summary(figures)} "
+            f"(data {figures['data_rows']}, generated {figures['generated_rows']})"
+        )
         assert figures["data_rows"] == 344 and figures["generated_rows"] >= 10_000, figures
         assert figures["max_abs_prob_diff"] <= 1e-6 and figures["class_mismatches"] == 0, figures
         assert model.info.metadata["library_versions"]["onnxruntime"], model.info.metadata["library_versions"]
@@ -107,8 +110,10 @@ def test_training_refuses_a_graph_that_rounds_inputs_to_float32(trained, data, m
         for name in [i.name for i in model.graph.input if i.name in NUMERIC]:
             for node in model.graph.node:
                 node.input[:] = [f"{name}_f32d" if x == name else x for x in node.input]
-            casts += [onnx.helper.make_node("Cast", [name], [f"{name}_f32"], to=onnx.TensorProto.FLOAT),
-                      onnx.helper.make_node("Cast", [f"{name}_f32"], [f"{name}_f32d"], to=onnx.TensorProto.DOUBLE)]
+            casts += [
+                onnx.helper.make_node("Cast", [name], [f"{name}_f32"], to=onnx.TensorProto.FLOAT),
+                onnx.helper.make_node("Cast", [f"{name}_f32"], [f"{name}_f32d"], to=onnx.TensorProto.DOUBLE),
+            ]
         nodes = casts + list(model.graph.node)
         del model.graph.node[:]
         model.graph.node.extend(nodes)
@@ -135,8 +140,9 @@ def test_export_refuses_a_float32_step(monkeypatch):
     from penguin.recipes import recipe_for
 
     X, y, _ = train_model.load_data()
-    X_train, _, y_train, _ = train_test_split(X, y, test_size=train_model.HOLDOUT, stratify=y,
-                                              random_state=train_model.SEED)
+    X_train, _, y_train, _ = train_test_split(
+        X, y, test_size=train_model.HOLDOUT, stratify=y, random_state=train_model.SEED
+    )
     recipe = recipe_for("v9.9.9", "logistic_regression", {}, ("island",))
     pipeline = recipe.pipeline().fit(X_train, y_train)
     onnx_export.to_onnx(pipeline, recipe.features)  # exact with the project's converters

@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from canary_kit.nginx import open_files_limit
-
 from conftest import EXAMPLE_ROW
 from load import Load, tally
 
@@ -36,7 +35,9 @@ def recover(url: str) -> tuple[float, Counter, bool]:
         while streak < STREAK and time.monotonic() - began < RECOVERY_SECONDS:
             try:
                 answer = client.post(f"{url}/predict", json={"instances": [EXAMPLE_ROW]})
-                status = answer.status_code if answer.status_code != 503 or answer.json().get("error") else "503 no JSON"
+                status = (
+                    answer.status_code if answer.status_code != 503 or answer.json().get("error") else "503 no JSON"
+                )
             except (httpx.HTTPError, ValueError) as error:
                 status = type(error).__name__
             seen[status] += 1
@@ -48,20 +49,32 @@ def recover(url: str) -> tuple[float, Counter, bool]:
 def test_2048_keepalive_clients_get_200_or_a_json_503_and_service_resumes(own_stack):
     settings = own_stack.settings
     assert open_files_limit() > CLIENTS + 100, "the open-files limit is too low to open 2,048 client connections"
-    argv = ["wrk", "-t2", f"-c{CLIENTS}", f"-d{SECONDS}s", "--timeout", "12s", "-s", str(SCRIPT), f"{settings.url}/predict"]
+    argv = [
+        "wrk",
+        "-t2",
+        f"-c{CLIENTS}",
+        f"-d{SECONDS}s",
+        "--timeout",
+        "12s",
+        "-s",
+        str(SCRIPT),
+        f"{settings.url}/predict",
+    ]
     env = {**os.environ, "OVERLOAD_BODY": json.dumps({"instances": [EXAMPLE_ROW]})}
     run = subprocess.run(argv, capture_output=True, text=True, timeout=SECONDS + 60, env=env)
     result = json.loads(run.stdout.split("RESULT ", 1)[1]) if "RESULT " in run.stdout else None
     error_log = (settings.state_dir / "logs" / "nginx-error.log").read_text().splitlines()
     took, recovery, recovered = recover(settings.url)
     after = Load(settings.url, workers=8, max_requests=1000, max_seconds=120).run()
-    logged = (settings.state_dir / "logs" / "access.log").read_text().splitlines()[-(sum(recovery.values()) + 1000):]
+    logged = (settings.state_dir / "logs" / "access.log").read_text().splitlines()[-(sum(recovery.values()) + 1000) :]
     refused = Counter((e["status"], e["upstream_status"]) for e in map(json.loads, logged) if e["status"] != 200)
-    print(f"\n{CLIENTS} keep-alive clients for {SECONDS} s: {result}\nnginx error log: {len(error_log)} lines "
-          f"{Counter(line.split('] ', 1)[0][-6:] for line in error_log)}\nafter the load, {STREAK} answers 200 in a "
-          f"row within {took * 1000:.0f} ms: {dict(recovery)}\n1,000 requests after that: "
-          f"{dict(tally(after.answers))}\nnginx logged those not 200 as (status, upstream status): {dict(refused)}"
-          f"\n{run.stdout[-600:]}")
+    print(
+        f"\n{CLIENTS} keep-alive clients for {SECONDS} s: {result}\nnginx error log: {len(error_log)} lines "
+        f"{Counter(line.split('] ', 1)[0][-6:] for line in error_log)}\nafter the load, {STREAK} answers 200 in a "
+        f"row within {took * 1000:.0f} ms: {dict(recovery)}\n1,000 requests after that: "
+        f"{dict(tally(after.answers))}\nnginx logged those not 200 as (status, upstream status): {dict(refused)}"
+        f"\n{run.stdout[-600:]}"
+    )
     assert result is not None, run.stdout + run.stderr
     assert set(result["statuses"]) <= {"200", "503"} and result["statuses"].get("200", 0) > 0, result
     assert result["bad_503"] == 0, "a 503 without a JSON body or Retry-After"

@@ -11,9 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from canary_kit.config import Settings
 from canary_kit.metrics import Snapshot
-from penguin.prediction_metrics import CLASS_METRIC, CONFIDENCE_METRIC, PredictionMetrics
-
 from conftest import bentoml_serve, data_rows
+from penguin.prediction_metrics import CLASS_METRIC, CONFIDENCE_METRIC, PredictionMetrics
 
 CLASSES = ["Adelie", "Chinstrap", "Gentoo"]
 
@@ -28,11 +27,12 @@ def test_a_batch_recorded_at_once_equals_one_observation_per_row():
     fast, slow = PredictionMetrics(CLASSES, bulk), PredictionMetrics(CLASSES, single)
     assert fast.bulk, "prometheus_client's histogram no longer has the internals the batch path writes to"
     for start in range(0, len(values), 500):  # batches, and one single-row answer
-        fast.record(top[start:start + 500], values[start:start + 500])
+        fast.record(top[start : start + 500], values[start : start + 500])
     fast.record(top[:1], values[:1])
     for t, v in zip([*top.tolist(), int(top[0])], [*values.tolist(), float(values[0])]):
         slow.per_class[t].inc()
         slow.confidence.observe(v)
+
     def lines(registry) -> tuple[list[str], float]:
         text = [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
         total = next(line for line in text if line.startswith(f"{CONFIDENCE_METRIC}_sum"))
@@ -50,15 +50,19 @@ def test_a_served_backend_counts_every_row_it_answers(trained):
     rows = data_rows()
     with bentoml_serve(["service:PenguinClassifier"]) as url, httpx.Client(timeout=10) as client:
         before = Snapshot.parse(client.get(f"{url}/metrics").text, names)
-        answers = [client.post(f"{url}/predict", json={"instances": rows[i:i + 50]}).json() for i in range(0, len(rows), 50)]
+        answers = [
+            client.post(f"{url}/predict", json={"instances": rows[i : i + 50]}).json() for i in range(0, len(rows), 50)
+        ]
         answers.append(client.post(f"{url}/predict", json={"instances": rows[:1]}).json())
         client.post(f"{url}/predict", json={"instances": [{"island": "Atlantis"}]})  # refused: counts no row
         after = Snapshot.parse(client.get(f"{url}/metrics").text, names)
     predicted = [p for a in answers for p in a["predictions"]]
     confidence = sum(max(p.values()) for a in answers for p in a["probabilities"])
     counted = {c: after.classes[c] - before.classes.get(c, 0) for c in CLASSES}
-    print(f"\n{len(predicted)} rows answered; counted per class {counted}; confidence sum {confidence:.6f} "
-          f"vs {after.confidence[0] - (before.confidence or (0, 0))[0]:.6f}")
+    print(
+        f"\n{len(predicted)} rows answered; counted per class {counted}; confidence sum {confidence:.6f} "
+        f"vs {after.confidence[0] - (before.confidence or (0, 0))[0]:.6f}"
+    )
     assert before.classes == {c: 0.0 for c in CLASSES}  # every class exported from the start
     assert counted == {c: predicted.count(c) for c in CLASSES}
     assert after.confidence[1] - (before.confidence or (0, 0))[1] == len(predicted)

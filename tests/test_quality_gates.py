@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from canary_kit.cli import app
 from canary_kit.control import split_of
 from canary_kit.targets import LocalTarget
-
 from conftest import NEXT, WEAK, canary_process, data_rows, running_stack
 from load import Load, tally
 
@@ -42,8 +41,14 @@ def next_green(more_versions, tmp_path_factory):
 
 
 def rows_load(settings, **kwargs) -> Load:
-    return Load(settings.url, workers=kwargs.pop("workers", 12), max_requests=kwargs.pop("max_requests", 60000),
-                max_seconds=kwargs.pop("max_seconds", 240), rows=data_rows(), **kwargs)
+    return Load(
+        settings.url,
+        workers=kwargs.pop("workers", 12),
+        max_requests=kwargs.pop("max_requests", 60000),
+        max_seconds=kwargs.pop("max_seconds", 240),
+        rows=data_rows(),
+        **kwargs,
+    )
 
 
 def last_report(settings) -> dict:
@@ -51,8 +56,12 @@ def last_report(settings) -> dict:
 
 
 def gate_marks(report: dict, name: str) -> list[str]:
-    return [g["status"] + (" (dry-run)" if g["dry_run"] else "") for c in report["checks"] for g in c["gates"]
-            if g["name"] == name]
+    return [
+        g["status"] + (" (dry-run)" if g["dry_run"] else "")
+        for c in report["checks"]
+        for g in c["gates"]
+        if g["name"] == name
+    ]
 
 
 def test_a_weak_green_passes_every_http_gate_but_is_rolled_back_on_class_divergence(weak_green):
@@ -75,8 +84,12 @@ def test_a_weak_green_passes_every_http_gate_but_is_rolled_back_on_class_diverge
     assert {c["step"] for c in live_report["checks"]} == {1}, "rolled back at the first step"
     last = live.output.strip().splitlines()[-1]
     assert "class divergence" in last and "> 0.2" in last, last  # one line: the figure and the threshold
-    http = [g for c in live_report["checks"] for g in c["gates"] if g["name"].startswith("max_p99") or
-            g["name"] == "max_error_rate"]
+    http = [
+        g
+        for c in live_report["checks"]
+        for g in c["gates"]
+        if g["name"].startswith("max_p99") or g["name"] == "max_error_rate"
+    ]
     assert all(g["status"] == "pass" for g in http), http
     assert not load.failed(), counts
 
@@ -108,7 +121,10 @@ def test_the_next_version_is_promoted_with_every_quality_gate_live(next_green, r
     report = last_report(settings)
     print(f"\nrun {run}:\n{result.output}")
     for name in QUALITY:
-        print(f"{name}: {[(c['weight'], g['figure'], g['status']) for c in report['checks'] for g in c['gates'] if g['name'] == name]}")
+        figures = [
+            (c["weight"], g["figure"], g["status"]) for c in report["checks"] for g in c["gates"] if g["name"] == name
+        ]
+        print(f"{name}: {figures}")
     assert result.exit_code == 0 and "promoted" in result.output, result.output
     for name in ("max_class_divergence", "max_confidence_drop"):
         assert "pass" in gate_marks(report, name) and "fail" not in gate_marks(report, name), name
@@ -136,16 +152,29 @@ def test_the_shadow_gate_keeps_the_weak_version_out_and_lets_the_next_one_in(mor
         outcome = {}
         with rows_load(settings, workers=8) as load:
             load.wait_for(0, 50)
-            args = ["--shadow-seconds", "6", "--min-agreement", "0.9", "--hold", "3", "--steps", "10,100", *HTTP,
-                    "--min-rows", "20"]
+            args = [
+                "--shadow-seconds",
+                "6",
+                "--min-agreement",
+                "0.9",
+                "--hold",
+                "3",
+                "--steps",
+                "10,100",
+                *HTTP,
+                "--min-rows",
+                "20",
+            ]
             rolling = threading.Thread(target=lambda: outcome.update(result=canary(settings, "rollout", *args)))
             rolling.start()
             rolling.join(timeout=180)
         result = outcome["result"]
         report = last_report(settings)
     shadow = report["shadow"]
-    print(f"\n{green}:\n{result.output}\nshadow: agreement {shadow['agreement']}, 95% {shadow['agreement_95']}, "
-          f"rows {shadow['rows_compared']}, flips {shadow['flips']}")
+    print(
+        f"\n{green}:\n{result.output}\nshadow: agreement {shadow['agreement']}, 95% {shadow['agreement_95']}, "
+        f"rows {shadow['rows_compared']}, flips {shadow['flips']}"
+    )
     if green == WEAK:
         assert result.exit_code == 1 and "not live" in result.output, result.output
         assert shadow["agreement_95"][0] < 0.9 and shadow["gate"]["status"] == "fail"
@@ -166,8 +195,14 @@ def test_the_shadow_gate_keeps_the_weak_version_out_and_lets_the_next_one_in(mor
         (["--dry-run", "max_accuracy"], "unknown gate 'max_accuracy'"),
         (["--on-failure", "retry"], "on_failure: Input should be 'rollback' or 'pause'"),
         (["--spec", "SPEC:gates: {max_class_drift: 0.1}"], "max_class_drift: Extra inputs are not permitted"),
-        (["--spec", "SPEC:gates: {max_class_divergence: {threshold: 0.1, dry_run: maybe}}"], "dry_run: Input should be a valid boolean"),
-        (["--spec", "SPEC:gates: {srm_p_value: {threshold: 0.001, mode: live}}"], "mode: Extra inputs are not permitted"),
+        (
+            ["--spec", "SPEC:gates: {max_class_divergence: {threshold: 0.1, dry_run: maybe}}"],
+            "dry_run: Input should be a valid boolean",
+        ),
+        (
+            ["--spec", "SPEC:gates: {srm_p_value: {threshold: 0.001, mode: live}}"],
+            "mode: Extra inputs are not permitted",
+        ),
     ],
 )
 def test_bad_gate_values_are_refused_in_one_line_and_change_nothing(stack, tmp_path, args, message):
@@ -182,4 +217,3 @@ def test_bad_gate_values_are_refused_in_one_line_and_change_nothing(stack, tmp_p
     assert refused.returncode == 1 and message in refused.stderr, refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
     assert (settings.state_dir / "routing.json").read_bytes() == before
-

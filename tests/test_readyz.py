@@ -80,8 +80,9 @@ def test_serving_reads_the_version_as_the_table_says(server, row):
 def test_the_head_as_curl_prints_it_names_the_version_as_the_table_says(server, row):
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed (make tools installs it)")
-    done = subprocess.run([*CURL_HEAD, "-m", "5", f"http://{answering(server, row)}/readyz"], capture_output=True,
-                          text=True, timeout=30)
+    done = subprocess.run(
+        [*CURL_HEAD, "-m", "5", f"http://{answering(server, row)}/readyz"], capture_output=True, text=True, timeout=30
+    )
     assert version_from_curl(done.returncode, done.stdout) == row["version"], done.stdout
 
 
@@ -89,8 +90,12 @@ def test_the_head_as_curl_prints_it_names_the_version_as_the_table_says(server, 
 def test_the_init_scripts_served_reads_the_version_as_the_table_says(server, row):
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed (make tools installs it)")
-    done = subprocess.run(["sh", "-c", f'{shell_served()}\nserved "$1"', "sh", answering(server, row)],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["sh", "-c", f'{shell_served()}\nserved "$1"', "sh", answering(server, row)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == row["version"], done.stdout
 
@@ -105,6 +110,10 @@ def test_nothing_answering_is_no_version():
         port = closed.server_address[1]
     assert serving(f"http://127.0.0.1:{port}") is None
     if shutil.which("curl"):
-        done = subprocess.run(["sh", "-c", f'{shell_served()}\nserved "$1"', "sh", f"127.0.0.1:{port}"],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["sh", "-c", f'{shell_served()}\nserved "$1"', "sh", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.stdout == "null"

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from conftest import ROOT, bentoml_serve, run
 from penguin.features import FEATURES, MODEL_NAME
 from penguin.recipes import ALGORITHMS
-from conftest import ROOT, bentoml_serve, run
 
 V12 = "v1.2.0"
 TRAIN_V12 = [sys.executable, "train_model.py", "--version", V12, "--algorithm", "random_forest"]
@@ -21,8 +21,14 @@ def train(argv: list[str], home, check: bool = True) -> subprocess.CompletedProc
     env = {**os.environ, "BENTOML_HOME": str(home)}
     if check:
         return run([sys.executable, "train_model.py", *argv, "--no-export"], env=env)
-    return subprocess.run([sys.executable, "train_model.py", *argv, "--no-export"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "train_model.py", *argv, "--no-export"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 REFUSED = {
@@ -31,14 +37,28 @@ REFUSED = {
     "declared with another algorithm": (["--version", V12, "--algorithm", "logistic_regression"], "declared"),
     "new version without algorithm": (["--version", "v1.3.0"], "--algorithm"),
     "algorithm without version": (["--algorithm", "random_forest"], "--version"),
-    "unknown hyper-parameter": (["--version", "v1.3.0", "--algorithm", "random_forest", "--param", "colour=1"],
-                                "colour"),
-    "out-of-range hyper-parameter": (["--version", "v1.3.0", "--algorithm", "logistic_regression", "--param", "C=-1"],
-                                     "'C' parameter"),
+    "unknown hyper-parameter": (
+        ["--version", "v1.3.0", "--algorithm", "random_forest", "--param", "colour=1"],
+        "colour",
+    ),
+    "out-of-range hyper-parameter": (
+        ["--version", "v1.3.0", "--algorithm", "logistic_regression", "--param", "C=-1"],
+        "'C' parameter",
+    ),
     "unknown feature": (["--version", "v1.3.0", "--algorithm", "random_forest", "--features", "beak"], "beak"),
     "no exact graph (native categorical splits)": (
-        ["--version", "v1.3.0", "--algorithm", "hist_gradient_boosting", "--param", "categorical_features=[0]",
-         "--features", "island,bill_depth_mm"], "no exact float64 ONNX graph"),
+        [
+            "--version",
+            "v1.3.0",
+            "--algorithm",
+            "hist_gradient_boosting",
+            "--param",
+            "categorical_features=[0]",
+            "--features",
+            "island,bill_depth_mm",
+        ],
+        "no exact float64 ONNX graph",
+    ),
 }
 
 
@@ -61,9 +81,16 @@ def v12_home(tmp_path_factory):
 
 
 def metadata(home, version: str) -> dict:
-    out = run([sys.executable, "-c", "import bentoml, json, sys; m = bentoml.models.get(sys.argv[1]); "
-               "print(json.dumps({'meta': m.info.metadata, 'labels': m.info.labels}, default=str))",
-               f"{MODEL_NAME}:{version}"], env={**os.environ, "BENTOML_HOME": str(home)})
+    out = run(
+        [
+            sys.executable,
+            "-c",
+            "import bentoml, json, sys; m = bentoml.models.get(sys.argv[1]); "
+            "print(json.dumps({'meta': m.info.metadata, 'labels': m.info.labels}, default=str))",
+            f"{MODEL_NAME}:{version}",
+        ],
+        env={**os.environ, "BENTOML_HOME": str(home)},
+    )
     return json.loads(out.stdout)
 
 
@@ -106,15 +133,29 @@ def test_v1_2_0_is_kept_and_replaced_only_with_force(v12_home):
 
 
 def test_a_new_version_needs_no_code_edit(tmp_path):
-    made = train(["--version", "v2.0.0", "--algorithm", "hist_gradient_boosting", "--param", "max_iter=20",
-                  "--features", "bill_length_mm,flipper_length_mm,island"], tmp_path)
+    made = train(
+        [
+            "--version",
+            "v2.0.0",
+            "--algorithm",
+            "hist_gradient_boosting",
+            "--param",
+            "max_iter=20",
+            "--features",
+            "bill_length_mm,flipper_length_mm,island",
+        ],
+        tmp_path,
+    )
     assert "v2.0.0" in made.stdout and "saved" in made.stdout, made.stdout
     meta = metadata(tmp_path, "v2.0.0")["meta"]
     assert meta["hyperparameters"]["max_iter"] == 20
     assert meta["features_used"] == ["island", "bill_length_mm", "flipper_length_mm"]
     assert meta["onnx"]["parity"]["ok"], meta["onnx"]["parity"]
-    other = train(["--version", "v2.0.0", "--algorithm", "hist_gradient_boosting", "--param", "max_iter=30"],
-                  tmp_path, check=False)
+    other = train(
+        ["--version", "v2.0.0", "--algorithm", "hist_gradient_boosting", "--param", "max_iter=30"],
+        tmp_path,
+        check=False,
+    )
     assert other.returncode == 1 and "another recipe" in other.stderr and other.stderr.count("\n") == 1, other.stderr
 
 
@@ -135,8 +176,16 @@ def test_v1_2_0_is_served_with_scikit_learn_s_answers(v12_home):
 # Feature sets a new user tries: the categories alone (their one-hot columns were float32: the trees got float input
 # against double splits, the logistic regression computed in float32), one of them, one measurement, measurements
 # alone, one of each kind, everything. Every algorithm on each must give a float64 graph exact to float rounding.
-FEATURE_SETS = ("island", "sex", "island,sex", "bill_depth_mm", "bill_length_mm,flipper_length_mm",
-                "island,bill_depth_mm", "sex,body_mass_g", ",".join(FEATURES))
+FEATURE_SETS = (
+    "island",
+    "sex",
+    "island,sex",
+    "bill_depth_mm",
+    "bill_length_mm,flipper_length_mm",
+    "island,bill_depth_mm",
+    "sex,body_mass_g",
+    ",".join(FEATURES),
+)
 EXACT = 1e-12  # float64 throughout gives about 1e-15; one float32 step gives about 1e-8
 
 

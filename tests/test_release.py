@@ -98,7 +98,9 @@ def broken_version(version: str) -> None:
     import bentoml
 
     good = bentoml.models.get("penguin_classifier:v1.0.0")
-    with bentoml.models.create(f"penguin_classifier:{version}", labels=good.info.labels, metadata=good.info.metadata) as model:
+    with bentoml.models.create(
+        f"penguin_classifier:{version}", labels=good.info.labels, metadata=good.info.metadata
+    ) as model:
         for path in Path(good.path).iterdir():
             if path.is_file() and path.name != "model.yaml":
                 Path(model.path_of(path.name)).write_bytes(b"not a model")
@@ -130,9 +132,11 @@ def test_a_deploy_that_cannot_serve_is_refused_and_blue_keeps_serving(release_st
 
             bentoml.models.delete(f"penguin_classifier:{version}")
     state, listed = routing.read(state_file), read_stack_file(state_dir)["backends"]
-    print(f"\ndeploy {version} ({case}), green at {weight}% before: exit {result.returncode}: "
-          f"{result.stderr.strip()[-200:]}\n{len(load.answers)} requests: {dict(tally(load.answers))}; "
-          f"the 100 sent after it returned: {dict(after)}")
+    print(
+        f"\ndeploy {version} ({case}), green at {weight}% before: exit {result.returncode}: "
+        f"{result.stderr.strip()[-200:]}\n{len(load.answers)} requests: {dict(tally(load.answers))}; "
+        f"the 100 sent after it returned: {dict(after)}"
+    )
     assert result.returncode == 1 and result.stderr.startswith("error: ") and version in result.stderr
     assert not load.failed() and set(after) == {before.blue_version}
     assert (state.green_weight, state.green_version, state.green_slot) == (0, before.green_version, before.green_slot)
@@ -157,7 +161,17 @@ def test_figures_stay_true_across_a_deploy_and_status_watch_refreshes_in_place(r
     blue = routing.read(state_dir / routing.STATE_FILE).blue_version
     assert report["backends"]["green"]["version"] == "v1.0.0" and report["backends"]["blue"]["version"] == blue
 
-    argv = [sys.executable, "-m", "canary_kit.cli", "status", "--watch", "--interval", "0.5", "--state-dir", str(state_dir)]
+    argv = [
+        sys.executable,
+        "-m",
+        "canary_kit.cli",
+        "status",
+        "--watch",
+        "--interval",
+        "0.5",
+        "--state-dir",
+        str(state_dir),
+    ]
     watch = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(4)
@@ -180,7 +194,9 @@ def test_finalize_is_refused_while_green_does_not_answer(own_stack):
         load.wait_for(0, 50)
         result = canary_process(state_dir, "finalize")
         after = versions_after(load, 100)
-    print(f"\nfinalize with green dead: exit {result.returncode}: {result.stderr.strip()}\nanswers after: {dict(after)}")
+    print(
+        f"\nfinalize with green dead: exit {result.returncode}: {result.stderr.strip()}\nanswers after: {dict(after)}"
+    )
     assert result.returncode == 1 and "green does not answer" in result.stderr
     assert not load.failed() and set(after) == {"v1.0.0"}
     assert routing.read(state_dir / routing.STATE_FILE).blue_version == "v1.0.0"
@@ -196,7 +212,10 @@ def test_an_interrupted_deploy_leaves_nothing_running_and_stopping_the_stack_sto
     deploying.send_signal(signal.SIGTERM)
     out, _ = deploying.communicate(timeout=60)
     listed = read_stack_file(state_dir)["backends"]
-    print(f"\ndeploy interrupted while starting: exit {deploying.returncode}, {out.strip()[-200:]}; listed: {list(listed)}")
+    print(
+        f"\ndeploy interrupted while starting: exit {deploying.returncode}, {out.strip()[-200:]}; "
+        f"listed: {list(listed)}"
+    )
     assert deploying.returncode != 0 and "green_b" not in listed and not listeners(settings.green_port_b)
     assert routing.read(state_dir / routing.STATE_FILE).green_version == "v1.1.0"
 

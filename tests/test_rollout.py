@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 
 from canary_kit.cli import app
 from canary_kit.control import applied, split_of
-from canary_kit.targets import LocalTarget
 from canary_kit.shadow import run_shadow
-
+from canary_kit.targets import LocalTarget
 from conftest import EXAMPLE_ROW, ROOT, nginx_pids
 from load import Load, tally
 
@@ -25,8 +24,10 @@ pytestmark = pytest.mark.integration
 # Short holds and loose latency gates: this tests the mechanism on a shared 2-core machine, not the speed.
 FAST = ["--hold", "3", "--min-requests", "5", "--min-rows", "20", "--max-p99-ms", "10000", "--max-p99-ratio", "50"]
 
+
 def canary(settings, *args):
     return CliRunner().invoke(app, [*args, "--state-dir", str(settings.state_dir)])
+
 
 @pytest.fixture
 def at_ten(stack):
@@ -36,6 +37,7 @@ def at_ten(stack):
     finally:
         canary(stack.settings, "set-weight", "10")
 
+
 def test_healthy_green_is_promoted_step_by_step_with_no_failed_request(at_ten):
     """A 4-step rollout under 16 keep-alive clients that never resend: no failed request, no nginx reload."""
     settings = at_ten.settings
@@ -44,8 +46,10 @@ def test_healthy_green_is_promoted_step_by_step_with_no_failed_request(at_ten):
         load.wait_for(0, 30)
         result = canary(settings, "rollout", *FAST)
     counts, pids_after = tally(load.answers), nginx_pids(at_ten)
-    print(f"\n{result.output}\n{len(load.answers)} client requests during the rollout: {dict(counts)}"
-          f"\nnginx master and workers before {pids_before}, after {pids_after}")
+    print(
+        f"\n{result.output}\n{len(load.answers)} client requests during the rollout: {dict(counts)}"
+        f"\nnginx master and workers before {pids_before}, after {pids_after}"
+    )
     assert result.exit_code == 0, result.output
     assert "promoted" in result.output
     assert split_of(LocalTarget(settings.state_dir))[0] == 100
@@ -56,12 +60,14 @@ def test_healthy_green_is_promoted_step_by_step_with_no_failed_request(at_ten):
     assert [c["weight"] for c in report["checks"] if c["verdict"] == "advance"] == [10, 25, 50, 100]
     assert reports[-1].with_suffix(".md").is_file() and reports[-1].with_suffix(".svg").is_file()
 
+
 def test_too_little_traffic_holds_and_does_not_promote(at_ten):
     result = canary(at_ten.settings, "rollout", *FAST, "--min-requests", "1000", "--max-inconclusive", "2")
     print(f"\n{result.output}")
     assert result.exit_code == 2, result.output
     assert "paused" in result.output and result.output.count("HOLD") == 2
     assert split_of(LocalTarget(at_ten.settings.state_dir))[0] == 10
+
 
 @contextmanager
 def rollout_reaching(settings, weight: int, outcome: dict):
@@ -75,6 +81,7 @@ def rollout_reaching(settings, weight: int, outcome: dict):
         yield
     finally:
         rolling.join(timeout=120)
+
 
 def test_green_dying_mid_rollout_is_rolled_back_and_clients_see_no_error(own_stack):
     settings = own_stack.settings
@@ -90,6 +97,7 @@ def test_green_dying_mid_rollout_is_rolled_back_and_clients_see_no_error(own_sta
     assert "rolled back" in result.output and "green is not ready" in result.output
     assert split_of(LocalTarget(settings.state_dir))[0] == 0
     assert not [k for k in counts if k.startswith("failed")], counts
+
 
 def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
     import bentoml
@@ -112,7 +120,10 @@ def test_shadow_agreement_matches_the_models_on_the_same_rows(at_ten):
             assert r.status_code == 200 and r.json()["model_version"] == "v1.0.0", r.text  # blue answers all
     shadowing.join(timeout=60)
 
-    models = {v: joblib.load(bentoml.models.get(f"penguin_classifier:{v}").path_of("model.joblib")) for v in ("v1.0.0", "v1.1.0")}
+    models = {
+        v: joblib.load(bentoml.models.get(f"penguin_classifier:{v}").path_of("model.joblib"))
+        for v in ("v1.0.0", "v1.1.0")
+    }
     frame = pd.read_csv(ROOT / "data" / "data.csv").drop(columns="target")
     blue, green = (models[v].predict(frame) for v in ("v1.0.0", "v1.1.0"))
     expected = round(float((blue == green).mean()), 4)
@@ -173,8 +184,10 @@ def test_a_frozen_green_in_shadow_mode_never_slows_a_client(own_stack):
         copies = {e["request_id"]: e["upstream_status"] for e in target.log_since(mark) if e.get("shadow")}
         time.sleep(0.2)
     answered = sum(copies.get(i) == "200" for i in ids)
-    print(f"\n30 requests with green frozen: median {sorted(timings)[15] * 1000:.1f} ms, "
-          f"max {max(timings) * 1000:.1f} ms; green answered {answered} of {len(ids)} copies (one of 1,000 rows)")
+    print(
+        f"\n30 requests with green frozen: median {sorted(timings)[15] * 1000:.1f} ms, "
+        f"max {max(timings) * 1000:.1f} ms; green answered {answered} of {len(ids)} copies (one of 1,000 rows)"
+    )
     # a copy that waited for green would hold each next request for the relay's 1 s timeout at least
     assert sorted(timings)[15] < 0.5, timings
     assert answered == len(ids), copies

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from conftest import BIN, EXAMPLE_ROW, ROOT, bentoml_serve
 from penguin import parity
 from penguin.features import CANDIDATE_VERSION, FEATURES, MAX_INSTANCES, MODEL_NAME, STABLE_VERSION
-from conftest import BIN, EXAMPLE_ROW, ROOT, bentoml_serve
 
 CLASSES = {"Adelie", "Chinstrap", "Gentoo"}
 
@@ -40,7 +40,13 @@ def backend(request, stack):
     """Each version's real `bentoml serve` process (ONNX runtime), addressed directly (not through nginx), and
     v1.1.0 on the scikit-learn runtime."""
     if request.param == "sklearn":
-        target = ["service:PenguinClassifier", "--arg", f"model_version={CANDIDATE_VERSION}", "--arg", "runtime=sklearn"]
+        target = [
+            "service:PenguinClassifier",
+            "--arg",
+            f"model_version={CANDIDATE_VERSION}",
+            "--arg",
+            "runtime=sklearn",
+        ]
         with bentoml_serve(target) as url:
             yield url, CANDIDATE_VERSION
         return
@@ -116,10 +122,20 @@ def test_bad_bodies_get_4xx_naming_the_problem(backend, case):
 
 
 RAW_BODIES = {
-    "NaN": (b'{"instances":[{"island":"Dream","bill_length_mm":NaN,"bill_depth_mm":18.7,'
-            b'"flipper_length_mm":181,"body_mass_g":3750,"sex":"male"}]}', "application/json", 400, "finite"),
-    "Infinity": (b'{"instances":[{"island":"Dream","bill_length_mm":1e999,"bill_depth_mm":18.7,'
-                 b'"flipper_length_mm":181,"body_mass_g":3750,"sex":"male"}]}', "application/json", 400, "finite"),
+    "NaN": (
+        b'{"instances":[{"island":"Dream","bill_length_mm":NaN,"bill_depth_mm":18.7,'
+        b'"flipper_length_mm":181,"body_mass_g":3750,"sex":"male"}]}',
+        "application/json",
+        400,
+        "finite",
+    ),
+    "Infinity": (
+        b'{"instances":[{"island":"Dream","bill_length_mm":1e999,"bill_depth_mm":18.7,'
+        b'"flipper_length_mm":181,"body_mass_g":3750,"sex":"male"}]}',
+        "application/json",
+        400,
+        "finite",
+    ),
     "not JSON": (b"island=Dream", "application/json", 400, "Invalid JSON"),
     "truncated JSON": (b'{"instances":[{"island":', "application/json", 400, "JSON"),
     "wrong content type": (json.dumps({"instances": [EXAMPLE_ROW]}).encode(), "text/csv", 415, "application/json"),
@@ -178,14 +194,16 @@ def test_openapi_document_is_valid_3_1_with_every_route(backend):
     doc = httpx.get(f"{url}/docs.json").json()
     validate(doc)  # raises, naming the first problem, if the document is not valid OpenAPI
     assert doc["openapi"].startswith("3.1") and doc["info"]["version"] == version
-    assert {"/predict", "/health", "/metadata", "/livez", "/readyz", "/metrics"} <= set(doc["paths"]), list(doc["paths"])
+    assert {"/predict", "/health", "/metadata", "/livez", "/readyz", "/metrics"} <= set(doc["paths"]), list(
+        doc["paths"]
+    )
     answers = doc["paths"]["/predict"]["post"]["responses"]
     assert {"200", "400", "413", "415"} <= set(answers), list(answers)
 
 
 def _chunks(payload: bytes, size: int = 64 * 1024):
     for start in range(0, len(payload), size):
-        yield payload[start:start + size]
+        yield payload[start : start + size]
 
 
 @pytest.mark.integration

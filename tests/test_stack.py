@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from canary_kit.cli import app
 from canary_kit.metrics import Snapshot
-from conftest import ROOT, EXAMPLE_ROW, canary_process, free_port, local_settings
+from conftest import EXAMPLE_ROW, ROOT, canary_process, free_port, local_settings
 from load import Load, assert_split, tally
 
 pytestmark = pytest.mark.integration
@@ -29,6 +29,8 @@ def free_ports() -> dict[str, str]:
     """CANARY_* variables giving a `canary up` process free ports for nginx and every slot."""
     names = ("CANARY_PORT", "CANARY_BLUE_PORT", "CANARY_GREEN_PORT", "CANARY_GREEN_PORT_B")
     return {name: str(free_port()) for name in names}
+
+
 SLOT_OF = {"blue": "blue", "green": "green_a"}  # a fresh stack
 
 
@@ -60,8 +62,9 @@ def test_nginx_adds_route_upstream_and_request_id(stack):
 
 
 def test_nginx_refuses_an_oversized_body_with_json(stack):
-    response = httpx.post(f"{stack.settings.url}/predict", content=b"x" * (2 * 1024 * 1024),
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{stack.settings.url}/predict", content=b"x" * (2 * 1024 * 1024), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413 and "larger than" in response.json()["error"]
 
 
@@ -90,9 +93,7 @@ def test_each_backend_metrics_count_only_what_it_served(stack):
     load = Load(stack.settings.url, workers=4, max_requests=600, max_seconds=120).run()
     served = tally(load.answers)
     after = {color: snap(color) for color in VERSION_OF}
-    counted = {
-        VERSION_OF[c]: sum(after[c].by_status.values()) - sum(before[c].by_status.values()) for c in VERSION_OF
-    }
+    counted = {VERSION_OF[c]: sum(after[c].by_status.values()) - sum(before[c].by_status.values()) for c in VERSION_OF}
     print(f"\nclient saw {dict(served)}; backends' /metrics counted {counted}")
     assert counted == {"v1.0.0": served["v1.0.0"], "v1.1.0": served["v1.1.0"]}
 
@@ -175,7 +176,7 @@ class Pollers:
             time.sleep(0.05)
         return sorted(a for a in list(self.answers) if a[0] >= moment)
 
-    def __enter__(self) -> "Pollers":
+    def __enter__(self) -> Pollers:
         for thread in self._threads:
             thread.start()
         return self
@@ -188,8 +189,14 @@ class Pollers:
 
 def start_up(env: dict) -> tuple[subprocess.Popen, float, list[str]]:
     """`canary up` as a process; returns it with the moment it said it was ready."""
-    proc = subprocess.Popen([sys.executable, "-m", "canary_kit.cli", "up"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "canary_kit.cli", "up"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines, deadline = [], time.monotonic() + 120
     while time.monotonic() < deadline:
         line = proc.stdout.readline()

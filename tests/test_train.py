@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from penguin.features import CANDIDATE_VERSION, FEATURES, MODEL_NAME, STABLE_VERSION
 from conftest import ROOT, run
+from penguin.features import CANDIDATE_VERSION, FEATURES, MODEL_NAME, STABLE_VERSION
 
 
 @pytest.fixture(scope="module")
