@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import report
+from bench import report, writeup
 from bench.load import check_subjects, run_wrk, write_bodies
 from bench.model import load_predictors, model_file, predict_floor, served_parity
 from bench.options import NO_METRICS, parse_args
@@ -359,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         results["profile"]["folded"] = f"{folded.name}.gz"
     everything = {"meta": meta, "goals": report.GOALS, **summary, **{k: v for k, v in results.items()}}
     (args.out / "results.json").write_text(json.dumps(everything, indent=1, default=str) + "\n")
-    (args.out / "results.md").write_text(report.markdown(summary, results, meta, args))
-    report.chart(summary, args, args.out / "results.png")
-    report.print_table(summary, results, args)
+    (args.out / "results.md").write_text(writeup.markdown(summary, results, meta, args))
+    writeup.chart(summary, args, args.out / "results.png")
+    writeup.print_table(summary, results, args)
     log(f"wrote {args.out / 'results.json'}, results.md, results.png in {results['elapsed_s'] / 60:.1f} min")
     shutil.rmtree(work, ignore_errors=True)
     return 0
