@@ -58,9 +58,9 @@ def compose_config(compose_file: Path, compose_cmd: Sequence[str]) -> dict:
         _stamp(dotenv),
         tuple(sorted(os.environ.items())),
     )
-    if key in _resolved:
-        return _resolved[key]
-    spec = None
+    spec = _resolved.get(key)  # one lookup: another thread may clear the cache between two
+    if spec is not None:
+        return spec
     if tuple(compose_cmd) not in _no_json:
         text = run(compose_cmd, compose_file, "config", "--format", "json", timeout=CONFIG_TIMEOUT).stdout
         try:

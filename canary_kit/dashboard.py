@@ -328,7 +328,12 @@ def perform(make_target: Callable, action: str, body: dict) -> dict:
 
 
 def serve(
-    make_target: Callable, state_dir, host: str, port: int, echo: Callable[[str], None], rebuild: bool = True
+    make_target: Callable[[], Target],
+    state_dir: Path | None,
+    host: str,
+    port: int,
+    echo: Callable[[str], None],
+    rebuild: bool = True,
 ) -> None:
     """Run the dashboard until Ctrl-C."""
     import uvicorn

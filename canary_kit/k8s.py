@@ -45,7 +45,7 @@ ARGS = {
     "window": "window",
     "weight": "weight",
 }
-FILES = ("kustomization.yaml", "rollout.yaml", "services.yaml", "httproutes.yaml", "analysistemplate.yaml")
+FILES = ("kustomization.yaml", "argo-rollout.yaml", "services.yaml", "httproutes.yaml", "analysistemplate.yaml")
 # Whole-string patterns (re.fullmatch): a Kubernetes object name (RFC 1123 subdomain, at most 253 characters), a
 # Service name (RFC 1035 label, at most 63), and the Prometheus address the analysis runs its queries against.
 DNS_NAME = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
@@ -324,7 +324,7 @@ def manifests(served: ServedModel, spec: RolloutSpec) -> dict[str, str]:
     """File name -> text of the kustomize base."""
     return {
         "kustomization.yaml": dump(kustomization(served)),
-        "rollout.yaml": dump(argo_rollout(served, spec)),
+        "argo-rollout.yaml": dump(argo_rollout(served, spec)),
         "services.yaml": dump(service(served, served.stable), service(served, served.canary)),
         "httproutes.yaml": dump(*routes(served)),
         "analysistemplate.yaml": dump(
@@ -343,7 +343,7 @@ def notes(spec: RolloutSpec) -> dict[str, str]:
         "# rollout where it is (resume: kubectl argo rollouts promote; give up: kubectl argo rollouts abort).\n"
         "# Unlike `canary rollout`, breaches and thin windows count together against inconclusiveLimit.\n"
     )
-    return {"rollout.yaml": text, "analysistemplate.yaml": text}
+    return {"argo-rollout.yaml": text, "analysistemplate.yaml": text}
 
 
 def render(served: ServedModel, spec: RolloutSpec, out: Path, spec_name: str) -> list[Path]:

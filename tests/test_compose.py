@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -76,18 +77,28 @@ def test_nginx_renders_the_shared_template_with_every_variable(spec):
 
 @pytest.fixture(scope="module")
 def compose_cmd() -> list[str]:
-    """Compose v2 where it answers, else docker-compose (1.29 here): what `canary … --compose` would run."""
-    try:
-        if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20).returncode == 0:
-            return ["docker", "compose"]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    if shutil.which("docker-compose") is None:
+    """What `canary … --compose` would run: compose v2 where it answers, else docker-compose (1.29 here)."""
+    from canary_kit.targets import compose_command
+
+    command = shlex.split(compose_command())
+    if shutil.which(command[0]) is None:
         pytest.skip("neither `docker compose` nor docker-compose is installed")
-    return ["docker-compose"]
+    return command
 
 
-def test_nginx_loads_njs_and_reads_the_routing_state_from_a_mounted_folder(spec, compose_cmd, monkeypatch):
+def test_nginx_mounts_njs_and_a_conf_that_loads_it(spec):
+    env = spec["services"]["nginx"]["environment"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in spec["services"]["nginx"]["volumes"]}
+    assert mounts[env["CANARY_NJS"]] == "./nginx/canary.js"
+    assert mounts["/etc/nginx/nginx.conf"] == "./nginx/nginx.compose.conf"
+    assert (
+        "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;"
+        in (ROOT / "nginx" / "nginx.compose.conf").read_text()
+    )
+    assert (ROOT / "nginx" / "state").is_dir()  # committed, so docker never creates it as root
+
+
+def test_nginx_reads_the_routing_state_from_a_mounted_folder(spec, compose_cmd, monkeypatch):
     from canary_kit.compose import compose_service, mounted_folder, published_port
     from canary_kit.targets import COMPOSE_STATE_MOUNT
 
@@ -98,13 +109,6 @@ def test_nginx_loads_njs_and_reads_the_routing_state_from_a_mounted_folder(spec,
     assert (ROOT / "nginx" / "state").is_dir()  # committed, so docker never creates it as root
     assert env["CANARY_STATE_FILE"].startswith(COMPOSE_STATE_MOUNT + "/")
     assert published_port(nginx, int(env["CANARY_LISTEN"])) == 8000
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in spec["services"]["nginx"]["volumes"]}
-    assert mounts[env["CANARY_NJS"]] == "./nginx/canary.js"
-    assert mounts["/etc/nginx/nginx.conf"] == "./nginx/nginx.compose.conf"
-    assert (
-        "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;"
-        in (ROOT / "nginx" / "nginx.compose.conf").read_text()
-    )
 
 
 def first_state(tmp_path, weight: str | None, existing: str | None = None, **servers) -> subprocess.CompletedProcess:

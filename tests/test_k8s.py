@@ -158,7 +158,7 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
     )
     spec = load_spec(spec_file, {})
     files = k8s.manifests(served(image_tag="v1.2.0"), spec)
-    canary = yaml.safe_load(files["rollout.yaml"])["spec"]["strategy"]["canary"]
+    canary = yaml.safe_load(files["argo-rollout.yaml"])["spec"]["strategy"]["canary"]
     hold = {"pause": {"duration": "12500ms"}}
     routes = [s for s in canary["steps"] if "setHeaderRoute" in s]
     judged = [s["analysis"] for s in canary["steps"] if "analysis" in s]
@@ -210,7 +210,7 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
     assert "initialDelay" not in srm and ">= 300)" in srm["provider"]["prometheus"]["query"]
     assert "{{args.weight}}" in srm["provider"]["prometheus"]["query"] and {"name": "weight"} in split["spec"]["args"]
     assert yaml.safe_load(files["kustomization.yaml"])["images"] == [{"name": "penguin_classifier", "newTag": "v1.2.0"}]
-    assert "/livez" in files["rollout.yaml"] and "/readyz" in files["rollout.yaml"]
+    assert "/livez" in files["argo-rollout.yaml"] and "/readyz" in files["argo-rollout.yaml"]
     assert [
         p
         for text in files.values()
@@ -251,9 +251,9 @@ def test_on_failure_pause_makes_a_breach_inconclusive_and_says_so(tmp_path):
                 k8s_checks.verdict(metric, []) == "Inconclusive" and k8s_checks.verdict(metric, [0.0]) == "Successful"
             )
     k8s.render(served(), spec, tmp_path, "spec.yaml")
-    for name in ("rollout.yaml", "analysistemplate.yaml"):
+    for name in ("argo-rollout.yaml", "analysistemplate.yaml"):
         assert "on_failure: pause" in (tmp_path / name).read_text(), name
-    assert "on_failure" not in (BASE / "rollout.yaml").read_text()
+    assert "on_failure" not in (BASE / "argo-rollout.yaml").read_text()
 
 
 def test_gates_turned_off_or_unknown_to_the_service_are_not_rendered(tmp_path):
@@ -321,7 +321,7 @@ def seeds(*cases: tuple[str, str, str, str]):
 
 
 @seeds(
-    ("rollout.yaml", "canaryService:", "canarySevice:", "'canarySevice' was unexpected"),
+    ("argo-rollout.yaml", "canaryService:", "canarySevice:", "'canarySevice' was unexpected"),
     ("httproutes.yaml", "backendRefs:", "backendRef:", "'backendRef' was unexpected"),
     ("analysistemplate.yaml", "successCondition:", "sucessCondition:", "'sucessCondition' was unexpected"),
     ("httproutes.yaml", "type: Exact", "type: Exactly", "'Exactly' is not one of"),
@@ -333,8 +333,8 @@ def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, me
 
 
 @seeds(
-    ("rollout.yaml", "setWeight: 50", "setWeight: 150", "steps[8].setWeight: 150 is outside 0-100"),
-    ("rollout.yaml", "setWeight: 50", "setWeight: 20", "setWeight: 20 does not rise above the previous step's 25"),
+    ("argo-rollout.yaml", "setWeight: 50", "setWeight: 150", "steps[8].setWeight: 150 is outside 0-100"),
+    ("argo-rollout.yaml", "setWeight: 50", "setWeight: 20", "setWeight: 20 does not rise above the previous step's 25"),
     (
         "services.yaml",
         "name: penguin-classifier-canary",
@@ -366,19 +366,19 @@ def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, me
         "grouping label 'klass' is on none of the selected series",
     ),
     (
-        "rollout.yaml",
+        "argo-rollout.yaml",
         "value: '25'",
         "value: '30'",
         "steps[7].analysis: arg weight is '30', not the weight its step set (25)",
     ),
     (
-        "rollout.yaml",
+        "argo-rollout.yaml",
         "templateName: penguin-classifier-split",
         "templateName: split",
         "steps[4].analysis: templateName 'split' is not an AnalysisTemplate",
     ),
     (
-        "rollout.yaml",
+        "argo-rollout.yaml",
         "          - name: weight\n            value: '10'\n",
         "",
         "arg 'weight' has no value and the Rollout does not supply it",
@@ -391,19 +391,19 @@ def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, me
     ),
     ("analysistemplate.yaml", 'endpoint="/predict"', 'endpoint="/readyz"', "so probes never count"),
     (
-        "rollout.yaml",
+        "argo-rollout.yaml",
         "- name: canary-cookie",
         "- name: canary-cookies",
         "route 'canary-cookie' is not in managedRoutes",
     ),
     ("httproutes.yaml", "name: never-cookie", "name: never-header", "rule names are not unique"),
     (
-        "rollout.yaml",
+        "argo-rollout.yaml",
         "templateName: penguin-classifier-gates",
         "templateName: gates",
         "templateName 'gates' is not an AnalysisTemplate",
     ),
-    ("rollout.yaml", "- name: penguin-classifier-split", "- name: split", "httpRoute 'split' is not an HTTPRoute"),
+    ("argo-rollout.yaml", "- name: penguin-classifier-split", "- name: split", "httpRoute 'split' is not an HTTPRoute"),
     (
         "analysistemplate.yaml",
         "{{args.stable-hash}}",
@@ -417,7 +417,7 @@ def test_a_misspelt_field_is_refused_by_the_schemas(tmp_path, file, old, new, me
         "an empty answer (too little traffic) would be Failed, not Inconclusive",
     ),
     ("services.yaml", "targetPort: http", "targetPort: web", "targetPort 'web' is not a container port"),
-    ("rollout.yaml", "startingStep: 1", "startingStep: 13", "analysis.startingStep 13 is not a step (0-12)"),
+    ("argo-rollout.yaml", "startingStep: 1", "startingStep: 13", "analysis.startingStep 13 is not a step (0-12)"),
     ("httproutes.yaml", "  - name: gateway", "  - name: Bad_Gateway!", "parentRef 'Bad_Gateway!' is not a valid"),
     (
         "services.yaml",
@@ -443,7 +443,7 @@ def test_what_schemas_miss_is_refused_by_the_checks(tmp_path, file, old, new, me
 def test_canary_k8s_check_refuses_in_one_line_and_passes_the_committed_base(tmp_path):
     ok = CliRunner().invoke(app, ["k8s", "check", str(BASE)])
     assert ok.exit_code == 0 and "no problem found" in ok.output, ok.output
-    folder = seeded(tmp_path, "rollout.yaml", "setWeight: 50", "setWeight: 150")
+    folder = seeded(tmp_path, "argo-rollout.yaml", "setWeight: 50", "setWeight: 150")
     assert [p for doc in render(folder) for p in validate(doc)] == []  # the schemas let it through
     bad = CliRunner().invoke(app, ["k8s", "check", str(folder)])
     assert bad.exit_code == 1 and "setWeight: 150 is outside 0-100" in bad.output

@@ -226,8 +226,8 @@ def test_every_feature_set_trains_an_exact_float64_graph(algorithm, features, tr
 
 @pytest.mark.parametrize("features", ["island", "island,sex"])
 @pytest.mark.parametrize("algorithm", ["hist_gradient_boosting", "logistic_regression"])
-def test_the_issue_s_commands_train_exact_graphs(algorithm, features, tmp_path):
-    """The recipes that used to fail: on categories alone the trees crashed in the export, the regression was 5.7e-08 off."""
+def test_the_recipes_that_once_failed_train_exact_graphs(algorithm, features, tmp_path):
+    """On categories alone the trees once crashed in the export and the regression was 5.7e-08 off."""
     made = train(["--version", "v0.9.0", "--algorithm", algorithm, "--features", features], tmp_path)
     row = made.stdout.splitlines()[-1].split()
     assert row[0] == "v0.9.0" and row[-1] == "saved", made.stdout
