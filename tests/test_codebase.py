@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from conftest import BIN, ROOT
 
 
 def run(argv: list[str]) -> subprocess.CompletedProcess:

@@ -17,7 +17,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ import httpx
 import pandas as pd
 import pytest
 
+from canary_kit.processes import port_in_use
+from canary_kit.targets import compose_command
 from conftest import BIN, ROOT, data_rows
 from load import Load, assert_split, tally
 
@@ -47,7 +48,7 @@ LABEL_KEY = "org.opencontainers.image.version"  # plus ai.bentoml.model_version;
 WORK = Path(os.environ.get("CONTAINER_E2E_DIR", "/tmp/canary-e2e"))
 STATE = WORK / "compose-state"  # the stack's routing state, apart from the project's nginx/state
 LOGS = WORK / "logs"
-COMPOSE = shlex.split(os.environ.get("CONTAINER_E2E_COMPOSE_CMD") or "docker compose")
+COMPOSE = shlex.split(os.environ.get("CONTAINER_E2E_COMPOSE_CMD") or compose_command())
 # The environment of every docker, compose and canary command (the suite's conftest drops CANARY_* names).
 ENV = {
     "COMPOSE_PROJECT_NAME": "canary-e2e",
@@ -105,11 +106,6 @@ def health_report() -> str:
     return "\n".join(lines)
 
 
-def port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def load(**kwargs) -> Load:
     """Load through the stack's nginx: the data's rows in turn; each answer's body must name the header's version."""
     return Load(URL, rows=ROWS, timeout=10, check_version_field=True, **kwargs)
@@ -134,8 +130,11 @@ def test_image_is_labelled_and_runs_as_non_root(version):
 @pytest.fixture(scope="module")
 def stack(request):
     """docker-compose.yml up (blue v1.0.0, green v1.1.0, a fresh routing state), healthy; always torn down."""
-    assert not port_in_use(PORT), f"127.0.0.1:{PORT} is already taken (docker-compose.yml publishes nginx there)"
-    assert compose("config", "-q").returncode == 0, said(compose("config", "-q"))
+    assert not port_in_use("127.0.0.1", PORT), (
+        f"127.0.0.1:{PORT} is already taken (docker-compose.yml publishes nginx there)"
+    )
+    config = compose("config", "-q")
+    assert config.returncode == 0, said(config)
     dotenv = ROOT / ".env"  # `canary deploy|finalize --compose` pins the versions there: the user's own file returns
     saved = dotenv.read_bytes() if dotenv.exists() else None
     shutil.rmtree(STATE, ignore_errors=True)

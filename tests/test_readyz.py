@@ -12,13 +12,13 @@ import shutil
 import socketserver
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
 from canary_kit.readyz import CURL_HEAD, serving, version_from_curl, version_in_head
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (make tools installs it)")
 TABLE = json.loads((ROOT / "tests" / "data" / "readyz_answers.json").read_text())
 IDS = [row["case"] for row in TABLE]
 
@@ -76,26 +76,26 @@ def test_serving_reads_the_version_as_the_table_says(server, row):
     assert serving(f"http://{answering(server, row)}") == row["version"]
 
 
+@needs_curl
 @pytest.mark.parametrize("row", TABLE, ids=IDS)
 def test_the_head_as_curl_prints_it_names_the_version_as_the_table_says(server, row):
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed (make tools installs it)")
     done = subprocess.run(
         [*CURL_HEAD, "-m", "5", f"http://{answering(server, row)}/readyz"], capture_output=True, text=True, timeout=30
     )
     assert version_from_curl(done.returncode, done.stdout) == row["version"], done.stdout
 
 
+def run_served(address: str) -> subprocess.CompletedProcess:
+    """The init script's `served()`, run with sh (and curl) against `address`."""
+    return subprocess.run(
+        ["sh", "-c", f'{shell_served()}\nserved "$1"', "sh", address], capture_output=True, text=True, timeout=30
+    )
+
+
+@needs_curl
 @pytest.mark.parametrize("row", TABLE, ids=IDS)
 def test_the_init_scripts_served_reads_the_version_as_the_table_says(server, row):
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed (make tools installs it)")
-    done = subprocess.run(
-        ["sh", "-c", f'{shell_served()}\nserved "$1"', "sh", answering(server, row)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_served(answering(server, row))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == row["version"], done.stdout
 
@@ -110,10 +110,4 @@ def test_nothing_answering_is_no_version():
         port = closed.server_address[1]
     assert serving(f"http://127.0.0.1:{port}") is None
     if shutil.which("curl"):
-        done = subprocess.run(
-            ["sh", "-c", f'{shell_served()}\nserved "$1"', "sh", f"127.0.0.1:{port}"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert done.stdout == "null"
+        assert run_served(f"127.0.0.1:{port}").stdout == "null"

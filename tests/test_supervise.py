@@ -20,7 +20,7 @@ import pytest
 from canary_kit.control import takeover
 from canary_kit.processes import stack_processes
 from canary_kit.targets import LocalTarget
-from conftest import canary_process
+from conftest import EXAMPLE_ROW, canary_process
 from load import Load, assert_split, tally
 from test_stack import free_ports, start_up
 
@@ -225,10 +225,7 @@ def test_killing_the_supervisor_leaves_nothing_and_up_starts_again(trained, tmp_
         assert result.returncode == 0 and result.stdout.startswith("nothing of a canary stack runs")
         up.proc, began, _ = start_up(up.env)
         print("canary up again: ready")
-        assert (
-            httpx.post(f"{up.url}/predict", json={"instances": [dict(__import__("conftest").EXAMPLE_ROW)]}).status_code
-            == 200
-        )
+        assert httpx.post(f"{up.url}/predict", json={"instances": [dict(EXAMPLE_ROW)]}).status_code == 200
 
 
 def test_up_on_a_live_folder_says_so_and_down_stops_it(trained, tmp_path):
