@@ -228,6 +228,16 @@ class PenguinClassifier:
         self.predictor.predict_proba({name: [EXAMPLE[name]] for name in FEATURES})
         gc.freeze()  # the loaded model is long-lived: keep it out of the collector's way
 
+    def predicted(self, proba: np.ndarray, ctx: bentoml.Context) -> list[str]:
+        """Each row's class, counted in the prediction metrics and named in the X-Predictions header (both forms)."""
+        top = proba.argmax(axis=1)
+        predictions = [self.classes[i] for i in top.tolist()]
+        if self.metrics is not None:  # the canary's figures and quality gates
+            self.metrics.record(top, proba[np.arange(len(top)), top])  # each row's top probability
+        # For nginx's access log: shadow mode matches blue's and green's answers to the same request by this header.
+        ctx.response.headers["X-Predictions"] = ",".join(predictions)
+        return predictions
+
     @bentoml.api
     async def predict(
         self,
@@ -239,12 +249,7 @@ class PenguinClassifier:
         # (The sklearn runtime's milliseconds block the loop meanwhile: acceptable for a comparison path.)
         columns = {name: [getattr(row, name) for row in instances] for name in FEATURES}
         proba = self.predictor.predict_proba(columns)
-        top = proba.argmax(axis=1)
-        predictions = [self.classes[i] for i in top.tolist()]
-        if self.metrics is not None:
-            self.metrics.record(top, proba.max(axis=1))
-        # For nginx's access log: shadow mode matches blue's and green's answers to the same request by this header.
-        ctx.response.headers["X-Predictions"] = ",".join(predictions)
+        predictions = self.predicted(proba, ctx)
         # The fields are built from the model's own output, already of the declared types: no re-validation.
         return Prediction.model_construct(
             predictions=predictions,
@@ -265,11 +270,7 @@ class PenguinClassifier:
             except columnar.ColumnError as exc:
                 raise exc.validation_error() from None
         proba = self.predictor.predict_proba(columns)
-        top = proba.argmax(axis=1)
-        predictions = [self.classes[i] for i in top.tolist()]
-        if self.metrics is not None:  # counted as the row form's rows are: the canary's figures and quality gates
-            self.metrics.record(top, proba[np.arange(len(top)), top])  # each row's top probability
-        ctx.response.headers["X-Predictions"] = ",".join(predictions)
+        predictions = self.predicted(proba, ctx)
         return Response(columnar.answer(predictions, self.classes, proba, MODEL_VERSION), media_type="application/json")
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.servers import BENCH, ROOT
-
-NO_METRICS = "canary@nometrics"  # the extra canary stack whose backends export no prediction metrics
+from bench.servers import BENCH, NO_METRICS, ROOT
 
 
 def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:

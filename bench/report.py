@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from bench.servers import COLUMNS, FRAMEWORK_FLOOR, GREEN_WEIGHT, NGINX_FLOOR
+from bench.servers import COLUMNS, FRAMEWORK_FLOOR, GREEN_WEIGHT, NGINX_FLOOR, NO_METRICS
 from penguin.features import CANDIDATE_VERSION, STABLE_VERSION
 
 # The measures reported with a label, and the goal each is held to (reported, not asserted): key -> (label, format,
@@ -109,9 +109,8 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         (f"quality_metrics_rows_ratio_batch{big}", f"rows{big}"),
     ):
         runs = results["raw"].get(point, {})
-        if {"canary", "canary@nometrics"} <= runs.keys():
-            pairs = [x["rps"] / y["rps"] for x, y in zip(runs["canary"], runs["canary@nometrics"])]
-            ratios[key] = round(statistics.median(pairs), 3)
+        if {"canary", NO_METRICS} <= runs.keys():
+            ratios[key] = round(statistics.median(per_round(runs, "canary", NO_METRICS)), 3)
     # The same cost from a measurement the host's noise does not swamp: µs per answer in process (prediction_metrics_
     # cost.py, at 1 and 1,000 rows) over the canary's CPU per request at that point (all its processes), as a
     # throughput ratio.
@@ -120,7 +119,7 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         (f"quality_metrics_cost_ratio_{single}", single, cost.get("us_per_answer_1row")),
         ("quality_metrics_cost_ratio_batch1000", "rows1000", cost.get("us_per_answer_1000rows")),
     ):
-        cpu = table.get(point, {}).get("canary@nometrics", {}).get("cpu_ms_per_req")
+        cpu = table.get(point, {}).get(NO_METRICS, {}).get("cpu_ms_per_req")
         if us and cpu:
             ratios[key] = round(cpu * 1000 / (cpu * 1000 + us), 3)
     parity = results.get("parity") or {}
@@ -131,9 +130,7 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
     rounds = by_round(results["raw"].get(single, {}), single)
     batch = results["raw"].get(f"rows{big}", {})
     if {"canary", COLUMNS} <= batch.keys():  # rows/s ratio of the two forms, each round (the same rows per request)
-        rounds[f"canary_columnar_vs_rows_batch{big}"] = [
-            round(x["rps"] / y["rps"], 2) for x, y in zip(batch[COLUMNS], batch["canary"])
-        ]
+        rounds[f"canary_columnar_vs_rows_batch{big}"] = [round(r, 2) for r in per_round(batch, COLUMNS, "canary")]
     return {
         "table": table,
         "rows_per_s": rows_s,
@@ -180,17 +177,20 @@ def batch_ratios(rows_s: dict, floor: dict, point: str, rows: str) -> dict[str, 
     return ratios
 
 
+def per_round(runs: dict[str, list[dict]], a: str, b: str) -> list[float]:
+    """a's req/s over b's in each round: the pair measured back to back, seconds apart."""
+    return [x["rps"] / y["rps"] for x, y in zip(runs[a], runs[b])]
+
+
 def by_round(runs: dict[str, list[dict]], point: str) -> dict[str, list[float]]:
     """The req/s ratios of subjects measured in the same round (minutes apart at most): how much the median moved."""
     pairs = {
         f"canary_vs_baseline_rps_{point}": ("canary", "baseline"),
-        f"quality_metrics_rps_ratio_{point}": ("canary", "canary@nometrics"),
+        f"quality_metrics_rps_ratio_{point}": ("canary", NO_METRICS),
         f"canary_vs_framework_floor_rps_{point}": ("canary", FRAMEWORK_FLOOR),
     }
     return {
-        key: [round(x["rps"] / y["rps"], 2) for x, y in zip(runs[a], runs[b])]
-        for key, (a, b) in pairs.items()
-        if a in runs and b in runs
+        key: [round(r, 2) for r in per_round(runs, a, b)] for key, (a, b) in pairs.items() if a in runs and b in runs
     }
 
 

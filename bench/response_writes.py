@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.load import LUA, write_bodies
-from bench.servers import ROOT, canary_settings, free_ports, log
+from bench.servers import ROOT, canary_settings, free_ports, log, processes
 from canary_kit.stack import Stack
 
 TRACE_SECONDS, CONNECTIONS = 3, 8
@@ -30,9 +30,9 @@ TRACE_SECONDS, CONNECTIONS = 3, 8
 WRITE = re.compile(r'^(?:\[pid\s+(\d+)\] )?(\d+\.\d+) write\((\d+), "(.*)"(?:\.\.\.)?, \d+\) = \d+$')
 
 
-def worker_pids(stack: Stack) -> list[int]:
+def backend_pids(stack: Stack) -> list[int]:
     """blue's and green's processes: each `bentoml serve` supervisor and its worker."""
-    return [p.pid for c in stack.children if c.name != "nginx" for p in c.tree()]
+    return [p.pid for p in processes([c for c in stack.children if c.name != "nginx"])]
 
 
 def answers(trace: str) -> dict:
@@ -97,7 +97,7 @@ def main() -> int:
             "trace=write",
             "-e",
             "signal=none",
-            *[arg for pid in worker_pids(stack) for arg in ("-p", str(pid))],
+            *[arg for pid in backend_pids(stack) for arg in ("-p", str(pid))],
         ]
         trace = subprocess.run(argv, capture_output=True, text=True, timeout=TRACE_SECONDS + 30, check=False).stderr
         found = answers(trace)

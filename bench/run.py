@@ -45,13 +45,14 @@ from pathlib import Path
 from bench import report, writeup
 from bench.load import check_subjects, run_wrk, write_bodies
 from bench.model import load_predictors, model_file, predict_floor, served_parity
-from bench.options import NO_METRICS, parse_args
+from bench.options import parse_args
 from bench.pyspy import profile_worker
 from bench.servers import (
     COLUMNS,
     FRAMEWORK_FLOOR,
     HOST,
     NGINX_FLOOR,
+    NO_METRICS,
     ROOT,
     Subject,
     backends,
@@ -107,9 +108,6 @@ class Run:
                 with contextlib.suppress(Exception):
                     stack.stop()
         self.stack, self.extra_stacks = None, {}
-
-    def stack_names(self) -> set[str]:
-        return set(self.extra_stacks)
 
     # -- start -----------------------------------------------------------------------------------------------
     def cold_starts(self, settings: Settings) -> list[float]:
@@ -263,7 +261,7 @@ class Run:
         log("parity: every data row and the generated rows through each canary backend ...")
         self.results["parity"] = served_parity({v: url for v, (_, url) in running.items()}, self.store)
 
-        if NO_METRICS in self.stack_names():
+        if NO_METRICS in self.extra_stacks:
             cost = subprocess.run(
                 [sys.executable, "-m", "bench.prediction_metrics_cost"],
                 cwd=ROOT,

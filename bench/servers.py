@@ -28,6 +28,7 @@ NGINX_FLOOR = "nginx"
 FRAMEWORK_FLOOR = "floor"  # service.py with --arg runtime=constant: BentoML and our middleware, no model
 GREEN_WEIGHT = 10
 COLUMNS = "canary@columns"  # the canary stack asked in columns: POST /predict_columns (batch points only)
+NO_METRICS = "canary@nometrics"  # the extra canary stack whose backends export no prediction metrics
 
 
 def log(message: str) -> None:

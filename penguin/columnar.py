@@ -8,8 +8,8 @@ addition every column of the same length, at least 1 row and at most MAX_COLUMN_
 
 Two readings of a body, one set of rules:
 - the fast one: msgspec decodes the body straight into typed columns (`BODY`, the rules above written as msgspec
-  types: each value's type, > 0, the categories), in one pass in C; what is left (lengths, row limits, finiteness)
-  is checked here. It accepts a body only if the reference reading would accept it, with the same values
+  types: each value's type, > 0, the categories), in one pass in C; what is left (lengths, row limits) is checked
+  here. It accepts a body only if the reference reading would accept it, with the same values
   (tests/test_columnar.py checks both readings on the same bodies);
 - the reference one, for any body msgspec refuses: pydantic-core parses it (NaN and Infinity too) and `check`
   judges it, naming the column and the first bad row: ColumnError(loc=("columns", "bill_length_mm", 3), ...).
@@ -102,9 +102,8 @@ def parse(body: bytes, max_rows: int = MAX_COLUMN_ROWS) -> Columns:
     out = Columns()
     out.rows = rows(columns, max_rows)
     # Every measurement column in one float64 array (one conversion and one check for all); each column a row of it.
-    table = np.array([columns[name] for name in NUMERIC], dtype=np.float64)  # null -> NaN (msgspec reads no NaN)
-    if (table <= 0).any() or np.isinf(table).any():  # msgspec lets none through; were it to, the reference judges
-        return check(reference(body), max_rows)
+    # null -> NaN; msgspec has already refused NaN, infinities, out-of-range numbers and values <= 0 (`BODY`).
+    table = np.array([columns[name] for name in NUMERIC], dtype=np.float64)
     numbers = dict(zip(NUMERIC, table))
     for name in FEATURES:
         out[name] = columns[name] if name in CHOICES else numbers[name]
