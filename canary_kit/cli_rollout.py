@@ -175,4 +175,6 @@ def dashboard(
 
     where = stack_of(ctx)
     folder = None if where.compose else where.folder()
-    serve(where.open, folder, host, port, typer.echo, rebuild=not where.compose)
+    # The local stack is reopened at each tick and action (it tells at once when the stack stops); compose's is
+    # opened once.
+    serve(where.target if where.compose else where.open, folder, host, port, typer.echo)

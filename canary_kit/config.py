@@ -19,6 +19,9 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PyprojectTomlConfigSettingsSource, SettingsConfigDict
 
+from canary_kit.metrics import PredictionMetrics
+from canary_kit.retention import Retention
+
 Port = int
 COLORS = ("blue", "green")
 SLOTS = ("blue", "green_a", "green_b")  # where a version runs: blue's place, and two for green (see stack.py)
@@ -138,15 +141,11 @@ class Settings(BaseSettings):
         return f"{self.model_name}:{version}"
 
     @property
-    def retention(self):
-        from canary_kit.retention import Retention
-
+    def retention(self) -> Retention:
         return Retention(self.ledger_days, self.ledger_rows)
 
     @property
-    def prediction_metrics(self):
-        from canary_kit.metrics import PredictionMetrics
-
+    def prediction_metrics(self) -> PredictionMetrics:
         return PredictionMetrics(self.class_metric, self.confidence_metric, tuple(self.endpoints))
 
     @property

@@ -1,6 +1,6 @@
 """`canary dashboard`: both versions side by side, live, in a browser, with the actions of the CLI.
 
-One poller thread reads the stack once a second, whatever the number of browsers: `control.snapshots` (one
+One poller thread reads the stack once a second, whatever the number of browsers: `scrape.snapshots` (one
 /metrics read per backend) passed to `control.status` (what `canary status` shows: the split nginx applies, each
 version's health and figures since the last change), `views.read_history` (what `canary history` shows) and the
 running rollout's progress (live.py). It keeps 15 minutes of per-second samples in memory (requests/s, 5xx share,
@@ -44,9 +44,10 @@ from starlette.routing import Route
 
 from canary_kit import dashcharts, live
 from canary_kit.config import COLORS, CanaryError
-from canary_kit.control import set_weight, snapshots, status
+from canary_kit.control import set_weight, status
 from canary_kit.metrics import figures_between
 from canary_kit.routing import CHANGELOG
+from canary_kit.scrape import snapshots
 from canary_kit.target import Target
 from canary_kit.views import change_line, read_history, status_lines
 
@@ -96,12 +97,10 @@ class Poller:
         make_target: Callable[[], Target],
         state_dir: Path | None = None,
         interval: float = 1.0,
-        rebuild: bool = True,
     ) -> None:
-        self.make_target, self.state_dir, self.interval, self.rebuild = make_target, state_dir, interval, rebuild
+        self.make_target, self.state_dir, self.interval = make_target, state_dir, interval
         self.samples: deque[dict] = deque(maxlen=int(KEEP_SECONDS / interval))
         self.reads = 0  # snapshot rounds taken (each: one /metrics read per backend)
-        self._target: Target | None = None
         self._previous: dict[str, dict | None] | None = None
         self._view: dict[str, Any] = {"problem": "starting", "tick": 0}
         self._lock, self._stop = threading.Lock(), threading.Event()
@@ -135,11 +134,9 @@ class Poller:
             next_tick = max(next_tick + self.interval, time.monotonic())
 
     def _reach(self) -> Target:
-        if self._target is not None and not self.rebuild:
-            return self._target
-        self._target = self.make_target()  # local: cheap, and tells at once when the stack stops
-        self.state_dir = self._target.state_dir
-        return self._target
+        target = self.make_target()  # the local stack reopened (cheap: tells at once when it stops); compose's kept
+        self.state_dir = target.state_dir
+        return target
 
     def poll(self) -> None:
         now, problem, report, warnings = time.time(), None, None, []
@@ -333,7 +330,6 @@ def serve(
     host: str,
     port: int,
     echo: Callable[[str], None],
-    rebuild: bool = True,
 ) -> None:
     """Run the dashboard until Ctrl-C."""
     import uvicorn
@@ -345,7 +341,7 @@ def serve(
             probe.bind((host, port))
         except OSError as exc:
             raise CanaryError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another with --port") from None
-    poller = Poller(make_target, state_dir, rebuild=rebuild).start()
+    poller = Poller(make_target, state_dir).start()
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     echo(f"canary dashboard: {url}" + ("   (token from CANARY_DASHBOARD_TOKEN)" if given else f"#token={token}"))

@@ -196,8 +196,9 @@ def _srm(gate: Gate, limit: float, w: Window, weight: int) -> Verdict:
     return "pass", p, f"split as set: {seen} (p = {p:.2g})"
 
 
-def _rows(gate: Gate, green: dict, w: Window) -> tuple[dict, dict] | Verdict:
-    """Green's and blue's prediction figures for a quality gate, or the verdict while they cannot be judged."""
+def _blue_rows(gate: Gate, green: dict, w: Window) -> dict | Verdict:
+    """Blue's prediction figures to compare green's with in a quality gate, or the verdict while the two cannot be
+    judged."""
     blue = w.blue if w.blue and (w.blue.get("rows") or 0) >= gate.min_rows else w.blue_reference or w.blue
     if green.get("rows") is None and (blue or {}).get("rows") is None:
         return "skipped", None, "the service exports no prediction metrics"
@@ -211,14 +212,13 @@ def _rows(gate: Gate, green: dict, w: Window) -> tuple[dict, dict] | Verdict:
             None,
             (f"only {green['rows']} green / {blue['rows']} blue rows predicted (need {gate.min_rows} each)"),
         )
-    return green, blue
+    return blue
 
 
 def _class_divergence(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
-    rows = _rows(gate, green, w)
-    if len(rows) == 3:
-        return rows
-    green, blue = rows
+    blue = _blue_rows(gate, green, w)
+    if isinstance(blue, tuple):
+        return blue
     distance = js_distance(green["class_rows"], blue["class_rows"])
     if distance is None:
         return "inconclusive", None, "no class counts in the window"
@@ -230,10 +230,9 @@ def _class_divergence(gate: Gate, limit: float, green: dict, w: Window) -> Verdi
 
 
 def _confidence_drop(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
-    rows = _rows(gate, green, w)
-    if len(rows) == 3:
-        return rows
-    green, blue = rows
+    blue = _blue_rows(gate, green, w)
+    if isinstance(blue, tuple):
+        return blue
     if green["confidence_mean"] is None or blue["confidence_mean"] is None:
         return "inconclusive", None, "no confidence figures in the window"
     drop = blue["confidence_mean"] - green["confidence_mean"]

@@ -188,8 +188,8 @@ PRUNE_EVERY = 60.0  # seconds: pruning walks the time index, so it runs after ne
 def catch_up(target: Target, conn: sqlite3.Connection, retention: Retention | None = None) -> int:
     """Bring the ledger up to date with the target's nginx log (the model's endpoints of its settings); returns
     the rows added. Old answers are pruned after new ones came in, at most once a minute."""
-    log = getattr(target, "access_log", None)
-    endpoints = tuple(getattr(getattr(target, "prediction_metrics", None), "endpoints", (ENDPOINT,)))
+    log = target.access_log
+    endpoints = tuple(target.prediction_metrics.endpoints)
     if log is not None:
         added = ingest_file(conn, log, endpoints=endpoints)
     else:

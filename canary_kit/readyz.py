@@ -12,9 +12,11 @@ import re
 
 import httpx
 
+from canary_kit import config
+
 HEADER = "x-model-version"
 CURL_HEAD = ("curl", "-fsS", "-D", "-", "-o", "/dev/null")  # prints the answer's head, fails on 4xx and 5xx
-VERSION = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+")  # as config.VERSION, in ASCII digits only
+VERSION = re.compile(config.VERSION, re.ASCII)  # a release's version, in ASCII digits only
 
 
 def version_of(status: int, values: list[str]) -> str | None:

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from canary_kit.control import SplitChanged, current, set_weight, snapshots
+from canary_kit.control import SplitChanged, current, set_weight
 from canary_kit.gates import Decision, Step, Window, decide, judge_shadow
 from canary_kit.ledger import labelled_since, utc
 from canary_kit.live import Channel, Interrupted
 from canary_kit.metrics import figures_between, unpinned_split
 from canary_kit.routing import RoutingState
+from canary_kit.scrape import snapshots
 from canary_kit.spec import RolloutSpec
 from canary_kit.target import Target
 from canary_kit.views import figures_line

@@ -31,6 +31,7 @@ from canary_kit.nginx import admin_socket, shadow_socket
 from canary_kit.processes import (
     Child,
     alive,
+    created,
     describe_processes,
     exit_reason,
     kill_all,
@@ -86,15 +87,19 @@ class Supervisor:
             if watch.due is not None and now >= watch.due:
                 self.restart(name, watch)
 
-    def running(self, name: str, entry: dict) -> bool:
+    def ours(self, name: str, entry: dict) -> Child | None:
+        """The process this supervisor started for `name`, if it is still the one stack.json lists."""
         child = self.owned.get(name)
-        if child is not None and child.proc is not None and child.pid == entry.get("pid"):
+        return child if child is not None and child.proc is not None and child.pid == entry.get("pid") else None
+
+    def running(self, name: str, entry: dict) -> bool:
+        child = self.ours(name, entry)
+        if child is not None:
             return child.exit_code() is None
         return alive(entry.get("pid"), entry.get("started"))
 
     def died(self, name: str, entry: dict, watch: Watch, now: float) -> None:
-        child = self.owned.get(name)
-        ours = child if child is not None and child.proc is not None and child.pid == entry.get("pid") else None
+        ours = self.ours(name, entry)
         code = ours.exit_code() if ours else None
         reason = exit_reason(code) if ours else "stopped"
         if ours and code is not None and code > 0:
@@ -152,12 +157,11 @@ class Supervisor:
             else:
                 child = backend_child(s, name, entry["version"], die_with_parent=True)
             child.start()
-            started = process(child.pid)
             restarts = entry.get("restarts", 0) + 1
             self.update(
                 name,
                 pid=child.pid,
-                started=started.create_time() if started else None,
+                started=created(child.pid),
                 restarts=restarts,
                 state="running",
             )

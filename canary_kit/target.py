@@ -37,7 +37,11 @@ class Target(Protocol):
     admin_url: str  # nginx's admin server (/_nginx/split)
     prediction_metrics: PredictionMetrics
     retention: Retention
-    access_log: Path | None  # nginx's access log file; None: read through log_since only
+
+    @property
+    def access_log(self) -> Path | None:
+        """nginx's access log file; None: read through log_since only."""
+        ...
 
     def admin_transport(self) -> httpx.HTTPTransport | None:
         """How to reach `admin_url` (a Unix socket), or None for plain TCP."""

@@ -71,7 +71,7 @@ class LocalTarget:
     """The stack that `canary up` runs, found through its state folder."""
 
     name = "local"
-    access_log: Path | None
+    access_log: Path
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir.expanduser().absolute()
@@ -90,7 +90,7 @@ class LocalTarget:
         self.admin_url = "http://nginx"
         self.prediction_metrics = self.settings.prediction_metrics
         self.retention = self.settings.retention
-        self.access_log = self.state_dir / "logs" / "access.log"  # the ledger reads it from where it stopped
+        self.access_log = self.settings.state_dir / "logs" / "access.log"  # nginx's; the ledger reads on from its mark
 
     def admin_transport(self) -> httpx.HTTPTransport:
         return httpx.HTTPTransport(uds=str(admin_socket(self.settings)))
@@ -149,12 +149,12 @@ class LocalTarget:
         return {name: {key: entry.get(key) for key in keys if key in entry} for name, entry in found.items()}
 
     def log_mark(self) -> LogMark:
-        log = self.settings.state_dir / "logs" / "access.log"
+        log = self.access_log
         return LogMark(log.stat().st_size if log.exists() else 0, _now())
 
     def log_since(self, mark: LogMark) -> list[dict]:
         """nginx's JSON access-log entries written after `mark` (from its offset in the log file)."""
-        with open(self.settings.state_dir / "logs" / "access.log", "rb") as log:
+        with open(self.access_log, "rb") as log:
             log.seek(mark.offset)
             return parse_log(log.read().decode(errors="replace"))
 
@@ -164,7 +164,7 @@ class ComposeTarget:
     asked on its published port, and the backends are reached with `docker compose exec`."""
 
     name = "compose"
-    access_log: Path | None
+    access_log: None
 
     def __init__(self, compose_file: Path, compose_cmd: str) -> None:
         self.compose_file = compose_file.absolute()
@@ -253,14 +253,15 @@ class ComposeTarget:
         """Recreate ml-green from the version's image (green has no traffic then); put the old one back if that
         fails or is interrupted."""
         previous = self.serving("green") or image_tag(compose_service(self.compose_file, "ml-green", self.compose_cmd))
+        slot = routing.current(self.state_file).green_slot  # compose has one green container: its slot never changes
         try:
             self._recreate("green", version, timeout or COMPOSE_READY_TIMEOUT)
         except BaseException as exc:
-            self.undo_green(routing.current(self.state_file).green_slot, previous)
+            self.undo_green(slot, previous)
             if isinstance(exc, CanaryError):
                 raise CanaryError(f"{exc}; ml-green runs {previous or 'nothing'} again") from None
             raise
-        return routing.current(self.state_file).green_slot
+        return slot
 
     def undo_green(self, slot: str, previous: str | None) -> None:
         """A recreated green that will not be switched in: ml-green back to the image of `previous` (compose has
