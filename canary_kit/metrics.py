@@ -34,6 +34,9 @@ class PredictionMetrics:
     class_metric: str | None = None
     confidence_metric: str | None = None
     endpoints: tuple[str, ...] = (ENDPOINT,)
+    value_metric: str | None = None  # a regressor's histogram of predicted values
+    task: str = "classification"  # or "regression"
+    observed: bool = False  # nginx reads each answer's predictions (the endpoints' JSON paths)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Render the committed nginx templates for the local stack and check them with `nginx -t`.
 
-Templates live in `nginx/`. Only `${CANARY_*}` placeholders are substituted, and every one must be given:
+The templates travel inside the kit (`canary_kit/templates/`); a project overrides any of them, file by file, with
+one of the same name in its own `nginx/` folder. Only `${CANARY_*}` placeholders are substituted, and every one must be given:
 nginx's own `$variables` are never touched, and a forgotten placeholder is an error, not an empty string.
 The rendered config holds the backends' addresses only: the split lives in the routing state (routing.py),
 which nginx reads per request, so nothing here runs while the stack serves.
@@ -36,8 +37,17 @@ def render(template: str, variables: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: variables[m.group(1)], template)
 
 
-def read_template(name: str, template_dir: Path) -> str:
-    path = template_dir / name
+PACKAGED = Path(__file__).with_name("templates")  # the kit's own templates
+
+
+def template_path(name: str, project_dir: Path) -> Path:
+    """The project's own `nginx/NAME` when it has one (an override), else the kit's."""
+    own = project_dir / "nginx" / name
+    return own if own.is_file() else PACKAGED / name
+
+
+def read_template(name: str, project_dir: Path) -> str:
+    path = template_path(name, project_dir)
     if not path.is_file():
         raise CanaryError(f"nginx template {path} not found")
     return path.read_text()
@@ -51,7 +61,7 @@ def routes_variables(settings: Settings) -> dict[str, str]:
         "CANARY_GREEN_B_SERVER": f"127.0.0.1:{settings.green_port_b}",
         "CANARY_LISTEN": f"{settings.host}:{settings.port}",
         "CANARY_ACCESS_LOG": str(settings.state_dir / "logs" / "access.log"),
-        "CANARY_NJS": str(settings.project_dir / "nginx" / NJS_SCRIPT),
+        "CANARY_NJS": str(template_path(NJS_SCRIPT, settings.project_dir)),
         "CANARY_STATE_FILE": str(settings.state_dir / STATE_FILE),
         "CANARY_MAX_INFLIGHT": str(settings.max_inflight),
         "CANARY_ADMIN_LISTEN": f"unix:{admin_socket(settings)}",
@@ -118,7 +128,6 @@ class LocalNginx:
         self.main_conf = settings.state_dir / "nginx.conf"
         self.routes_conf = settings.state_dir / "canary.conf"
         self.pid_file = settings.state_dir / "nginx.pid"
-        self.templates = settings.project_dir / "nginx"
 
     def render_main(self, nofile: int | None = None) -> str:
         """The process config: njs loaded once, and connections sized from the open-files limit."""
@@ -131,10 +140,10 @@ class LocalNginx:
             "CANARY_NOFILE": str(nofile),
             "CANARY_WORKER_CONNECTIONS": str(worker_connections(nofile)),
         }
-        return render(read_template(LOCAL_MAIN_TEMPLATE, self.templates), variables)
+        return render(read_template(LOCAL_MAIN_TEMPLATE, self.settings.project_dir), variables)
 
     def render_routes(self) -> str:
-        return render(read_template(ROUTES_TEMPLATE, self.templates), routes_variables(self.settings))
+        return render(read_template(ROUTES_TEMPLATE, self.settings.project_dir), routes_variables(self.settings))
 
     def write(self) -> None:
         """Before nginx starts: write both files, then check them."""

@@ -16,16 +16,17 @@ from canary_kit import config
 
 HEADER = "x-model-version"
 CURL_HEAD = ("curl", "-fsS", "-D", "-", "-o", "/dev/null")  # prints the answer's head, fails on 4xx and 5xx
-VERSION = re.compile(config.VERSION, re.ASCII)  # a release's version, in ASCII digits only
+VERSION = re.compile(config.VERSION, re.ASCII)  # a version as BentoML accepts it in a tag
 
 
 def version_of(status: int, values: list[str]) -> str | None:
     """The version a /readyz answer names: its first X-Model-Version, when the answer is a 200 and the value (less
-    spaces and tabs around it) is a version such as v1.2.0; else None."""
+    spaces and tabs around it) is a version as BentoML accepts one in a tag (v1.2.0, 2oxwsnhr22k7max4; not
+    `latest`); else None."""
     if status != 200 or not values:
         return None
     value = values[0].strip(" \t")
-    return value if VERSION.fullmatch(value) else None
+    return value if VERSION.fullmatch(value) and value != "latest" else None
 
 
 def serving(url: str, headers: dict[str, str] | None = None) -> str | None:

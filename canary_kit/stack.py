@@ -101,13 +101,16 @@ def backend_child(settings: Settings, slot: str, version: str, die_with_parent: 
 
 
 def missing_version(settings: Settings, version: str) -> str | None:
-    """Why `version` cannot be served from this store, or None when it can."""
+    """Why `version` cannot be served from this store, or None when it can (with source code and no model named,
+    the service itself says so when it starts)."""
     if settings.source == "bento":
-        where, hint = settings.bentoml_home / "bentos" / settings.service_name / version, "bentoml build"
-        tag = settings.bento_tag(version)
+        where, tag = settings.bentoml_home / "bentos" / settings.service_name / version, settings.bento_tag(version)
+        hint = f"build it: bentoml build --version {version}"
+    elif settings.model_name is None:
+        return None
     else:
-        where, hint = settings.bentoml_home / "models" / settings.model_name / version, "train it"
-        tag = settings.model_tag(version)
+        where, tag = settings.bentoml_home / "models" / settings.model_name / version, settings.model_tag(version)
+        hint = "train it first"
     if where.is_dir():
         return None
     found = (
@@ -115,7 +118,7 @@ def missing_version(settings: Settings, version: str) -> str | None:
         if where.parent.is_dir()
         else []
     )
-    return f"{tag} is not in {where.parent.parent} ({hint} first; versions there: {', '.join(found) or 'none'})"
+    return f"{tag} is not in {where.parent.parent} ({hint}; versions there: {', '.join(found) or 'none'})"
 
 
 def preflight(settings: Settings, versions: list[str] | None = None) -> None:

@@ -21,13 +21,17 @@ case $weight in
 esac
 [ "$weight" -le 100 ] || refuse
 served() { # the version the backend at $1 answers with, as JSON: "v1.2.0", or null (canary_kit/readyz.py's rule:
-    # the first X-Model-Version of a 200 answer to /readyz, spaces and tabs around it dropped, if it is vN.N.N)
+    # the first X-Model-Version of a 200 answer to /readyz, spaces and tabs around it dropped, if it is a version
+    # as BentoML accepts one in a tag, other than `latest`)
     curl -sS -m 3 -o /dev/null -D - "http://$1/readyz" 2>/dev/null | tr -d '\r' | awk '
         /^HTTP\// { status = $2; found = 0; version = ""; next }
         !found && tolower(substr($0, 1, index($0, ":") - 1)) == "x-model-version" {
             version = substr($0, index($0, ":") + 1); gsub(/^[ \t]+|[ \t]+$/, "", version); found = 1
         }
-        END { if (status == "200" && version ~ /^v[0-9]+\.[0-9]+\.[0-9]+$/) printf "\"%s\"", version; else printf "null" }'
+        END {
+            ok = version ~ /^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$/ && length(version) <= 63 && version != "latest"
+            if (status == "200" && ok) printf "\"%s\"", version; else printf "null"
+        }'
 }
 # Both versions, or neither (then `canary` asks the stack later). One alone would be read as "green is free" and
 # send green's share to blue: ask the silent one again for 10 s, then give up without writing (the container

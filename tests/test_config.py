@@ -61,8 +61,8 @@ def test_what_is_shipped_comes_from_the_pyproject_table_and_can_be_overridden(mo
     )
     monkeypatch.setenv("CANARY_GREEN_VERSION", "v1.2.0")
     assert Settings().green_version == "v1.2.0"
-    monkeypatch.chdir(tmp_path)  # another project, with no [tool.canary]: the model must be named somewhere
-    with pytest.raises(ValidationError, match="model_name"):
+    monkeypatch.chdir(tmp_path)  # another project, with no [tool.canary]: the service must be named somewhere
+    with pytest.raises(ValidationError, match="service_name"):
         Settings()
 
 
