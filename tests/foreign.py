@@ -12,6 +12,7 @@ serves that one, as its container does.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import time
@@ -128,6 +129,10 @@ class ForeignService:
     @property
     def name(self) -> str:
         return self.spec.service_name
+
+    def project_copy(self, dest: Path) -> Path:
+        """A copy of the service's folder in `dest`, for a test that writes into the project (e.g. `canary init`)."""
+        return Path(shutil.copytree(self.folder, dest / self.spec.folder, ignore=shutil.ignore_patterns("__pycache__")))
 
     def tag(self, role: str) -> str:
         return f"{self.name}:{self.versions[role]}"

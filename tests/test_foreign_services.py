@@ -40,11 +40,13 @@ BAD = {
 }
 
 
-def test_each_bento_holds_its_own_model(foreign_bentos):
+def test_each_bento_holds_its_own_model(foreign_bentos, tmp_path):
     import bentoml
 
     for key, service in foreign_bentos.items():
         print(f"{key}: {service.versions} built in {service.build_seconds:.1f} s; models {service.models}")
+        project = sorted(p.name for p in service.project_copy(tmp_path).iterdir())
+        assert project == ["README.md", "bentofile.yaml", "requirements.txt", "service.py", "train.py"], project
         assert len(set(service.models.values())) == len(ROLES), service.models
         for role in ROLES:
             bento = bentoml.get(service.tag(role))
