@@ -50,7 +50,7 @@ def rollout(
     from canary_kit.control import current, require_green
     from canary_kit.report import write_report
     from canary_kit.shadow import run_shadow
-    from canary_kit.spec import load_spec
+    from canary_kit.spec import applies, load_spec
 
     try:
         weights = None if steps is None else [int(s) for s in steps.split(",")]
@@ -80,10 +80,11 @@ def rollout(
     chosen = load_spec(spec, overrides)
     target = stack_of(ctx).target()
     require_green(current(target))
+    task = target.prediction_metrics.task
     gates = ", ".join(
         f"{name} {gate.threshold:g}{' (dry-run)' if gate.dry_run else ''}"
         for name, gate in chosen.gates.items()
-        if gate.threshold is not None
+        if gate.threshold is not None and applies(name, task)
     )
     typer.echo(
         f"rollout: steps {chosen.steps}, hold {chosen.hold_seconds:.0f}s, on failure {chosen.on_failure}; "
