@@ -302,10 +302,10 @@ def _ks_distance(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
     distance = ks_distance(values_green, values_blue)
     if distance is None:
         return "inconclusive", None, "no predicted values in the window"
-    seen = f"KS distance of predicted values {distance:.3f} ({len(values_green)} green / {len(values_blue)} blue rows)"
+    counted = f"({len(values_green)} green / {len(values_blue)} blue rows)"
     if distance > limit:
-        return "fail", distance, f"{seen} > {limit:g}"
-    return "pass", distance, f"{seen} <= {limit:g}"
+        return "fail", distance, f"KS distance of predicted values {distance:.3f} > {limit:g} {counted}"
+    return "pass", distance, f"KS distance of predicted values {distance:.3f} <= {limit:g} {counted}"
 
 
 def _mean_shift(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:

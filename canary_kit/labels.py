@@ -1,4 +1,5 @@
-"""`canary labels FILE`: the true classes, sent back later, joined to the answers in the ledger.
+"""`canary labels FILE`: the true classes (a classifier's) or values (a regressor's), sent back later, joined to the
+answers in the ledger.
 
 A file is CSV with a header (`request_id,label` and optionally `row`) or JSON lines (`{"request_id": ..., "label":
 ..., "row": 0}`); `row` is the 0-based row of a batch request, 0 by default. Every line is checked before anything
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,7 +39,18 @@ class Parsed:
     refused: list[tuple[int, str]] = field(default_factory=list)  # (line number, why)
 
 
-def _record(number: int, fields: dict, classes: set[str], seen: dict) -> Label | str:
+def _value(label: object) -> str | None:
+    """A regressor's true value as the ledger keeps it (the number's shortest text), or None if it is no number."""
+    if isinstance(label, bool):
+        return None
+    try:
+        number = float(label) if isinstance(label, (int, float, str)) else math.nan
+    except ValueError:
+        return None
+    return repr(number) if math.isfinite(number) else None
+
+
+def _record(number: int, fields: dict, classes: set[str], seen: dict, task: str = "classification") -> Label | str:
     """One line's label, or why it is refused."""
     extra = set(fields) - set(FIELDS)
     if extra:
@@ -47,6 +60,11 @@ def _record(number: int, fields: dict, classes: set[str], seen: dict) -> Label |
         return "missing request_id"
     if len(rid) > 200:
         return "request_id longer than 200 characters"
+    if task == "regression":
+        value = _value(label)
+        if value is None:
+            return f"label must be a finite number (the true value), got {label!r}"
+        label = value
     if not isinstance(label, str) or not label:
         return "missing label"
     if classes and label not in classes:
@@ -67,7 +85,7 @@ def _record(number: int, fields: dict, classes: set[str], seen: dict) -> Label |
     return Label(number, key[0], row, label)
 
 
-def parse(data: bytes, classes: set[str]) -> Parsed:
+def parse(data: bytes, classes: set[str], task: str = "classification") -> Parsed:
     """Every line of a label file, each accepted or refused with its line number."""
     out = Parsed()
     raw_lines = data.splitlines()
@@ -99,7 +117,7 @@ def parse(data: bytes, classes: set[str]) -> Parsed:
             if not isinstance(fields, dict):
                 out.refused.append((number, f"a JSON line must be an object, got {type(fields).__name__}"))
                 continue
-            result = _record(number, fields, classes, seen)
+            result = _record(number, fields, classes, seen, task)
             (out.labels.append(result) if isinstance(result, Label) else out.refused.append((number, result)))
         return out
     header_number, header = next(((n, t) for n, t in lines if t.strip()), (1, ""))
@@ -120,7 +138,7 @@ def parse(data: bytes, classes: set[str]) -> Parsed:
         if len(values) != len(columns):
             out.refused.append((number, f"{len(values)} values for {len(columns)} columns"))
             continue
-        result = _record(number, dict(zip(columns, (v.strip() for v in values))), classes, seen)
+        result = _record(number, dict(zip(columns, (v.strip() for v in values))), classes, seen, task)
         (out.labels.append(result) if isinstance(result, Label) else out.refused.append((number, result)))
     return out
 

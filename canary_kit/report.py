@@ -22,6 +22,10 @@ SHORT = {
     "max_class_divergence": "class div.",
     "max_confidence_drop": "conf. drop",
     "min_agreement": "agreement",
+    "max_accuracy_drop": "acc. drop",
+    "max_ks_distance": "KS dist.",
+    "max_mean_shift": "mean shift",
+    "max_error_increase": "error incr.",
 }
 
 

@@ -109,7 +109,7 @@ class Gates(BaseModel):
     max_confidence_drop: Gate = Field(default_factory=lambda: _gate(0.1, 200))
     max_accuracy_drop: Gate = Field(default_factory=lambda: _gate(None, 100))
     min_agreement: Gate = Field(default_factory=lambda: _gate(None, 100))
-    max_ks_distance: Gate = Field(default_factory=lambda: _gate(0.3, 200))
+    max_ks_distance: Gate = Field(default_factory=lambda: _gate(0.25, 200))
     max_mean_shift: Gate = Field(default_factory=lambda: _gate(0.5, 200))
     max_error_increase: Gate = Field(default_factory=lambda: _gate(None, 100))
 
