@@ -2,7 +2,7 @@
 overridden by CANARY_* variables, overridden by command-line options. Bad values are refused.
 
     [tool.canary]                          # what to ship: the tool knows a service only through these
-    service_name = "penguin_classifier"    # its Bentos (and images) are penguin_classifier:VERSION
+    service_name = "fraud_scorer"          # its Bentos (and images) are fraud_scorer:VERSION
     task = "classification"                # or "regression"
     blue_version = "v1.0.0"
     green_version = "v1.1.0"
@@ -43,8 +43,8 @@ class CanaryError(Exception):
 
 def describe(exc: ValidationError) -> str:
     """A pydantic validation error as one line: `field: problem; field: problem` (pydantic's own messages, without
-    their "Value error, " prefix). The model's service logs a bad request's errors the same way (penguin/web.py,
-    which this tool may not import): tests/test_config.py holds the two to one form."""
+    their "Value error, " prefix). The example service logs a bad request's errors the same way (its own web
+    module, which this tool may not import): tests/test_config.py holds the two to one form."""
     return "; ".join(
         f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
     )
