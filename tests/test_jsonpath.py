@@ -23,6 +23,7 @@ from conftest import local_settings
 BIG = 1000  # rows of a batch answer: past canary.js's LARGE (4 KiB), where it reads a first-member array unparsed
 ROWS = [f"class_{i % 3}" for i in range(BIG)]
 SCORES = [[0.7, 0.2, 0.1]] * BIG
+ODD = ["Müller", "日本", "🐧", 'a"b', "a]b"]  # classes a byte-wise reader would get wrong
 
 # (name, predictions path, confidence path or None, answer, expected predictions or None, expected confidences)
 CASES = [
