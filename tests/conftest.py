@@ -49,6 +49,26 @@ def pytest_unconfigure(config) -> None:
     shutil.rmtree(_HOME, ignore_errors=True)
 
 
+def traversable(path: Path) -> Path:
+    """`path` and its folders up to the system's temporary folder made traversable by other users (o+x, not
+    readable): when the tests run as root, nginx's workers run as an unprivileged user (www-data) and go through
+    them to the stack's state folder, which keeps itself private (0710, their group)."""
+    top = Path(tempfile.gettempdir()).resolve()
+    for folder in [path, *path.parents]:
+        if folder == top or top not in folder.parents:
+            break
+        found = folder.stat()
+        if found.st_uid == os.geteuid() and not found.st_mode & 0o001:
+            folder.chmod(found.st_mode & 0o7777 | 0o011)
+    return path
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """pytest's own per-test folder, traversable (see `traversable`): the local stack's state folder lives there."""
+    return traversable(tmp_path)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -131,7 +151,7 @@ def running_stack(state_dir: Path, **overrides):
     """A whole local stack (blue, green, nginx) from the service's code, stopped whatever happens."""
     from canary_kit.stack import Stack
 
-    running = Stack(local_settings(state_dir, **overrides)).start()
+    running = Stack(local_settings(traversable(state_dir), **overrides)).start()
     try:
         yield running
     finally:
