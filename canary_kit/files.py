@@ -118,6 +118,13 @@ def private_folder(folder: Path, group: int | None = None) -> Path:
     others; then make it 0700, or 0710 with `group` (nginx's workers, running as another user, go through it to
     the routing state and their temporary files, and read nothing else). Returns the folder."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_folder(folder)
+    share(folder, group, 0o710)
+    return folder
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse (UnsafeFolder, one line) a folder owned by someone else, or writable by its group or by others."""
     found = folder.stat()  # a symbolic link: the folder it names, as ssh judges ~/.ssh
     if found.st_uid != os.geteuid():
         raise UnsafeFolder(
@@ -129,8 +136,6 @@ def private_folder(folder: Path, group: int | None = None) -> Path:
             f"the state folder {folder} is writable by {'others' if found.st_mode & stat.S_IWOTH else 'its group'} "
             f"(mode {stat.S_IMODE(found.st_mode):o}): `chmod 700 {folder}` if you trust what is in it"
         )
-    share(folder, group, 0o710)
-    return folder
 
 
 def share(path: Path, group: int | None, shared_mode: int, private_mode: int = 0o700) -> None:
