@@ -101,7 +101,8 @@ def connect(folder: Path, wait: float = BUSY_WAIT):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: inserts by random request id stay in memory
-            conn.executescript(SCHEMA)
+            if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0] == 0:
+                conn.executescript(SCHEMA)  # a write: only where the tables are missing, so a reader never waits
             yield conn
         except sqlite3.Error as exc:
             raise _refusal(path, exc, wait) from None
@@ -324,12 +325,15 @@ def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict
     stack has no ledger yet (nobody sent labels)."""
     if not (target.state_dir / LEDGER).is_file():
         return None
-    with connect(target.state_dir, wait=READ_WAIT) as conn:
-        try:
-            catch_up(target, conn, target.retention)
-        except LedgerBusy:
-            pass  # another command writes: the answers it has (status never waits on the ledger)
-        found = quality(conn, [v for v in versions.values() if v])
+    try:
+        with connect(target.state_dir, wait=READ_WAIT) as conn:
+            try:
+                catch_up(target, conn, target.retention)
+            except LedgerBusy:
+                pass  # another command writes: the answers it has (status never waits on the ledger)
+            found = quality(conn, [v for v in versions.values() if v])
+    except LedgerBusy:
+        return None
     return {
         colour: {"version": v, "labelled": found[v].labelled, "accuracy": found[v].accuracy}
         for colour, v in versions.items()

@@ -29,6 +29,7 @@ TRAIN = {
     WEAK: ["--version", WEAK, "--algorithm", "logistic_regression", "--features", "bill_depth_mm"],
 }
 _HOME = Path(tempfile.mkdtemp(prefix="canary-tests-bentoml-"))
+_BASETEMP = Path(tempfile.mkdtemp(prefix="canary-tests-tmp-")) / "base"  # pytest's tmp_path folders, this run's own
 
 
 def _interrupt(signum, frame):
@@ -38,6 +39,10 @@ def _interrupt(signum, frame):
 def pytest_configure(config) -> None:
     # A CI time-out (SIGTERM) unwinds like Ctrl-C, so the fixtures' `finally` still stops every process.
     signal.signal(signal.SIGTERM, _interrupt)
+    if config.option.basetemp is None:
+        # Not /tmp/pytest-of-USER: every pytest run on the machine makes that one 0700 again (another run at the same
+        # time would cut nginx's workers off from the state folders below it; see `traversable`).
+        config.option.basetemp = str(_BASETEMP)
     os.environ["BENTOML_HOME"] = str(_HOME)
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
     os.environ.pop("MODEL_VERSION", None)
@@ -47,6 +52,7 @@ def pytest_configure(config) -> None:
 
 def pytest_unconfigure(config) -> None:
     shutil.rmtree(_HOME, ignore_errors=True)
+    shutil.rmtree(_BASETEMP, ignore_errors=True)
 
 
 def traversable(path: Path) -> Path:
