@@ -195,7 +195,8 @@ class Settings(BaseSettings):
             return {path: {} for path in endpoints}
         if isinstance(endpoints, dict):
             return {
-                p: {"predictions": e} if isinstance(e, str) else {} if e is None else e for p, e in endpoints.items()
+                path: {"predictions": e} if isinstance(e, str) else {} if e is None else e
+                for path, e in endpoints.items()
             }
         return endpoints
 

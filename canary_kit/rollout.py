@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from canary_kit.answers import fill, observed
 from canary_kit.config import CanaryError
 from canary_kit.control import SplitChanged, current, log_event, set_weight
 from canary_kit.gates import Decision, Step, Window, decide, judge_shadow
-from canary_kit.ledger import labelled_since, utc
+from canary_kit.ledger import errors_since, labelled_since, utc
 from canary_kit.live import Channel, Interrupted
 from canary_kit.metrics import figures_between, unpinned_split
 from canary_kit.routing import RoutingState
@@ -182,7 +183,7 @@ def _walk(
                 _record(result, decision, number, weight, window, t0, echo, len(spec.steps))
                 channel.publish()
             if window.blue and (window.blue.get("rows") or 0) >= spec.gates.max_class_divergence.min_rows:
-                blue_reference = window.blue
+                blue_reference = window.blue  # the comparison once blue has no traffic (green at 100%)
             failed += decision.outcome == "fail"
             inconclusive += decision.outcome == "inconclusive"
             if decision.verdict == "advance":
@@ -269,11 +270,25 @@ def _measure(
             live = figures_between(before["green"], snapshots(target)["green"])
             echo(f"  step {number}/{len(spec.steps)}  green {weight}%  {left:4.0f}s left  green: {figures_line(live)}")
     after = snapshots(target)
-    green, blue = (figures_between(before[c], after[c]) for c in ("green", "blue"))
+    model = target.prediction_metrics
     versions = {"blue": state.blue_version, "green": state.green_version}
-    split = unpinned_split(target.log_since(mark), versions, target.prediction_metrics.endpoints)
-    labels = labelled_since(target, versions, since) if spec.gates.max_accuracy_drop.threshold is not None else None
-    return Window(green, blue, split, green_ready, blue_ready, blue_reference, labels)
+    entries = target.log_since(mark)
+    split = unpinned_split(entries, versions, model.endpoints)
+    seen = observed(entries, versions, model.endpoints, model.task) if model.observed else {}
+    green, blue = (fill(figures_between(before[c], after[c]), seen.get(c), model) for c in ("green", "blue"))
+    regression = model.task == "regression"
+    labels = (
+        labelled_since(target, versions, since)
+        if not regression and spec.gates.max_accuracy_drop.threshold is not None
+        else None
+    )
+    errors = errors_since(target, versions, since) if regression and spec.gates.max_error_increase.live else None
+    return Window(green, blue, split, green_ready, blue_ready, blue_reference, labels, model.task, errors)
+
+
+def _reported(figures: dict | None) -> dict | None:
+    """A version's figures as the report keeps them: without the predicted values themselves."""
+    return None if figures is None else {k: v for k, v in figures.items() if k != "values"}
 
 
 def _record(
@@ -287,8 +302,8 @@ def _record(
             decision.verdict,
             decision.reason,
             at,
-            window.green,
-            window.blue,
+            _reported(window.green),
+            _reported(window.blue),
             decision.outcome,
             [g.as_dict() for g in decision.gates],
             window.split,

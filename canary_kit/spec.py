@@ -15,8 +15,9 @@ DEFAULT_SPEC = Path(__file__).with_name("rollout.yaml")
 
 # Each gate: (what it measures, the range of its threshold as (low, high, low included, high included), its kind).
 # Its sample (min_rows): green's requests for the HTTP gates; the unpinned /predict requests for srm; the rows each
-# version predicted for the quality gates; labelled rows per version for max_accuracy_drop; the rows compared in the
-# shadow phase for min_agreement.
+# version predicted for the quality gates; labelled rows per version for max_accuracy_drop and max_error_increase;
+# the rows compared in the shadow phase for min_agreement. A model gate judges one task (TASK_OF); the other
+# task's gates are left out of its rollouts.
 GATES: dict[str, tuple[str, tuple[float, float, bool, bool], str]] = {
     "max_error_rate": ("green's share of 5xx answers", (0, 1, True, True), "http"),
     "max_p99_ms": ("green's p99 latency, in ms", (0, 3_600_000, False, True), "http"),
@@ -43,7 +44,32 @@ GATES: dict[str, tuple[str, tuple[float, float, bool, bool], str]] = {
         (0, 1, True, True),
         "shadow",
     ),
+    "max_ks_distance": (
+        "Kolmogorov-Smirnov distance between green's and blue's predicted values",
+        (0, 1, True, True),
+        "quality",
+    ),
+    "max_mean_shift": (
+        "green's mean prediction minus blue's, in blue's standard deviations, with 95% confidence",
+        (0, 100, False, True),
+        "quality",
+    ),
+    "max_error_increase": (
+        "labels sent back: green's mean absolute error over blue's, minus 1, with 95% confidence, on the answers of "
+        "this rollout (min_rows: labelled rows per version)",
+        (0, 100, False, True),
+        "labels",
+    ),
 }
+CLASSIFIER_GATES = ("max_class_divergence", "max_confidence_drop", "max_accuracy_drop", "min_agreement")
+REGRESSOR_GATES = ("max_ks_distance", "max_mean_shift", "max_error_increase")
+
+
+def applies(name: str, task: str) -> bool:
+    """Whether a gate judges a model of this task (the HTTP and split gates judge every model)."""
+    if name in CLASSIFIER_GATES:
+        return task == "classification"
+    return task == "regression" if name in REGRESSOR_GATES else True
 
 
 class Gate(BaseModel):
@@ -83,6 +109,9 @@ class Gates(BaseModel):
     max_confidence_drop: Gate = Field(default_factory=lambda: _gate(0.1, 200))
     max_accuracy_drop: Gate = Field(default_factory=lambda: _gate(None, 100))
     min_agreement: Gate = Field(default_factory=lambda: _gate(None, 100))
+    max_ks_distance: Gate = Field(default_factory=lambda: _gate(0.3, 200))
+    max_mean_shift: Gate = Field(default_factory=lambda: _gate(0.5, 200))
+    max_error_increase: Gate = Field(default_factory=lambda: _gate(None, 100))
 
     @model_validator(mode="after")
     def _in_range(self) -> Gates:
