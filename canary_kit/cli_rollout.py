@@ -116,7 +116,7 @@ def labels(
     from canary_kit import labels as labelling
     from canary_kit import ledger
 
-    data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    data = labelling.read(file, sys.stdin.buffer)  # refused past its size cap, before it is read whole
     target = stack_of(ctx).target()
     with ledger.connect(target.state_dir) as conn:
         ledger.catch_up(target, conn, target.retention)

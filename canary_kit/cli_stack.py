@@ -75,6 +75,7 @@ def status(
     interval: Annotated[float, typer.Option(min=0.5, max=60, help="seconds between refreshes (--watch)")] = 2.0,
 ) -> None:
     """The split nginx applies, both versions, their health, and requests, errors and latency since the last change."""
+    from canary_kit import live
     from canary_kit.control import status as read_status
     from canary_kit.views import status_lines
 
@@ -82,6 +83,7 @@ def status(
     try:
         while True:
             report = read_status(target)
+            report["rollout"] = live.read(target.state_dir)  # the last rollout: shouted if it stands half-way
             if as_json:
                 typer.echo(json.dumps(report, indent=2))
             else:

@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     )
     bentoml_home: Path = Field(default_factory=default_bentoml_home)
     nginx_bin: str = "nginx"
+    worker_user: str | None = Field(
+        None,
+        pattern=r"^[a-z_][a-z0-9_-]*[$]?$",
+        description="who nginx's workers run as when the stack runs as root [default: www-data, nginx or http]",
+    )
     ready_timeout: float = Field(60.0, gt=0, le=600, description="seconds a version has to become ready")
     ledger_days: float = Field(30.0, gt=0, le=3650, description="days of answers the ledger keeps for labels")
     ledger_rows: int = Field(5_000_000, ge=1000, le=1_000_000_000, description="answers (rows) the ledger keeps")
@@ -167,6 +172,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         return path.expanduser().absolute()
+
+    @field_validator("worker_user")
+    @classmethod
+    def _unprivileged(cls, user: str | None) -> str | None:
+        if user == "root":
+            raise ValueError("nginx's workers must not run as root: name an unprivileged user, e.g. www-data")
+        return user
 
     @field_validator("blue_version", "green_version")
     @classmethod

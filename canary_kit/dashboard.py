@@ -49,7 +49,7 @@ from canary_kit.metrics import figures_between
 from canary_kit.routing import CHANGELOG
 from canary_kit.scrape import snapshots
 from canary_kit.target import Target
-from canary_kit.views import change_line, read_history, status_lines
+from canary_kit.views import change_line, clean, read_history, status_lines
 
 TOKEN_HEADER = "X-Canary-Token"
 TOKEN_VARIABLE = "CANARY_DASHBOARD_TOKEN"
@@ -149,6 +149,7 @@ class Poller:
             snap = snapshots(target)
             self.reads += 1
             report = status(target, now=snap)
+            report["rollout"] = live.read(target.state_dir)  # shouted while one stands half-way (views)
             warnings = status_lines(report)[1]
             if report["state_file"] is None and target.state_file.exists():
                 warnings.append(
@@ -309,7 +310,7 @@ def create_app(poller: Poller, make_target: Callable, token: str, host: str = "1
 
 def perform(make_target: Callable, action: str, body: dict) -> dict:
     """One action, through the CLI's functions; CanaryError carries the CLI's one-line refusal."""
-    given = " ".join(str(body.get("reason") or "").split())[:300]
+    given = clean(" ".join(str(body.get("reason") or "").split())[:300])  # no control character reaches a log
     reason = f"{given} (dashboard)" if given else "dashboard"
     target = make_target()
     if action in live.ACTIONS:
