@@ -15,6 +15,7 @@ overridden by CANARY_* variables, overridden by command-line options. Bad values
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -35,6 +36,8 @@ VERSION = r"^[a-z0-9](?:[-._a-z0-9]{0,61}[a-z0-9])?$"
 TASKS = ("classification", "regression")
 NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 METRIC = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"  # a Prometheus metric name
+HEADER = r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"  # an HTTP header's name
+COOKIE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"  # a cookie's name
 
 
 class CanaryError(Exception):
@@ -142,8 +145,36 @@ class Settings(BaseSettings):
     )
     workers: int = Field(1, ge=1, le=16, description="BentoML worker processes per version")
     max_inflight: int = Field(
-        128, ge=1, le=10000, description="requests in flight per version; nginx answers more with a fast 503"
+        128,
+        ge=1,
+        le=10000,
+        description="requests in flight per version, counted once a body is read; nginx answers more with a fast 503",
     )
+    # Per client address, before any version's share (nginx): more get a fast 429 with Retry-After.
+    client_connections: int = Field(
+        64, ge=1, le=65535, description="requests in progress per client address, bodies being read included"
+    )
+    client_rate: int = Field(200, ge=1, le=1_000_000, description="requests per second per client address")
+    client_burst: int = Field(400, ge=0, le=1_000_000, description="requests above client_rate taken at once")
+    trusted_clients: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="addresses or networks with no per-client limit: this host's own clients, a proxy in front",
+    )
+    header_timeout: float = Field(10.0, gt=0, le=600, description="seconds a client has to send a whole header")
+    body_timeout: float = Field(10.0, gt=0, le=600, description="longest gap in seconds between two reads of a body")
+    # Pins (ingress-nginx's canary-by-header and -cookie): off on the public port unless the operator turns them on.
+    pins: bool = Field(
+        False,
+        description="honour the pin header and cookie, and sticky users, on the public port (never at a version's 0%)",
+    )
+    pin_header: str = Field("X-Canary", pattern=HEADER, description="the pin header: always (green) or never (blue)")
+    pin_cookie: str = Field("canary", pattern=COOKIE, description="the pin cookie: always (green) or never (blue)")
+    user_header: str = Field(
+        "X-User-ID", pattern=HEADER, description="with pins on, requests with this header keep one version per id"
+    )
+    # Logs (logs/ in the state folder): rotated by `canary up` once past log_max_bytes, log_keep rotated files kept.
+    log_max_bytes: int = Field(100 * 2**20, ge=2**16, le=2**40, description="a log past this size is rotated")
+    log_keep: int = Field(5, ge=1, le=100, description="rotated files kept per log (access.log.1 is the newest)")
     bentoml_home: Path = Field(default_factory=default_bentoml_home)
     nginx_bin: str = "nginx"
     worker_user: str | None = Field(
@@ -179,6 +210,19 @@ class Settings(BaseSettings):
         if user == "root":
             raise ValueError("nginx's workers must not run as root: name an unprivileged user, e.g. www-data")
         return user
+
+    @field_validator("trusted_clients")
+    @classmethod
+    def _networks(cls, found: list[str]) -> list[str]:
+        bad = []
+        for text in found:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                bad.append(text)
+        if bad:
+            raise ValueError(f"trusted_clients must be IP addresses or networks such as 10.0.0.0/8, not {bad}")
+        return [str(ipaddress.ip_network(text, strict=False)) for text in found]
 
     @field_validator("blue_version", "green_version")
     @classmethod

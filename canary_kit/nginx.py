@@ -21,6 +21,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import httpx
+
 from canary_kit.config import SLOTS, CanaryError, Settings
 from canary_kit.files import PRIVATE, private_folder, share, write_atomic
 from canary_kit.routing import STATE_FILE
@@ -79,24 +81,55 @@ def slot_variables(servers: dict[str, str]) -> dict[str, str]:
     return {"CANARY_SLOTS": json.dumps({address: slot for slot, address in servers.items()}, separators=(",", ":"))}
 
 
-def routes_variables(settings: Settings, secret: str) -> dict[str, str]:
+def limit_variables(settings: Settings) -> dict[str, str]:
+    """What nginx allows a client, for either stack: per address (trusted ones aside), per version, and in time;
+    and the pins on its public port (JSON, read by canary.js)."""
+    pins = {"on": settings.pins, "header": settings.pin_header, "cookie": settings.pin_cookie}
+    return {
+        "CANARY_MAX_INFLIGHT": str(settings.max_inflight),
+        "CANARY_CLIENT_CONNECTIONS": str(settings.client_connections),
+        "CANARY_CLIENT_RATE": str(settings.client_rate),
+        "CANARY_CLIENT_BURST": str(settings.client_burst),
+        "CANARY_TRUSTED_CLIENTS": " ".join(f"{network} 1;" for network in settings.trusted_clients),
+        "CANARY_HEADER_TIMEOUT": f"{round(settings.header_timeout * 1000)}ms",
+        "CANARY_BODY_TIMEOUT": f"{round(settings.body_timeout * 1000)}ms",
+        "CANARY_PINS": json.dumps({**pins, "user": settings.user_header}, separators=(",", ":")),
+    }
+
+
+def address(host: str, port: int) -> str:
+    """HOST:PORT as nginx writes it (an IPv6 address in brackets)."""
+    return f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def public_server(host: str, port: int) -> str:
+    """Where nginx's public port is reached from nginx itself: a loopback address when it listens on all of them."""
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
+    return address(wildcard.get(host, host), port)
+
+
+def routes_variables(settings: Settings, secret: str, operator: str) -> dict[str, str]:
     """The routing template's variables for the local stack: loopback backends, state and logs in the state folder,
-    and the secret that nginx's shadow copies carry to its relay (`secret`, made at each start)."""
+    the secret that nginx's shadow copies carry to its relay (`secret`) and the one the admin server marks the
+    operator's requests with (`operator`), both made at each start."""
     servers = {slot: f"127.0.0.1:{settings.slot_port(slot)}" for slot in SLOTS}
     return {
         **endpoint_variables(settings),
         **slot_variables(servers),
+        **limit_variables(settings),
         "CANARY_BLUE_SERVER": servers["blue"],
         "CANARY_GREEN_SERVER": servers["green_a"],
         "CANARY_GREEN_B_SERVER": servers["green_b"],
-        "CANARY_LISTEN": f"{settings.host}:{settings.port}",
+        "CANARY_LISTEN": address(settings.host, settings.port),
+        "CANARY_PUBLIC_SERVER": public_server(settings.host, settings.port),
         "CANARY_ACCESS_LOG": str(settings.state_dir / "logs" / "access.log"),
+        "CANARY_ERROR_LOG": str(settings.state_dir / "logs" / "nginx-error.log"),
         "CANARY_NJS": str(template_path(NJS_SCRIPT, settings.project_dir)),
         "CANARY_STATE_FILE": str(settings.state_dir / STATE_FILE),
-        "CANARY_MAX_INFLIGHT": str(settings.max_inflight),
         "CANARY_ADMIN_LISTEN": f"unix:{admin_socket(settings)}",
         "CANARY_SHADOW_SOCKET": str(shadow_socket(settings)),
         "CANARY_SHADOW_SECRET": secret,
+        "CANARY_OPERATOR_SECRET": operator,
     }
 
 
@@ -170,6 +203,19 @@ def shadow_socket(settings: Settings) -> Path:
     return _socket(settings, "nginx-shadow.sock")
 
 
+OPERATOR_URL = "http://canary"  # any host: the admin socket's server takes every name
+
+
+def operator_transport(settings: Settings) -> httpx.HTTPTransport:
+    """The operator's way into the local stack's nginx: its admin socket, which passes any request but its own on to
+    the public server, marked as the operator's (pins apply, no per-client limit).
+
+        with httpx.Client(transport=operator_transport(settings)) as client:
+            client.post(f"{OPERATOR_URL}/predict", json=body, headers={settings.pin_header: "always"})
+    """
+    return httpx.HTTPTransport(uds=str(admin_socket(settings)))
+
+
 def _socket(settings: Settings, name: str) -> Path:
     path = settings.state_dir / name
     if len(str(path)) > 100:  # sun_path holds 108 bytes
@@ -238,12 +284,12 @@ class LocalNginx:
         account = worker_account(self.settings)
         return (account or pwd.getpwuid(os.geteuid())).pw_name
 
-    def render_routes(self, secret: str) -> str:
-        variables = routes_variables(self.settings, secret)
+    def render_routes(self, secret: str, operator: str) -> str:
+        variables = routes_variables(self.settings, secret, operator)
         return render(read_template(ROUTES_TEMPLATE, self.settings.project_dir), variables)
 
     def write(self) -> None:
-        """Before nginx starts: the private folders and logs, both files (with a new relay secret), then check
+        """Before nginx starts: the private folders and logs, both files (with new secrets), then check
         them. The workers, when they run as another user, go through the state folder, logs/ and nginx-tmp/ (0710,
         their group) to the routing state and their temporary files; the logs are opened by nginx's master."""
         s = self.settings
@@ -258,7 +304,8 @@ class LocalNginx:
         for sock in (admin_socket(s), shadow_socket(s)):
             sock.unlink(missing_ok=True)  # left by an nginx that was killed: its bind() would fail
         write_atomic(self.main_conf, self.render_main(), mode=PRIVATE)
-        write_atomic(self.routes_conf, self.render_routes(secrets.token_hex(32)), mode=PRIVATE)
+        routes = self.render_routes(secrets.token_hex(32), secrets.token_hex(32))
+        write_atomic(self.routes_conf, routes, mode=PRIVATE)
         self.test()
 
     def test(self) -> None:

@@ -59,10 +59,14 @@ def ready_from_curl(returncode: int, stdout: str) -> Ready | None:
     return Ready(version_of(status, values)) if status == 200 else None
 
 
-def serving(url: str, headers: dict[str, str] | None = None) -> str | None:
-    """The version that answers /readyz at `url`, or None when it is not ready (or does not answer)."""
+def serving(
+    url: str, headers: dict[str, str] | None = None, transport: httpx.HTTPTransport | None = None
+) -> str | None:
+    """The version that answers /readyz at `url`, or None when it is not ready (or does not answer). `transport`:
+    another way there (nginx's admin socket)."""
     try:
-        response = httpx.get(f"{url}/readyz", headers=headers, timeout=5.0, trust_env=False)
+        with httpx.Client(transport=transport, timeout=5.0, trust_env=False) as client:
+            response = client.get(f"{url}/readyz", headers=headers)
     except httpx.HTTPError:
         return None
     return version_of(response.status_code, response.headers.get_list(HEADER))

@@ -28,7 +28,7 @@ import yaml
 from canary_kit import probe, routing
 from canary_kit.config import SLOTS, CanaryError, Settings
 from canary_kit.files import UnsafeFolder, locked, private_folder, write_atomic
-from canary_kit.nginx import LocalNginx, check_reachable, njs_module, worker_group
+from canary_kit.nginx import OPERATOR_URL, LocalNginx, check_reachable, njs_module, operator_transport, worker_group
 from canary_kit.processes import (
     COMPONENT,
     Child,
@@ -258,12 +258,13 @@ def retire(settings: Settings, slot: str) -> None:
 
 
 def through_nginx(settings: Settings, state: routing.RoutingState) -> None:
-    """Ask each running version through nginx (pinned with X-Canary) and check that the right one answers."""
+    """Ask each running version through nginx, pinned as the operator (through the admin socket: its pins apply
+    whatever the public port's setting, and reach a version at 0%), and check that the right one answers."""
     pins = {"blue": ("never", state.blue_version), "green": ("always", state.green_version)}
     for color, (pin, version) in pins.items():
         if version is None:
             continue
-        answered = serving(settings.url, {"X-Canary": pin})
+        answered = serving(OPERATOR_URL, {settings.pin_header: pin}, operator_transport(settings))
         if answered != version:
             raise CanaryError(f"through nginx, {color} answered as version {answered}, not {version}")
 

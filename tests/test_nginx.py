@@ -18,7 +18,7 @@ import pytest
 
 from canary_kit import routing
 from canary_kit.config import CanaryError
-from canary_kit.nginx import LocalNginx, render
+from canary_kit.nginx import OPERATOR_URL, LocalNginx, operator_transport, render
 from canary_kit.stack import Child, wait_ready
 from conftest import ROOT, local_settings, nginx_applies
 from load import assert_split
@@ -83,10 +83,11 @@ def test_routing_reads_each_state_file_as_the_table_says(tmp_path, case):
 
 @pytest.fixture(scope="module")
 def bare(tmp_path_factory):
-    """A real nginx from the real templates, its backends' ports left closed."""
+    """A real nginx from the real templates, its backends' ports left closed; pins on (their routing is tested
+    here; tests/test_pins.py has them off)."""
     if shutil.which("nginx") is None:
         pytest.skip("nginx is not installed")
-    settings = local_settings(tmp_path_factory.mktemp("bare-nginx"))
+    settings = local_settings(tmp_path_factory.mktemp("bare-nginx"), pins=True)
     nginx = LocalNginx(settings)
     nginx.write()  # runs nginx -t
     child = Child("nginx", nginx.command(), settings.state_dir / "logs" / "nginx.log")
@@ -184,15 +185,29 @@ def test_users_are_sticky_and_green_only_grows_with_the_weight(bare):
 
 @needs_nginx
 def test_pins_by_header_then_cookie_beat_the_weight(bare):
-    put_state(bare, green_weight=0, shadow=False, serial=2000)
+    put_state(bare, green_weight=1, shadow=False, serial=2000)
     assert routes(bare, 30, headers={"X-Canary": "always"}) == {"green": 30}
     assert routes(bare, 30, cookies={"canary": "always"}) == {"green": 30}
     assert routes(bare, 30, headers={"X-Canary": "never"}, cookies={"canary": "always"}) == {"blue": 30}
     assert routes(bare, 30, headers={"X-Canary": "maybe"}, cookies={"canary": "always"}) == {"green": 30}
-    put_state(bare, green_weight=100, shadow=False, serial=2001)
+    put_state(bare, green_weight=99, shadow=False, serial=2001)
     assert routes(bare, 30, headers={"X-Canary": "never"}) == {"blue": 30}
     assert routes(bare, 30, cookies={"canary": "never"}) == {"blue": 30}
-    assert routes(bare, 30, headers={"X-Canary": "maybe"}) == {"green": 30}
+    assert routes(bare, 30, headers={"X-Canary": "maybe"}, cookies={"canary": "never"}) == {"blue": 30}
+
+
+@needs_nginx
+def test_a_pin_never_reaches_a_version_at_0_percent(bare):
+    """From the public port, a pin picks between the versions that have a share: at green 0% a pin to green is
+    answered by blue, at 100% a pin to blue by green."""
+    put_state(bare, green_weight=0, shadow=False, serial=2100)
+    assert routes(bare, 30, headers={"X-Canary": "always"}) == {"blue": 30}
+    assert routes(bare, 30, cookies={"canary": "always"}) == {"blue": 30}
+    put_state(bare, green_weight=0, shadow=True, serial=2101)  # shadow: green gets copies, never a live request
+    assert routes(bare, 30, headers={"X-Canary": "always"}) == {"blue": 30}
+    put_state(bare, green_weight=100, shadow=False, serial=2102)
+    assert routes(bare, 30, headers={"X-Canary": "never"}) == {"green": 30}
+    assert routes(bare, 30, cookies={"canary": "never"}) == {"green": 30}
 
 
 @needs_nginx
@@ -234,7 +249,11 @@ def test_requests_pinned_to_a_free_green_go_to_blue_directly(bare):
     put_state(
         bare, green_weight=0, shadow=False, green_slot="green_b", blue_version="v1.1.0", green_version=None, serial=6000
     )
-    headers = httpx.get(f"{bare.url}/health", headers={"X-Canary": "always"}).headers
-    assert headers["x-canary-upstream"].startswith(f"127.0.0.1:{bare.blue_port}"), headers
-    assert headers["x-canary-route"] == "blue"  # the version that serves it, not the pin's wish
+    with httpx.Client(transport=operator_transport(bare), timeout=5) as operator:  # its pins reach any version
+        for headers in (
+            httpx.get(f"{bare.url}/health", headers={"X-Canary": "always"}).headers,
+            operator.get(f"{OPERATOR_URL}/health", headers={"X-Canary": "always"}).headers,
+        ):
+            assert headers["x-canary-upstream"] == f"127.0.0.1:{bare.blue_port}", headers  # blue alone, once
+            assert headers["x-canary-route"] == "blue"  # the version that serves it, not the pin's wish
     assert applied(bare)["green_free"] is True

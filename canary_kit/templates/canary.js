@@ -86,20 +86,59 @@ function unitHash(text) {
     return (h >>> 0) / 4294967296;
 }
 
-// js_set $canary_decision: "ROUTE GREEN_UPSTREAM SHADOW BLUE_VERSION GREEN_VERSION", one read of the state per
+// The pin a request asks for, when pins apply to it: "green" (always), "blue" (never), or "" (none). The pin header
+// wins over the pin cookie; any other value falls through, as ingress-nginx's canary-by-header does.
+const PIN = { always: 'green', never: 'blue' };
+
+function cookie(r, name) {
+    const header = r.headersIn['Cookie'];
+    if (!header) {
+        return undefined;
+    }
+    const parts = header.split(';');
+    for (let i = 0; i < parts.length; i++) {
+        const part = parts[i].trim();
+        if (part.slice(0, name.length + 1) === name + '=') {
+            return part.slice(name.length + 1);
+        }
+    }
+    return undefined;
+}
+
+function asked(r, pins) {
+    return PIN[r.headersIn[pins.header]] || PIN[cookie(r, pins.cookie)] || '';
+}
+
+// js_set $canary_decision: "ROUTE PIN GREEN_UPSTREAM SHADOW BLUE_VERSION GREEN_VERSION", one read of the state per
 // request, split by maps.
-// ROUTE: "green" for green's share of requests, "blue" for the rest. With X-User-ID the draw is the id's hash, so
-// a user keeps one version at a given weight and, because green takes the lowest hashes, a user on green stays
-// on green as the weight rises; without it the draw is random. GREEN_UPSTREAM: the upstream of green's slot
-// ("green_a" or "green_b"), or "blue" while green is free. SHADOW: "on" while predictions are mirrored to green.
-// The versions ("-" for none) name what answers: a version name never holds a space (BentoML's tag rule).
+// Pins apply on the public port when the operator turned them on (CANARY_PINS), and always to requests through the
+// admin server ($canary_operator). A pin never reaches a version at 0% from the public port: at green 0% a pin to
+// green answers from blue (after `canary rollback` too), at 100% a pin to blue from green.
+// ROUTE: "green" for green's share of requests, "blue" for the rest. With the user header (pins on) the draw is the
+// id's hash, so a user keeps one version at a given weight and, because green takes the lowest hashes, a user on
+// green stays on green as the weight rises; otherwise the draw is random. PIN: the pin honoured ("-": none).
+// GREEN_UPSTREAM: the upstream of green's slot ("green_a" or "green_b"), or "blue" while green is free. SHADOW:
+// "on" while predictions are mirrored to green. The versions ("-" for none) name what answers: a version name never
+// holds a space (BentoML's tag rule).
 function decide(r) {
     const s = state(r);
-    const user = r.headersIn['X-User-ID'];
+    let pins = {};
+    try {
+        pins = JSON.parse(r.variables.canary_pins || '{}');
+    } catch (e) {
+        pins = {};
+    }
+    const operator = r.variables.canary_operator === '1';
+    const apply = pins.on === true || operator;
+    const pin = apply ? asked(r, pins) : '';
+    const user = apply && pins.user ? r.headersIn[pins.user] : undefined;
     const draw = user ? unitHash(user) : Math.random();
-    const route = draw * 100 < s.green_weight ? 'green' : 'blue';
+    let route = pin || (draw * 100 < s.green_weight ? 'green' : 'blue');
+    if (!operator && ((route === 'green' && s.green_weight === 0) || (route === 'blue' && s.green_weight === 100))) {
+        route = route === 'green' ? 'blue' : 'green';  // a version at 0% gets no request from the public port
+    }
     const green = s.green_free ? 'blue' : s.green_slot;
-    return [route, green, s.shadow ? 'on' : 'off', s.blue_version || '-', s.green_version || '-'].join(' ');
+    return [route, pin || '-', green, s.shadow ? 'on' : 'off', s.blue_version || '-', s.green_version || '-'].join(' ');
 }
 
 // js_set $canary_version: the version that answered, as the slot that answered serves it in the state this
@@ -112,7 +151,11 @@ function answered(r) {
         return '';
     }
     const parts = r.variables.canary_decision.split(' ');
-    const addresses = tried.split(/, | : /);
+    // a try that names no address (an upstream at its cap) reached no server
+    const addresses = tried.split(/, | : /).filter((a) => a.indexOf(':') >= 0);
+    if (!addresses.length) {
+        return '';
+    }
     let slots = {};
     try {
         slots = JSON.parse(r.variables.canary_slots || '{}');
@@ -124,9 +167,9 @@ function answered(r) {
         const routed = r.variables.canary_served === 'green' ? 'green' : 'blue';
         colour = addresses.length > 1 ? (routed === 'green' ? 'blue' : 'green') : routed;
     } else if (colour !== 'blue') {
-        colour = colour === parts[1] ? 'green' : '';  // green's other slot: a version being started, not routed
+        colour = colour === parts[2] ? 'green' : '';  // green's other slot: a version being started, not routed
     }
-    const version = colour === 'blue' ? parts[3] : colour === 'green' ? parts[4] : '-';
+    const version = colour === 'blue' ? parts[4] : colour === 'green' ? parts[5] : '-';
     return version === '-' || version === undefined ? '' : version;
 }
 
@@ -232,7 +275,7 @@ function observe(r, data, flags) {
     if (skip) {
         return;
     }
-    if (r.status !== 200 || r.headersOut['Content-Encoding']) {
+    if (r.status !== 200 || r.headersOut['Content-Encoding'] || !r.variables.canary_path) {
         skip = true;
         return;
     }
