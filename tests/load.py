@@ -30,6 +30,7 @@ class Answer:
     request_id: str | None = None
     row: int | None = None  # which of Load.rows (or Load.bodies) was sent
     body: object = None  # the 200 answer's JSON (with Load.keep_bodies)
+    took: float | None = None  # seconds from sending to the whole answer
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Load:
                         r.headers.get("x-canary-route"),
                         request_id=r.headers.get("x-request-id"),
                         row=row,
+                        took=time.monotonic() - sent,
                     )
                     if self.keep_bodies and r.status_code == 200:
                         answer.body = r.json()
