@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from canary_kit.nginx import OPERATOR_URL, operator_transport
 from canary_kit.stack import Stack
 from conftest import BIN, EXAMPLE_ROW, ROOT, local_settings, run
 from penguin.features import MODEL_NAME
@@ -43,7 +44,8 @@ def test_the_stack_serves_the_built_bentos(bentos, tmp_path):
         for slot, version in zip(("blue", "green_a"), VERSIONS):
             health = httpx.get(f"{stack.settings.slot_url(slot)}/health").json()
             assert health["model_version"] == version
-        pinned = httpx.post(
-            f"{stack.settings.url}/predict", json={"instances": [EXAMPLE_ROW]}, headers={"X-Canary": "always"}
-        )
+        with httpx.Client(transport=operator_transport(stack.settings)) as operator:  # pins apply there
+            pinned = operator.post(
+                f"{OPERATOR_URL}/predict", json={"instances": [EXAMPLE_ROW]}, headers={"X-Canary": "always"}
+            )
         assert pinned.status_code == 200 and pinned.json()["model_version"] == "v1.1.0"

@@ -41,7 +41,8 @@ def test_no_top_level_name(spec):
 def test_only_nginx_publishes_a_port(spec):
     published = {name for name, svc in spec["services"].items() if svc.get("ports")}
     assert published == {"nginx"}
-    assert spec["services"]["nginx"]["ports"] == ["8000:8000", "127.0.0.1:8001:8001"]  # admin: this host only
+    # the public port on this host's loopback unless CANARY_BIND says otherwise; admin: this host only
+    assert spec["services"]["nginx"]["ports"] == ["${CANARY_BIND:-127.0.0.1}:8000:8000", "127.0.0.1:8001:8001"]
     assert spec["services"]["nginx"]["environment"]["CANARY_ADMIN_LISTEN"] == "8001"
 
 
@@ -69,9 +70,10 @@ def test_nginx_renders_the_shared_template_with_every_variable(spec):
     template = (ROOT / "nginx" / "canary.conf.template").read_text()
     wanted = set(re.findall(r"\$\{(CANARY_[A-Z0-9_]+)\}", template))
     given = {k for k in nginx["environment"] if k.startswith("CANARY_")}
-    # the first state's split; the relay's secret is made at each start by a script the image sources (below)
-    assert given | {"CANARY_SHADOW_SECRET"} == wanted | {"CANARY_GREEN_WEIGHT"}
-    assert "CANARY_SHADOW_SECRET" not in given
+    # the first state's split; the secrets are made at each start by a script the image sources (below)
+    secrets = {"CANARY_SHADOW_SECRET", "CANARY_OPERATOR_SECRET"}
+    assert given | secrets == wanted | {"CANARY_GREEN_WEIGHT"}
+    assert not given & secrets
     # versions in nginx's environment would change with every deploy: `docker compose up` would recreate nginx
     assert not given & {"CANARY_BLUE_VERSION", "CANARY_GREEN_VERSION"}
     assert any(v.startswith("./nginx/canary.conf.template:/etc/nginx/templates/") for v in nginx["volumes"])
@@ -96,12 +98,33 @@ def test_the_relay_secret_is_made_at_each_start_before_the_templates_are_rendere
     assert script.stat().st_mode & 0o111, "the image sources only executable .envsh files"
     made = [
         subprocess.run(
-            ["sh", "-c", f'. "{script}"; echo "$CANARY_SHADOW_SECRET"'], capture_output=True, text=True, check=True
-        ).stdout.strip()
+            ["sh", "-c", f'. "{script}"; echo "$CANARY_SHADOW_SECRET $CANARY_OPERATOR_SECRET"'],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         for _ in range(2)
     ]
     print(f"\ntwo starts' secrets: {made}")
-    assert all(re.fullmatch(r"[0-9a-f]{64}", secret) for secret in made) and made[0] != made[1]
+    secrets = [secret for pair in made for secret in pair]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", secret) for secret in secrets) and len(set(secrets)) == 4
+
+
+def test_nginx_limits_clients_and_versions_as_the_kit_does_by_default(spec):
+    """The limits, time bounds and pins compose gives nginx are the kit's defaults (what `canary up` renders), but
+    for the trusted addresses: compose adds its network's gateway, through which this host's clients come."""
+    from canary_kit.config import Settings
+    from canary_kit.nginx import limit_variables
+
+    env = spec["services"]["nginx"]["environment"]
+    kit = limit_variables(Settings(service_name="any", blue_version="v1", green_version="v2"))
+    given = {name: env[name] for name in kit}
+    print(f"\ncompose: {given}\nkit:     {kit}")
+    assert {k: v for k, v in given.items() if k != "CANARY_TRUSTED_CLIENTS"} == {
+        k: v for k, v in kit.items() if k != "CANARY_TRUSTED_CLIENTS"
+    }
+    gateway = spec["networks"]["canary"]["ipam"]["config"][0]["subnet"].replace(".0/24", ".1/32")
+    assert given["CANARY_TRUSTED_CLIENTS"] == f"{kit['CANARY_TRUSTED_CLIENTS']} {gateway} 1;"
 
 
 def test_nginx_mounts_njs_and_a_conf_that_loads_it(spec):

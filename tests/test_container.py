@@ -44,6 +44,7 @@ BLUE, GREEN, NEXT = "v1.0.0", "v1.1.0", "v1.2.0"
 SERVICES = ("ml-blue", "ml-green", "nginx")
 PORT = 8000  # fixed by docker-compose.yml
 URL = f"http://127.0.0.1:{PORT}"
+ADMIN_URL = "http://127.0.0.1:8001"  # the admin port, this host only: the operator's pins apply there
 LABEL_KEY = "org.opencontainers.image.version"  # plus ai.bentoml.model_version; both carry the model version
 WORK = Path(os.environ.get("CONTAINER_E2E_DIR", "/tmp/canary-e2e"))
 STATE = WORK / "compose-state"  # the stack's routing state, apart from the project's nginx/state
@@ -193,13 +194,23 @@ def test_backend_runs_as_non_root_with_heads_with_bodies(stack, service):
 
 
 def test_pins_reach_one_version(stack):
+    """Through the admin port (the operator's way in: pins apply there; the public port has them off)."""
     r = httpx.post(f"{URL}/predict", json={"instances": ROWS[:1]}, timeout=10)
     print(
         f"\none request: HTTP {r.status_code}, X-Model-Version {r.headers.get('x-model-version')}, "
         f"X-Canary-Route {r.headers.get('x-canary-route')}"
     )
     for value, want in (("always", GREEN), ("never", BLUE)):
-        pinned = load(workers=1, max_requests=20, max_seconds=120, headers={"X-Canary": value}).run()
+        pinned = Load(
+            ADMIN_URL,
+            rows=ROWS,
+            timeout=10,
+            check_version_field=True,
+            workers=1,
+            max_requests=20,
+            max_seconds=120,
+            headers={"X-Canary": value},
+        ).run()
         assert not pinned.not_ok(), tally(pinned.answers)
         assert tally(pinned.answers) == {want: 20}, f"X-Canary: {value}: {tally(pinned.answers)}"
 

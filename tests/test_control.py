@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from canary_kit import routing
 from canary_kit.cli import app
 from canary_kit.control import split_of
+from canary_kit.nginx import OPERATOR_URL, operator_transport
 from canary_kit.targets import LocalTarget
 from conftest import EXAMPLE_ROW, ROOT, canary_process, nginx_applies, nginx_pids
 from load import Load, assert_split, tally
@@ -224,12 +225,14 @@ def test_killing_the_tool_never_leaves_a_half_written_state(control):
 
 
 def test_header_and_cookie_pins_beat_the_weight(control):
-    url = control.settings.url
+    """Through the admin socket (the operator's way in: pins apply there with pins off on the public port, and reach
+    a version at 0%); tests/test_pins.py has the public port's rules."""
 
     def versions(weight, headers=None, cookies=None, n=40):
         assert canary(control, "set-weight", str(weight)).exit_code == 0
-        with httpx.Client(headers=headers, cookies=cookies) as client:
-            return Counter(client.get(f"{url}/health").json()["model_version"] for _ in range(n))
+        transport = operator_transport(control.settings)
+        with httpx.Client(headers=headers, cookies=cookies, transport=transport) as client:
+            return Counter(client.get(f"{OPERATOR_URL}/health").json()["model_version"] for _ in range(n))
 
     assert versions(0, headers={"X-Canary": "always"}) == {"v1.1.0": 40}
     assert versions(100, headers={"X-Canary": "never"}) == {"v1.0.0": 40}
@@ -242,15 +245,17 @@ def test_header_and_cookie_pins_beat_the_weight(control):
 
 
 def test_users_are_sticky_and_stay_on_green_as_the_weight_rises(control):
+    """Through the admin socket, where pins (sticky users among them) apply; on the public port they do when the
+    operator turns pins on (tests/test_nginx.py)."""
     users = [f"user-{i}" for i in range(60)]
 
     def assignment(weight):
         assert canary(control, "set-weight", str(weight)).exit_code == 0
         seen = defaultdict(set)
-        with httpx.Client() as client:
+        with httpx.Client(transport=operator_transport(control.settings)) as client:
             for _ in range(3):
                 for user in users:
-                    r = client.get(f"{control.settings.url}/health", headers={"X-User-ID": user})
+                    r = client.get(f"{OPERATOR_URL}/health", headers={"X-User-ID": user})
                     seen[user].add(r.json()["model_version"])
         assert all(len(v) == 1 for v in seen.values()), {u: v for u, v in seen.items() if len(v) > 1}
         return {u for u, v in seen.items() if v == {"v1.1.0"}}

@@ -322,7 +322,7 @@ def test_quality_gates_fail_the_weak_green_and_pass_v1_2_0(more_versions, tmp_pa
     for green_version in (weak, next_version):
         folder = tmp_path / green_version
         folder.mkdir()
-        with running_stack(folder / "state", green_version=green_version) as running:
+        with running_stack(folder / "state", green_version=green_version, pins=True) as running:  # sticky users
             settings = running.settings
             canary(settings, "set-weight", "50", "-m", "k8s quality gates test")
             Load(settings.url, workers=2, max_requests=40, max_seconds=60, rows=rows).run()  # every series exists

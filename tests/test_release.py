@@ -16,6 +16,7 @@ import pytest
 
 from canary_kit import routing
 from canary_kit.config import SLOTS
+from canary_kit.nginx import OPERATOR_URL, operator_transport
 from canary_kit.processes import alive, listeners
 from canary_kit.stack import read_stack_file
 from conftest import EXAMPLE_ROW, ROOT, canary_process, nginx_pids, run, running_stack
@@ -150,10 +151,10 @@ def test_figures_stay_true_across_a_deploy_and_status_watch_refreshes_in_place(r
     settings, state_dir = release_stack.settings, release_stack.settings.state_dir
     assert canary_process(state_dir, "deploy", "v1.0.0", "-m", "figures").returncode == 0  # a fresh green
     body = {"instances": [EXAMPLE_ROW]}
-    with httpx.Client() as client:
+    with httpx.Client(transport=operator_transport(settings)) as client:  # the operator's pins: any version
         for pin, count in (("always", 40), ("never", 25)):
             for _ in range(count):
-                assert client.post(f"{settings.url}/predict", json=body, headers={"X-Canary": pin}).status_code == 200
+                assert client.post(f"{OPERATOR_URL}/predict", json=body, headers={"X-Canary": pin}).status_code == 200
     report = json.loads(canary_process(state_dir, "status", "--json").stdout)
     figures = {color: b["since_change"]["requests"] for color, b in report["backends"].items()}
     print(f"\n40 predictions pinned to green and 25 to blue since the deploy; /metrics counted {figures}")
