@@ -136,9 +136,10 @@ def observed(
 
 
 def fill(figures: dict | None, seen: Observed | None, model: PredictionMetrics) -> dict | None:
-    """A version's window figures (metrics.Figures as a dict) completed with what its answers predicted, where the
-    service's own metrics say nothing of it: a classifier's rows per class and mean confidence, a regressor's
-    predicted values (`values`, for the gates; kept out of reports) with their mean and spread."""
+    """A version's window figures (metrics.Figures as a dict) completed with what its answers predicted: a
+    classifier's rows per class and mean confidence, a regressor's predicted values (`values`, for the gates; kept
+    out of reports) with their mean and spread. `seen` (the answers nginx read, the split's only when the caller
+    left pinned ones out) comes before the service's own metrics, which count every request, pinned or not."""
     if figures is None or seen is None:
         return figures
     out = dict(figures, unobserved=seen.unobserved)
@@ -151,8 +152,8 @@ def fill(figures: dict | None, seen: Observed | None, model: PredictionMetrics) 
             "value_sd": None if spread is None else round(spread[1], 6),
         }
         return out
-    if model.class_metric is None:
+    if model.class_metric is None or model.observed:
         out |= {"rows": seen.rows, "class_rows": dict(sorted(seen.class_rows.items())) or None}
-    if model.confidence_metric is None and seen.confidences:
+    if (model.confidence_metric is None or model.observed) and seen.confidences:
         out["confidence_mean"] = seen.confidence_mean
     return out

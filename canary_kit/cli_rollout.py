@@ -151,15 +151,15 @@ def quality(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Accuracy per version on the labels sent back, with 95% intervals, confusion matrices and green - blue."""
-    from canary_kit import ledger
+    from canary_kit import quality as labelled
     from canary_kit.control import current
     from canary_kit.views import quality_lines, read_history
 
     target = stack_of(ctx).target()
     history = read_history(target.state_dir / "changes.log", 1)
-    moment = ledger.since_time(since, history[-1].get("time") if history else None)
+    moment = labelled.since_time(since, history[-1].get("time") if history else None)
     state = current(target)
-    report = ledger.quality_report(target, {"blue": state.blue_version, "green": state.green_version}, moment)
+    report = labelled.quality_report(target, {"blue": state.blue_version, "green": state.green_version}, moment)
     typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(quality_lines(report)))
 
 

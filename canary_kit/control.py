@@ -23,7 +23,7 @@ import httpx
 from canary_kit import routing
 from canary_kit.config import COLORS, CanaryError
 from canary_kit.files import append_line, take_back
-from canary_kit.ledger import accuracy_by_version, observed_since
+from canary_kit.ledger import accuracy_by_version, observed_since, pinned_since
 from canary_kit.metrics import PredictionMetrics, figures_between
 from canary_kit.routing import CHANGELOG, RoutingState
 from canary_kit.scrape import read_baseline, snapshots, write_baseline
@@ -240,6 +240,7 @@ def status(target: Target, now: dict[str, dict | None] | None = None) -> dict:
         for color in COLORS:
             versions[color]["since_change"] = _with_observed(versions[color]["since_change"], seen.get(color), model)
     labelled = accuracy_by_version(target, serving)
+    pinned = pinned_since(target, baseline.get("since"))  # counted apart: no gate judges them
     figures = {color: versions[color]["since_change"] or {} for color in COLORS}
     divergence = js_distance(figures["green"].get("class_rows") or {}, figures["blue"].get("class_rows") or {})
     values = [figures[color].pop("values", None) for color in ("green", "blue")]
@@ -252,6 +253,7 @@ def status(target: Target, now: dict[str, dict | None] | None = None) -> dict:
         "class_divergence": None if divergence is None else round(divergence, 4),
         "ks_distance": None if distance is None else round(distance, 4),
         "labelled": labelled or {},
+        "pinned": pinned,
         "shadow": bool(in_nginx["shadow"]) if in_nginx else state.shadow,
         "green_free": state.green_free,
         "nginx": in_nginx,

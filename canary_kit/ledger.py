@@ -2,13 +2,15 @@
 them later.
 
 One SQLite file in the stack's state folder (`ledger.sqlite3`, WAL mode), fed from nginx's JSON access log: the
-request id, the time, the version that answered, the route, and each row's prediction (a class, or a regressor's
-number) and confidence, as nginx read them in the answer (answers.py). Filling is incremental and idempotent: the
-log position is kept in the same transaction as the rows it added, a row is keyed by (request id, row), reading the
-same log twice adds nothing, and a rotated log (`access.log.1`, or a log truncated by a restart) is followed. Old
-answers are pruned by age and count (settings: ledger_days, ledger_rows). Labels (`canary labels`) are joined to
-answers by (request id, row): a class for a classifier (accuracy per version: `canary quality`, the accuracy gate),
-a true value for a regressor (MAE and RMSE: `canary quality`, the error gate).
+request id, the time, the version that answered, the route, whether the request was pinned, and each row's
+prediction (a class, or a regressor's number) and confidence, as nginx read them in the answer (answers.py); and the
+pinned requests to the model's endpoints (`canary status` counts them). Filling is incremental and idempotent: each
+log file's position is kept, with the file's identity (logfiles.py), in the same transaction as the rows it added; a
+row is keyed by (request id, row), reading the same log twice adds nothing, and a log rotated (`access.log.1`, ..),
+truncated in place or replaced is followed without losing a line. Old answers are pruned by age and count (settings:
+ledger_days, ledger_rows). Labels (`canary labels`) are joined to answers by (request id, row): a class for a
+classifier (accuracy per version: `canary quality`, the accuracy gate), a true value for a regressor (MAE and RMSE:
+`canary quality`, the error gate). The gates judge only answers that were not pinned: the split's traffic.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
+from canary_kit import logfiles
 from canary_kit.answers import predictions
 from canary_kit.config import CanaryError
 from canary_kit.files import PRIVATE
@@ -48,6 +51,11 @@ CREATE TABLE IF NOT EXISTS labels (
 CREATE TABLE IF NOT EXISTS sources (name TEXT PRIMARY KEY, inode INTEGER, offset INTEGER, mark TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+PINS = """
+CREATE TABLE IF NOT EXISTS pins (
+    request_id TEXT PRIMARY KEY, time TEXT NOT NULL, version TEXT, pin TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pins_by_time ON pins (time);
+"""
 
 
 @lru_cache(maxsize=4096)  # nginx logs whole seconds: consecutive lines share their time
@@ -71,8 +79,16 @@ def answer_rows(entry: dict, endpoints: tuple[str, ...] = (ENDPOINT,), task: str
     rows = predictions(entry, task)
     if not (rows and version and rid and when):
         return []
-    route = entry.get("route") or None
-    return [(rid, i, when, version, route, r.predicted, r.value, r.confidence) for i, r in enumerate(rows)]
+    route, pinned = entry.get("route") or None, 1 if entry.get("pin") else 0
+    return [(rid, i, when, version, route, r.predicted, r.value, r.confidence, pinned) for i, r in enumerate(rows)]
+
+
+def pin_row(entry: dict, endpoints: tuple[str, ...] = (ENDPOINT,)) -> tuple | None:
+    """The pins row of one access-log entry: a live request to a prediction endpoint that asked for a version."""
+    pin, rid, when = entry.get("pin"), entry.get("request_id"), utc(entry.get("time", ""))
+    if entry.get("shadow") or pin not in ("green", "blue") or not (rid and when) or not asks_endpoint(entry, endpoints):
+        return None
+    return (rid, when, entry.get("version") or None, pin)
 
 
 class LedgerBusy(CanaryError):
@@ -108,9 +124,12 @@ def connect(folder: Path, wait: float = BUSY_WAIT):
             if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0] == 0:
                 conn.executescript(SCHEMA)  # a write: only where the tables are missing, so a reader never waits
             columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
-            for column in ("value", "confidence"):  # a ledger from before regressors and confidences were kept
+            # a ledger from before regressors, confidences and pins were kept
+            for column, kind in (("value", "REAL"), ("confidence", "REAL"), ("pinned", "INTEGER")):
                 if column not in columns:
-                    conn.execute(f"ALTER TABLE answers ADD COLUMN {column} REAL")
+                    conn.execute(f"ALTER TABLE answers ADD COLUMN {column} {kind}")
+            if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'pins'").fetchone()[0] == 0:
+                conn.executescript(PINS)
             yield conn
         except sqlite3.Error as exc:
             raise _refusal(path, exc, wait) from None
@@ -128,15 +147,18 @@ def transaction(conn: sqlite3.Connection):
     conn.execute("COMMIT")
 
 
-def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> int:
+def _insert(conn: sqlite3.Connection, rows: list[tuple], pins: list[tuple] | None = None) -> int:
     rows.sort()  # in key order: each page of the index is visited once per batch
     before = conn.total_changes
     conn.executemany(
-        "INSERT OR IGNORE INTO answers (request_id, row, time, version, route, predicted, value, confidence) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR IGNORE INTO answers (request_id, row, time, version, route, predicted, value, confidence, pinned) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
-    return conn.total_changes - before
+    added = conn.total_changes - before
+    if pins:
+        conn.executemany("INSERT OR IGNORE INTO pins (request_id, time, version, pin) VALUES (?, ?, ?, ?)", pins)
+    return added
 
 
 def ingest_file(
@@ -146,67 +168,73 @@ def ingest_file(
     endpoints: tuple[str, ...] = (ENDPOINT,),
     task: str = "classification",
 ) -> int:
-    """Add what `log` holds beyond the position kept for it (and, if it was rotated, the rest of `log`.1 first).
-    Returns the rows added."""
-    kept = conn.execute("SELECT inode, offset FROM sources WHERE name = ?", (name,)).fetchone()
-    if not log.exists():
-        return 0
-    stat = log.stat()
-    parts: list[tuple[Path, int]] = []
-    offset = 0
-    if kept is not None:
-        inode, at = kept
-        rotated = log.with_name(log.name + ".1")
-        if inode == stat.st_ino and at <= stat.st_size:
-            offset = at
-        elif inode != stat.st_ino and rotated.exists() and rotated.stat().st_ino == inode:
-            parts.append((rotated, at))  # the end of the rotated log, which was not read yet
-    parts.append((log, offset))
-    added = 0
-    position = None if kept is None else (kept[0], kept[1])
-    for path, start in parts:
-        inode = stat.st_ino if path == log else kept[0]  # the rotated part: the inode kept for it
+    """Add what `log` and its rotated files (logfiles.family) hold beyond the position kept for each, by the file's
+    identity (a file never seen: from its start). Returns the rows added."""
+    kept = dict(conn.execute("SELECT name, offset FROM sources WHERE name LIKE ?", (f"{name}@%",)).fetchall())
+    legacy = conn.execute("SELECT inode, offset FROM sources WHERE name = ?", (name,)).fetchone()  # inode and offset
+    added, seen = 0, set()
+    for path in logfiles.family(log):
+        ident = logfiles.identity(path)
+        if ident is None:
+            continue  # no whole line yet
+        key = f"{name}@{ident}"
+        seen.add(key)
+        start = kept.get(key)
+        if start is None and legacy is not None and legacy[0] == path.stat().st_ino:
+            start = legacy[1]  # where an older ledger, which kept the inode only, stood in this file
+        start = start if start is not None and start <= path.stat().st_size else 0
+        position = kept.get(key)
         more = True
         while more:  # one bounded transaction at a time: a change or another reader never waits long
             with transaction(conn):
                 chunk, start, more = _read_chunk(conn, path, start, endpoints, task)
                 added += chunk
-                if position != (inode, start):  # nothing read, nothing written: a refused label file leaves no trace
-                    conn.execute(
-                        "INSERT OR REPLACE INTO sources (name, inode, offset) VALUES (?, ?, ?)", (name, inode, start)
-                    )
-            position = (inode, start)
+                if position != start:  # nothing read, nothing written: a refused label file leaves no trace
+                    conn.execute("INSERT OR REPLACE INTO sources (name, offset) VALUES (?, ?)", (key, start))
+            position = start
+    gone = [key for key in kept if key not in seen]
+    if gone or (legacy is not None and seen):
+        with transaction(conn):  # positions in files that are no more, and the older ledger's one
+            conn.executemany("DELETE FROM sources WHERE name = ?", [(key,) for key in gone])
+            if seen:
+                conn.execute("DELETE FROM sources WHERE name = ?", (name,))
     return added
 
 
 def _read_chunk(
     conn: sqlite3.Connection, path: Path, start: int, endpoints: tuple[str, ...], task: str
 ) -> tuple[int, int, bool]:
-    """The answers of at most CHUNK_LINES lines of `path` from `start`, read for at most CHUNK_SECONDS, inserted in
-    the caller's transaction. Returns the rows added, where it stopped, and whether lines are left."""
+    """The answers (and pinned requests) of at most CHUNK_LINES lines of `path` from `start`, read for at most
+    CHUNK_SECONDS, inserted in the caller's transaction. Returns the rows added, where it stopped, and whether lines
+    are left."""
     added, end, more = 0, start, False
     deadline, lines = time.monotonic() + CHUNK_SECONDS, 0
     with open(path, "rb") as handle:
         handle.seek(start)
         rows: list[tuple] = []
+        pins: list[tuple] = []
         for line in handle:
             if not line.endswith(b"\n"):
                 break  # a line nginx is still writing: next time
             end += len(line)
             lines += 1
-            if b'"shadow":false' in line and b'"status":200' in line:
+            pinned = b'"pin":"green"' in line or b'"pin":"blue"' in line
+            if b'"shadow":false' in line and (b'"status":200' in line or pinned):
                 try:
                     entry = json.loads(line.decode("utf-8", "replace"))
                 except ValueError:
                     entry = None
-                rows.extend(answer_rows(entry, endpoints, task) if isinstance(entry, dict) else [])
+                if isinstance(entry, dict):
+                    rows.extend(answer_rows(entry, endpoints, task))
+                    found = pin_row(entry, endpoints) if pinned else None
+                    pins += [found] if found else []
                 if len(rows) >= BATCH:
-                    added += _insert(conn, rows)
-                    rows = []
+                    added += _insert(conn, rows, pins)
+                    rows, pins = [], []
             if lines >= CHUNK_LINES or (lines % 1000 == 0 and time.monotonic() > deadline):
                 more = True
                 break
-        added += _insert(conn, rows)
+        added += _insert(conn, rows, pins)
     return added, end, more
 
 
@@ -219,8 +247,9 @@ def ingest_entries(
     task: str = "classification",
 ) -> int:
     """Add parsed log entries (compose's nginx logs to stdout) and keep `mark` as where to read from next."""
+    pins = [found for entry in entries if (found := pin_row(entry, endpoints))]
     with transaction(conn):
-        added = _insert(conn, [row for entry in entries for row in answer_rows(entry, endpoints, task)])
+        added = _insert(conn, [row for entry in entries for row in answer_rows(entry, endpoints, task)], pins)
         conn.execute("INSERT OR REPLACE INTO sources (name, mark) VALUES (?, ?)", (name, mark))
     return added
 
@@ -237,6 +266,9 @@ def prune(conn: sqlite3.Connection, retention: Retention, now: datetime | None =
         if edge is not None:  # older than the newest `rows` (a second's answers all stay: nginx logs whole seconds)
             conn.execute("DELETE FROM answers WHERE time < ?", edge)
         dropped = conn.total_changes - before
+        conn.execute("DELETE FROM pins WHERE time < ?", (cutoff,))  # pinned requests: as long, and as many
+        edge = conn.execute("SELECT time FROM pins ORDER BY time DESC LIMIT 1 OFFSET ?", (retention.rows - 1,))
+        conn.execute("DELETE FROM pins WHERE time < ?", edge.fetchone() or ("",))
         if dropped:
             conn.execute(
                 "DELETE FROM labels WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE "
@@ -253,6 +285,7 @@ def catch_up(target: Target, conn: sqlite3.Connection, retention: Retention | No
     the rows added. Old answers are pruned after new ones came in, at most once a minute."""
     log = target.access_log
     endpoints, task = tuple(target.prediction_metrics.endpoints), target.prediction_metrics.task
+    changes = conn.total_changes
     if log is not None:
         added = ingest_file(conn, log, endpoints=endpoints, task=task)
     else:
@@ -261,7 +294,8 @@ def catch_up(target: Target, conn: sqlite3.Connection, retention: Retention | No
         since = LogMark(time=kept[0]) if kept and kept[0] else LogMark()
         added = ingest_entries(conn, target.log_since(since), mark.time, endpoints=endpoints, task=task)
     last = conn.execute("SELECT value FROM meta WHERE key = 'pruned_at'").fetchone()
-    if added and (last is None or time.time() - float(last[0]) >= PRUNE_EVERY):
+    grew = conn.total_changes > changes  # answers or pinned requests came in
+    if grew and (last is None or time.time() - float(last[0]) >= PRUNE_EVERY):
         prune(conn, retention or Retention())
         with transaction(conn):
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_at', ?)", (str(time.time()),))
@@ -285,13 +319,20 @@ class VersionQuality:
         return self.correct / self.labelled if self.labelled else None
 
 
-def quality(conn: sqlite3.Connection, versions: list[str], since: str | None = None) -> dict[str, VersionQuality]:
-    """Per version, its answers since `since` (UTC 'YYYY-MM-DDTHH:MM:SS') that have a label."""
+SPLIT_ONLY = " AND COALESCE(a.pinned, 0) = 0"  # the split's answers: what the gates judge (pinned ones left out)
+
+
+def quality(
+    conn: sqlite3.Connection, versions: list[str], since: str | None = None, unpinned: bool = False
+) -> dict[str, VersionQuality]:
+    """Per version, its answers since `since` (UTC 'YYYY-MM-DDTHH:MM:SS') that have a label (`unpinned`: only the
+    split's, as the gates judge them)."""
     out = {v: VersionQuality(v) for v in versions}
     # From the labels (far fewer than answers) to their answers by key: CROSS JOIN keeps SQLite to that order.
     query = (
         "SELECT a.version, l.label, a.predicted, COUNT(*) FROM labels l CROSS JOIN answers a "
-        "ON a.request_id = l.request_id AND a.row = l.row WHERE a.time >= ? GROUP BY 1, 2, 3"
+        f"ON a.request_id = l.request_id AND a.row = l.row WHERE a.time >= ?{SPLIT_ONLY if unpinned else ''} "
+        "GROUP BY 1, 2, 3"
     )
     for version, label, predicted, n in conn.execute(query, (since or "",)):
         if version not in out:
@@ -303,12 +344,16 @@ def quality(conn: sqlite3.Connection, versions: list[str], since: str | None = N
     return out
 
 
-def errors(conn: sqlite3.Connection, versions: list[str], since: str | None = None) -> dict[str, Errors]:
-    """Per version, a regressor's errors (label - prediction) on its answers since `since` that have a label."""
+def errors(
+    conn: sqlite3.Connection, versions: list[str], since: str | None = None, unpinned: bool = False
+) -> dict[str, Errors]:
+    """Per version, a regressor's errors (label - prediction) on its answers since `since` that have a label
+    (`unpinned`: only the split's)."""
     query = (
         "SELECT version, COUNT(*), SUM(ABS(e)), SUM(e * e), SUM(e * e * e * e) FROM ("
         "SELECT a.version AS version, CAST(l.label AS REAL) - a.value AS e FROM labels l CROSS JOIN answers a "
-        "ON a.request_id = l.request_id AND a.row = l.row WHERE a.time >= ? AND a.value IS NOT NULL) GROUP BY 1"
+        "ON a.request_id = l.request_id AND a.row = l.row WHERE a.time >= ? AND a.value IS NOT NULL"
+        f"{SPLIT_ONLY if unpinned else ''}) GROUP BY 1"
     )
     found = {v: Errors(n, a, s2, s4) for v, n, a, s2, s4 in conn.execute(query, (since or "",))}
     return {v: found.get(v, Errors()) for v in versions} | {v: e for v, e in found.items() if v not in versions}
@@ -332,20 +377,20 @@ def remember_classes(conn: sqlite3.Connection, classes: set[str]) -> None:
 
 
 def labelled_since(target: Target, versions: dict[str, str | None], since: str) -> dict[str, tuple[int, int]]:
-    """colour -> (labelled rows, correct rows) of the answers each version gave since `since` (the rollout's
-    start), with the ledger brought up to date first."""
+    """colour -> (labelled rows, correct rows) of the split's answers (pinned ones left out) each version gave
+    since `since` (the rollout's start), with the ledger brought up to date first."""
     with connect(target.state_dir) as conn:
         catch_up(target, conn, target.retention)
-        found = quality(conn, [v for v in versions.values() if v], since)
+        found = quality(conn, [v for v in versions.values() if v], since, unpinned=True)
     return {colour: (found[v].labelled, found[v].correct) if v in found else (0, 0) for colour, v in versions.items()}
 
 
 def errors_since(target: Target, versions: dict[str, str | None], since: str) -> dict[str, Errors]:
-    """colour -> a regressor's errors on the labelled answers each version gave since `since` (the rollout's
-    start), with the ledger brought up to date first."""
+    """colour -> a regressor's errors on the split's labelled answers (pinned ones left out) each version gave
+    since `since` (the rollout's start), with the ledger brought up to date first."""
     with connect(target.state_dir) as conn:
         catch_up(target, conn, target.retention)
-        found = errors(conn, [v for v in versions.values() if v], since)
+        found = errors(conn, [v for v in versions.values() if v], since, unpinned=True)
     return {colour: found.get(v, Errors()) if v else Errors() for colour, v in versions.items()}
 
 
@@ -386,6 +431,23 @@ def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict
         for colour, v in versions.items()
         if v and found[v].labelled
     }
+
+
+def pinned_since(target: Target, since: str | None) -> dict[str, int] | None:
+    """Pinned requests to the model's endpoints since `since` (None: all), by the version they asked for, for
+    `canary status`: {"green": n, "blue": n}. It never waits on the ledger: None when another command holds it."""
+    try:
+        with connect(target.state_dir, wait=READ_WAIT) as conn:
+            try:
+                catch_up(target, conn, target.retention)
+            except LedgerBusy:
+                pass  # what it holds
+            found = conn.execute(
+                "SELECT pin, COUNT(*) FROM pins WHERE time >= ? GROUP BY 1", (utc(since or "") or "",)
+            ).fetchall()
+    except LedgerBusy:
+        return None
+    return {"green": 0, "blue": 0} | dict(found)
 
 
 RECENT = 5000  # a regressor's newest predicted values per version that `canary status` compares
@@ -434,75 +496,3 @@ def observed_since(target: Target, versions: dict[str, str | None], since: str |
                 "confidence_mean": round(total / count, 6) if count else None,
             }
     return out
-
-
-def since_time(text: str | None, last_change: str | None, now: datetime | None = None) -> str | None:
-    """`--since`: an ISO time, a duration back from now (30m, 2h, 7d), or `change` (the last change); None: all."""
-    if text is None:
-        return None
-    if text == "change":
-        if last_change is None:
-            raise CanaryError("--since change: no change recorded yet")
-        return utc(last_change)
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
-        try:
-            moment = (now or datetime.now(UTC)) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
-        except OverflowError:
-            return "0001-01-01T00:00:00"  # further back than any answer: all of them
-        return moment.strftime("%Y-%m-%dT%H:%M:%S")
-    found = utc(text)
-    if found is None:
-        raise CanaryError(f"--since wants an ISO time, a duration such as 30m, 2h or 7d, or `change`; got {text!r}")
-    return found
-
-
-def quality_report(target: Target, versions: dict[str, str | None], since: str | None) -> dict:
-    """`canary quality`: per version with labels (blue and green first), labelled rows and, for a classifier, accuracy
-    with its 95% Wilson interval and the confusion matrix, green - blue with its 95% interval; for a regressor, MAE
-    and RMSE with their 95% intervals, and green's MAE over blue's with its interval."""
-    from canary_kit.stats import difference, error_increase, wilson
-
-    regression = target.prediction_metrics.task == "regression"
-    with connect(target.state_dir) as conn:
-        catch_up(target, conn, target.retention)
-        listed = [v for v in versions.values() if v]
-        others = [v for (v,) in conn.execute("SELECT DISTINCT version FROM answers") if v not in listed]
-        found = quality(conn, listed + sorted(others), since)
-        found_errors = errors(conn, listed + sorted(others), since) if regression else {}
-        totals = counts(conn)
-    role = {v: colour for colour, v in versions.items() if v}
-    rows = []
-    for version, q in found.items():
-        e = found_errors.get(version, Errors())
-        labelled = e.n if regression else q.labelled
-        if not labelled and version not in role:
-            continue
-        row: dict = {"version": version, "role": role.get(version, ""), "labelled": labelled}
-        if regression:
-            mae, rmse = e.mae_interval(), e.rmse_interval()
-            row |= {
-                "mae": e.mae,
-                "mae_interval": None if mae is None else list(mae),
-                "rmse": e.rmse,
-                "rmse_interval": None if rmse is None else list(rmse),
-            }
-        else:
-            bounds = wilson(q.correct, q.labelled)
-            row |= {
-                "correct": q.correct,
-                "accuracy": q.accuracy,
-                "interval": None if bounds is None else list(bounds),
-                "confusion": q.confusion,
-            }
-        rows.append(row)
-    blue_version, green_version = versions.get("blue") or "", versions.get("green") or ""
-    if regression:
-        increase = error_increase(found_errors.get(green_version, Errors()), found_errors.get(blue_version, Errors()))
-        compared = {"green_over_blue_mae": None if increase is None else list(increase)}
-    else:
-        blue, green = found.get(blue_version), found.get(green_version)
-        diff = difference(green.correct, green.labelled, blue.correct, blue.labelled) if blue and green else None
-        compared = {"green_minus_blue": None if diff is None else list(diff)}
-    task = "regression" if regression else "classification"
-    return {"since": since, "task": task, "versions": rows, **compared, **totals}

@@ -210,3 +210,59 @@ def unpinned_split(
         if name is not None:
             counts[name] += 1
     return counts
+
+
+def _tries(entry: dict) -> list[list[tuple[str, str, str]]]:
+    """An entry's tries of a backend, per upstream nginx went through (the one routed to, then @failover's): each
+    try's address, status and seconds (nginx logs them with ", " between tries and " : " between upstreams)."""
+    keys = ("upstream", "upstream_status", "upstream_response_time")
+    groups = [str(entry.get(key) or "").split(" : ") for key in keys]
+    return [
+        list(zip(address.split(", "), status.split(", "), seconds.split(", ")))
+        for address, status, seconds in zip(*groups)
+    ]
+
+
+def split_http(entries: list[dict], endpoints: tuple[str, ...] = (ENDPOINT,)) -> dict[str, dict]:
+    """Each colour's HTTP figures over the split's traffic, from nginx's access log (BentoML's /metrics count pinned
+    requests too, and cannot tell them apart): the tries of the model's endpoints that reached a version's server,
+    for live requests that were not pinned. A try in the upstream the request was routed to is that version's; one in
+    @failover's is the other version's; a version at its cap reached no server (shed), and a kept-alive connection
+    the server had closed, tried again at once on the same server, is not counted. `requests`: the tries; `errors`: those that got a 5xx or no answer (nginx's 502/504);
+    p50_ms and p99_ms: the tries' times to the last byte (nginx's upstream_response_time)."""
+    tries: dict[str, list[tuple[bool, float | None]]] = {"blue": [], "green": []}
+    other = {"blue": "green", "green": "blue"}
+    for entry in entries:
+        routed = entry.get("route")
+        if entry.get("shadow") or entry.get("pin") or routed not in tries or not asks_endpoint(entry, endpoints):
+            continue
+        for colour, group in zip((routed, other[routed]), _tries(entry)):
+            for at, (address, status, seconds) in enumerate(group):
+                if ":" not in address or not status.isdigit():
+                    continue
+                if at + 1 < len(group) and group[at + 1][0] == address:
+                    continue  # a kept-alive connection the server had closed, tried again: nginx's, not the version's
+                took = float(seconds) if seconds.replace(".", "", 1).isdigit() else None
+                tries[colour].append((int(status) >= 500, took))
+    return {colour: _http_figures(found) for colour, found in tries.items()}
+
+
+def _http_figures(tries: list[tuple[bool, float | None]]) -> dict:
+    times = sorted(t for _, t in tries if t is not None)
+    errors = sum(failed for failed, _ in tries)
+
+    def rank(q: float) -> float | None:  # the nearest-rank quantile, in ms
+        return round(1000 * times[max(0, math.ceil(q * len(times)) - 1)], 2) if times else None
+
+    return {
+        "requests": len(tries),
+        "errors": errors,
+        "error_rate": errors / len(tries) if tries else None,
+        "p50_ms": rank(0.5),
+        "p99_ms": rank(0.99),
+    }
+
+
+def with_split_http(figures: dict | None, http: dict) -> dict | None:
+    """A version's window figures (from its /metrics) with the HTTP ones taken over the split's traffic instead."""
+    return None if figures is None else {**figures, **http}

@@ -19,7 +19,7 @@ from canary_kit.control import SplitChanged, current, log_event, set_weight
 from canary_kit.gates import Decision, Step, Window, decide, judge_shadow
 from canary_kit.ledger import errors_since, labelled_since, utc
 from canary_kit.live import Channel, Interrupted
-from canary_kit.metrics import figures_between, unpinned_split
+from canary_kit.metrics import figures_between, split_http, unpinned_split, with_split_http
 from canary_kit.routing import RoutingState
 from canary_kit.scrape import snapshots
 from canary_kit.spec import RolloutSpec
@@ -274,8 +274,12 @@ def _measure(
     versions = {"blue": state.blue_version, "green": state.green_version}
     entries = target.log_since(mark)
     split = unpinned_split(entries, versions, model.endpoints)
-    seen = observed(entries, versions, model.endpoints, model.task) if model.observed else {}
-    green, blue = (fill(figures_between(before[c], after[c]), seen.get(c), model) for c in ("green", "blue"))
+    seen = observed(entries, versions, model.endpoints, model.task, pinned=False) if model.observed else {}
+    http = split_http(entries, model.endpoints)  # pinned requests left out of every gate, as of the split
+    green, blue = (
+        fill(with_split_http(figures_between(before[c], after[c]), http[c]), seen.get(c), model)
+        for c in ("green", "blue")
+    )
     regression = model.task == "regression"
     labels = (
         labelled_since(target, versions, since)

@@ -64,6 +64,12 @@ def status_lines(report: dict) -> tuple[list[str], list[str]]:
             f"{fmt(f.get('requests')):>9}{fmt(f.get('errors')):>6}{fmt(rate, '.2f'):>7}"
             f"{fmt(f.get('p50_ms'), '.1f'):>8}{fmt(f.get('p99_ms'), '.1f'):>8}"
         )
+    pinned = report.get("pinned")
+    if pinned and (pinned.get("green") or pinned.get("blue")):
+        lines.append(
+            f"pinned: {pinned.get('green', 0)} requests asked for green, {pinned.get('blue', 0)} for blue "
+            "(counted apart from the split: no gate judges them)"
+        )
     lines.extend(prediction_lines(report))
     lines += process_lines(report.get("processes") or {})
     warnings = rollout_warnings(report.get("rollout"), (report["state_file"] or {}).get("serial"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from canary_kit import labels as labelling
-from canary_kit import ledger
+from canary_kit import ledger, quality
 from canary_kit.stats import difference
 
 CLASSES = {"Adelie", "Chinstrap", "Gentoo"}
@@ -308,11 +308,40 @@ def test_the_accuracy_difference_interval():
 
 def test_since_takes_a_time_a_duration_or_the_last_change():
     now = datetime(2026, 12, 3, 12, tzinfo=UTC)
-    assert ledger.since_time("2h", None, now) == "2026-12-03T10:00:00"
-    assert ledger.since_time("2026-12-03T09:00:00+01:00", None) == "2026-12-03T08:00:00"
-    assert ledger.since_time("change", "2026-12-03T07:00:00+00:00") == "2026-12-03T07:00:00"
+    assert quality.since_time("2h", None, now) == "2026-12-03T10:00:00"
+    assert quality.since_time("2026-12-03T09:00:00+01:00", None) == "2026-12-03T08:00:00"
+    assert quality.since_time("change", "2026-12-03T07:00:00+00:00") == "2026-12-03T07:00:00"
     with pytest.raises(ledger.CanaryError, match="--since wants"):
-        ledger.since_time("yesterday", None)
+        quality.since_time("yesterday", None)
     with pytest.raises(ledger.CanaryError, match="--since wants"):
-        ledger.since_time("0001-01-01T00:00:00+01:00", None)  # before the first representable moment in UTC
-    assert ledger.since_time("1000000d", None) == "0001-01-01T00:00:00"  # further back than anything: all
+        quality.since_time("0001-01-01T00:00:00+01:00", None)  # before the first representable moment in UTC
+    assert quality.since_time("1000000d", None) == "0001-01-01T00:00:00"  # further back than anything: all
+
+
+def test_pinned_answers_are_kept_apart_from_the_gates_and_pinned_requests_counted(tmp_path):
+    """An answer to a pinned request is in the ledger, marked: the label gates (unpinned) leave it out, `canary
+    quality` counts it; every pinned request to an endpoint is counted by the version it asked for."""
+    folder = Folder(tmp_path)
+    write(
+        folder.access_log,
+        [
+            entry("u1", "Adelie", "v1.1.0"),
+            entry("p1", "Adelie", "v1.1.0", pin="green"),
+            entry("p2", "", "v1.0.0", pin="green", status=503),  # asked for green, shed: still a pinned request
+            entry("p3", "Gentoo", "v1.0.0", pin="blue"),
+            entry("p4", "Adelie", "v1.0.0", pin="blue", uri="/health", path="/health"),  # not an endpoint
+        ],
+    )
+    with ledger.connect(tmp_path) as conn:
+        assert ledger.ingest_file(conn, folder.access_log) == 3
+        labelling.apply(conn, [labelling.Label(i, rid, 0, "Adelie") for i, rid in enumerate(["u1", "p1", "p3"])])
+        every = ledger.quality(conn, ["v1.0.0", "v1.1.0"])
+        split = ledger.quality(conn, ["v1.0.0", "v1.1.0"], unpinned=True)
+        pins = dict(conn.execute("SELECT pin, COUNT(*) FROM pins GROUP BY 1").fetchall())
+    print(
+        f"\nlabelled, all: { {v: q.labelled for v, q in every.items()} }; the split's: "
+        f"{ {v: q.labelled for v, q in split.items()} }; pinned requests {pins}"
+    )
+    assert {v: q.labelled for v, q in every.items()} == {"v1.0.0": 1, "v1.1.0": 2}
+    assert {v: q.labelled for v, q in split.items()} == {"v1.0.0": 0, "v1.1.0": 1}
+    assert pins == {"green": 2, "blue": 1}

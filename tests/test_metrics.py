@@ -104,3 +104,47 @@ def test_a_malformed_gate_is_refused_in_one_line_whatever_the_flags(tmp_path, ga
     path.write_text(f"gates: {{max_error_rate: {gate}}}\n")
     with pytest.raises(CanaryError, match="gates.max_error_rate must be a number, null or a mapping"):
         load_spec(path, dict(flags))
+
+
+def logged(route: str, upstream: str, status: str, seconds: str, pin: str = "", path: str = "/predict") -> dict:
+    """An access-log entry's fields that split_http reads, as nginx writes them."""
+    return {
+        "path": path,
+        "route": route,
+        "pin": pin,
+        "shadow": False,
+        "upstream": upstream,
+        "upstream_status": status,
+        "upstream_response_time": seconds,
+    }
+
+
+def test_split_http_judges_the_tries_of_the_splits_requests_only():
+    """Each try is the version's it reached: the routed upstream's are the routed version's, @failover's the other's;
+    a version at its cap reached no server, and a kept-alive connection tried again is nginx's; pinned requests,
+    shadow copies and other paths are left out."""
+    from canary_kit.metrics import split_http
+
+    blue, green = "127.0.0.1:3001", "127.0.0.1:3002"
+    entries = [
+        logged("blue", blue, "200", "0.010"),
+        logged("blue", blue, "200", "0.030"),
+        logged("green", green, "200", "0.020"),
+        logged("green", f"{green} : {blue}", "500 : 200", "0.005 : 0.012"),  # green failed, blue answered
+        logged("blue", f"{blue}, {blue}", "502, 200", "-, 0.008"),  # a closed kept-alive connection, then blue
+        logged("blue", "blue", "502", "-"),  # blue at its cap: shed, no server tried
+        logged("green", green, "200", "0.900", pin="green"),  # pinned: not the split's
+        {**logged("green", green, "200", "0.900"), "shadow": True},  # a shadow copy
+        logged("blue", blue, "200", "0.900", path="/health"),  # not a prediction endpoint
+    ]
+    found = split_http(entries, ("/predict",))
+    print(f"\n{found}")
+    assert found["blue"] == {"requests": 4, "errors": 0, "error_rate": 0.0, "p50_ms": 10.0, "p99_ms": 30.0}
+    assert found["green"] == {"requests": 2, "errors": 1, "error_rate": 0.5, "p50_ms": 5.0, "p99_ms": 20.0}
+    assert split_http([], ("/predict",))["green"] == {
+        "requests": 0,
+        "errors": 0,
+        "error_rate": None,
+        "p50_ms": None,
+        "p99_ms": None,
+    }
