@@ -228,8 +228,9 @@ def split_http(entries: list[dict], endpoints: tuple[str, ...] = (ENDPOINT,)) ->
     requests too, and cannot tell them apart): the tries of the model's endpoints that reached a version's server,
     for live requests that were not pinned. A try in the upstream the request was routed to is that version's; one in
     @failover's is the other version's; a version at its cap reached no server (shed), and a kept-alive connection
-    the server had closed, tried again at once on the same server, is not counted. `requests`: the tries; `errors`: those that got a 5xx or no answer (nginx's 502/504);
-    p50_ms and p99_ms: the tries' times to the last byte (nginx's upstream_response_time)."""
+    the server had closed, tried again at once on the same server, is not counted. `requests`: the tries; `errors`:
+    those that got a 5xx or no answer (nginx's 502/504); p50_ms and p99_ms: the tries' times to the last byte
+    (nginx's upstream_response_time)."""
     tries: dict[str, list[tuple[bool, float | None]]] = {"blue": [], "green": []}
     other = {"blue": "green", "green": "blue"}
     for entry in entries:
