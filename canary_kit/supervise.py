@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from canary_kit.processes import (
     stack_processes,
     wait_gone,
 )
+from canary_kit.rotation import EVERY, rotate_logs
 from canary_kit.stack import STACK_FILE, STACK_LOCK, Stack, backend_child, read_stack_file, retire
 from canary_kit.targets import LocalTarget
 
@@ -64,6 +66,8 @@ class Supervisor:
         self.stack, self.settings, self.report = stack, stack.settings, report
         self.owned: dict[str, Child] = {child.name: child for child in stack.children}
         self.watches: dict[str, Watch] = {}
+        self.rotating: threading.Thread | None = None
+        self.next_look = 0.0  # when the logs' sizes are looked at next (monotonic)
 
     def tick(self) -> None:
         """Look at every listed component once: note a death, start what is due."""
@@ -88,6 +92,24 @@ class Supervisor:
             if watch.due is not None and now >= watch.due:
                 self.restart(name, watch)
         self.rollout_left()
+        self.rotate(now, components.get("nginx"))
+
+    def rotate(self, now: float, nginx: dict | None) -> None:
+        """Every few seconds, logs past their size are rotated, in a thread: supervision never waits on it."""
+        if now < self.next_look or (self.rotating is not None and self.rotating.is_alive()):
+            return
+        self.next_look = now + EVERY
+        master = nginx.get("pid") if nginx and alive(nginx.get("pid"), nginx.get("started")) else None
+
+        def run() -> None:
+            try:
+                for line in rotate_logs(self.settings, master):
+                    self.report(line)
+            except OSError as exc:  # a full disk, a file gone: tried again at the next look
+                self.report(f"log rotation: {exc}")
+
+        self.rotating = threading.Thread(target=run, name="log rotation", daemon=True)
+        self.rotating.start()
 
     def rollout_left(self) -> None:
         """A rollout killed half-way (its process gone while it said `running`) cannot act: green back to 0%, a

@@ -21,11 +21,14 @@ from canary_kit.retention import Retention
 
 @dataclass(frozen=True)
 class LogMark:
-    """Where nginx's access log stood at one moment: the size of the log file in bytes (where the stack writes
-    one) and the UTC time in ISO form, to the second (where the log is read by time). `LogMark()`: the start."""
+    """Where nginx's access log stood at one moment: the size of the log file in bytes and the file's identity and
+    inode (where the stack writes one: logfiles.py follows it through rotation) and the UTC time in ISO form, to
+    the second (where the log is read by time). `LogMark()`: the start."""
 
     offset: int = 0
     time: str = ""
+    file: str = ""  # logfiles.identity of the log file then ("": it had no whole line yet)
+    inode: int = 0
 
 
 class Target(Protocol):

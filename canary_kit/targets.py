@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 
-from canary_kit import routing
+from canary_kit import logfiles, routing
 from canary_kit.compose import (
     compose_service,
     image_repository,
@@ -160,14 +160,27 @@ class LocalTarget:
         return {name: {key: entry.get(key) for key in keys if key in entry} for name, entry in found.items()}
 
     def log_mark(self) -> LogMark:
-        log = self.access_log
-        return LogMark(log.stat().st_size if log.exists() else 0, _now())
+        try:
+            found = self.access_log.stat()
+        except OSError:
+            return LogMark(0, _now())
+        return LogMark(found.st_size, _now(), logfiles.identity(self.access_log) or "", found.st_ino)
 
     def log_since(self, mark: LogMark) -> list[dict]:
-        """nginx's JSON access-log entries written after `mark` (from its offset in the log file)."""
-        with open(self.access_log, "rb") as log:
-            log.seek(mark.offset)
-            return parse_log(log.read().decode(errors="replace"))
+        """nginx's JSON access-log entries written after `mark`: the marked file from its offset, then every newer
+        one (the log rotated since) from its start; when the marked file is gone, every entry from its second on."""
+        files = logfiles.family(self.access_log)
+        marked = [at for at, path in enumerate(files) if _is_marked(path, mark)]
+        parts = [(files[marked[-1]], mark.offset), *((p, 0) for p in files[marked[-1] + 1 :])] if marked else []
+        entries = []
+        for path, offset in parts or [(p, 0) for p in files]:
+            try:
+                with open(path, "rb") as log:
+                    log.seek(offset if offset <= os.fstat(log.fileno()).st_size else 0)
+                    entries += parse_log(log.read().decode(errors="replace"))
+            except OSError:
+                continue  # rotated out meanwhile
+        return entries if parts else [e for e in entries if str(e.get("time", "")) >= mark.time]
 
 
 class ComposeTarget:
@@ -322,6 +335,16 @@ class ComposeTarget:
         """nginx's JSON access-log entries (it logs to stdout here) from the second of `mark` on."""
         text = self._run("logs", "--no-color", "--no-log-prefix", "nginx").stdout
         return [entry for entry in parse_log(text) if entry.get("time", "") >= mark.time]
+
+
+def _is_marked(path: Path, mark: LogMark) -> bool:
+    """Whether `path` is the log file `mark` was taken in: by its identity, or its inode while it had no line."""
+    if mark.file:
+        return logfiles.identity(path) == mark.file
+    try:
+        return path.stat().st_ino == mark.inode
+    except OSError:
+        return False
 
 
 def _docker(*args: str) -> subprocess.CompletedProcess:

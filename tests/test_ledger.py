@@ -115,6 +115,56 @@ def test_a_rotated_log_is_followed_and_a_restarted_one_read_from_its_start(tmp_p
     assert rows(folder) == 4
 
 
+def test_a_log_truncated_in_place_and_grown_past_the_kept_offset_is_read_from_its_start(tmp_path):
+    """The same file (the same inode), emptied and written again beyond where the ledger stood: its identity (its
+    first line) is not the one kept, so it is read whole. (A deleted log whose inode number the file system hands
+    out again to the next one is the same case.)"""
+    folder = Folder(tmp_path)
+    write(folder.access_log, [entry(f"a{i}", "Adelie") for i in range(10)])
+    with ledger.connect(tmp_path) as conn:
+        assert ledger.ingest_file(conn, folder.access_log) == 10
+    inode = folder.access_log.stat().st_ino
+    write(folder.access_log, [entry(f"b{i}", "Gentoo") for i in range(20)], mode="w")  # truncated, then 20 lines
+    assert folder.access_log.stat().st_ino == inode
+    with ledger.connect(tmp_path) as conn:
+        added = ledger.ingest_file(conn, folder.access_log)
+    print(f"\n20 answers written after truncating the log in place: {added} added")
+    assert added == 20 and rows(folder) == 30
+
+
+def test_rotations_between_two_reads_and_a_copied_and_truncated_log_lose_no_answer(tmp_path):
+    """Two rotations before the ledger reads again (access.log.2 and .1 both unread to their end), lines nginx wrote
+    to a renamed log before it reopened, then a rotation by copy and truncation in place: every answer once."""
+    folder = Folder(tmp_path)
+    log, one, two = (
+        folder.access_log,
+        folder.access_log.with_name("access.log.1"),
+        folder.access_log.with_name("access.log.2"),
+    )
+    write(log, [entry("a0", "Adelie")])
+    with ledger.connect(tmp_path) as conn:
+        ledger.ingest_file(conn, log)
+    write(log, [entry("a1", "Adelie")])
+    os.rename(log, one)
+    write(log, [entry("b0", "Adelie")], mode="w")
+    write(one, [entry("a2", "Adelie")])  # nginx had not reopened yet
+    os.rename(one, two)
+    os.rename(log, one)
+    write(log, [entry("c0", "Adelie"), entry("c1", "Adelie")], mode="w")
+    with ledger.connect(tmp_path) as conn:
+        assert ledger.ingest_file(conn, log) == 5  # a1, a2 (.2), b0 (.1), c0, c1
+    write(two, [entry("a3", "Adelie")])  # a very late line in the oldest file
+    one.write_bytes(log.read_bytes())  # copied
+    with open(log, "r+") as f:
+        f.truncate(0)  # and truncated in place
+    write(log, [entry("d0", "Adelie")])
+    with ledger.connect(tmp_path) as conn:
+        assert ledger.ingest_file(conn, log) == 2  # a3, d0
+        kept = conn.execute("SELECT COUNT(*) FROM sources").fetchone()[0]
+    print(f"\n{rows(folder)} answers from 8 lines over 3 rotations; {kept} positions kept")
+    assert rows(folder) == 8
+
+
 def test_old_answers_and_their_labels_are_pruned_by_age_and_count(tmp_path):
     folder = Folder(tmp_path)
     now = datetime(2026, 12, 3, tzinfo=UTC)
