@@ -81,6 +81,11 @@ def test_after_a_rollback_no_pin_reaches_green_but_the_operators_does(pinned):
     assert sum(sum(c.values()) for c in by_kind.values()) == 1000
     assert pins["green"] == sum(by_kind[k][BLUE] for k in ("header", "cookie"))  # asked for green, got blue
     assert asked.status_code == 200 and asked.headers["x-model-version"] == GREEN  # green runs: pins never reach it
+    report = json.loads(canary(pinned, "status", "--json").output)
+    table = canary(pinned, "status").output
+    print(f"canary status: pinned {report['pinned']}\n{table}")
+    assert report["pinned"] == {"green": 41, "blue": 0}  # since the rollback: the 40 above and the operator's
+    assert "pinned: 41 requests asked for green, 0 for blue" in table
     assert canary(pinned, "set-weight", "30", "-m", "test: back to 30%").exit_code == 0
 
 
