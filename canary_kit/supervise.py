@@ -10,7 +10,7 @@ workers holding :8000), then it is started again: at once the first time, then a
 to `restart_delay_max` while it keeps dying within `stable_seconds` of its start, and never again past
 `restart_limit` deaths in a row. Each death and restart goes to the change log (`canary history`) and to its
 entry in stack.json (`canary status`). The processes it starts die with it (PR_SET_PDEATHSIG), even when it is
-killed with SIGKILL.
+killed with SIGKILL. Every few seconds it also rotates the logs past their size (rotation.py), in a thread.
 """
 
 from __future__ import annotations
