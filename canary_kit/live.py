@@ -3,9 +3,11 @@ the state folder's `rollouts/`:
 
 - `current.json`: written atomically by the driver (rollout.py) when it starts, when a step's window starts, after
   each check and when it ends. It says which rollout (`started`, `pid`), where it is (`state`: running | promoted |
-  rolled back | paused | stopped | interrupted; `step`/`steps`, `weight`, `window_started`, `hold_seconds`), how it
-  ended (`reason`), the shadow phase's comparison when one ran, and every check so far as the report has them (with
-  `wall`: the check's Unix time, for a time axis). It stays after the rollout ends: the last rollout.
+  rolled back | paused | stopped | interrupted; `step`/`steps`, `weight`, `mode`, `window_started` and
+  `hold_seconds` (fixed), `step_started`, `min_step_seconds`, `max_step_seconds` and `look` (sequential: the last
+  look's verdict, reason and every gate's evidence, rewritten at each look)), how it ended (`reason`), the shadow
+  phase's comparison when one ran, and every check kept so far as the report has them (with `wall`: the check's Unix
+  time, for a time axis). It stays after the rollout ends: the last rollout.
 - `control.json`: written (atomically) by whoever asks, `{"action": "pause" | "abort", "rollout": <started>, "by",
   "reason"}`. The driver reads it once per health-check tick (`check_every`, 1 s by default) while it holds a step,
   removes it and acts: pause leaves the split where it is (`canary rollout` exits 2), abort rolls green back to 0%
@@ -64,8 +66,12 @@ class Channel:
             "final_weight": r.final_weight,
             "steps": r.spec.get("steps"),
             "hold_seconds": r.spec.get("hold_seconds"),
+            "mode": r.spec.get("mode", "fixed"),
+            "min_step_seconds": r.spec.get("min_step_seconds"),
+            "max_step_seconds": r.spec.get("max_step_seconds"),
             "shadow": r.shadow,
             "checks": checks,
+            "started_wall": self.t0_wall,
             "updated": time.time(),
             **self.where,
         }
