@@ -228,28 +228,25 @@ class PenguinClassifier:
         self.predictor.predict_proba({name: [EXAMPLE[name]] for name in FEATURES})
         gc.freeze()  # the loaded model is long-lived: keep it out of the collector's way
 
-    def predicted(self, proba: np.ndarray, ctx: bentoml.Context) -> list[str]:
-        """Each row's class, counted in the prediction metrics and named in the X-Predictions header (both forms)."""
+    def predicted(self, proba: np.ndarray) -> list[str]:
+        """Each row's class, counted in the prediction metrics (both forms)."""
         top = proba.argmax(axis=1)
         predictions = [self.classes[i] for i in top.tolist()]
         if self.metrics is not None:  # the canary's figures and quality gates
             self.metrics.record(top, proba[np.arange(len(top)), top])  # each row's top probability
-        # For nginx's access log: shadow mode matches blue's and green's answers to the same request by this header.
-        ctx.response.headers["X-Predictions"] = ",".join(predictions)
         return predictions
 
     @bentoml.api
     async def predict(
         self,
         instances: Annotated[list[Penguin], Field(min_length=1, max_length=MAX_INSTANCES, examples=[[EXAMPLE]])],
-        ctx: bentoml.Context,
     ) -> Prediction:
         """Predict the species of one or more penguins, with class probabilities."""
         # async, on the event loop: an ONNX call takes tens of microseconds, less than a hand-off to a thread.
         # (The sklearn runtime's milliseconds block the loop meanwhile: acceptable for a comparison path.)
         columns = {name: [getattr(row, name) for row in instances] for name in FEATURES}
         proba = self.predictor.predict_proba(columns)
-        predictions = self.predicted(proba, ctx)
+        predictions = self.predicted(proba)
         # The fields are built from the model's own output, already of the declared types: no re-validation.
         return Prediction.model_construct(
             predictions=predictions,
@@ -258,7 +255,7 @@ class PenguinClassifier:
         )
 
     @bentoml.api(input_spec=ColumnsRequest, output_spec=ColumnarPrediction)
-    async def predict_columns(self, columns: dict, ctx: bentoml.Context) -> Response:
+    async def predict_columns(self, columns: dict) -> Response:
         """Predict the species of many penguins sent as columns, answered column-wise: the form for tables.
 
         The same model, answers and rules as /predict, at the model's speed: `{"columns": {"island": [...], ...}}`
@@ -270,7 +267,7 @@ class PenguinClassifier:
             except columnar.ColumnError as exc:
                 raise exc.validation_error() from None
         proba = self.predictor.predict_proba(columns)
-        predictions = self.predicted(proba, ctx)
+        predictions = self.predicted(proba)
         return Response(columnar.answer(predictions, self.classes, proba, MODEL_VERSION), media_type="application/json")
 
 

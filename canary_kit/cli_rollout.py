@@ -98,15 +98,16 @@ def rollout(
     chosen = load_spec(spec, overrides)
     target = stack_of(ctx).target()
     require_green(current(target))
+    task = target.prediction_metrics.task
     gates = ", ".join(
         f"{name} {gate.threshold:g}{' (dry-run)' if gate.dry_run else ''}"
         for name, gate in chosen.gates.items()
-        if chosen.judged(name)
+        if chosen.judged(name, task)
     )
     if chosen.mode == "sequential":
         how = (
             f"sequential, steps of {chosen.min_step_seconds:g}-{chosen.max_step_seconds:g}s, family error rate "
-            f"at most {chosen.family_alpha:.3g}"
+            f"at most {chosen.family_alpha(task):.3g}"
         )
     else:
         how = f"fixed, hold {chosen.hold_seconds:.0f}s"

@@ -182,7 +182,10 @@ class Settings(BaseSettings):
         if isinstance(endpoints, (list, tuple)):
             return {path: {} for path in endpoints}
         if isinstance(endpoints, dict):
-            return {p: {"predictions": e} if isinstance(e, str) else {} if e is None else e for p, e in endpoints.items()}
+            return {
+                path: {"predictions": e} if isinstance(e, str) else {} if e is None else e
+                for path, e in endpoints.items()
+            }
         return endpoints
 
     @field_validator("endpoints")

@@ -114,6 +114,7 @@ class Rollout:
     final_weight: int | None = None
     shadow: dict | None = None
     checks: list[Check] = field(default_factory=list)
+    family_alpha: float | None = None  # sequential: the most the live gates err, together, in this rollout
 
 
 WORD = {
@@ -190,7 +191,7 @@ def walk(
                 blue_reference = window.blue
             if decision.verdict == "advance":
                 if spec.mode == "sequential" and weight < 100:
-                    blue_reference = merge(blue_reference, _without_latency(window.blue))
+                    blue_reference = merge(blue_reference, _without(window.blue, "latency_ms"))
                 break
             if decision.verdict == "hold":
                 continue
@@ -280,9 +281,10 @@ def _reference_rows(spec: RolloutSpec) -> int:
     return spec.gates.max_class_divergence.min_rows
 
 
-def _without_latency(figures: dict | None) -> dict | None:
-    """Blue's figures kept as a reference at 100%: latency is not compared there (it follows load)."""
-    return None if figures is None else {k: v for k, v in figures.items() if k != "latency_ms"}
+def _without(figures: dict | None, *keys: str) -> dict | None:
+    """Figures without some of their parts: blue's reference at 100% has no latency (not compared there: it follows
+    load); the report keeps neither latencies nor a regressor's predicted values themselves."""
+    return None if figures is None else {k: v for k, v in figures.items() if k not in keys}
 
 
 def _look_summary(decision: Decision, held: float) -> dict:
@@ -327,8 +329,8 @@ def _record(
             decision.verdict,
             decision.reason,
             round(at, 1),
-            _without_latency(window.green),
-            _without_latency(window.blue),
+            _without(window.green, "latency_ms", "values"),
+            _without(window.blue, "latency_ms", "values"),
             decision.outcome,
             [g.as_dict() for g in decision.gates],
             window.split,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from canary_kit.stats import Errors
+
 
 @dataclass(frozen=True)
 class Step:
@@ -35,6 +37,8 @@ class Window:
     blue_reference: dict | None = None  # blue's figures from before, to compare with at 100% (fixed: its last full
     # window; sequential: its figures over the rollout's earlier steps)
     labels: dict[str, tuple[int, int]] | None = None  # colour -> (labelled, correct) over this rollout's answers
+    task: str = "classification"  # or "regression": which model gates apply
+    errors: dict[str, Errors] | None = None  # colour -> a regressor's errors on this rollout's labelled answers
 
 
 @dataclass
@@ -86,6 +90,8 @@ def merge(a: dict | None, b: dict | None) -> dict | None:
         if a.get(key) is not None or b.get(key) is not None:
             out[key] = (a.get(key) or 0) + (b.get(key) or 0)
     out["error_rate"] = out["errors"] / out["requests"] if out.get("requests") else None
+    if a.get("values") is not None or b.get("values") is not None:  # a regressor's predicted values
+        out["values"] = [*(a.get("values") or []), *(b.get("values") or [])]
     for key in ("class_rows", "latency_ms"):
         if a.get(key) is not None or b.get(key) is not None:
             summed = dict(a.get(key) or {})

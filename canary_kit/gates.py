@@ -21,8 +21,17 @@ from collections.abc import Callable
 
 from canary_kit.evidence import Decision, GateResult, Step, Window
 from canary_kit.sequential import judge_agreement, judge_sequential
-from canary_kit.spec import Gate, RolloutSpec
-from canary_kit.stats import difference, js_distance, srm_p_value, wilson
+from canary_kit.spec import LABEL_GATES, Gate, RolloutSpec, applies
+from canary_kit.stats import (
+    Errors,
+    difference,
+    error_increase,
+    js_distance,
+    ks_distance,
+    mean_shift,
+    srm_p_value,
+    wilson,
+)
 
 __all__ = ["Decision", "GateResult", "Step", "Window", "decide", "judge_gates", "judge_shadow"]
 
@@ -50,7 +59,7 @@ def decide(spec: RolloutSpec, step: Step, window: Window) -> Decision:
     if failed:
         return _failed(spec, step, failed[0].detail, results)
     waiting = [r for r in live if r.status == "inconclusive"]
-    if waiting and all(r.name == "max_accuracy_drop" for r in waiting):  # only labels are missing: wait for them
+    if waiting and all(r.name in LABEL_GATES for r in waiting):  # only labels are missing: wait for them
         return _label_wait(spec, step, waiting[0], results)
     if waiting:
         count = step.inconclusive + 1
@@ -79,7 +88,7 @@ def _decide_sequential(spec: RolloutSpec, step: Step, window: Window) -> Decisio
                 "advance", "pass", f"every gate passed after {took} ({passed}){_dry_note(results)}", results
             )
         return Decision("hold", "gathering", f"every gate passed; the step lasts min_step_seconds ({took})", results)
-    if all(r.name == "max_accuracy_drop" for r in waiting):
+    if all(r.name in LABEL_GATES for r in waiting):
         return _label_wait(spec, step, waiting[0], results)
     if step.seconds >= spec.max_step_seconds:
         names = ", ".join(r.name for r in waiting)
@@ -117,6 +126,9 @@ def judge_gates(spec: RolloutSpec, weight: int, window: Window) -> list[GateResu
         "max_class_divergence": _class_divergence,
         "max_confidence_drop": _confidence_drop,
         "max_accuracy_drop": _accuracy_drop,
+        "max_ks_distance": _ks_distance,
+        "max_mean_shift": _mean_shift,
+        "max_error_increase": _error_increase,
     }
     results: list[GateResult] = []
     green = window.green
@@ -124,7 +136,7 @@ def judge_gates(spec: RolloutSpec, weight: int, window: Window) -> list[GateResu
         return results
     for name, judge in judges.items():
         gate: Gate = getattr(spec.gates, name)
-        if gate.threshold is None:
+        if gate.threshold is None or not applies(name, window.task):
             continue
         status, figure, detail = judge(gate, gate.threshold, green, window)
         results.append(GateResult(name, status, figure, gate.threshold, gate.dry_run, detail))
@@ -188,11 +200,11 @@ def _blue_rows(gate: Gate, green: dict, w: Window) -> dict | Verdict:
     judged."""
     blue = w.blue if w.blue and (w.blue.get("rows") or 0) >= gate.min_rows else w.blue_reference or w.blue
     if green.get("rows") is None and (blue or {}).get("rows") is None:
-        return "skipped", None, "the service exports no prediction metrics"
+        return "skipped", None, "no predictions seen (name the endpoints' JSON paths, or the service's metrics)"
     if green.get("rows") is None:
-        return "inconclusive", None, "green exports no prediction metrics"
+        return "inconclusive", None, "no predictions seen from green"
     if not blue or blue.get("rows") is None:
-        return "inconclusive", None, "blue exports no prediction metrics"
+        return "inconclusive", None, "no predictions seen from blue"
     if green["rows"] < gate.min_rows or blue["rows"] < gate.min_rows:
         return (
             "inconclusive",
@@ -251,6 +263,72 @@ def _accuracy_drop(gate: Gate, limit: float, figures: dict, w: Window) -> Verdic
     if low > -limit:
         return "pass", diff, f"{seen}: not worse by {limit:.1%}"
     return "inconclusive", diff, f"{seen}: not yet decided at a {limit:.1%} margin"
+
+
+def _values(gate: Gate, green: dict, w: Window) -> tuple[list[float], list[float]] | Verdict:
+    """Green's and blue's predicted values in the window (blue's last sufficient window once it has no traffic),
+    or the verdict while they cannot be compared."""
+    blue = _blue_rows(gate, green, w)
+    if isinstance(blue, tuple):
+        return blue
+    if green.get("values") is None or blue.get("values") is None:
+        return "skipped", None, "no predicted values seen (name the endpoints' JSON paths)"
+    return green["values"], blue["values"]
+
+
+def _ks_distance(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+    found = _values(gate, green, w)
+    if isinstance(found, tuple) and len(found) == 3:
+        return found
+    values_green, values_blue = found
+    distance = ks_distance(values_green, values_blue)
+    if distance is None:
+        return "inconclusive", None, "no predicted values in the window"
+    seen = f"KS distance of predicted values {distance:.3f} ({len(values_green)} green / {len(values_blue)} blue rows)"
+    if distance > limit:
+        return "fail", distance, f"{seen} > {limit:g}"
+    return "pass", distance, f"{seen} <= {limit:g}"
+
+
+def _mean_shift(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+    found = _values(gate, green, w)
+    if isinstance(found, tuple) and len(found) == 3:
+        return found
+    values_green, values_blue = found
+    shift = mean_shift(values_green, values_blue)
+    if shift is None:
+        return "inconclusive", None, "blue's predictions do not vary: no scale for a shift"
+    value, low, high = shift
+    seen = f"mean shift {value:+.3f} sd [{low:+.3f}, {high:+.3f}]"
+    if low > limit or high < -limit:
+        return "fail", value, f"{seen}: beyond {limit:g} sd"
+    if -limit < low and high < limit:
+        return "pass", value, f"{seen}: within {limit:g} sd"
+    return "inconclusive", value, f"{seen}: not yet decided at {limit:g} sd"
+
+
+def _error_increase(gate: Gate, limit: float, figures: dict, w: Window) -> Verdict:
+    errors = w.errors or {}
+    green, blue = errors.get("green", Errors()), errors.get("blue", Errors())
+    if green.n < gate.min_rows or blue.n < gate.min_rows:
+        return (
+            "inconclusive",
+            None,
+            f"waiting for labels: {green.n} green / {blue.n} blue labelled rows (need {gate.min_rows} each)",
+        )
+    found = error_increase(green, blue)
+    if found is None:
+        return "inconclusive", None, "no error to compare with (blue's answers are exact)"
+    increase, low, high = found
+    seen = (
+        f"MAE green {green.mae:.4g} vs blue {blue.mae:.4g} ({green.n} / {blue.n} labelled), "
+        f"green over blue {increase:+.1%} [{low:+.1%}, {high:+.1%}]"
+    )
+    if low > limit:
+        return "fail", increase, f"{seen}: green's error higher by more than {limit:.0%}"
+    if high < limit:
+        return "pass", increase, f"{seen}: not higher by {limit:.0%}"
+    return "inconclusive", increase, f"{seen}: not yet decided at a {limit:.0%} margin"
 
 
 def judge_shadow(spec: RolloutSpec, report: dict) -> GateResult:

@@ -1,12 +1,14 @@
-"""The ledger of answers: every row each version answered on /predict, and the labels sent back for them later.
+"""The ledger of answers: every row each version answered on a prediction endpoint, and the labels sent back for
+them later.
 
 One SQLite file in the stack's state folder (`ledger.sqlite3`, WAL mode), fed from nginx's JSON access log: the
-request id, the time, the version that answered, the route, and the class predicted for each row (nginx logs the
-service's `X-Predictions` header). Filling is incremental and idempotent: the log position is kept in the same
-transaction as the rows it added, a row is keyed by (request id, row), reading the same log twice adds nothing,
-and a rotated log (`access.log.1`, or a log truncated by a restart) is followed. Old answers are pruned by age and
-count (settings: ledger_days, ledger_rows). Labels (`canary labels`) are joined to answers by (request id, row);
-accuracy per version (`canary quality`, the accuracy gate) compares each answer's class with its label.
+request id, the time, the version that answered, the route, and each row's prediction (a class, or a regressor's
+number) and confidence, as nginx read them in the answer (answers.py). Filling is incremental and idempotent: the
+log position is kept in the same transaction as the rows it added, a row is keyed by (request id, row), reading the
+same log twice adds nothing, and a rotated log (`access.log.1`, or a log truncated by a restart) is followed. Old
+answers are pruned by age and count (settings: ledger_days, ledger_rows). Labels (`canary labels`) are joined to
+answers by (request id, row): a class for a classifier (accuracy per version: `canary quality`, the accuracy gate),
+a true value for a regressor (MAE and RMSE: `canary quality`, the error gate).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
+from canary_kit.answers import predictions
 from canary_kit.config import CanaryError
-from canary_kit.metrics import ENDPOINT, is_endpoint
+from canary_kit.metrics import ENDPOINT, asks_endpoint
 from canary_kit.retention import Retention
+from canary_kit.stats import Errors
 from canary_kit.target import LogMark, Target
 
 LEDGER = "ledger.sqlite3"
@@ -30,7 +34,7 @@ BATCH = 50_000  # rows per executemany while ingesting
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     request_id TEXT NOT NULL, row INTEGER NOT NULL, time TEXT NOT NULL, version TEXT NOT NULL, route TEXT,
-    predicted TEXT NOT NULL, PRIMARY KEY (request_id, row)) WITHOUT ROWID;
+    predicted TEXT NOT NULL, value REAL, confidence REAL, PRIMARY KEY (request_id, row)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS answers_by_time ON answers (time);
 CREATE TABLE IF NOT EXISTS labels (
     request_id TEXT NOT NULL, row INTEGER NOT NULL, label TEXT NOT NULL, received TEXT NOT NULL,
@@ -52,17 +56,17 @@ def utc(text: str) -> str | None:
         return None
 
 
-def answer_rows(entry: dict, endpoints: tuple[str, ...] = (ENDPOINT,)) -> list[tuple]:
+def answer_rows(entry: dict, endpoints: tuple[str, ...] = (ENDPOINT,), task: str = "classification") -> list[tuple]:
     """The ledger rows of one access-log entry: a live answer of a prediction endpoint, 200 with its predictions,
     one per row."""
-    if entry.get("shadow") or entry.get("status") != 200 or not is_endpoint(str(entry.get("uri", "")), endpoints):
+    if entry.get("shadow") or entry.get("status") != 200 or not asks_endpoint(entry, endpoints):
         return []
-    predictions, version, rid = entry.get("predictions"), entry.get("version"), entry.get("request_id")
-    when = utc(entry.get("time", ""))
-    if not (predictions and version and rid and when):
+    version, rid, when = entry.get("version"), entry.get("request_id"), utc(entry.get("time", ""))
+    rows = predictions(entry, task)
+    if not (rows and version and rid and when):
         return []
     route = entry.get("route") or None
-    return [(rid, i, when, version, route, cls) for i, cls in enumerate(predictions.split(","))]
+    return [(rid, i, when, version, route, r.predicted, r.value, r.confidence) for i, r in enumerate(rows)]
 
 
 @contextmanager
@@ -78,6 +82,10 @@ def connect(folder: Path):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: inserts by random request id stay in memory
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
+        for column in ("value", "confidence"):  # a ledger from before regressors and confidences were kept
+            if column not in columns:
+                conn.execute(f"ALTER TABLE answers ADD COLUMN {column} REAL")
         yield conn
 
 
@@ -96,12 +104,20 @@ def transaction(conn: sqlite3.Connection):
 def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> int:
     rows.sort()  # in key order: each page of the index is visited once per batch
     before = conn.total_changes
-    conn.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?)", rows)
+    conn.executemany(
+        "INSERT OR IGNORE INTO answers (request_id, row, time, version, route, predicted, value, confidence) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
     return conn.total_changes - before
 
 
 def ingest_file(
-    conn: sqlite3.Connection, log: Path, name: str = "access.log", endpoints: tuple[str, ...] = (ENDPOINT,)
+    conn: sqlite3.Connection,
+    log: Path,
+    name: str = "access.log",
+    endpoints: tuple[str, ...] = (ENDPOINT,),
+    task: str = "classification",
 ) -> int:
     """Add what `log` holds beyond the position kept for it (and, if it was rotated, the rest of `log`.1 first).
     Returns the rows added."""
@@ -136,7 +152,7 @@ def ingest_file(
                         entry = json.loads(line.decode("utf-8", "replace"))
                     except ValueError:
                         continue
-                    rows.extend(answer_rows(entry, endpoints) if isinstance(entry, dict) else [])
+                    rows.extend(answer_rows(entry, endpoints, task) if isinstance(entry, dict) else [])
                     if len(rows) >= BATCH:
                         added += _insert(conn, rows)
                         rows = []
@@ -154,10 +170,11 @@ def ingest_entries(
     mark: str,
     name: str = "compose",
     endpoints: tuple[str, ...] = (ENDPOINT,),
+    task: str = "classification",
 ) -> int:
     """Add parsed log entries (compose's nginx logs to stdout) and keep `mark` as where to read from next."""
     with transaction(conn):
-        added = _insert(conn, [row for entry in entries for row in answer_rows(entry, endpoints)])
+        added = _insert(conn, [row for entry in entries for row in answer_rows(entry, endpoints, task)])
         conn.execute("INSERT OR REPLACE INTO sources (name, mark) VALUES (?, ?)", (name, mark))
     return added
 
@@ -189,14 +206,14 @@ def catch_up(target: Target, conn: sqlite3.Connection, retention: Retention | No
     """Bring the ledger up to date with the target's nginx log (the model's endpoints of its settings); returns
     the rows added. Old answers are pruned after new ones came in, at most once a minute."""
     log = target.access_log
-    endpoints = tuple(target.prediction_metrics.endpoints)
+    endpoints, task = tuple(target.prediction_metrics.endpoints), target.prediction_metrics.task
     if log is not None:
-        added = ingest_file(conn, log, endpoints=endpoints)
+        added = ingest_file(conn, log, endpoints=endpoints, task=task)
     else:
         kept = conn.execute("SELECT mark FROM sources WHERE name = 'compose'").fetchone()
         mark = target.log_mark()
         since = LogMark(time=kept[0]) if kept and kept[0] else LogMark()
-        added = ingest_entries(conn, target.log_since(since), mark.time, endpoints=endpoints)
+        added = ingest_entries(conn, target.log_since(since), mark.time, endpoints=endpoints, task=task)
     last = conn.execute("SELECT value FROM meta WHERE key = 'pruned_at'").fetchone()
     if added and (last is None or time.time() - float(last[0]) >= PRUNE_EVERY):
         prune(conn, retention or Retention())
@@ -240,6 +257,17 @@ def quality(conn: sqlite3.Connection, versions: list[str], since: str | None = N
     return out
 
 
+def errors(conn: sqlite3.Connection, versions: list[str], since: str | None = None) -> dict[str, Errors]:
+    """Per version, a regressor's errors (label - prediction) on its answers since `since` that have a label."""
+    query = (
+        "SELECT version, COUNT(*), SUM(ABS(e)), SUM(e * e), SUM(e * e * e * e) FROM ("
+        "SELECT a.version AS version, CAST(l.label AS REAL) - a.value AS e FROM labels l CROSS JOIN answers a "
+        "ON a.request_id = l.request_id AND a.row = l.row WHERE a.time >= ? AND a.value IS NOT NULL) GROUP BY 1"
+    )
+    found = {v: Errors(n, a, s2, s4) for v, n, a, s2, s4 in conn.execute(query, (since or "",))}
+    return {v: found.get(v, Errors()) for v in versions} | {v: e for v, e in found.items() if v not in versions}
+
+
 def counts(conn: sqlite3.Connection) -> dict[str, int]:
     answers = conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
     labels = conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
@@ -266,6 +294,15 @@ def labelled_since(target: Target, versions: dict[str, str | None], since: str) 
     return {colour: (found[v].labelled, found[v].correct) if v in found else (0, 0) for colour, v in versions.items()}
 
 
+def errors_since(target: Target, versions: dict[str, str | None], since: str) -> dict[str, Errors]:
+    """colour -> a regressor's errors on the labelled answers each version gave since `since` (the rollout's
+    start), with the ledger brought up to date first."""
+    with connect(target.state_dir) as conn:
+        catch_up(target, conn, target.retention)
+        found = errors(conn, [v for v in versions.values() if v], since)
+    return {colour: found.get(v, Errors()) if v else Errors() for colour, v in versions.items()}
+
+
 def model_classes(target: Target, conn: sqlite3.Connection) -> set[str]:
     """The model's classes: what its backends export in the class metric (every class, from the start), else what
     the ledger learnt before."""
@@ -277,13 +314,21 @@ def model_classes(target: Target, conn: sqlite3.Connection) -> set[str]:
 
 
 def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict[str, dict] | None:
-    """colour -> labelled rows and accuracy of all that version's answers, for `canary status`; None while the
-    stack has no ledger yet (nobody sent labels)."""
+    """colour -> labelled rows and accuracy (a classifier) or MAE (a regressor) of all that version's answers, for
+    `canary status`; None while the stack has no ledger yet (nobody sent labels)."""
     if not (target.state_dir / LEDGER).is_file():
         return None
+    listed = [v for v in versions.values() if v]
     with connect(target.state_dir) as conn:
         catch_up(target, conn, target.retention)
-        found = quality(conn, [v for v in versions.values() if v])
+        if target.prediction_metrics.task == "regression":
+            found_errors = errors(conn, listed)
+            return {
+                colour: {"version": v, "labelled": found_errors[v].n, "mae": found_errors[v].mae}
+                for colour, v in versions.items()
+                if v and found_errors[v].n
+            }
+        found = quality(conn, listed)
     return {
         colour: {"version": v, "labelled": found[v].labelled, "accuracy": found[v].accuracy}
         for colour, v in versions.items()
@@ -313,33 +358,51 @@ def since_time(text: str | None, last_change: str | None, now: datetime | None =
 
 
 def quality_report(target: Target, versions: dict[str, str | None], since: str | None) -> dict:
-    """`canary quality`: per version with labels (blue and green first), labelled rows, accuracy with its 95% Wilson
-    interval and the confusion matrix; green - blue with its 95% interval."""
-    from canary_kit.stats import difference, wilson
+    """`canary quality`: per version with labels (blue and green first), labelled rows and, for a classifier, accuracy
+    with its 95% Wilson interval and the confusion matrix, green - blue with its 95% interval; for a regressor, MAE
+    and RMSE with their 95% intervals, and green's MAE over blue's with its interval."""
+    from canary_kit.stats import difference, error_increase, wilson
 
+    regression = target.prediction_metrics.task == "regression"
     with connect(target.state_dir) as conn:
         catch_up(target, conn, target.retention)
         listed = [v for v in versions.values() if v]
         others = [v for (v,) in conn.execute("SELECT DISTINCT version FROM answers") if v not in listed]
         found = quality(conn, listed + sorted(others), since)
+        found_errors = errors(conn, listed + sorted(others), since) if regression else {}
         totals = counts(conn)
     role = {v: colour for colour, v in versions.items() if v}
     rows = []
     for version, q in found.items():
-        if not q.labelled and version not in role:
+        e = found_errors.get(version, Errors())
+        labelled = e.n if regression else q.labelled
+        if not labelled and version not in role:
             continue
-        bounds = wilson(q.correct, q.labelled)
-        rows.append(
-            {
-                "version": version,
-                "role": role.get(version, ""),
-                "labelled": q.labelled,
+        row: dict = {"version": version, "role": role.get(version, ""), "labelled": labelled}
+        if regression:
+            mae, rmse = e.mae_interval(), e.rmse_interval()
+            row |= {
+                "mae": e.mae,
+                "mae_interval": None if mae is None else list(mae),
+                "rmse": e.rmse,
+                "rmse_interval": None if rmse is None else list(rmse),
+            }
+        else:
+            bounds = wilson(q.correct, q.labelled)
+            row |= {
                 "correct": q.correct,
                 "accuracy": q.accuracy,
                 "interval": None if bounds is None else list(bounds),
                 "confusion": q.confusion,
             }
-        )
-    blue, green = (found.get(versions.get(c) or "") for c in ("blue", "green"))
-    diff = difference(green.correct, green.labelled, blue.correct, blue.labelled) if blue and green else None
-    return {"since": since, "versions": rows, "green_minus_blue": None if diff is None else list(diff), **totals}
+        rows.append(row)
+    blue_version, green_version = versions.get("blue") or "", versions.get("green") or ""
+    if regression:
+        increase = error_increase(found_errors.get(green_version, Errors()), found_errors.get(blue_version, Errors()))
+        compared = {"green_over_blue_mae": None if increase is None else list(increase)}
+    else:
+        blue, green = found.get(blue_version), found.get(green_version)
+        diff = difference(green.correct, green.labelled, blue.correct, blue.labelled) if blue and green else None
+        compared = {"green_minus_blue": None if diff is None else list(diff)}
+    task = "regression" if regression else "classification"
+    return {"since": since, "task": task, "versions": rows, **compared, **totals}

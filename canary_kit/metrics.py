@@ -25,6 +25,15 @@ def is_endpoint(uri: str, endpoints: tuple[str, ...] = (ENDPOINT,)) -> bool:
     return uri.split("?", 1)[0] in endpoints
 
 
+def asks_endpoint(entry: dict, endpoints: tuple[str, ...] = (ENDPOINT,)) -> bool:
+    """Whether an access-log entry answers one of the model's endpoints: by nginx's decoded path (`path`, so
+    /%70redict is /predict), or by the raw URI where an older log has no `path`."""
+    path = entry.get("path")
+    if isinstance(path, str) and path:
+        return path in endpoints
+    return is_endpoint(str(entry.get("uri", "")), endpoints)
+
+
 @dataclass(frozen=True)
 class PredictionMetrics:
     """The names of the service's prediction metrics: a counter of rows per predicted class (label `class`) and a
@@ -195,7 +204,7 @@ def unpinned_split(
     colour = {version: name for name, version in versions.items() if version}
     counts = {name: 0 for name in versions}
     for entry in entries:
-        if entry.get("shadow") or entry.get("pin") or not is_endpoint(str(entry.get("uri", "")), endpoints):
+        if entry.get("shadow") or entry.get("pin") or not asks_endpoint(entry, endpoints):
             continue
         name = colour.get(str(entry.get("version")))
         if name is not None:

@@ -1,14 +1,16 @@
 """Render the committed nginx templates for the local stack and check them with `nginx -t`.
 
 The templates travel inside the kit (`canary_kit/templates/`); a project overrides any of them, file by file, with
-one of the same name in its own `nginx/` folder. Only `${CANARY_*}` placeholders are substituted, and every one must be given:
-nginx's own `$variables` are never touched, and a forgotten placeholder is an error, not an empty string.
+one of the same name in its own `nginx/` folder. Only `${CANARY_*}` placeholders are substituted, and every one
+must be given: nginx's own `$variables` are never touched, and a forgotten placeholder is an error, not an empty
+string.
 The rendered config holds the backends' addresses only: the split lives in the routing state (routing.py),
 which nginx reads per request, so nothing here runs while the stack serves.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -16,7 +18,7 @@ import resource
 import subprocess
 from pathlib import Path
 
-from canary_kit.config import CanaryError, Settings
+from canary_kit.config import SLOTS, CanaryError, Settings
 from canary_kit.files import write_atomic
 from canary_kit.routing import STATE_FILE
 
@@ -24,6 +26,7 @@ ROUTES_TEMPLATE = "canary.conf.template"
 LOCAL_MAIN_TEMPLATE = "nginx.local.conf.template"
 NJS_SCRIPT = "canary.js"
 NJS_MODULE = "ngx_http_js_module.so"
+PATHS = ("predictions", "confidence")  # what an endpoint's answers are read for
 PLACEHOLDER = re.compile(r"\$\{(CANARY_[A-Z0-9_]+)\}")
 MAX_NOFILE = 65536
 
@@ -53,12 +56,33 @@ def read_template(name: str, project_dir: Path) -> str:
     return path.read_text()
 
 
+def endpoint_variables(settings: Settings) -> dict[str, str]:
+    """What the routes template knows of the service, for either stack: its prediction endpoints (a regex
+    alternation of their paths) and where each one's answers hold the predictions (JSON, read by canary.js)."""
+    observe = {
+        path: {which: None if (found := e.path(which)) is None else list(found.steps) for which in PATHS}
+        for path, e in settings.endpoints.items()
+    }
+    return {
+        "CANARY_ENDPOINTS": "|".join(re.escape(path) for path in settings.endpoints),
+        "CANARY_OBSERVE": json.dumps(observe, separators=(",", ":")),
+    }
+
+
+def slot_variables(servers: dict[str, str]) -> dict[str, str]:
+    """Which slot each backend address is ({slot: address}), for the version that answered (canary.js)."""
+    return {"CANARY_SLOTS": json.dumps({address: slot for slot, address in servers.items()}, separators=(",", ":"))}
+
+
 def routes_variables(settings: Settings) -> dict[str, str]:
     """The routing template's variables for the local stack: loopback backends, state and logs in the state folder."""
+    servers = {slot: f"127.0.0.1:{settings.slot_port(slot)}" for slot in SLOTS}
     return {
-        "CANARY_BLUE_SERVER": f"127.0.0.1:{settings.blue_port}",
-        "CANARY_GREEN_SERVER": f"127.0.0.1:{settings.green_port}",
-        "CANARY_GREEN_B_SERVER": f"127.0.0.1:{settings.green_port_b}",
+        **endpoint_variables(settings),
+        **slot_variables(servers),
+        "CANARY_BLUE_SERVER": servers["blue"],
+        "CANARY_GREEN_SERVER": servers["green_a"],
+        "CANARY_GREEN_B_SERVER": servers["green_b"],
         "CANARY_LISTEN": f"{settings.host}:{settings.port}",
         "CANARY_ACCESS_LOG": str(settings.state_dir / "logs" / "access.log"),
         "CANARY_NJS": str(template_path(NJS_SCRIPT, settings.project_dir)),

@@ -11,7 +11,7 @@ from html import escape
 from pathlib import Path
 
 from canary_kit.driver import Check, Rollout
-from canary_kit.spec import GATES, RolloutSpec
+from canary_kit.spec import GATES
 from canary_kit.views import figures_line, gate_line, number
 
 COLOURS = {"pass": "#27ae60", "fail": "#c0392b", "inconclusive": "#95a5a6", "skipped": "#ecf0f1", "dry-run": "#e67e22"}
@@ -49,10 +49,9 @@ def write_report(result: Rollout, folder: Path) -> Path:
             f"{gate.get('detail', '')} ({mark(gate) if gate else '-'}); class flips blue -> green: "
             f"{json.dumps(result.shadow.get('flips') or {})}\n"
         )
-    mode = result.spec.get("mode", "fixed")
     family = ""
-    if mode == "sequential":
-        family = f" Sequential gates; family error rate at most {family_alpha(result.spec):g}."
+    if result.spec.get("mode") == "sequential" and result.family_alpha is not None:
+        family = f" Sequential gates; family error rate at most {result.family_alpha:g}."
     ended = "\n".join(f"- {line}" for line in step_endings(result.checks)) or "- no step ended"
     pictures = f"![weight, green error rate and gates](./{stem.name}.svg)"
     if evidence_svg:
@@ -66,14 +65,6 @@ def write_report(result: Rollout, folder: Path) -> Path:
         + "\n"
     )
     return stem.with_suffix(".md")
-
-
-def family_alpha(spec: dict) -> float:
-    """The spec's family error rate from its dump (the sum of the live sequential gates' alphas)."""
-    try:
-        return RolloutSpec(**spec).family_alpha
-    except ValueError:
-        return float("nan")
 
 
 def step_endings(checks: list[Check]) -> list[str]:

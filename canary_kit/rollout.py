@@ -17,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from canary_kit.answers import Observed, fill, observed
 from canary_kit.control import current, set_weight
 from canary_kit.driver import Check, RealClock, Rollout, walk
 from canary_kit.evidence import Window
 from canary_kit.gates import judge_shadow
-from canary_kit.ledger import labelled_since, utc
+from canary_kit.ledger import errors_since, labelled_since, utc
 from canary_kit.live import Channel
-from canary_kit.metrics import figures_between, is_endpoint
+from canary_kit.metrics import asks_endpoint, figures_between
 from canary_kit.scrape import snapshots
 from canary_kit.spec import RolloutSpec
 from canary_kit.target import Target
@@ -38,6 +39,8 @@ def run(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase
     """Walk the steps; return how it ended. Ctrl-C leaves the split where it is (the caller says so). Progress is
     published, and pause/abort requests are taken, through the state folder (live.py)."""
     result = Rollout(spec=spec.model_dump(), started=datetime.now(UTC).isoformat(timespec="seconds"))
+    if spec.mode == "sequential":
+        result.family_alpha = spec.family_alpha(target.prediction_metrics.task)
     clock = RealClock()
     t0 = clock.now()
     channel = Channel(target.state_dir, result)
@@ -53,12 +56,14 @@ def run(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase
 @dataclass
 class Span:
     """The start of a span of evidence on a live stack: both backends' /metrics then, and nginx's log read from
-    there on (what it has given so far: the unpinned split and request times by colour)."""
+    there on (what it has given so far: the unpinned split, request times and what the answers predicted, by
+    colour)."""
 
     before: dict[str, dict | None]
     tail: LogTail
     split: Counter = field(default_factory=Counter)
     latency: dict[str, Counter] = field(default_factory=lambda: {"green": Counter(), "blue": Counter()})
+    seen: dict[str, Observed] = field(default_factory=lambda: {"green": Observed(), "blue": Observed()})
 
 
 class LogTail:
@@ -129,10 +134,12 @@ class LivePlant:
 
     def window(self, mark: Span, ready: tuple[bool, bool], blue_reference: dict | None) -> Window:
         after = snapshots(self.target)
-        green, blue = (figures_between(mark.before[c], after[c]) for c in ("green", "blue"))
-        colour = {v: c for c, v in (("blue", self.state.blue_version), ("green", self.state.green_version)) if v}
-        for entry in mark.tail.read():
-            if entry.get("shadow") or entry.get("pin") or not is_endpoint(str(entry.get("uri", "")), self.endpoints):
+        model = self.target.prediction_metrics
+        versions = {"blue": self.state.blue_version, "green": self.state.green_version}
+        colour = {v: c for c, v in versions.items() if v}
+        entries = mark.tail.read()
+        for entry in entries:
+            if entry.get("shadow") or entry.get("pin") or not asks_endpoint(entry, model.endpoints):
                 continue
             name = colour.get(str(entry.get("version")))
             if name is None:  # an answer from neither version, such as a shed 503
@@ -140,22 +147,38 @@ class LivePlant:
             mark.split[name] += 1
             if entry.get("status") == 200 and isinstance(entry.get("request_time"), (int, float)):
                 mark.latency[name][int(round(entry["request_time"] * 1000))] += 1
-        for figures, name in ((green, "green"), (blue, "blue")):
-            if figures is not None and mark.latency[name]:
-                figures["latency_ms"] = dict(mark.latency[name])
+        if model.observed:  # what the answers predicted, read by nginx as they passed
+            for name, more in observed(entries, versions, model.endpoints, model.task).items():
+                _add(mark.seen[name], more)
+        figures = {}
+        for name in ("green", "blue"):
+            found = figures_between(mark.before[name], after[name])
+            found = fill(found, mark.seen[name], model) if model.observed else found
+            if found is not None and mark.latency[name]:
+                found["latency_ms"] = dict(mark.latency[name])
+            figures[name] = found
         split = {"blue": mark.split["blue"], "green": mark.split["green"]}
-        versions = {"blue": self.state.blue_version, "green": self.state.green_version}
-        labels = None
-        if self.spec.gates.max_accuracy_drop.threshold is not None:
+        regression = model.task == "regression"
+        labels = errors = None
+        if not regression and self.spec.gates.max_accuracy_drop.threshold is not None:
             labels = labelled_since(self.target, versions, self.since)
-        return Window(green, blue, split, ready[0], ready[1], blue_reference, labels)
-
-    @property
-    def endpoints(self) -> tuple[str, ...]:
-        return self.target.prediction_metrics.endpoints
+        if regression and self.spec.gates.max_error_increase.live:
+            errors = errors_since(self.target, versions, self.since)
+        green, blue = figures["green"], figures["blue"]
+        return Window(green, blue, split, ready[0], ready[1], blue_reference, labels, model.task, errors)
 
     def publish(self, **where) -> None:
         self.channel.publish(**where)
+
+
+def _add(total: Observed, more: Observed) -> None:
+    """What a later piece of the log's answers predicted, added to what the span has seen."""
+    total.answers += more.answers
+    total.unobserved += more.unobserved
+    for name, rows in more.class_rows.items():
+        total.class_rows[name] = total.class_rows.get(name, 0) + rows
+    total.values.extend(more.values)
+    total.confidences.extend(more.confidences)
 
 
 def _shadow_passes(

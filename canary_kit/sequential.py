@@ -26,6 +26,7 @@ from canary_kit.confseq import (
 )
 from canary_kit.evidence import GateResult, Step, Window
 from canary_kit.spec import Gate, RolloutSpec
+from canary_kit.stats import Errors, ks_distance, mean_sd
 
 SLOW_SHARE = 0.01  # max_p99_ms: the share of green's requests allowed above the threshold (that is what a p99 is)
 
@@ -64,7 +65,7 @@ def judge_sequential(spec: RolloutSpec, step: Step, window: Window) -> list[Gate
     fail side is still watched: that only adds to the guard)."""
     results = []
     for name, gate in spec.gates.items():
-        if name == "min_agreement" or not spec.judged(name):
+        if name == "min_agreement" or not spec.judged(name, window.task):
             continue
         tolerance = spec.gates.tolerance(name)
         assert gate.threshold is not None and tolerance is not None  # judged() says it is set
@@ -231,6 +232,83 @@ def accuracy_drop(look: Look) -> GateResult:
     return result
 
 
+def _values(look: Look) -> tuple[list[float], list[float]] | GateResult:
+    """A regressor's predicted values on both sides, or the verdict while they cannot be compared."""
+    green, blue = (look.window.green or {}).get("values"), (_blue(look) or {}).get("values")
+    if green is None and blue is None:
+        return look.result("skipped", None, "no predicted values seen (name the endpoints' JSON paths)")
+    if not green or not blue:
+        return look.result("inconclusive", None, f"no values predicted by {'green' if not green else 'blue'} yet")
+    return green, blue
+
+
+def ks(look: Look) -> GateResult:
+    """The KS distance sup |F_green - F_blue| is within the sum of both versions' time-uniform DKW radii of its
+    estimate (the triangle inequality), at every look."""
+    found = _values(look)
+    if isinstance(found, GateResult):
+        return found
+    green, blue = found
+    distance = ks_distance(green, blue)
+    if distance is None:
+        return look.result("inconclusive", None, "no predicted values yet")
+    radius = dkw_radius(len(green), look.alpha / 2) + dkw_radius(len(blue), look.alpha / 2)
+    low, high = max(0.0, distance - radius), min(1.0, distance + radius)
+    enough = min(len(green), len(blue)) >= look.gate.min_rows
+    what = f"KS distance of predicted values ({len(green)} green / {len(blue)} blue rows)"
+    return look.judge(distance, low, high, enough, what, _plain)
+
+
+def mean_shift(look: Look) -> GateResult:
+    """Green's mean minus blue's in blue's standard deviations, either way: each mean's asymptotic confidence
+    sequence (the normal mixture with the sample's own spread: Waudby-Smith et al. 2024), at alpha / 2 each."""
+    found = _values(look)
+    if isinstance(found, GateResult):
+        return found
+    green, blue = found
+    g, b = mean_sd(green), mean_sd(blue)
+    if g is None or b is None or b[1] <= 0:
+        return look.result("inconclusive", None, "blue's predictions do not vary yet: no scale for a shift")
+    radius = mean_radius(len(green), look.alpha / 2, 2 * g[1]) + mean_radius(len(blue), look.alpha / 2, 2 * b[1])
+    shift = (g[0] - b[0]) / b[1]
+    low, high = shift - radius / b[1], shift + radius / b[1]
+    seen = f"mean shift {shift:+.3f} sd, within [{low:+.3f}, {high:+.3f}] ({len(green)} green / {len(blue)} blue rows)"
+    if low > look.tolerance or high < -look.tolerance:
+        return look.result("fail", shift, f"{seen}: beyond {look.tolerance:g} sd, with confidence", low, high)
+    if -look.threshold < low and high < look.threshold and min(len(green), len(blue)) >= look.gate.min_rows:
+        return look.result("pass", shift, f"{seen}: within {look.threshold:g} sd, with confidence", low, high)
+    lines = f"passes within {look.threshold:g} sd, fails beyond {look.tolerance:g} sd"
+    return look.result("inconclusive", shift, f"{seen}: {lines}", low, high)
+
+
+def error_increase(look: Look) -> GateResult:
+    """Green's mean absolute error over blue's, minus 1: each MAE's asymptotic confidence sequence (the spread of
+    |error| from the sums of squares), at alpha / 2 each, and the ratio of their ends."""
+    errors = look.window.errors or {}
+    green, blue = errors.get("green", Errors()), errors.get("blue", Errors())
+    if green.n < 2 or blue.n < 2 or green.mae is None or blue.mae is None:
+        return look.result("inconclusive", None, f"waiting for labels: {green.n} green / {blue.n} blue labelled rows")
+    if blue.mae <= 0:
+        return look.result("inconclusive", None, "no error to compare with (blue's answers are exact)")
+    bounds = []
+    for e, mae in ((green, green.mae), (blue, blue.mae)):
+        spread = math.sqrt(max(0.0, (e.sq_sum - e.n * mae**2) / (e.n - 1)))  # of |error|: |e|^2 = e^2
+        radius = mean_radius(e.n, look.alpha / 2, 2 * spread)
+        bounds.append((max(0.0, mae - radius), mae + radius))
+    (g_low, g_high), (b_low, b_high) = bounds
+    increase = green.mae / blue.mae - 1
+    low, high = g_low / b_high - 1, (g_high / b_low - 1) if b_low > 0 else math.inf
+    what = f"MAE green {green.mae:.4g} / blue {blue.mae:.4g} - 1 ({green.n} / {blue.n} labelled)"
+    result = look.judge(increase, low, high, min(green.n, blue.n) >= look.gate.min_rows, what, _pct)
+    if result.status == "inconclusive" and min(green.n, blue.n) < look.gate.min_rows:
+        result.detail = f"waiting for labels: {result.detail}"
+    return result
+
+
+def _pct(x: float) -> str:
+    return "inf" if math.isinf(x) else f"{100 * x:+.1f}%"
+
+
 JUDGES: dict[str, Callable[[Look], GateResult]] = {
     "max_error_rate": error_rate,
     "max_p99_ms": p99,
@@ -239,6 +317,9 @@ JUDGES: dict[str, Callable[[Look], GateResult]] = {
     "max_class_shift": class_shift,
     "max_confidence_drop": confidence_drop,
     "max_accuracy_drop": accuracy_drop,
+    "max_ks_distance": ks,
+    "max_mean_shift": mean_shift,
+    "max_error_increase": error_increase,
 }
 
 

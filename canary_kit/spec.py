@@ -99,7 +99,47 @@ GATES: dict[str, GateInfo] = {
         "shadow",
         "agreement",
     ),
+    "max_ks_distance": GateInfo(
+        "Kolmogorov-Smirnov distance between green's and blue's predicted values (sequential: bounded through both "
+        "versions' time-uniform DKW bands)",
+        (0, 1, True, True),
+        "quality",
+        "KS",
+        tolerance=0.15,
+    ),
+    "max_mean_shift": GateInfo(
+        "green's mean prediction minus blue's, in blue's standard deviations, either way (fixed: with 95% "
+        "confidence; sequential: an asymptotic confidence sequence)",
+        (0, 100, False, True),
+        "quality",
+        "mean shift",
+        tolerance=0.25,
+    ),
+    "max_error_increase": GateInfo(
+        "labels sent back: green's mean absolute error over blue's, minus 1, on the answers of this rollout (fixed: "
+        "with 95% confidence; sequential: an asymptotic confidence sequence; min_rows: labelled rows per version)",
+        (0, 100, False, True),
+        "labels",
+        "MAE increase",
+        tolerance=0.05,
+    ),
 }
+CLASSIFIER_GATES = (
+    "max_class_divergence",
+    "max_class_shift",
+    "max_confidence_drop",
+    "max_accuracy_drop",
+    "min_agreement",
+)
+REGRESSOR_GATES = ("max_ks_distance", "max_mean_shift", "max_error_increase")
+LABEL_GATES = ("max_accuracy_drop", "max_error_increase")  # judged on labels sent back: a step may wait for them
+
+
+def applies(name: str, task: str) -> bool:
+    """Whether a gate judges a model of this task (the HTTP and split gates judge every model)."""
+    if name in CLASSIFIER_GATES:
+        return task == "classification"
+    return task == "regression" if name in REGRESSOR_GATES else True
 
 
 class Gate(BaseModel):
@@ -149,6 +189,9 @@ class Gates(BaseModel):
     max_confidence_drop: Gate = Field(default_factory=lambda: _gate("max_confidence_drop", 0.1, 200))
     max_accuracy_drop: Gate = Field(default_factory=lambda: _gate("max_accuracy_drop", None, 100))
     min_agreement: Gate = Field(default_factory=lambda: _gate("min_agreement", None, 100))
+    max_ks_distance: Gate = Field(default_factory=lambda: _gate("max_ks_distance", 0.3, 200))
+    max_mean_shift: Gate = Field(default_factory=lambda: _gate("max_mean_shift", 0.5, 200))
+    max_error_increase: Gate = Field(default_factory=lambda: _gate("max_error_increase", None, 100))
 
     @model_validator(mode="after")
     def _in_range(self) -> Gates:
@@ -226,18 +269,18 @@ class RolloutSpec(BaseModel):
             )
         return self
 
-    def judged(self, name: str) -> bool:
-        """Whether this spec's mode judges the gate at all (off gates and the other mode's gates: no)."""
+    def judged(self, name: str, task: str = "classification") -> bool:
+        """Whether this spec judges the gate at all for a model of this task (off gates, the other mode's gates and
+        the other task's: no)."""
         gate = getattr(self.gates, name)
-        if gate.threshold is None or self.mode not in GATES[name].modes:
+        if gate.threshold is None or self.mode not in GATES[name].modes or not applies(name, task):
             return False
         return name != "min_agreement" or self.shadow_seconds > 0
 
-    @property
-    def family_alpha(self) -> float:
+    def family_alpha(self, task: str = "classification") -> float:
         """Sequential mode: the chance that any live gate errs in a rollout (rolls back a green within every
         tolerance, or passes one beyond a threshold), at most the sum of their error rates (a union bound)."""
-        return sum(gate.alpha for name, gate in self.gates.items() if gate.live and self.judged(name))
+        return sum(gate.alpha for name, gate in self.gates.items() if gate.live and self.judged(name, task))
 
     def step_alpha(self, name: str) -> float:
         """A gate's error rate at one step: its rollout's share, split evenly over the steps (each step's evidence is

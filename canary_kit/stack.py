@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from canary_kit import routing
+from canary_kit import probe, routing
 from canary_kit.config import SLOTS, CanaryError, Settings
 from canary_kit.files import locked, write_atomic
 from canary_kit.nginx import LocalNginx, njs_module
@@ -41,7 +41,7 @@ from canary_kit.processes import (
     stack_processes,
     stop_tree,
 )
-from canary_kit.readyz import serving
+from canary_kit.readyz import ready, serving
 from canary_kit.scrape import clear_baseline
 
 STACK_FILE = "stack.json"
@@ -187,14 +187,23 @@ def launch(settings: Settings, slot: str, version: str) -> Child:
     record_backend(settings.state_dir, slot, backend_entry(settings, slot, version, child.pid))
     try:
         wait_ready([child], {f"{slot} ({version})": f"{settings.slot_url(slot)}/readyz"}, settings.ready_timeout)
-        answered = serving(settings.slot_url(slot))
-        if answered != version:
-            raise CanaryError(f"{slot} answers as version {answered}, not {version}")
+        fits(settings, slot, version)
     except BaseException:
         record_backend(settings.state_dir, slot, None)  # first, so that the supervisor does not restart it
         child.stop()
         raise
     return child
+
+
+def fits(settings: Settings, slot: str, version: str) -> None:
+    """Refuse, in one line, a ready backend that says it serves another version, or that the configuration does not
+    fit (its endpoints, the JSON paths of their predictions, the task: probe.py)."""
+    url = settings.slot_url(slot)
+    found = ready(url)
+    if found is None or (found.reported is not None and found.reported != version):
+        answered = "nothing" if found is None else f"version {found.reported}"
+        raise CanaryError(f"{slot} answers as {answered}, not {version}")
+    probe.check(url, settings.endpoints, settings.task, who=f"{settings.bento_tag(version)} ({slot})")
 
 
 def retire(settings: Settings, slot: str) -> None:
@@ -323,6 +332,9 @@ class Stack:
                 child.start()
             self.children = list(backends)
             wait_ready(backends, {c.name: f"{s.slot_url(c.name)}/readyz" for c in backends}, s.ready_timeout)
+            for slot, version in placed:
+                if version:
+                    fits(s, slot, version)
             nginx.start()
             self.children.append(nginx)
             wait_ready(self.children, {"nginx": f"http://{s.host}:{s.port}/_nginx/ping"}, 10)

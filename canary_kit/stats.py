@@ -1,9 +1,11 @@
 """The few statistics the gates need, in plain Python (no SciPy in the tool): a share's confidence interval, the
-distance between two class distributions, and the sample-ratio mismatch test."""
+distance between two class distributions, the sample-ratio mismatch test; for a regressor, the two-sample
+Kolmogorov-Smirnov distance, the standardised mean shift and the errors (MAE, RMSE) against true values."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from statistics import NormalDist
 
 Z95 = NormalDist().inv_cdf(0.975)  # 1.96: two-sided 95%
@@ -77,3 +79,107 @@ def difference(
     (la, ua), (lb, ub) = bounds_a, bounds_b
     diff = pa - pb
     return diff, diff - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2), diff + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)
+
+
+# --- numbers: a regressor's predictions, and its errors against the true values ------------------------------
+
+
+def ks_distance(a: list[float], b: list[float]) -> float | None:
+    """The two-sample Kolmogorov-Smirnov distance: the largest gap between the two samples' empirical distribution
+    functions, from 0 (the same distribution) to 1 (no overlap). None if either is empty."""
+    if not a or not b:
+        return None
+    xs, ys = sorted(a), sorted(b)
+    i = j = 0
+    gap = 0.0
+    while i < len(xs) and j < len(ys):
+        at = min(xs[i], ys[j])
+        while i < len(xs) and xs[i] == at:
+            i += 1
+        while j < len(ys) and ys[j] == at:
+            j += 1
+        gap = max(gap, abs(i / len(xs) - j / len(ys)))
+    return gap
+
+
+def ks_p_value(distance: float, n: int, m: int) -> float:
+    """The asymptotic p-value of a two-sample KS distance (Kolmogorov's distribution, with Stephens' small-sample
+    correction): how often samples of one distribution are at least this far apart."""
+    size = math.sqrt(n * m / (n + m))
+    x = (size + 0.12 + 0.11 / size) * distance
+    if x < 0.3:
+        return 1.0
+    total = sum((-1) ** (k - 1) * math.exp(-2 * k * k * x * x) for k in range(1, 101))
+    return min(1.0, max(0.0, 2 * total))
+
+
+def mean_sd(values: list[float]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation; None with fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = math.fsum(values) / n
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def mean_shift(green: list[float], blue: list[float], z: float = Z95) -> tuple[float, float, float] | None:
+    """Green's mean minus blue's, in units of blue's standard deviation, with its 95% interval (Welch's standard
+    error): how far the predictions moved, whatever their unit. None with fewer than two values a side, or when
+    blue's predictions do not vary."""
+    g, b = mean_sd(green), mean_sd(blue)
+    if g is None or b is None or b[1] <= 0:
+        return None
+    shift = (g[0] - b[0]) / b[1]
+    spread = z * math.sqrt(g[1] ** 2 / len(green) + b[1] ** 2 / len(blue)) / b[1]
+    return shift, shift - spread, shift + spread
+
+
+@dataclass(frozen=True)
+class Errors:
+    """A version's errors against the true values, as sums: rows, sum of |error|, sum of error^2, sum of error^4."""
+
+    n: int = 0
+    abs_sum: float = 0.0
+    sq_sum: float = 0.0
+    quad_sum: float = 0.0
+
+    @property
+    def mae(self) -> float | None:
+        return self.abs_sum / self.n if self.n else None
+
+    @property
+    def rmse(self) -> float | None:
+        return math.sqrt(self.sq_sum / self.n) if self.n else None
+
+    def mae_interval(self, z: float = Z95) -> tuple[float, float] | None:
+        """The 95% interval of the mean absolute error (normal approximation; |e|^2 = e^2)."""
+        if self.n < 2 or self.mae is None:
+            return None
+        variance = max(0.0, (self.sq_sum - self.n * self.mae**2) / (self.n - 1))
+        spread = z * math.sqrt(variance / self.n)
+        return max(0.0, self.mae - spread), self.mae + spread
+
+    def rmse_interval(self, z: float = Z95) -> tuple[float, float] | None:
+        """The 95% interval of the root mean squared error: the mean of e^2's interval, square-rooted."""
+        if self.n < 2:
+            return None
+        mse = self.sq_sum / self.n
+        variance = max(0.0, (self.quad_sum - self.n * mse**2) / (self.n - 1))
+        spread = z * math.sqrt(variance / self.n)
+        return math.sqrt(max(0.0, mse - spread)), math.sqrt(mse + spread)
+
+    def mae_variance(self) -> float | None:
+        if self.n < 2 or self.mae is None:
+            return None
+        return max(0.0, (self.sq_sum - self.n * self.mae**2) / (self.n - 1)) / self.n
+
+
+def error_increase(green: Errors, blue: Errors, z: float = Z95) -> tuple[float, float, float] | None:
+    """Green's MAE over blue's, minus 1 (0.1: 10% more error), with its 95% interval (Welch, on the difference of
+    the two MAEs, scaled by blue's); None unless both have two labelled rows and blue some error."""
+    g, b = green.mae_variance(), blue.mae_variance()
+    if g is None or b is None or green.mae is None or blue.mae is None or blue.mae <= 0:
+        return None
+    increase = green.mae / blue.mae - 1
+    spread = z * math.sqrt(g + b) / blue.mae
+    return increase, increase - spread, increase + spread

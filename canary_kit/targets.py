@@ -35,7 +35,7 @@ from canary_kit.config import CanaryError, Settings
 from canary_kit.metrics import PredictionMetrics
 from canary_kit.nginx import admin_socket
 from canary_kit.processes import alive
-from canary_kit.readyz import CURL_HEAD, serving, version_from_curl
+from canary_kit.readyz import CURL_HEAD, ready, ready_from_curl
 from canary_kit.retention import Retention
 from canary_kit.routing import STATE_FILE
 from canary_kit.stack import STACK_FILE, launch, missing_version, read_stack_file, retire
@@ -107,8 +107,13 @@ class LocalTarget:
         return response.text if response.status_code == 200 else None
 
     def serving(self, color: str) -> str | None:
-        """The version that answers as `color`, or None when it is not ready."""
-        return serving(self.settings.slot_url(self.slot_of(color)))
+        """The version that answers as `color`, or None when it is not ready: the one the stack started in its slot,
+        unless the service names another itself."""
+        slot = self.slot_of(color)
+        found = ready(self.settings.slot_url(slot))
+        if found is None:
+            return None
+        return found.reported or read_stack_file(self.state_dir).get("backends", {}).get(slot, {}).get("version")
 
     def missing(self, version: str) -> str | None:
         return missing_version(self.settings, version)
@@ -203,17 +208,22 @@ class ComposeTarget:
     ) -> subprocess.CompletedProcess:
         return run(self.compose_cmd, self.compose_file, *args, check=check, env=env, timeout=timeout)
 
-    def _exec(self, service: str, *command: str) -> subprocess.CompletedProcess | None:
-        """`docker exec` in the service's container, found by compose's labels (faster than `compose exec`)."""
+    def _container(self, service: str) -> str | None:
+        """The id of the service's running container, found by compose's labels (faster than compose's commands)."""
         project = project_name(self.compose_file, self.compose_cmd)
         labels = ["--filter", f"label=com.docker.compose.project={project}"]
         labels += ["--filter", f"label=com.docker.compose.service={service}"]
         try:
             found = subprocess.run(["docker", "ps", "-q", *labels], capture_output=True, text=True, timeout=30)
-            container = found.stdout.split()[0] if found.returncode == 0 and found.stdout.split() else None
-            if container is None:
-                return None
-            return subprocess.run(["docker", "exec", container, *command], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return found.stdout.split()[0] if found.returncode == 0 and found.stdout.split() else None
+
+    def _exec(self, service: str, *command: str) -> subprocess.CompletedProcess | None:
+        """`docker exec` in the service's container; None when it does not run."""
+        container = self._container(service)
+        try:
+            return None if container is None else _docker("exec", container, *command)
         except (OSError, subprocess.SubprocessError):
             return None
 
@@ -222,9 +232,25 @@ class ComposeTarget:
         return result.stdout if result and result.returncode == 0 else None
 
     def serving(self, color: str) -> str | None:
-        """The version that answers /readyz in the `ml-COLOR` container, or None when it is not ready."""
+        """The version that answers /readyz in the `ml-COLOR` container, or None when it is not ready: the one it
+        names itself, else its image's tag (one image per version)."""
         result = self._exec(f"ml-{color}", *CURL_HEAD, "http://127.0.0.1:3000/readyz")
-        return None if result is None else version_from_curl(result.returncode, result.stdout)
+        found = None if result is None else ready_from_curl(result.returncode, result.stdout)
+        if found is None:
+            return None
+        return found.reported or self._image_version(f"ml-{color}")
+
+    def _image_version(self, service: str) -> str | None:
+        """The tag of the image the service's container runs (images are NAME:VERSION)."""
+        container = self._container(service)
+        try:
+            found = None if container is None else _docker("inspect", "--format", "{{.Config.Image}}", container)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if found is None or found.returncode != 0:
+            return None
+        name, _, tag = found.stdout.strip().rpartition(":")
+        return tag if name and "/" not in tag else None
 
     def missing(self, version: str) -> str | None:
         image = f"{self.repository}:{version}"
@@ -290,6 +316,10 @@ class ComposeTarget:
         """nginx's JSON access-log entries (it logs to stdout here) from the second of `mark` on."""
         text = self._run("logs", "--no-color", "--no-log-prefix", "nginx").stdout
         return [entry for entry in parse_log(text) if entry.get("time", "") >= mark.time]
+
+
+def _docker(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=30)
 
 
 def _now() -> str:

@@ -18,9 +18,7 @@ TARGET = "target"
 # Per request, for each form: at most so many rows (more is refused with 400 naming the limit) and at most
 # MAX_BODY_BYTES of body (413, the same in the service and in nginx's client_max_body_size). The largest request of
 # either form fits in the byte limit with room to spare (tests/test_columnar.py: 1,000 rows of 17-digit numbers take
-# ~190 KB as row objects, ~100 KB as columns). The columnar form takes no more rows than the row form: each answer's
-# X-Predictions header names every row's class (~8 bytes a row), and nginx reads an answer's headers into a 16 KB
-# buffer (proxy_buffer_size in nginx/canary.conf.template).
+# ~190 KB as row objects, ~100 KB as columns). The columnar form takes no more rows than the row form.
 MAX_INSTANCES = 1000  # rows per /predict request (row objects)
 MAX_COLUMN_ROWS = 1000  # rows per /predict_columns request (columns)
 MAX_BODY_BYTES = 1024 * 1024  # request body limit, the same in the service (413) and in nginx (client_max_body_size)

@@ -83,6 +83,15 @@ def more_versions(trained) -> tuple[str, str]:
     return NEXT, WEAK
 
 
+@pytest.fixture(scope="session")
+def foreign_bentos(bentoml_home, tmp_path_factory) -> dict:
+    """The two services that are not ours (tests/services/: wine, diabetes), each version trained and built into a
+    Bento once, in order (baseline, good, worse), and exported as folders (tests/foreign.py)."""
+    from foreign import prepare
+
+    return prepare(tmp_path_factory.mktemp("foreign-bentos"))
+
+
 def data_rows() -> list[dict]:
     """Every row of data/data.csv as a request's instance (features only, null where a value is missing)."""
     import pandas as pd

@@ -20,6 +20,8 @@ CLASSES = {"Adelie", "Chinstrap", "Gentoo"}
 
 
 def entry(rid: str, predictions: str, version: str = "v1.0.0", time: str = "2026-12-03T07:00:00+00:00", **more):
+    """An access-log entry as nginx writes it; `predictions`, the rows' classes separated by commas, is logged as
+    the JSON array nginx read in the answer."""
     return {
         "time": time,
         "request_id": rid,
@@ -31,7 +33,7 @@ def entry(rid: str, predictions: str, version: str = "v1.0.0", time: str = "2026
         "shadow": False,
         "mirrored": "off",
         "pin": "",
-        "predictions": predictions,
+        "predictions": json.dumps(predictions.split(",")) if predictions else "",
         **more,
     }
 

@@ -116,13 +116,13 @@ def test_the_shadow_gate_in_sequential_mode_decides_on_its_confidence_sequence()
     assert judge_shadow(gated, {"rows_compared": 300, "rows_agreed": 230}).status == "fail"
     assert judge_shadow(gated, {"rows_compared": 2000, "rows_agreed": 1990}).status == "pass"
     assert judge_shadow(gated, {"rows_compared": 120, "rows_agreed": 115}).status == "inconclusive"
-    assert gated.family_alpha == pytest.approx(0.012), "the shadow gate counts in the family when it runs"
+    assert gated.family_alpha() == pytest.approx(0.012), "the shadow gate counts in the family when it runs"
 
 
 def test_the_family_error_rate_is_the_sum_of_the_live_gates():
-    assert load_spec(None, {}).family_alpha == pytest.approx(0.01)
-    assert load_spec(None, {"dry_run": ["max_error_rate"]}).family_alpha == pytest.approx(0.008)
-    assert load_spec(None, {"max_accuracy_drop": 0.05}).family_alpha == pytest.approx(0.012)
+    assert load_spec(None, {}).family_alpha() == pytest.approx(0.01)
+    assert load_spec(None, {"dry_run": ["max_error_rate"]}).family_alpha() == pytest.approx(0.008)
+    assert load_spec(None, {"max_accuracy_drop": 0.05}).family_alpha() == pytest.approx(0.012)
     assert load_spec(None, {}).step_alpha("max_error_rate") == pytest.approx(0.0005)
     assert load_spec(None, {"max_confidence_drop": 0.03}).gates.tolerance("max_confidence_drop") == 0.03
 
@@ -161,3 +161,40 @@ def test_the_cli_refuses_a_bad_error_rate_before_it_touches_anything(tmp_path):
         assert refused.returncode == 1 and "invalid rollout spec" in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
         assert list(state.iterdir()) == [], "nothing written: the spec is refused before the stack is opened"
+
+
+def regression_window(green_sd: float, rows: int, seed: int, labels: tuple[float, float] | None = None) -> Window:
+    """A regressor's window: blue predicts N(153, 57) (the diabetes baseline of bench/regression_windows), green
+    N(153, green_sd); with `labels`, each version's errors against true values as mean |error| per row."""
+    import random
+
+    from canary_kit.stats import Errors
+
+    rng = random.Random(seed)
+    green = [rng.gauss(153, green_sd) for _ in range(rows)]
+    blue = [rng.gauss(153, 57) for _ in range(9 * rows)]
+    figures = {"requests": rows, "errors": 0, "rows": rows, "values": green, "latency_ms": {2: rows}}
+    blue_figures = {"requests": 9 * rows, "errors": 0, "rows": 9 * rows, "values": blue, "latency_ms": {2: 9 * rows}}
+    errors = None
+    if labels:
+        errors = {}
+        for colour, mae, n in (("green", labels[0], rows), ("blue", labels[1], 9 * rows)):
+            absolute = [abs(rng.gauss(0, mae * 1.2533)) for _ in range(n)]  # |N(0, s)| has mean 0.798 s
+            errors[colour] = Errors(n, sum(absolute), sum(a * a for a in absolute), sum(a**4 for a in absolute))
+    split = {"green": rows, "blue": 9 * rows}
+    return Window(figures, blue_figures, split, task="regression", errors=errors)
+
+
+def test_the_regression_gates_judge_a_regressor_sequentially():
+    spec = load_spec(None, {"max_error_increase": 0.3})
+    same = {r.name: r for r in judge_sequential(spec, Step(1, 10), regression_window(57, 1000, 1, (45, 45)))}
+    narrow = {r.name: r for r in judge_sequential(spec, Step(1, 10), regression_window(14.6, 1000, 2, (57, 45)))}
+    print("\n".join(f"{r.name}: {r.status} - {r.detail}" for r in [*same.values(), *narrow.values()]))
+    assert "max_class_shift" not in same and "max_confidence_drop" not in same, "classifier gates skip a regressor"
+    assert same["max_ks_distance"].status == "pass" and same["max_mean_shift"].status == "pass"
+    assert same["max_error_increase"].status == "pass"
+    assert narrow["max_ks_distance"].status == "fail" and narrow["max_error_increase"].status == "fail"
+    assert narrow["max_mean_shift"].status != "fail", "the same mean: only its spread changed"
+    decision = decide(spec, Step(1, 10, seconds=3), regression_window(14.6, 1000, 2))
+    assert decision.verdict == "fail" and decision.reason.startswith("max_ks_distance: KS distance")
+    assert load_spec(None, {}).family_alpha("regression") == pytest.approx(0.01)

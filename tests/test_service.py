@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import time
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -26,10 +25,8 @@ def test_service_class_called_directly(trained):
     instance = PenguinClassifier()
     assert RUNTIME == "onnx"
     rows = [Penguin(**EXAMPLE_ROW), Penguin(**{**EXAMPLE_ROW, "island": "Biscoe", "bill_length_mm": None, "sex": None})]
-    ctx = SimpleNamespace(response=SimpleNamespace(headers={}))  # outside a request: just the headers it sets
-    out = asyncio.run(instance.predict(instances=rows, ctx=ctx))
+    out = asyncio.run(instance.predict(instances=rows))
     assert out.model_version == STABLE_VERSION
-    assert ctx.response.headers["X-Predictions"] == ",".join(out.predictions)
     assert len(out.predictions) == 2 and set(out.predictions) <= CLASSES
     for probs in out.probabilities:
         assert set(probs) == CLASSES and abs(sum(probs.values()) - 1) < 1e-6
