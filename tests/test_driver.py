@@ -244,3 +244,46 @@ def test_the_sequential_family_on_simulated_traffic_promotes_identical_greens_an
     )
     assert len(false) < 5, false
     assert all(r["outcome"] == "rolled back" for r in weak)
+
+
+def test_the_report_shows_why_each_step_ended_and_each_gates_evidence(tmp_path):
+    from canary_kit.report import write_report
+    from canary_kit.views import rollout_lines
+
+    clock = Clock()
+    plan = spec()
+    result = run(plan, Plant(clock, RECORDED["healthy"]["green"], RECORDED["healthy"]["blue"]), clock)
+    result.family_alpha = plan.family_alpha()
+    markdown = write_report(result, tmp_path).read_text()
+    evidence = next(tmp_path.glob("rollout-*-evidence.svg")).read_text()
+    print(markdown[:1500])
+    assert "family error rate at most 0.01" in markdown
+    assert markdown.count("step 1 (10%) advance after") == 1 and "step 4 (100%) advance after" in markdown
+    assert "max_error_rate 0 [" in markdown and "/ fails > 0.002, passes < 0.01:" in markdown
+    assert evidence.startswith("<svg") and "fails above 0.002" in evidence and "passes below 0.01" in evidence
+    progress = {
+        "state": "running",
+        "mode": "sequential",
+        "steps": plan.steps,
+        "step": 1,
+        "weight": 10,
+        "look": {"seconds": 7.0, "reason": "waiting for max_slower_share", "gates": result.checks[0].gates},
+        "checks": [],
+    }
+    lines = rollout_lines(progress)
+    print("\n".join(lines))
+    assert lines[0] == "rollout (sequential): running, step 1/4 at 10%, step held 7s"
+    assert any("max_error_rate" in line and "fails > 0.002, passes < 0.01" in line for line in lines)
+    ended = rollout_lines(
+        {
+            **progress,
+            "state": "promoted",
+            "reason": "every step passed",
+            "final_weight": 100,
+            "checks": [{"step": 1, "weight": 10, "verdict": "advance", "seconds": 9, "reason": "ok"}],
+        }
+    )
+    assert ended == [
+        "rollout (sequential): promoted: every step passed; green at 100%",
+        "  step 1 (10%) advance after 9s: ok",
+    ]
