@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from canary_kit import cli_release, cli_rollout, cli_stack
+from canary_kit import cli_init, cli_release, cli_rollout, cli_stack
 from canary_kit.cli_k8s import k8s_app
 from canary_kit.cli_options import StackCommand, stop_once
 from canary_kit.config import CanaryError
@@ -72,6 +72,7 @@ def _root(
 
 
 # In the order `canary --help` lists them. A StackCommand takes --state-dir, --compose and --compose-file.
+app.command()(cli_init.init)
 app.command()(cli_stack.up)
 app.command()(cli_stack.down)
 app.command("set-weight", cls=StackCommand, context_settings={"ignore_unknown_options": True})(  # "-1" is a value

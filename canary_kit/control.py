@@ -22,11 +22,11 @@ import httpx
 
 from canary_kit import routing
 from canary_kit.config import COLORS, CanaryError
-from canary_kit.ledger import accuracy_by_version
-from canary_kit.metrics import figures_between
+from canary_kit.ledger import accuracy_by_version, observed_since
+from canary_kit.metrics import PredictionMetrics, figures_between
 from canary_kit.routing import CHANGELOG, RoutingState
 from canary_kit.scrape import read_baseline, snapshots, write_baseline
-from canary_kit.stats import js_distance
+from canary_kit.stats import js_distance, ks_distance
 from canary_kit.target import Target
 
 APPLY_TIMEOUT = 5.0
@@ -184,14 +184,24 @@ def status(target: Target, now: dict[str, dict | None] | None = None) -> dict:
             "healthy": answering[color] is not None,
             "since_change": figures_between(baseline["backends"].get(color), now[color]),
         }
-    labelled = accuracy_by_version(target, {color: versions[color]["version"] for color in COLORS})
+    serving = {color: versions[color]["version"] for color in COLORS}
+    model = target.prediction_metrics
+    if model.observed:  # what the answers predicted, where the service's own metrics do not say
+        seen = observed_since(target, serving, baseline.get("since"))
+        for color in COLORS:
+            versions[color]["since_change"] = _with_observed(versions[color]["since_change"], seen.get(color), model)
+    labelled = accuracy_by_version(target, serving)
     figures = {color: versions[color]["since_change"] or {} for color in COLORS}
     divergence = js_distance(figures["green"].get("class_rows") or {}, figures["blue"].get("class_rows") or {})
+    values = [figures[color].pop("values", None) for color in ("green", "blue")]
+    distance = ks_distance(values[0], values[1]) if values[0] and values[1] else None
     return {
         "target": target.name,
         "takeover": takeover_of(state, weight, answering),
         "green_weight": weight,
+        "task": model.task,
         "class_divergence": None if divergence is None else round(divergence, 4),
+        "ks_distance": None if distance is None else round(distance, 4),
         "labelled": labelled or {},
         "shadow": bool(in_nginx["shadow"]) if in_nginx else state.shadow,
         "green_free": state.green_free,
@@ -201,6 +211,18 @@ def status(target: Target, now: dict[str, dict | None] | None = None) -> dict:
         "backends": versions,
         "processes": target.processes(),
     }
+
+
+def _with_observed(figures: dict | None, seen: dict | None, model: PredictionMetrics) -> dict | None:
+    """A version's figures since the change, with what its answers predicted where its metrics say nothing."""
+    if figures is None or not seen:
+        return figures
+    if model.task == "regression":
+        return {**figures, **seen}
+    kept = {k: v for k, v in seen.items() if k in ("rows", "class_rows") and model.class_metric is None}
+    if model.confidence_metric is None and seen.get("confidence_mean") is not None:
+        kept["confidence_mean"] = seen["confidence_mean"]
+    return {**figures, **kept}
 
 
 def takeover_of(state: RoutingState, green_weight: int, answering: dict[str, str | None]) -> dict | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from canary_kit import jsonpath
 from canary_kit.config import CanaryError, Endpoint
 
 TIMEOUT = 10.0
@@ -125,6 +126,19 @@ def ask(url: str, path: str, body: object) -> Answer:
     return Answer(path, body, response.status_code, answer)
 
 
+def json_body(text: str) -> object:
+    """A request body given as JSON text."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise CanaryError(f"an example request body must be JSON: {exc}") from None
+
+
+def select(path: str, answer: object) -> list:
+    """What the JSON path `path` finds in an answer (empty when nothing)."""
+    return jsonpath.parse(path).select(answer) or []
+
+
 def _sample(values: list) -> str:
     return ", ".join(json.dumps(v)[:40] for v in values[:3])
 
@@ -180,7 +194,7 @@ def check(url: str, endpoints: dict[str, Endpoint], task: str, who: str = "the s
     for path, endpoint in endpoints.items():
         if endpoint.predictions is None:
             continue
-        body = json.loads(endpoint.example) if endpoint.example else request_body(document, path)
+        body = json_body(endpoint.example) if endpoint.example else request_body(document, path)
         answer = ask(url, path, body)
         if answer.status != 200:
             origin = "its example" if endpoint.example else "a request made from its OpenAPI schema"

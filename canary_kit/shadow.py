@@ -23,7 +23,7 @@ from canary_kit.routing import RoutingState
 from canary_kit.stats import ks_distance, wilson
 from canary_kit.target import LogMark, Target
 
-COPY_TIMEOUT = 5.5  # the shadow relay's connect and read timeouts for green (nginx/canary.conf.template)
+COPY_TIMEOUT = 6.5  # the shadow relay's timeouts for green and its observer (canary.conf.template)
 
 
 def _ms(entry: dict) -> float | None:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 from canary_kit import probe, routing
 from canary_kit.config import SLOTS, CanaryError, Settings
@@ -48,23 +49,58 @@ STACK_FILE = "stack.json"
 STACK_LOCK = ".stack.lock"  # held while stack.json is read and rewritten
 
 
-def private_home(home: Path, bentoml_home: Path) -> Path:
-    """`home` made a BENTOML_HOME of its own (its own metrics folder) sharing bentoml_home's models and Bentos."""
+def private_home(home: Path, bentoml_home: Path, pinned: list[str] | None = None) -> Path:
+    """`home` made a BENTOML_HOME of its own (its own metrics folder) sharing bentoml_home's Bentos and models.
+
+    With `pinned` (a Bento's model tags, NAME:VERSION), its model store holds exactly those models, each as its
+    name's `latest`: BentoML resolves a service's `name:latest` again in the store when it serves a Bento from it,
+    so a Bento built on an older model would otherwise serve the newest one (as its image never does)."""
     home.mkdir(parents=True, exist_ok=True)
     for store in ("models", "bentos"):
         target, link = bentoml_home / store, home / store
         target.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.exists():
-            if link.is_symlink() and link.resolve() == target.resolve():
+            if link.is_symlink() and link.resolve() == target.resolve() and (store == "bentos" or pinned is None):
                 continue
             link.unlink() if link.is_symlink() else shutil.rmtree(link)
-        link.symlink_to(target, target_is_directory=True)
+        if store == "models" and pinned is not None:
+            _pin_models(link, target, pinned)
+        else:
+            link.symlink_to(target, target_is_directory=True)
     return home
 
 
-def backend_home(settings: Settings, slot: str) -> Path:
-    """A private BENTOML_HOME for one slot: its own metrics folder, the shared model store and Bentos."""
-    return private_home(settings.state_dir / slot / "bentoml", settings.bentoml_home)
+def _pin_models(store: Path, shared: Path, tags: list[str]) -> None:
+    """A model store of links to the shared one's `tags`, each its name's latest."""
+    for tag in tags:
+        name, _, version = tag.partition(":")
+        folder = store / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / version).symlink_to(shared / name / version, target_is_directory=True)
+        (folder / "latest").write_text(version)
+
+
+def bento_models(bentoml_home: Path, name: str, version: str) -> list[str]:
+    """The model tags a built Bento pins (its bento.yaml), NAME:VERSION each."""
+    manifest = bentoml_home / "bentos" / name / version / "bento.yaml"
+    try:
+        data = yaml.safe_load(manifest.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    entries = list(data.get("models") or [])
+    for service in data.get("services") or []:
+        entries += (service or {}).get("models") or []
+    tags = [str(e.get("tag")) for e in entries if isinstance(e, dict) and ":" in str(e.get("tag", ""))]
+    return sorted(set(tags))
+
+
+def backend_home(settings: Settings, slot: str, version: str | None = None) -> Path:
+    """A private BENTOML_HOME for one slot: its own metrics folder, the shared Bentos, and the shared model store
+    (for a Bento, only the models it was built with)."""
+    pinned = None
+    if settings.source == "bento" and version is not None:
+        pinned = bento_models(settings.bentoml_home, settings.service_name, version)
+    return private_home(settings.state_dir / slot / "bentoml", settings.bentoml_home, pinned)
 
 
 def bentoml_bin() -> str:
@@ -83,7 +119,7 @@ def backend_child(settings: Settings, slot: str, version: str, die_with_parent: 
     argv = [bentoml_bin(), "serve", *target, "--host", "127.0.0.1"]
     argv += ["--port", str(settings.slot_port(slot))]
     env = {
-        "BENTOML_HOME": str(backend_home(settings, slot)),
+        "BENTOML_HOME": str(backend_home(settings, slot, version)),
         "BENTOML_DO_NOT_TRACK": "true",
         "PYTHONUNBUFFERED": "1",
         COMPONENT: component_mark(settings.state_dir, slot),

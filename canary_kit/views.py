@@ -121,12 +121,18 @@ def status_lines(report: dict) -> tuple[list[str], list[str]]:
 
 
 def prediction_lines(report: dict) -> list[str]:
-    """What each version predicted since the last change: class shares and mean confidence, and the divergence
-    (nothing when the service exports no prediction metrics)."""
+    """What each version predicted since the last change: a classifier's class shares and mean confidence and their
+    divergence, a regressor's mean and spread and their KS distance (nothing when no prediction was seen)."""
     lines = []
     for color, b in report["backends"].items():
         f = b["since_change"] or {}
         if not f.get("rows"):
+            continue
+        if report.get("task") == "regression":
+            lines.append(
+                f"{color:<6}predicted {f['rows']} rows: mean {fmt(f.get('value_mean'), '.4g')}, "
+                f"sd {fmt(f.get('value_sd'), '.4g')}"
+            )
             continue
         shares = "  ".join(f"{name} {100 * n / f['rows']:.0f}%" for name, n in (f.get("class_rows") or {}).items())
         lines.append(
@@ -134,17 +140,49 @@ def prediction_lines(report: dict) -> list[str]:
         )
     if lines and report.get("class_divergence") is not None:
         lines.append(f"class divergence (JS distance, green vs blue): {report['class_divergence']:.3f}")
+    if lines and report.get("ks_distance") is not None:
+        lines.append(f"predicted values, KS distance green vs blue: {report['ks_distance']:.3f}")
     for color, q in (report.get("labelled") or {}).items():
+        figure = f"MAE {q['mae']:.4g}" if "mae" in q else f"accuracy {100 * q['accuracy']:.1f}%"
         lines.append(
-            f"{color:<6}{q['version']}: {q['labelled']} labelled rows, accuracy {100 * q['accuracy']:.1f}% "
+            f"{color:<6}{q['version']}: {q['labelled']} labelled rows, {figure} "
             "(all its answers; `canary quality` for more)"
         )
     return lines
 
 
+def regression_quality_lines(report: dict, since: str) -> list[str]:
+    """`canary quality` of a regressor: MAE and RMSE per version with their 95% intervals, and green's MAE over
+    blue's."""
+    lines = [
+        f"labelled answers ({since}; the ledger holds {report['answers']:,} answered rows, "
+        f"{report['labels']:,} labels)",
+        f"{'version':<18}{'role':<7}{'labelled':>9}{'MAE':>11}  {'95% interval':<22}{'RMSE':>11}  95% interval",
+    ]
+
+    def span(bounds) -> str:
+        return "-" if bounds is None else f"[{bounds[0]:.4g}, {bounds[1]:.4g}]"
+
+    for row in report["versions"]:
+        lines.append(
+            f"{row['version']:<18}{row['role']:<7}{row['labelled']:>9}{fmt(row['mae'], '.4g'):>11}  "
+            f"{span(row['mae_interval']):<22}{fmt(row['rmse'], '.4g'):>11}  {span(row['rmse_interval'])}"
+        )
+    found = report.get("green_over_blue_mae")
+    if found is not None:
+        lines.append(
+            f"green's MAE over blue's: {100 * found[0]:+.1f}%, 95% interval [{100 * found[1]:+.1f}%, "
+            f"{100 * found[2]:+.1f}%]"
+        )
+    return lines
+
+
 def quality_lines(report: dict) -> list[str]:
-    """`canary quality` as a table, the difference, and each version's confusion matrix."""
+    """`canary quality` as a table, the difference, and each version's confusion matrix (a classifier's), or the
+    errors (a regressor's)."""
     since = f"since {report['since']} UTC" if report["since"] else "all answers kept"
+    if report.get("task") == "regression":
+        return regression_quality_lines(report, since)
     lines = [
         f"labelled answers ({since}; the ledger holds {report['answers']:,} answered rows, "
         f"{report['labels']:,} labels)",

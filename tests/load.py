@@ -28,7 +28,7 @@ class Answer:
     route: str | None
     error: str = ""
     request_id: str | None = None
-    row: int | None = None  # which of Load.rows was sent
+    row: int | None = None  # which of Load.rows (or Load.bodies) was sent
 
 
 @dataclass
@@ -42,6 +42,8 @@ class Load:
     rate: float | None = None  # requests per second from all workers together (None: as fast as answered)
     headers: dict[str, str] = field(default_factory=dict)
     rows: list[dict] | None = None  # one of these per request, in turn (default: the example row every time)
+    path: str = "/predict"  # the endpoint the requests go to
+    bodies: list[object] | None = None  # whole request bodies, in turn (another service's: instead of `rows`)
     timeout: float = 15.0  # seconds for one request
     keepalive: bool = True  # False: a new connection for every request (`Connection: close`)
     check_version_field: bool = False  # True: a 200 whose body's model_version differs from the header is not ok
@@ -62,7 +64,7 @@ class Load:
         return not self._stop.is_set()
 
     def _work(self) -> None:
-        bodies = [{"instances": [row]} for row in self.rows or [EXAMPLE_ROW]]
+        bodies = self.bodies or [{"instances": [row]} for row in self.rows or [EXAMPLE_ROW]]
         turn = threading.get_ident()  # workers start at different rows
         # one connection per worker, reused for every request (or none kept); no retries at any layer
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1 if self.keepalive else 0)
@@ -73,7 +75,7 @@ class Load:
                 sent, turn = time.monotonic(), turn + 1
                 row = turn % len(bodies)
                 try:
-                    r = client.post(f"{self.url}/predict", json=bodies[row])
+                    r = client.post(f"{self.url}{self.path}", json=bodies[row])
                     answer = Answer(
                         sent,
                         r.status_code,

@@ -1,7 +1,7 @@
 """Train one version of the wine classifier and save it to the BentoML model store as `wine_classifier`.
 
 python train.py                                        # logistic regression on every feature
-python train.py --algorithm random_forest
+python train.py --algorithm k_neighbors
 python train.py --algorithm logistic_regression --features ash
 """
 
@@ -16,6 +16,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -25,6 +26,7 @@ FEATURES = [name.replace("/", "_") for name in load_wine().feature_names]
 ALGORITHMS = {
     "logistic_regression": lambda: LogisticRegression(max_iter=1000),
     "random_forest": lambda: RandomForestClassifier(n_estimators=100, random_state=0),
+    "k_neighbors": lambda: KNeighborsClassifier(n_neighbors=10),
 }
 TEST_SIZE = 0.3
 SEED = 0
