@@ -287,3 +287,27 @@ def test_the_report_shows_why_each_step_ended_and_each_gates_evidence(tmp_path):
         "rollout (sequential): promoted: every step passed; green at 100%",
         "  step 1 (10%) advance after 9s: ok",
     ]
+
+
+def test_the_live_plant_reads_nginxs_log_a_whole_line_at_a_time(tmp_path):
+    """rollout.LogTail: each look reads only what nginx wrote since the last one, and a line it is still writing is
+    read once whole (no entry lost or counted twice)."""
+    from canary_kit.rollout import LogTail
+    from canary_kit.target import LogMark
+
+    log = tmp_path / "access.log"
+    log.write_text('{"n": 0}\n')
+
+    class Target:
+        access_log = log
+
+        def log_mark(self) -> LogMark:
+            return LogMark(log.stat().st_size, "")
+
+    tail = LogTail(Target())  # from the end: the line before the mark is not this span's
+    with open(log, "a") as f:
+        f.write('{"n": 1}\nnginx: a message, not an entry\n{"n": 2}\n{"n": ')
+    assert [e["n"] for e in tail.read()] == [1, 2]
+    with open(log, "a") as f:
+        f.write("3}\n")
+    assert [e["n"] for e in tail.read()] == [3] and tail.read() == []

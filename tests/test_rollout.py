@@ -21,11 +21,12 @@ from conftest import EXAMPLE_ROW, ROOT, nginx_pids
 from load import Load, tally
 
 pytestmark = pytest.mark.integration
-# Short steps and loose absolute latency gates: this tests the mechanism on a shared 2-core machine, not the speed.
-# The default mode is sequential (a step ends on evidence, at least --min-step-seconds); --hold is the fixed mode's.
+# Short steps and loose latency gates: this tests the mechanism on a shared 2-core machine, not the speed (the
+# sequential latency comparison is measured, not acted on: tests/test_quality_gates.py says why). The default mode is
+# sequential (a step ends on evidence, at least --min-step-seconds); --hold is the fixed mode's.
 FAST = [
     *("--min-step-seconds", "2", "--hold", "3", "--min-requests", "5", "--min-rows", "20"),
-    *("--max-p99-ms", "10000", "--max-p99-ratio", "50"),
+    *("--max-p99-ms", "10000", "--max-p99-ratio", "50", "--dry-run", "max_slower_share"),
 ]
 
 
