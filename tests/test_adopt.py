@@ -117,6 +117,8 @@ def test_a_foreign_service_is_adopted_judged_and_shipped(key, foreign_bentos, tm
     up = Up(project, env)
     try:
         print(up.wait_ready())
+        missing = canary(project, env, "deploy", "9.9.9")  # a version with no Bento: how to build it, in one line
+        assert missing.returncode == 1 and "bentoml build --version 9.9.9" in missing.stderr, missing.stderr
         with Load(
             url,
             workers=6,
