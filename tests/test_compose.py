@@ -88,6 +88,7 @@ def test_nginx_knows_the_service_as_the_local_stack_does(spec):
     rendered = endpoint_variables(Settings())
     assert env["CANARY_ENDPOINTS"] == rendered["CANARY_ENDPOINTS"]
     assert json.loads(env["CANARY_OBSERVE"]) == json.loads(rendered["CANARY_OBSERVE"])
+    assert env["CANARY_OBSERVE_FILTER"] == rendered["CANARY_OBSERVE_FILTER"]
     addresses = {name: svc["networks"]["canary"]["ipv4_address"] for name, svc in spec["services"].items()}
     assert json.loads(env["CANARY_SLOTS"]) == {
         f"{addresses['ml-blue']}:3000": "blue",
