@@ -283,7 +283,15 @@ def _accuracy_drop(gate: Gate, limit: float, figures: dict, w: Window) -> Verdic
     return "inconclusive", diff, f"{seen}: not yet decided at a {limit:.1%} margin"
 
 
-def _values(gate: Gate, green: dict, w: Window) -> tuple[list[float], list[float]] | Verdict:
+@dataclass(frozen=True)
+class Values:
+    """Green's and blue's predicted values in a window: what a regressor's gates compare."""
+
+    green: list[float]
+    blue: list[float]
+
+
+def _values(gate: Gate, green: dict, w: Window) -> Values | Verdict:
     """Green's and blue's predicted values in the window (blue's last sufficient window once it has no traffic),
     or the verdict while they cannot be compared."""
     blue = _blue_rows(gate, green, w)
@@ -291,14 +299,14 @@ def _values(gate: Gate, green: dict, w: Window) -> tuple[list[float], list[float
         return blue
     if green.get("values") is None or blue.get("values") is None:
         return "skipped", None, "no predicted values seen (name the endpoints' JSON paths)"
-    return green["values"], blue["values"]
+    return Values(green["values"], blue["values"])
 
 
 def _ks_distance(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
     found = _values(gate, green, w)
-    if isinstance(found, tuple) and len(found) == 3:
+    if not isinstance(found, Values):
         return found
-    values_green, values_blue = found
+    values_green, values_blue = found.green, found.blue
     distance = ks_distance(values_green, values_blue)
     if distance is None:
         return "inconclusive", None, "no predicted values in the window"
@@ -310,10 +318,9 @@ def _ks_distance(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
 
 def _mean_shift(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
     found = _values(gate, green, w)
-    if isinstance(found, tuple) and len(found) == 3:
+    if not isinstance(found, Values):
         return found
-    values_green, values_blue = found
-    shift = mean_shift(values_green, values_blue)
+    shift = mean_shift(found.green, found.blue)
     if shift is None:
         return "inconclusive", None, "blue's predictions do not vary: no scale for a shift"
     value, low, high = shift
