@@ -17,10 +17,10 @@ up: setup nginx train  ## install what is missing, train if the store lacks the 
 $(BIN)/canary: pyproject.toml requirements/service.txt requirements/tool.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e '.[dev]' -r requirements/service.txt
 	@touch $@
 
-setup: $(BIN)/canary  ## the Python environment in .venv
+setup: $(BIN)/canary  ## the Python environment in .venv: the kit (editable) and the penguin example's runtime
 
 NJS := /usr/lib/nginx/modules/ngx_http_js_module.so
 
@@ -83,6 +83,10 @@ bench: setup nginx train  ## benchmarks (~15 min on 2 cores; BENCH_ARGS=--quick:
 
 clean:  ## remove runtime state (not the model store)
 	rm -rf .canary .pytest_cache
+
+.PHONY: adopt-e2e
+adopt-e2e: nginx  ## the kit on its own: a fresh venv with only the kit and a foreign service's requirements, init, up, load
+	scripts/adopt-e2e
 
 .PHONY: container-e2e
 container-e2e: setup  ## the container path for real: images, the compose stack, traffic and weight changes (needs root or sudo)

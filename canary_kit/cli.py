@@ -17,6 +17,7 @@ from canary_kit import cli_init, cli_release, cli_rollout, cli_stack
 from canary_kit.cli_k8s import k8s_app
 from canary_kit.cli_options import StackCommand, stop_once
 from canary_kit.config import CanaryError
+from canary_kit.views import clean
 
 
 class CanaryGroup(TyperGroup):
@@ -41,7 +42,7 @@ class CanaryGroup(TyperGroup):
             if self.debug:
                 traceback.print_exception(exc, file=sys.stderr)
             message = exc.format_message() if isinstance(exc, typer.TyperException) else str(exc)
-            typer.echo(f"error: {message}", err=True)
+            typer.echo(f"error: {clean(message)}", err=True)  # a value the user gave, never raw control characters
             code = 1
         except typer.Abort:
             typer.echo("aborted", err=True)

@@ -138,11 +138,12 @@ def labels(
     from canary_kit import labels as labelling
     from canary_kit import ledger
 
-    data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    data = labelling.read(file, sys.stdin.buffer)  # refused past its size cap, before it is read whole
     target = stack_of(ctx).target()
     with ledger.connect(target.state_dir) as conn:
         ledger.catch_up(target, conn, target.retention)
-        parsed = labelling.parse(data, ledger.model_classes(target, conn))
+        task = target.prediction_metrics.task
+        parsed = labelling.parse(data, ledger.model_classes(target, conn) if task == "classification" else set(), task)
         labelling.check_rows(conn, parsed)
         for line, why in parsed.refused[:20]:
             typer.echo(f"line {line}: {why}", err=True)

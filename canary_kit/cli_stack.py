@@ -84,12 +84,12 @@ def status(
     try:
         while True:
             report = read_status(target)
-            progress = live.read(target.state_dir)
+            report["rollout"] = live.read(target.state_dir)  # the last rollout: shouted if it stands half-way
             if as_json:
-                typer.echo(json.dumps({**report, "rollout": progress}, indent=2, default=str))
+                typer.echo(json.dumps(report, indent=2, default=str))
             else:
                 lines, warnings = status_lines(report)
-                lines += rollout_lines(progress)
+                lines += rollout_lines(report["rollout"])
                 if watch:
                     lines.append(f"(every {interval:g}s; Ctrl-C stops)")
                     typer.echo("\x1b[H\x1b[2J" if sys.stdout.isatty() else "", nl=False)

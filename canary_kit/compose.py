@@ -142,7 +142,7 @@ def _image_parts(service: dict) -> tuple[str, str | None]:
 
 
 def image_repository(service: dict) -> str:
-    """The repository part of a resolved service's image (`penguin_classifier` of `penguin_classifier:v1.0.0`)."""
+    """The repository part of a resolved service's image (`fraud_scorer` of `fraud_scorer:v1.0.0`)."""
     repository = _image_parts(service)[0]
     if not repository:
         raise CanaryError("the compose service has no image")
@@ -150,7 +150,7 @@ def image_repository(service: dict) -> str:
 
 
 def image_tag(service: dict) -> str | None:
-    """The tag of a resolved service's image (`v1.0.0` of `penguin_classifier:v1.0.0`); None without one."""
+    """The tag of a resolved service's image (`v1.0.0` of `fraud_scorer:v1.0.0`); None without one."""
     return _image_parts(service)[1]
 
 

@@ -2,7 +2,7 @@
 overridden by CANARY_* variables, overridden by command-line options. Bad values are refused.
 
     [tool.canary]                          # what to ship: the tool knows a service only through these
-    service_name = "penguin_classifier"    # its Bentos (and images) are penguin_classifier:VERSION
+    service_name = "fraud_scorer"          # its Bentos (and images) are fraud_scorer:VERSION
     task = "classification"                # or "regression"
     blue_version = "v1.0.0"
     green_version = "v1.1.0"
@@ -43,8 +43,8 @@ class CanaryError(Exception):
 
 def describe(exc: ValidationError) -> str:
     """A pydantic validation error as one line: `field: problem; field: problem` (pydantic's own messages, without
-    their "Value error, " prefix). The model's service logs a bad request's errors the same way (penguin/web.py,
-    which this tool may not import): tests/test_config.py holds the two to one form."""
+    their "Value error, " prefix). The example service logs a bad request's errors the same way (its own web
+    module, which this tool may not import): tests/test_config.py holds the two to one form."""
     return "; ".join(
         f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
     )
@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     )
     bentoml_home: Path = Field(default_factory=default_bentoml_home)
     nginx_bin: str = "nginx"
+    worker_user: str | None = Field(
+        None,
+        pattern=r"^[a-z_][a-z0-9_-]*[$]?$",
+        description="who nginx's workers run as when the stack runs as root [default: www-data, nginx or http]",
+    )
     ready_timeout: float = Field(60.0, gt=0, le=600, description="seconds a version has to become ready")
     ledger_days: float = Field(30.0, gt=0, le=3650, description="days of answers the ledger keeps for labels")
     ledger_rows: int = Field(5_000_000, ge=1000, le=1_000_000_000, description="answers (rows) the ledger keeps")
@@ -167,6 +172,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         return path.expanduser().absolute()
+
+    @field_validator("worker_user")
+    @classmethod
+    def _unprivileged(cls, user: str | None) -> str | None:
+        if user == "root":
+            raise ValueError("nginx's workers must not run as root: name an unprivileged user, e.g. www-data")
+        return user
 
     @field_validator("blue_version", "green_version")
     @classmethod

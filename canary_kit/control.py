@@ -22,6 +22,7 @@ import httpx
 
 from canary_kit import routing
 from canary_kit.config import COLORS, CanaryError
+from canary_kit.files import append_line, take_back
 from canary_kit.ledger import accuracy_by_version, observed_since
 from canary_kit.metrics import PredictionMetrics, figures_between
 from canary_kit.routing import CHANGELOG, RoutingState
@@ -89,31 +90,82 @@ def wait_applied(target: Target, serial: int, timeout: float = APPLY_TIMEOUT) ->
 
 
 def commit(target: Target, before: RoutingState, event: str, reason: str = "", **changes) -> RoutingState:
-    """With the change lock held: write the state `changes` make of `before`, wait until nginx applies it, log
-    the change (also when nginx does not confirm it: the file holds it) and restart the figures."""
-    started = time.monotonic()
+    """With the change lock held: record the change in the change log, then write the state `changes` make of
+    `before` (each synced to disk), wait until nginx applies it and restart the figures. A change that cannot be
+    recorded is not made, and one whose state cannot be written leaves the log as it was: the log and the state
+    agree, also on a full disk. When nginx does not confirm it, the change stands (the file holds it) and the log
+    says so."""
     state = before.next(**changes)
-    routing.write(target.state_file, state)
+    log = target.state_dir / CHANGELOG
+    entry, span = _log_change(target, event, before, state, reason)
+    try:
+        routing.write(target.state_file, state)
+    except OSError as exc:
+        taken = _take_back(log, span)
+        raise CanaryError(
+            f"cannot write the routing state {target.state_file} ({exc.strerror or exc}): nothing changed"
+            + ("" if taken else f" (its line in {log} stays)")
+        ) from None
     try:
         wait_applied(target, state.serial)
     except CanaryError as exc:
-        record(target, event, before, state, f"{reason} ({exc})".strip(), applied_ms=None)
+        try:
+            log_event(target.state_dir, target.name, "unconfirmed", state, state, f"serial {state.serial}: {exc}")
+        except OSError:
+            pass
         raise CanaryError(f"wrote the change, but {exc}; nginx applies it on its next request if it runs") from None
-    record(target, event, before, state, reason, applied_ms=round((time.monotonic() - started) * 1000, 1))
+    restart_figures(target, entry["time"], state)
     return state
 
 
-def record(target: Target, event: str, before: RoutingState, state: RoutingState, reason: str, **extra) -> None:
-    """Append one change to the change log and take the metrics baseline that `canary status` counts from."""
-    entry = log_event(target.state_dir, target.name, event, before, state, reason, **extra)
-    write_baseline(target.state_dir, entry["time"], state.green_weight, snapshots(target))
+def _log_change(
+    target: Target, event: str, before: RoutingState, state: RoutingState, reason: str
+) -> tuple[dict, tuple[int, int]]:
+    entry = log_entry(target.name, event, before, state, reason)
+    try:
+        return entry, append_line(target.state_dir / CHANGELOG, json.dumps(entry))
+    except OSError as exc:
+        raise CanaryError(
+            f"cannot record the change in {target.state_dir / CHANGELOG} ({exc.strerror or exc}): nothing changed"
+        ) from None
+
+
+def _take_back(log: Path, span: tuple[int, int]) -> bool:
+    try:
+        return take_back(log, span)
+    except OSError:
+        return False
+
+
+def restart_figures(target: Target, since: str, state: RoutingState) -> None:
+    """Take the metrics baseline that `canary status` counts from; the change is made already, so a baseline that
+    cannot be written (a full disk) leaves the last one (figures since the change before)."""
+    try:
+        write_baseline(target.state_dir, since, state.green_weight, snapshots(target))
+    except OSError:
+        pass
+
+
+def record(target: Target, event: str, before: RoutingState, state: RoutingState, reason: str) -> None:
+    """Append one event that changes no state (a start, a confirmed split) to the change log, and take the metrics
+    baseline that `canary status` counts from."""
+    entry, _ = _log_change(target, event, before, state, reason)
+    restart_figures(target, entry["time"], state)
 
 
 def log_event(
     state_dir: Path, target_name: str, event: str, before: RoutingState, state: RoutingState, reason: str, **extra
 ) -> dict:
-    """Append one entry to the change log in `state_dir` (what `canary history` shows); returns it."""
-    entry = {
+    """Append one entry to the change log in `state_dir` (what `canary history` shows), synced to disk, or raise
+    OSError and leave the log as it was; returns it."""
+    entry = log_entry(target_name, event, before, state, reason, **extra)
+    append_line(state_dir / CHANGELOG, json.dumps(entry))
+    return entry
+
+
+def log_entry(target_name: str, event: str, before: RoutingState, state: RoutingState, reason: str, **extra) -> dict:
+    """One entry of the change log."""
+    return {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "event": event,
         "target": target_name,
@@ -128,9 +180,6 @@ def log_event(
         "by": os.environ.get("CANARY_USER") or getpass.getuser(),
         "reason": reason,
     }
-    with open(state_dir / CHANGELOG, "a") as log:
-        log.write(json.dumps(entry) + "\n")
-    return entry
 
 
 def set_weight(

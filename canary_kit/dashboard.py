@@ -49,7 +49,7 @@ from canary_kit.metrics import figures_between
 from canary_kit.routing import CHANGELOG
 from canary_kit.scrape import snapshots
 from canary_kit.target import Target
-from canary_kit.views import change_line, read_history, status_lines
+from canary_kit.views import change_line, clean, read_history, status_lines
 
 TOKEN_HEADER = "X-Canary-Token"
 TOKEN_VARIABLE = "CANARY_DASHBOARD_TOKEN"
@@ -149,16 +149,22 @@ class Poller:
             snap = snapshots(target)
             self.reads += 1
             report = status(target, now=snap)
+            report["rollout"] = live.read(target.state_dir)  # shouted while one stands half-way (views)
             warnings = status_lines(report)[1]
             if report["state_file"] is None and target.state_file.exists():
                 warnings.append(
                     f"warning: the state file {target.state_file} is invalid: nginx sends everything to "
                     "blue; the next change writes a valid one"
                 )
-            sample.update(weight=report["green_weight"], divergence=report["class_divergence"])
+            regression = report.get("task") == "regression"
+            distance = report["ks_distance"] if regression else report["class_divergence"]
+            sample.update(weight=report["green_weight"], divergence=distance, task=report.get("task"))
             for color in COLORS:
                 before = (self._previous or {}).get(color)
                 per = figures_between(before, snap[color]) if before and snap[color] else None
+                since = report["backends"][color]["since_change"] or {}
+                # the model's figure: per tick from the service's metrics, else since the change from its answers
+                model = since.get("value_mean") if regression else (per or {}).get("confidence_mean")
                 sample[color] = (
                     None
                     if per is None
@@ -167,7 +173,7 @@ class Poller:
                         "error_rate": per["error_rate"],
                         "p50_ms": per["p50_ms"],
                         "p99_ms": per["p99_ms"],
-                        "confidence": per["confidence_mean"],
+                        "confidence": model if model is not None else since.get("confidence_mean"),
                     }
                 )
             self._previous = snap
@@ -309,7 +315,7 @@ def create_app(poller: Poller, make_target: Callable, token: str, host: str = "1
 
 def perform(make_target: Callable, action: str, body: dict) -> dict:
     """One action, through the CLI's functions; CanaryError carries the CLI's one-line refusal."""
-    given = " ".join(str(body.get("reason") or "").split())[:300]
+    given = clean(" ".join(str(body.get("reason") or "").split())[:300])  # no control character reaches a log
     reason = f"{given} (dashboard)" if given else "dashboard"
     target = make_target()
     if action in live.ACTIONS:

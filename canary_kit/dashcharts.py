@@ -128,6 +128,7 @@ def render(samples: list[dict], history: list[dict], rollout: dict | None, now: 
         if e.get("unix")
     ]
     checks = (rollout or {}).get("checks") or []
+    regression = any(s.get("task") == "regression" for s in samples[-1:])
     marks = [
         (
             c["wall"],
@@ -167,10 +168,18 @@ def render(samples: list[dict], history: list[dict], rollout: dict | None, now: 
             events,
         ),
         "confidence": lines_chart(
-            "mean confidence (top-class probability)", both("confidence"), t0, now, 1.0, "", events
+            "mean predicted value since the last change" if regression else "mean confidence (top-class probability)",
+            both("confidence"),
+            t0,
+            now,
+            None if regression else 1.0,
+            "",
+            events,
         ),
         "divergence": lines_chart(
-            "class divergence since the last change (JS distance)",
+            "KS distance of predicted values since the last change"
+            if regression
+            else "class divergence since the last change (JS distance)",
             [("green vs blue", "#7d3c98", False, [(s["t"], s.get("divergence")) for s in samples])],
             t0,
             now,

@@ -18,6 +18,7 @@ began with confidence sequences at every look, and a gate's fail is final at onc
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from canary_kit.evidence import Decision, GateResult, Step, Window
 from canary_kit.sequential import judge_agreement, judge_sequential
@@ -265,7 +266,15 @@ def _accuracy_drop(gate: Gate, limit: float, figures: dict, w: Window) -> Verdic
     return "inconclusive", diff, f"{seen}: not yet decided at a {limit:.1%} margin"
 
 
-def _values(gate: Gate, green: dict, w: Window) -> tuple[list[float], list[float]] | Verdict:
+@dataclass(frozen=True)
+class Values:
+    """Green's and blue's predicted values in a window: what a regressor's gates compare."""
+
+    green: list[float]
+    blue: list[float]
+
+
+def _values(gate: Gate, green: dict, w: Window) -> Values | Verdict:
     """Green's and blue's predicted values in the window (blue's last sufficient window once it has no traffic),
     or the verdict while they cannot be compared."""
     blue = _blue_rows(gate, green, w)
@@ -273,29 +282,28 @@ def _values(gate: Gate, green: dict, w: Window) -> tuple[list[float], list[float
         return blue
     if green.get("values") is None or blue.get("values") is None:
         return "skipped", None, "no predicted values seen (name the endpoints' JSON paths)"
-    return green["values"], blue["values"]
+    return Values(green["values"], blue["values"])
 
 
 def _ks_distance(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
     found = _values(gate, green, w)
-    if isinstance(found, tuple) and len(found) == 3:
+    if not isinstance(found, Values):
         return found
-    values_green, values_blue = found
+    values_green, values_blue = found.green, found.blue
     distance = ks_distance(values_green, values_blue)
     if distance is None:
         return "inconclusive", None, "no predicted values in the window"
-    seen = f"KS distance of predicted values {distance:.3f} ({len(values_green)} green / {len(values_blue)} blue rows)"
+    counted = f"({len(values_green)} green / {len(values_blue)} blue rows)"
     if distance > limit:
-        return "fail", distance, f"{seen} > {limit:g}"
-    return "pass", distance, f"{seen} <= {limit:g}"
+        return "fail", distance, f"KS distance of predicted values {distance:.3f} > {limit:g} {counted}"
+    return "pass", distance, f"KS distance of predicted values {distance:.3f} <= {limit:g} {counted}"
 
 
 def _mean_shift(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
     found = _values(gate, green, w)
-    if isinstance(found, tuple) and len(found) == 3:
+    if not isinstance(found, Values):
         return found
-    values_green, values_blue = found
-    shift = mean_shift(values_green, values_blue)
+    shift = mean_shift(found.green, found.blue)
     if shift is None:
         return "inconclusive", None, "blue's predictions do not vary: no scale for a shift"
     value, low, high = shift

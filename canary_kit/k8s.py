@@ -91,6 +91,10 @@ class ServedModel(BaseModel):
     confidence_metric: str | None = Field(
         None, pattern=METRIC, description="the service's histogram of each row's top-class probability (None: no gate)"
     )
+    value_metric: str | None = Field(
+        None, pattern=METRIC, description="a regressor's histogram of its predicted values (None: no gate)"
+    )
+    task: str = Field("classification", pattern="^(classification|regression)$", description="the model's task")
     replicas: int = Field(2, ge=1, le=100)
     gateway: str = Field("gateway", description="the Gateway the routes attach to (same namespace)")
     prometheus: str = Field("http://prometheus.monitoring.svc:9090", description="Prometheus as Argo reaches it")
@@ -122,6 +126,8 @@ class ServedModel(BaseModel):
             "image_tag": settings.green_version,
             "class_metric": settings.class_metric,
             "confidence_metric": settings.confidence_metric,
+            "value_metric": settings.value_metric,
+            "task": settings.task,
         }
         return cls(**{**known, **{k: v for k, v in given.items() if v is not None}})
 

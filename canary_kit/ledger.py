@@ -14,6 +14,7 @@ a true value for a regressor (MAE and RMSE: `canary quality`, the error gate).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from contextlib import closing, contextmanager
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from canary_kit.answers import predictions
 from canary_kit.config import CanaryError
+from canary_kit.files import PRIVATE
 from canary_kit.metrics import ENDPOINT, asks_endpoint
 from canary_kit.retention import Retention
 from canary_kit.stats import Errors
@@ -31,6 +33,10 @@ from canary_kit.target import LogMark, Target
 
 LEDGER = "ledger.sqlite3"
 BATCH = 50_000  # rows per executemany while ingesting
+BUSY_WAIT = 30.0  # seconds a write waits for another command's write lock
+READ_WAIT = 1.0  # `canary status` and the dashboard: catch up if the ledger is free, else show what it holds
+CHUNK_LINES = 20_000  # log lines per ingest transaction: the write lock is held briefly, then let go
+CHUNK_SECONDS = 0.5  # and at most this long per transaction
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     request_id TEXT NOT NULL, row INTEGER NOT NULL, time TEXT NOT NULL, version TEXT NOT NULL, route TEXT,
@@ -69,24 +75,45 @@ def answer_rows(entry: dict, endpoints: tuple[str, ...] = (ENDPOINT,), task: str
     return [(rid, i, when, version, route, r.predicted, r.value, r.confidence) for i, r in enumerate(rows)]
 
 
+class LedgerBusy(CanaryError):
+    """Another command has held the ledger's write lock for longer than this one waits."""
+
+
+def _refusal(path: Path, exc: sqlite3.Error, wait: float) -> CanaryError:
+    """An SQLite error as one line: busy (another writer), full, or what SQLite says."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return LedgerBusy(
+            f"the ledger {path} is busy: another command has held its write lock for more than {wait:g}s; try again"
+        )
+    return CanaryError(f"the ledger {path}: {text}")
+
+
 @contextmanager
-def connect(folder: Path):
-    """The ledger of a state folder, created on first use."""
+def connect(folder: Path, wait: float = BUSY_WAIT):
+    """The ledger of a state folder, created on first use (its owner's only: SQLite gives its WAL the same mode).
+    A write waits up to `wait` s for another command's; any SQLite error is a CanaryError, one line."""
     folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LEDGER
     try:
-        conn = sqlite3.connect(folder / LEDGER, timeout=30, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise CanaryError(f"cannot open the ledger {folder / LEDGER}: {exc}") from None
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE))
+        conn = sqlite3.connect(path, timeout=wait, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise CanaryError(f"cannot open the ledger {path}: {exc}") from None
     with closing(conn):
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: inserts by random request id stay in memory
-        conn.executescript(SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
-        for column in ("value", "confidence"):  # a ledger from before regressors and confidences were kept
-            if column not in columns:
-                conn.execute(f"ALTER TABLE answers ADD COLUMN {column} REAL")
-        yield conn
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: inserts by random request id stay in memory
+            if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0] == 0:
+                conn.executescript(SCHEMA)  # a write: only where the tables are missing, so a reader never waits
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
+            for column in ("value", "confidence"):  # a ledger from before regressors and confidences were kept
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE answers ADD COLUMN {column} REAL")
+            yield conn
+        except sqlite3.Error as exc:
+            raise _refusal(path, exc, wait) from None
 
 
 @contextmanager
@@ -136,32 +163,51 @@ def ingest_file(
             parts.append((rotated, at))  # the end of the rotated log, which was not read yet
     parts.append((log, offset))
     added = 0
-    with transaction(conn):
-        for path, start in parts:
-            end = start
-            with open(path, "rb") as handle:
-                handle.seek(start)
-                rows: list[tuple] = []
-                for line in handle:
-                    if not line.endswith(b"\n"):
-                        break  # a line nginx is still writing: next time
-                    end += len(line)
-                    if b'"shadow":false' not in line or b'"status":200' not in line:
-                        continue
-                    try:
-                        entry = json.loads(line.decode("utf-8", "replace"))
-                    except ValueError:
-                        continue
-                    rows.extend(answer_rows(entry, endpoints, task) if isinstance(entry, dict) else [])
-                    if len(rows) >= BATCH:
-                        added += _insert(conn, rows)
-                        rows = []
-                added += _insert(conn, rows)
-        if kept != (stat.st_ino, end):  # nothing read, nothing written: a refused label file leaves no trace
-            conn.execute(
-                "INSERT OR REPLACE INTO sources (name, inode, offset) VALUES (?, ?, ?)", (name, stat.st_ino, end)
-            )
+    position = None if kept is None else (kept[0], kept[1])
+    for path, start in parts:
+        inode = stat.st_ino if path == log else kept[0]  # the rotated part: the inode kept for it
+        more = True
+        while more:  # one bounded transaction at a time: a change or another reader never waits long
+            with transaction(conn):
+                chunk, start, more = _read_chunk(conn, path, start, endpoints, task)
+                added += chunk
+                if position != (inode, start):  # nothing read, nothing written: a refused label file leaves no trace
+                    conn.execute(
+                        "INSERT OR REPLACE INTO sources (name, inode, offset) VALUES (?, ?, ?)", (name, inode, start)
+                    )
+            position = (inode, start)
     return added
+
+
+def _read_chunk(
+    conn: sqlite3.Connection, path: Path, start: int, endpoints: tuple[str, ...], task: str
+) -> tuple[int, int, bool]:
+    """The answers of at most CHUNK_LINES lines of `path` from `start`, read for at most CHUNK_SECONDS, inserted in
+    the caller's transaction. Returns the rows added, where it stopped, and whether lines are left."""
+    added, end, more = 0, start, False
+    deadline, lines = time.monotonic() + CHUNK_SECONDS, 0
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        rows: list[tuple] = []
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break  # a line nginx is still writing: next time
+            end += len(line)
+            lines += 1
+            if b'"shadow":false' in line and b'"status":200' in line:
+                try:
+                    entry = json.loads(line.decode("utf-8", "replace"))
+                except ValueError:
+                    entry = None
+                rows.extend(answer_rows(entry, endpoints, task) if isinstance(entry, dict) else [])
+                if len(rows) >= BATCH:
+                    added += _insert(conn, rows)
+                    rows = []
+            if lines >= CHUNK_LINES or (lines % 1000 == 0 and time.monotonic() > deadline):
+                more = True
+                break
+        added += _insert(conn, rows)
+    return added, end, more
 
 
 def ingest_entries(
@@ -319,16 +365,22 @@ def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict
     if not (target.state_dir / LEDGER).is_file():
         return None
     listed = [v for v in versions.values() if v]
-    with connect(target.state_dir) as conn:
-        catch_up(target, conn, target.retention)
-        if target.prediction_metrics.task == "regression":
-            found_errors = errors(conn, listed)
-            return {
-                colour: {"version": v, "labelled": found_errors[v].n, "mae": found_errors[v].mae}
-                for colour, v in versions.items()
-                if v and found_errors[v].n
-            }
-        found = quality(conn, listed)
+    try:
+        with connect(target.state_dir, wait=READ_WAIT) as conn:
+            try:
+                catch_up(target, conn, target.retention)
+            except LedgerBusy:
+                pass  # another command writes: the answers it has (status never waits on the ledger)
+            if target.prediction_metrics.task == "regression":
+                found_errors = errors(conn, listed)
+                return {
+                    colour: {"version": v, "labelled": found_errors[v].n, "mae": found_errors[v].mae}
+                    for colour, v in versions.items()
+                    if v and found_errors[v].n
+                }
+            found = quality(conn, listed)
+    except LedgerBusy:
+        return None
     return {
         colour: {"version": v, "labelled": found[v].labelled, "accuracy": found[v].accuracy}
         for colour, v in versions.items()

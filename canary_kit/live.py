@@ -2,12 +2,15 @@
 the state folder's `rollouts/`:
 
 - `current.json`: written atomically by the driver (rollout.py) when it starts, when a step's window starts, after
-  each check and when it ends. It says which rollout (`started`, `pid`), where it is (`state`: running | promoted |
-  rolled back | paused | stopped | interrupted; `step`/`steps`, `weight`, `mode`, `window_started` and
-  `hold_seconds` (fixed), `step_started`, `min_step_seconds`, `max_step_seconds` and `look` (sequential: the last
-  look's verdict, reason and every gate's evidence, rewritten at each look)), how it ended (`reason`), the shadow
-  phase's comparison when one ran, and every check kept so far as the report has them (with `wall`: the check's Unix
-  time, for a time axis). It stays after the rollout ends: the last rollout.
+  each check and when it ends. It says which rollout (`started`, `pid`, `pid_started`), where it is (`state`:
+  running | promoted | rolled back | paused | stopped | interrupted; `step`/`steps`, `weight`, `mode`,
+  `window_started` and `hold_seconds` (fixed), `step_started`, `min_step_seconds`, `max_step_seconds` and `look`
+  (sequential: the last look's verdict, reason and every gate's evidence, rewritten at each look)), how it ended
+  (`reason`; `error` when an error or a kill ended it, not a verdict; `serial`, the routing state it left), the
+  shadow phase's comparison when one ran, and every check kept so far as the report has them (with `wall`: the
+  check's Unix time, for a time axis). It stays after the rollout ends: the last rollout.
+  A `running` rollout whose process is gone was killed: `canary up`'s supervisor puts green back to 0% and closes
+  it (`close`); `canary status` and the dashboard shout about a rollout that ended half-way (views.py).
 - `control.json`: written (atomically) by whoever asks, `{"action": "pause" | "abort", "rollout": <started>, "by",
   "reason"}`. The driver reads it once per health-check tick (`check_every`, 1 s by default) while it holds a step,
   removes it and acts: pause leaves the split where it is (`canary rollout` exits 2), abort rolls green back to 0%
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from canary_kit.config import CanaryError
 from canary_kit.files import write_atomic
-from canary_kit.processes import alive
+from canary_kit.processes import alive, created
 
 FOLDER = "rollouts"
 CURRENT = "current.json"
@@ -50,6 +53,7 @@ class Channel:
         self.result = result
         self.t0_wall = time.time()
         self.where: dict = {}
+        self.pid_started = created(os.getpid())
         (self.folder / CONTROL).unlink(missing_ok=True)  # a request left for an earlier rollout
         self.publish(state="running")
 
@@ -61,6 +65,7 @@ class Channel:
         data = {
             "started": r.started,
             "pid": os.getpid(),
+            "pid_started": self.pid_started,
             "state": outcome,
             "reason": r.reason,
             "final_weight": r.final_weight,
@@ -98,18 +103,44 @@ class Channel:
             raise Interrupted(request["action"], str(request.get("by") or ""), str(request.get("reason") or ""))
 
 
-def read(state_dir: Path) -> dict | None:
-    """The last rollout's progress (None: none yet, or unreadable). A `running` one whose process is gone is
-    reported as `interrupted`."""
+def _raw(state_dir: Path) -> dict | None:
     try:
         data = json.loads((Path(state_dir) / FOLDER / CURRENT).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict):
-        return None
-    if data.get("state") == "running" and not alive(int(data.get("pid") or 0)):
+    return data if isinstance(data, dict) else None
+
+
+def _gone(data: dict) -> bool:
+    """A `running` rollout whose process is not there any more (a pid the system gave to another process since
+    is not it)."""
+    try:
+        pid, started = int(data.get("pid") or 0), data.get("pid_started")
+        return data.get("state") == "running" and not alive(pid, float(started) if started else None)
+    except (TypeError, ValueError):
+        return data.get("state") == "running"
+
+
+def read(state_dir: Path) -> dict | None:
+    """The last rollout's progress (None: none yet, or unreadable). A `running` one whose process is gone is
+    reported as `interrupted`."""
+    data = _raw(state_dir)
+    if data is not None and _gone(data):
         data["state"], data["reason"] = "interrupted", "its process ended without a word (killed?)"
     return data
+
+
+def orphaned(state_dir: Path) -> dict | None:
+    """The rollout that still says `running` though its process is gone (killed with SIGKILL, or its machine
+    crashed), as it last said; None when there is none."""
+    data = _raw(state_dir)
+    return data if data is not None and _gone(data) else None
+
+
+def close(state_dir: Path, data: dict, state: str, reason: str, **fields) -> None:
+    """Say how a rollout that cannot say it itself ended (`data`: as it last said)."""
+    ended = {**data, "state": state, "reason": reason, "updated": time.time(), **fields}
+    write_atomic(Path(state_dir) / FOLDER / CURRENT, json.dumps(ended, default=str))
 
 
 def request(state_dir: Path, action: str, by: str, reason: str = "", wait: float = 10.0) -> str:

@@ -10,16 +10,19 @@ which nginx reads per request, so nothing here runs while the stack serves.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
 import re
 import resource
+import secrets
+import stat
 import subprocess
 from pathlib import Path
 
 from canary_kit.config import SLOTS, CanaryError, Settings
-from canary_kit.files import write_atomic
+from canary_kit.files import PRIVATE, private_folder, share, write_atomic
 from canary_kit.routing import STATE_FILE
 
 ROUTES_TEMPLATE = "canary.conf.template"
@@ -27,8 +30,11 @@ LOCAL_MAIN_TEMPLATE = "nginx.local.conf.template"
 NJS_SCRIPT = "canary.js"
 NJS_MODULE = "ngx_http_js_module.so"
 PATHS = ("predictions", "confidence")  # what an endpoint's answers are read for
+OBSERVE_FILTER = "js_body_filter canary.observe;"  # the endpoints' answers pass through canary.js's observe
 PLACEHOLDER = re.compile(r"\$\{(CANARY_[A-Z0-9_]+)\}")
 MAX_NOFILE = 65536
+WORKER_USERS = ("www-data", "nginx", "http")  # the usual unprivileged web users: Debian, RHEL and nginx.org, Arch
+LOGS = ("access.log", "nginx-error.log")  # opened by nginx's master (root), written by its workers through it
 
 
 def render(template: str, variables: dict[str, str]) -> str:
@@ -63,9 +69,11 @@ def endpoint_variables(settings: Settings) -> dict[str, str]:
         path: {which: None if (found := e.path(which)) is None else list(found.steps) for which in PATHS}
         for path, e in settings.endpoints.items()
     }
+    read = any(e.predictions for e in settings.endpoints.values())
     return {
         "CANARY_ENDPOINTS": "|".join(re.escape(path) for path in settings.endpoints),
         "CANARY_OBSERVE": json.dumps(observe, separators=(",", ":")),
+        "CANARY_OBSERVE_FILTER": OBSERVE_FILTER if read else "# no endpoint names where its predictions are",
     }
 
 
@@ -74,8 +82,9 @@ def slot_variables(servers: dict[str, str]) -> dict[str, str]:
     return {"CANARY_SLOTS": json.dumps({address: slot for slot, address in servers.items()}, separators=(",", ":"))}
 
 
-def routes_variables(settings: Settings) -> dict[str, str]:
-    """The routing template's variables for the local stack: loopback backends, state and logs in the state folder."""
+def routes_variables(settings: Settings, secret: str) -> dict[str, str]:
+    """The routing template's variables for the local stack: loopback backends, state and logs in the state folder,
+    and the secret that nginx's shadow copies carry to its relay (`secret`, made at each start)."""
     servers = {slot: f"127.0.0.1:{settings.slot_port(slot)}" for slot in SLOTS}
     return {
         **endpoint_variables(settings),
@@ -90,7 +99,68 @@ def routes_variables(settings: Settings) -> dict[str, str]:
         "CANARY_MAX_INFLIGHT": str(settings.max_inflight),
         "CANARY_ADMIN_LISTEN": f"unix:{admin_socket(settings)}",
         "CANARY_SHADOW_SOCKET": str(shadow_socket(settings)),
+        "CANARY_SHADOW_SECRET": secret,
     }
+
+
+def worker_account(settings: Settings) -> pwd.struct_passwd | None:
+    """Who nginx's workers run as when the stack runs as root (`worker_user`, else the first of WORKER_USERS that
+    exists); None when it does not run as root: the workers then run as its user (nginx ignores `user`)."""
+    if os.geteuid() != 0:
+        return None
+    names = [settings.worker_user] if settings.worker_user else list(WORKER_USERS)
+    for name in names:
+        try:
+            account = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        if account.pw_uid == 0:
+            raise CanaryError(f"worker_user {name} is root: nginx's workers need an unprivileged user")
+        return account
+    raise CanaryError(
+        f"no user {' or '.join(names)} for nginx's workers (the stack runs as root): "
+        "set CANARY_WORKER_USER to an unprivileged user"
+    )
+
+
+def worker_group(settings: Settings) -> int | None:
+    """The group that the state folder, its logs and nginx-tmp folders are shared with (traverse only); None: the
+    workers run as the stack's own user, and everything stays its own."""
+    account = worker_account(settings)
+    return None if account is None else account.pw_gid
+
+
+def unreachable(folder: Path, account: pwd.struct_passwd) -> Path | None:
+    """The first folder on the way to `folder` that `account` may not go through (mode bits, as the kernel checks
+    them; ACLs are not read), or None: nginx's workers read the routing state in `folder` per request."""
+    groups = {account.pw_gid} | {g.gr_gid for g in grp.getgrall() if account.pw_name in g.gr_mem}
+    for way in (folder.absolute(), folder.resolve()):
+        for parent in reversed(way.parents):
+            found = parent.stat()
+            if found.st_uid == account.pw_uid:
+                bit = stat.S_IXUSR
+            elif found.st_gid in groups:
+                bit = stat.S_IXGRP
+            else:
+                bit = stat.S_IXOTH
+            if not found.st_mode & bit:
+                return parent
+    return None
+
+
+def check_reachable(settings: Settings) -> None:
+    """Refuse, in one line, a state folder that nginx's workers (another user) cannot reach."""
+    account = worker_account(settings)
+    if account is None:
+        return
+    blocked = unreachable(settings.state_dir, account)
+    if blocked is not None:
+        raise CanaryError(
+            f"nginx's workers run as {account.pw_name} (the stack runs as root) and cannot go through {blocked} "
+            f"(mode {stat.S_IMODE(blocked.stat().st_mode):o}) to the state folder {settings.state_dir}: choose a "
+            f"state folder they can reach (e.g. --state-dir /var/lib/canary), `chmod o+x {blocked}`, or set "
+            "CANARY_WORKER_USER"
+        )
 
 
 def admin_socket(settings: Settings) -> Path:
@@ -158,7 +228,7 @@ class LocalNginx:
         nofile = nofile or open_files_limit()
         variables = {
             "CANARY_STATE_DIR": str(self.settings.state_dir),
-            "CANARY_USER": pwd.getpwuid(os.geteuid()).pw_name,
+            "CANARY_USER": self.worker_user(),
             "CANARY_ROUTES": str(self.routes_conf),
             "CANARY_NJS_MODULE": str(njs_module(self.settings.nginx_bin)),
             "CANARY_NOFILE": str(nofile),
@@ -166,17 +236,32 @@ class LocalNginx:
         }
         return render(read_template(LOCAL_MAIN_TEMPLATE, self.settings.project_dir), variables)
 
-    def render_routes(self) -> str:
-        return render(read_template(ROUTES_TEMPLATE, self.settings.project_dir), routes_variables(self.settings))
+    def worker_user(self) -> str:
+        """The `user` line: the unprivileged worker user when the stack runs as root, else the stack's own."""
+        account = worker_account(self.settings)
+        return (account or pwd.getpwuid(os.geteuid())).pw_name
+
+    def render_routes(self, secret: str) -> str:
+        variables = routes_variables(self.settings, secret)
+        return render(read_template(ROUTES_TEMPLATE, self.settings.project_dir), variables)
 
     def write(self) -> None:
-        """Before nginx starts: write both files, then check them."""
+        """Before nginx starts: the private folders and logs, both files (with a new relay secret), then check
+        them. The workers, when they run as another user, go through the state folder, logs/ and nginx-tmp/ (0710,
+        their group) to the routing state and their temporary files; the logs are opened by nginx's master."""
+        s = self.settings
+        group = worker_group(s)
+        private_folder(s.state_dir, group)
         for sub in ("logs", "nginx-tmp"):
-            (self.settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        for sock in (admin_socket(self.settings), shadow_socket(self.settings)):
+            (s.state_dir / sub).mkdir(mode=0o700, exist_ok=True)
+            share(s.state_dir / sub, group, 0o710)
+        for name in LOGS:
+            os.close(os.open(s.state_dir / "logs" / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE))
+            os.chmod(s.state_dir / "logs" / name, PRIVATE)  # also one an older version left readable
+        for sock in (admin_socket(s), shadow_socket(s)):
             sock.unlink(missing_ok=True)  # left by an nginx that was killed: its bind() would fail
-        write_atomic(self.main_conf, self.render_main())
-        write_atomic(self.routes_conf, self.render_routes())
+        write_atomic(self.main_conf, self.render_main(), mode=PRIVATE)
+        write_atomic(self.routes_conf, self.render_routes(secrets.token_hex(32)), mode=PRIVATE)
         self.test()
 
     def test(self) -> None:

@@ -32,8 +32,9 @@ class Child:
     die_with_parent: bool = False  # the kernel sends it SIGTERM when the starting thread's process dies
 
     def start(self) -> None:
+        """Start it, its output appended to its log (its owner's only); what it creates is its user's only too."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
+        with open(os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
             self.proc = subprocess.Popen(
                 self.argv,
                 cwd=self.cwd,
@@ -42,6 +43,7 @@ class Child:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=0o077,
                 preexec_fn=_dies_with(os.getpid()) if self.die_with_parent else None,
             )
 
@@ -208,6 +210,14 @@ COMPONENT = "CANARY_COMPONENT"  # in a backend's environment: "<state folder>#<s
 
 def component_mark(state_dir: Path, name: str) -> str:
     return f"{state_dir}#{name}"
+
+
+def marked(proc: psutil.Process, mark: str) -> bool:
+    """Whether `proc` carries the kit's mark `mark` (COMPONENT in its environment): one of ours, not a stranger."""
+    try:
+        return proc.environ().get(COMPONENT) == mark
+    except (psutil.Error, OSError):
+        return False
 
 
 def stack_processes(state_dir: Path, name: str | None = None) -> list[psutil.Process]:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from canary_kit.answers import Observed, fill, observed
-from canary_kit.control import current, set_weight
+from canary_kit.config import CanaryError
+from canary_kit.control import current, log_event, set_weight
 from canary_kit.driver import Check, RealClock, Rollout, walk
 from canary_kit.evidence import Window
 from canary_kit.gates import judge_shadow
@@ -36,8 +37,11 @@ ShadowPhase = Callable[..., dict]  # shadow.run_shadow: mirror for some seconds 
 
 
 def run(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None = None) -> Rollout:
-    """Walk the steps; return how it ended. Ctrl-C leaves the split where it is (the caller says so). Progress is
-    published, and pause/abort requests are taken, through the state folder (live.py)."""
+    """Walk the steps; return how it ended. A rollout never ends half-way unsaid: any error puts green back to 0%
+    (or, when even that fails, ends paused, which `canary status` and the dashboard shout about), with a line in
+    the change log saying why. Ctrl-C leaves the split where it is (the caller says so; the change log too).
+    Progress is published, and pause/abort requests are taken, through the state folder (live.py); a rollout
+    killed with SIGKILL is put back to 0% by `canary up`'s supervisor."""
     result = Rollout(spec=spec.model_dump(), started=datetime.now(UTC).isoformat(timespec="seconds"))
     if spec.mode == "sequential":
         result.family_alpha = spec.family_alpha(target.prediction_metrics.task)
@@ -49,8 +53,56 @@ def run(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase
             return result
         since = utc(result.started) or result.started  # labels count for every answer of this rollout, any step
         return walk(spec, LivePlant(target, spec, channel, since), clock, echo, result, started=t0)
+    except KeyboardInterrupt:
+        weight = _weight(target)
+        _note(target, "rollout", f"rollout interrupted (Ctrl-C or a stop signal): green stays at {weight}%")
+        raise
+    except Exception as exc:
+        return _unwind(target, result, exc, echo, channel)
     finally:
+        try:
+            channel.where["serial"] = current(target).serial  # the state it left: status shouts while it stands
+        except Exception:
+            pass
         channel.publish(state=None if result.outcome != "running" else "interrupted")
+
+
+def _unwind(target: Target, result: Rollout, exc: Exception, echo: Echo, channel: Channel) -> Rollout:
+    """An error ended the walk: green back to 0%; paused (and said so) when even that cannot be done."""
+    why = str(exc) if isinstance(exc, CanaryError) else f"{type(exc).__name__}: {exc}"
+    weight = _weight(target)
+    channel.where["error"] = why
+    try:
+        set_weight(target, 0, reason=f"rollout stopped by an error at green {weight}%: {why}", event="rollout")
+        again = None
+    except Exception as failed:
+        again = str(failed) if isinstance(failed, CanaryError) else f"{type(failed).__name__}: {failed}"
+    now = _weight(target)
+    if now == 0:  # also when nginx did not confirm the rollback: the file holds it
+        result.outcome, result.final_weight = "rolled back", 0
+        result.reason = f"error at green {weight}%: {why}; green back to 0%"
+    else:
+        result.outcome, result.final_weight = "paused", now
+        result.reason = f"error at green {now}%: {why}; green could not be put back to 0% ({again}): `canary rollback`"
+        _note(target, "rollout", f"rollout stopped by an error, PAUSED at green {now}%: {why} (no rollback: {again})")
+    echo(f"rollout: {result.reason}")
+    return result
+
+
+def _weight(target: Target) -> int:
+    try:
+        return current(target).green_weight
+    except Exception:
+        return -1
+
+
+def _note(target: Target, event: str, reason: str) -> None:
+    """A line in the change log for an end the walk could not log itself (best effort: the disk may be full)."""
+    try:
+        state = current(target)
+        log_event(target.state_dir, target.name, event, state, state, reason)
+    except Exception:
+        pass
 
 
 @dataclass

@@ -130,7 +130,13 @@ def write(path: Path, state: RoutingState) -> None:
     """Replace the state (the caller holds the change lock): temporary files a killed writer left go first."""
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         stale.unlink(missing_ok=True)
-    write_atomic(path, state.to_json())
+    if path.exists():
+        write_atomic(path, state.to_json())  # its mode and group, as they were given to nginx
+        return
+    # A new file, read by nginx: as the folder's group (the local stack's workers, when they run as another user),
+    # or by anyone where the folder is open to all (compose's mounted folder, read by the container's nginx user).
+    folder = path.parent.stat()
+    write_atomic(path, state.to_json(), 0o640 | (0o004 if folder.st_mode & 0o001 else 0), folder.st_gid)
 
 
 def applied_from(text: str) -> dict | None:

@@ -189,7 +189,7 @@ class Gates(BaseModel):
     max_confidence_drop: Gate = Field(default_factory=lambda: _gate("max_confidence_drop", 0.1, 200))
     max_accuracy_drop: Gate = Field(default_factory=lambda: _gate("max_accuracy_drop", None, 100))
     min_agreement: Gate = Field(default_factory=lambda: _gate("min_agreement", None, 100))
-    max_ks_distance: Gate = Field(default_factory=lambda: _gate("max_ks_distance", 0.3, 200))
+    max_ks_distance: Gate = Field(default_factory=lambda: _gate("max_ks_distance", 0.25, 200))
     max_mean_shift: Gate = Field(default_factory=lambda: _gate("max_mean_shift", 0.5, 200))
     max_error_increase: Gate = Field(default_factory=lambda: _gate("max_error_increase", None, 100))
 

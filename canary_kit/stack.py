@@ -27,8 +27,8 @@ import yaml
 
 from canary_kit import probe, routing
 from canary_kit.config import SLOTS, CanaryError, Settings
-from canary_kit.files import locked, write_atomic
-from canary_kit.nginx import LocalNginx, njs_module
+from canary_kit.files import UnsafeFolder, locked, private_folder, write_atomic
+from canary_kit.nginx import LocalNginx, check_reachable, njs_module, worker_group
 from canary_kit.processes import (
     COMPONENT,
     Child,
@@ -38,6 +38,7 @@ from canary_kit.processes import (
     describe_processes,
     kill_all,
     listeners,
+    marked,
     port_in_use,
     stack_processes,
     stop_tree,
@@ -165,6 +166,7 @@ def preflight(settings: Settings, versions: list[str] | None = None) -> None:
             "sudo apt-get install -y nginx libnginx-mod-http-js"
         )
     njs_module(settings.nginx_bin)
+    check_reachable(settings)
     if settings.source == "code" and not settings.project_dir.is_dir():
         raise CanaryError(f"project folder {settings.project_dir} not found: run canary from the project folder")
     for version in versions or [settings.blue_version, settings.green_version]:
@@ -249,8 +251,8 @@ def retire(settings: Settings, slot: str) -> None:
     record_backend(settings.state_dir, slot, None)  # first, so that `canary up` does not report it as a crash
     if entry:
         stop_tree(entry["pid"], entry.get("started"))
-    for owner in listeners(settings.slot_port(slot)):
-        if "bentoml" in " ".join(owner.cmdline()):
+    for owner in listeners(settings.slot_port(slot)):  # only one carrying our mark: never a stranger's server
+        if marked(owner, component_mark(settings.state_dir, slot)):
             stop_tree(owner.pid, owner.create_time())
     kill_all(stack_processes(settings.state_dir, slot))  # workers whose `bentoml serve` was killed
 
@@ -290,6 +292,15 @@ def initial_state(settings: Settings) -> routing.RoutingState:
         return last
     routing.write(path, state)
     return state
+
+
+def state_folder(settings: Settings) -> Path:
+    """The stack's state folder, private: created 0700 (0710 for nginx's workers' group when they run as another
+    user), refused in one line when someone else could change it."""
+    try:
+        return private_folder(settings.state_dir, worker_group(settings))
+    except UnsafeFolder as exc:
+        raise CanaryError(str(exc)) from None
 
 
 def read_stack_file(state_dir: Path) -> dict:
@@ -346,6 +357,7 @@ class Stack:
         """Refuse, in one line, what would make the start fail: the versions to resume, or the configured ones."""
         last = routing.read(self.settings.state_dir / routing.STATE_FILE)
         resumed = [v for v in (last.blue_version, last.green_version) if v] if last and last.blue_version else None
+        state_folder(self.settings)
         still_running(self.settings.state_dir)
         preflight(self.settings, resumed)
 
@@ -353,7 +365,6 @@ class Stack:
         """Backends first; nginx once they are ready (so no early failure is ever held against them), then one
         request to each version through nginx. Returns when a client gets an answer from either version."""
         s = self.settings
-        s.state_dir.mkdir(parents=True, exist_ok=True)
         self.check()
         clear_baseline(s.state_dir)  # figures from an earlier run mean nothing now
         (s.state_dir / STACK_FILE).unlink(missing_ok=True)

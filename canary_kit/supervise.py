@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from canary_kit import routing
-from canary_kit.config import Settings
-from canary_kit.control import log_event
+from canary_kit import live, routing
+from canary_kit.config import CanaryError, Settings
+from canary_kit.control import current, log_event, set_weight
 from canary_kit.files import locked, write_atomic
 from canary_kit.nginx import admin_socket, shadow_socket
 from canary_kit.processes import (
@@ -41,6 +41,7 @@ from canary_kit.processes import (
     wait_gone,
 )
 from canary_kit.stack import STACK_FILE, STACK_LOCK, Stack, backend_child, read_stack_file, retire
+from canary_kit.targets import LocalTarget
 
 
 @dataclass
@@ -86,6 +87,33 @@ class Supervisor:
                 self.died(name, entry, watch, now)
             if watch.due is not None and now >= watch.due:
                 self.restart(name, watch)
+        self.rollout_left()
+
+    def rollout_left(self) -> None:
+        """A rollout killed half-way (its process gone while it said `running`) cannot act: green back to 0%, a
+        line in the change log, and the rollout closed as rolled back (or, if green cannot be moved, left
+        interrupted: `canary status` shouts about it)."""
+        data = live.orphaned(self.settings.state_dir)
+        if data is None:
+            return
+        at = f"step {data.get('step')}/{len(data.get('steps') or [])}" if data.get("step") else "its start"
+        why = f"the rollout of {data.get('started')} (pid {data.get('pid')}) ended without a word (killed?) at {at}"
+        try:
+            target = LocalTarget(self.settings.state_dir)
+            weight = current(target).green_weight
+            reason = f"{why}, green at {weight}%; the supervisor put green back to 0%"
+            set_weight(target, 0, reason=reason, event="rollout")
+            state = "rolled back"
+            serial = current(target).serial
+        except (CanaryError, OSError) as exc:
+            state, reason, serial = "interrupted", f"{why}; green could not be put back to 0% ({exc})", None
+            self.log("rollout", reason)
+        try:
+            final = 0 if state == "rolled back" else data.get("final_weight")
+            live.close(self.settings.state_dir, data, state, reason, error=why, serial=serial, final_weight=final)
+        except OSError:
+            pass
+        self.report(reason)
 
     def ours(self, name: str, entry: dict) -> Child | None:
         """The process this supervisor started for `name`, if it is still the one stack.json lists."""
@@ -194,8 +222,12 @@ class Supervisor:
         return f"{name} {version}" if version else name
 
     def log(self, event: str, reason: str, **extra) -> None:
+        """A line in the change log; one that cannot be written (a full disk) is reported, never stops supervision."""
         state = routing.current(self.settings.state_dir / routing.STATE_FILE)
-        log_event(self.settings.state_dir, "local", event, state, state, reason, **extra)
+        try:
+            log_event(self.settings.state_dir, "local", event, state, state, reason, **extra)
+        except OSError as exc:
+            self.report(f"could not write to the change log ({exc.strerror or exc}): {reason}")
 
 
 def supervise(stack: Stack, report: Callable[[str], None], every: float = 0.25) -> None:

@@ -32,6 +32,7 @@ from canary_kit.compose import (
     set_variables,
 )
 from canary_kit.config import CanaryError, Settings
+from canary_kit.files import UnsafeFolder, check_folder
 from canary_kit.metrics import PredictionMetrics
 from canary_kit.nginx import admin_socket
 from canary_kit.processes import alive
@@ -75,6 +76,11 @@ class LocalTarget:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir.expanduser().absolute()
+        try:
+            if self.state_dir.is_dir():
+                check_folder(self.state_dir)  # never one that someone else could change
+        except UnsafeFolder as exc:
+            raise CanaryError(str(exc)) from None
         stack_file = self.state_dir / STACK_FILE
         if not stack_file.is_file():
             raise CanaryError(f"the canary stack is not running (no {stack_file}); start it with `canary up`")

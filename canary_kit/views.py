@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(value) -> str:
+    """What a user wrote (a reason, an id, a label), printable on a terminal: control characters (escape
+    sequences, carriage returns, bidirectional overrides) shown as escapes, never sent raw."""
+    text = "" if value is None else str(value)
+    return CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def fmt(value, spec: str = "") -> str:
@@ -52,11 +62,11 @@ def rollout_lines(progress: dict | None) -> list[str]:
         where = f"step {progress.get('step', '-')}/{len(steps)} at {progress.get('weight', '-')}%{held}"
         lines = [f"rollout ({progress.get('mode', 'fixed')}): running, {where}"]
         if look.get("reason"):
-            lines.append(f"  last look: {look['reason']}")
+            lines.append(f"  last look: {clean(look['reason'])}")
         gates = look.get("gates") or ((progress.get("checks") or [{}])[-1].get("gates") or [])
     else:
         lines = [
-            f"rollout ({progress.get('mode', 'fixed')}): {state}: {progress.get('reason', '')}; green at "
+            f"rollout ({progress.get('mode', 'fixed')}): {state}: {clean(progress.get('reason', ''))}; green at "
             f"{progress.get('final_weight')}%"
         ]
         gates = []
@@ -67,7 +77,7 @@ def rollout_lines(progress: dict | None) -> list[str]:
         if check.get("verdict") != "hold":
             lines.append(
                 f"  step {check['step']} ({check['weight']}%) {check['verdict']} after "
-                f"{check.get('seconds', 0):.0f}s: {check['reason']}"
+                f"{check.get('seconds', 0):.0f}s: {clean(check['reason'])}"
             )
     return lines
 
@@ -109,7 +119,7 @@ def status_lines(report: dict) -> tuple[list[str], list[str]]:
         )
     lines.extend(prediction_lines(report))
     lines += process_lines(report.get("processes") or {})
-    warnings = []
+    warnings = rollout_warnings(report.get("rollout"), (report["state_file"] or {}).get("serial"))
     applied, in_file = report["nginx"], report["state_file"]
     if applied is None:
         warnings.append("warning: nginx did not answer; the split shown is the state file's")
@@ -118,6 +128,26 @@ def status_lines(report: dict) -> tuple[list[str], list[str]]:
     elif in_file and applied.get("serial") != in_file["serial"]:
         warnings.append(f"warning: nginx applies state {applied.get('serial')}, the file holds {in_file['serial']}")
     return lines, warnings
+
+
+def rollout_warnings(rollout: dict | None, serial: int | None) -> list[str]:
+    """The last rollout, shouted while the state it left stands, when it ended half-way: paused, interrupted (by
+    Ctrl-C, or killed with nothing to put green back), or ended by an error or a kill."""
+    if not rollout or rollout.get("state") not in ("paused", "interrupted", "rolled back"):
+        return []
+    left = rollout.get("serial")
+    if left is not None and serial is not None and left != serial:
+        return []  # changed since: the rollout's end is history (`canary history`)
+    reason = clean(rollout.get("reason"))
+    if rollout["state"] == "rolled back":
+        if not rollout.get("error"):
+            return []  # a verdict of its gates: the rollout did its job
+        return [f"ROLLOUT FAILED (started {rollout.get('started')}): {reason}"]
+    weight = rollout.get("final_weight") if rollout["state"] == "paused" else rollout.get("weight")
+    return [
+        f"ROLLOUT {rollout['state'].upper()} (started {rollout.get('started')}) with green at {fmt(weight)}%: "
+        f"{reason}; `canary rollout` goes on from here, `canary rollback` sends everything to blue"
+    ]
 
 
 def prediction_lines(report: dict) -> list[str]:
@@ -221,7 +251,7 @@ def process_lines(processes: dict) -> list[str]:
     for name, p in processes.items():
         lines.append(
             f"{name:<9}{fmt(p.get('pid')):>8}  {p.get('restarts', 0):>8}  {p.get('state', 'running'):<24} "
-            f"{p.get('last_exit') or '-'}"
+            f"{clean(p.get('last_exit')) or '-'}"
         )
     return lines
 
@@ -249,6 +279,6 @@ def history_lines(entries: list[dict]) -> list[str]:
         lines.append(
             f"{e.get('time', '')[:19].replace('T', ' '):<20} {e.get('event', 'set-weight'):<10} "
             f"{fmt(e.get('blue_version')):<8} {fmt(e.get('green_version')):<8} {split:>9}  "
-            f"{e.get('by', ''):<10} {e.get('reason', '')}"
+            f"{clean(e.get('by', '')):<10} {clean(e.get('reason', ''))}"
         )
     return lines

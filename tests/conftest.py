@@ -29,6 +29,7 @@ TRAIN = {
     WEAK: ["--version", WEAK, "--algorithm", "logistic_regression", "--features", "bill_depth_mm"],
 }
 _HOME = Path(tempfile.mkdtemp(prefix="canary-tests-bentoml-"))
+_BASETEMP = Path(tempfile.mkdtemp(prefix="canary-tests-tmp-")) / "base"  # pytest's tmp_path folders, this run's own
 
 
 def _interrupt(signum, frame):
@@ -38,6 +39,10 @@ def _interrupt(signum, frame):
 def pytest_configure(config) -> None:
     # A CI time-out (SIGTERM) unwinds like Ctrl-C, so the fixtures' `finally` still stops every process.
     signal.signal(signal.SIGTERM, _interrupt)
+    if config.option.basetemp is None:
+        # Not /tmp/pytest-of-USER: every pytest run on the machine makes that one 0700 again (another run at the same
+        # time would cut nginx's workers off from the state folders below it; see `traversable`).
+        config.option.basetemp = str(_BASETEMP)
     os.environ["BENTOML_HOME"] = str(_HOME)
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
     os.environ.pop("MODEL_VERSION", None)
@@ -47,6 +52,27 @@ def pytest_configure(config) -> None:
 
 def pytest_unconfigure(config) -> None:
     shutil.rmtree(_HOME, ignore_errors=True)
+    shutil.rmtree(_BASETEMP, ignore_errors=True)
+
+
+def traversable(path: Path) -> Path:
+    """`path` and its folders up to the system's temporary folder made traversable by other users (o+x, not
+    readable): when the tests run as root, nginx's workers run as an unprivileged user (www-data) and go through
+    them to the stack's state folder, which keeps itself private (0710, their group)."""
+    top = Path(tempfile.gettempdir()).resolve()
+    for folder in [path, *path.parents]:
+        if folder == top or top not in folder.parents:
+            break
+        found = folder.stat()
+        if found.st_uid == os.geteuid() and not found.st_mode & 0o001:
+            folder.chmod(found.st_mode & 0o7777 | 0o011)
+    return path
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """pytest's own per-test folder, traversable (see `traversable`): the local stack's state folder lives there."""
+    return traversable(tmp_path)
 
 
 def free_port() -> int:
@@ -140,7 +166,7 @@ def running_stack(state_dir: Path, **overrides):
     """A whole local stack (blue, green, nginx) from the service's code, stopped whatever happens."""
     from canary_kit.stack import Stack
 
-    running = Stack(local_settings(state_dir, **overrides)).start()
+    running = Stack(local_settings(traversable(state_dir), **overrides)).start()
     try:
         yield running
     finally:

@@ -29,6 +29,7 @@ class Answer:
     error: str = ""
     request_id: str | None = None
     row: int | None = None  # which of Load.rows (or Load.bodies) was sent
+    body: object = None  # the 200 answer's JSON (with Load.keep_bodies)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Load:
     timeout: float = 15.0  # seconds for one request
     keepalive: bool = True  # False: a new connection for every request (`Connection: close`)
     check_version_field: bool = False  # True: a 200 whose body's model_version differs from the header is not ok
+    keep_bodies: bool = False  # True: each 200 answer's JSON is kept (Answer.body)
     answers: list[Answer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -84,6 +86,8 @@ class Load:
                         request_id=r.headers.get("x-request-id"),
                         row=row,
                     )
+                    if self.keep_bodies and r.status_code == 200:
+                        answer.body = r.json()
                     if self.check_version_field and r.status_code == 200:
                         answer.error = _version_field_problem(r, answer.version)
                 except httpx.HTTPError as exc:

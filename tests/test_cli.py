@@ -57,3 +57,19 @@ def test_an_error_is_one_line_and_debug_shows_its_traceback(tmp_path):
 def test_the_local_history_needs_no_running_stack(tmp_path):
     result = CliRunner().invoke(app, ["history", "--state-dir", str(tmp_path)])
     assert result.exit_code == 0 and result.output == f"no changes recorded in {tmp_path / 'changes.log'}\n"
+
+
+def test_what_a_user_wrote_is_printed_without_raw_control_characters(tmp_path):
+    """A reason with an escape sequence (it would clear the terminal), a carriage return and a right-to-left
+    override: `canary history` shows them as escapes; so does an error naming a bad value."""
+    import json
+
+    reason = "ok\x1b[2J\rgone\u202eevil"
+    entry = {"time": "2026-12-07T00:00:00+00:00", "event": "set-weight", "by": "op\x07", "reason": reason}
+    (tmp_path / "changes.log").write_text(json.dumps(entry) + "\n")
+    shown = CliRunner().invoke(app, ["history", "--state-dir", str(tmp_path)]).output
+    print(shown)
+    assert not any(c in shown for c in "\x1b\r\x07\u202e")
+    assert "ok\\x1b[2J\\rgone\\u202eevil" in shown and "op\\x07" in shown
+    refused = CliRunner().invoke(app, ["deploy", "v1\x1b[2J", "--state-dir", str(tmp_path)])
+    assert refused.exit_code == 1 and "\x1b" not in refused.output, refused.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -69,10 +70,30 @@ def test_nginx_renders_the_shared_template_with_every_variable(spec):
     template = (ROOT / "nginx" / "canary.conf.template").read_text()
     wanted = set(re.findall(r"\$\{(CANARY_[A-Z0-9_]+)\}", template))
     given = {k for k in nginx["environment"] if k.startswith("CANARY_")}
-    assert given == wanted | {"CANARY_GREEN_WEIGHT"}  # the first state's split
+    # the first state's split; the relay's secret is made at each start by a script the image sources (below)
+    assert given | {"CANARY_SHADOW_SECRET"} == wanted | {"CANARY_GREEN_WEIGHT"}
+    assert "CANARY_SHADOW_SECRET" not in given
     # versions in nginx's environment would change with every deploy: `docker compose up` would recreate nginx
     assert not given & {"CANARY_BLUE_VERSION", "CANARY_GREEN_VERSION"}
     assert any(v.startswith("./nginx/canary.conf.template:/etc/nginx/templates/") for v in nginx["volumes"])
+
+
+def test_nginx_knows_the_service_as_the_local_stack_does(spec):
+    """The endpoints and where their answers hold the predictions: what `canary` renders from [tool.canary], and
+    the slots of the backends' fixed addresses."""
+    from canary_kit.config import Settings
+    from canary_kit.nginx import endpoint_variables
+
+    env = spec["services"]["nginx"]["environment"]
+    rendered = endpoint_variables(Settings())
+    assert env["CANARY_ENDPOINTS"] == rendered["CANARY_ENDPOINTS"]
+    assert json.loads(env["CANARY_OBSERVE"]) == json.loads(rendered["CANARY_OBSERVE"])
+    assert env["CANARY_OBSERVE_FILTER"] == rendered["CANARY_OBSERVE_FILTER"]
+    addresses = {name: svc["networks"]["canary"]["ipv4_address"] for name, svc in spec["services"].items()}
+    assert json.loads(env["CANARY_SLOTS"]) == {
+        f"{addresses['ml-blue']}:3000": "blue",
+        f"{addresses['ml-green']}:3000": "green_a",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +105,22 @@ def compose_cmd() -> list[str]:
     if shutil.which(command[0]) is None:
         pytest.skip("neither `docker compose` nor docker-compose is installed")
     return command
+
+
+def test_the_relay_secret_is_made_at_each_start_before_the_templates_are_rendered(spec):
+    """The image sources /docker-entrypoint.d/*.envsh (executable) in order, before 20-envsubst-on-templates.sh."""
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in spec["services"]["nginx"]["volumes"]}
+    script = ROOT / "nginx" / "canary-secret.envsh"
+    assert mounts["/docker-entrypoint.d/15-canary-secret.envsh"] == "./nginx/canary-secret.envsh"
+    assert script.stat().st_mode & 0o111, "the image sources only executable .envsh files"
+    made = [
+        subprocess.run(
+            ["sh", "-c", f'. "{script}"; echo "$CANARY_SHADOW_SECRET"'], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    print(f"\ntwo starts' secrets: {made}")
+    assert all(re.fullmatch(r"[0-9a-f]{64}", secret) for secret in made) and made[0] != made[1]
 
 
 def test_nginx_mounts_njs_and_a_conf_that_loads_it(spec):

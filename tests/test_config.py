@@ -66,6 +66,20 @@ def test_what_is_shipped_comes_from_the_pyproject_table_and_can_be_overridden(mo
         Settings()
 
 
+def test_the_kit_names_no_penguin_anywhere():
+    """The kit is for any BentoML service: nothing in canary_kit/ (code, templates, pages) names the example's model."""
+    from conftest import ROOT
+
+    named = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((ROOT / "canary_kit").rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1)
+        if "penguin" in line.lower()
+    ]
+    assert not named, f"canary_kit names the penguin example at {named}"
+
+
 def test_the_canary_tool_knows_no_model_code():
     """canary_kit never imports the model's own package: another BentoML service could be shipped with it."""
     import ast

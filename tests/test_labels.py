@@ -22,6 +22,7 @@ from canary_kit.ledger import LEDGER
 from canary_kit.targets import LocalTarget
 from conftest import NEXT, ROOT, WEAK, canary_process, data_rows, running_stack
 from load import Load, tally
+from test_ledger import MALFORMED
 
 pytestmark = pytest.mark.integration
 SPECIES = pd.read_csv(ROOT / "data" / "data.csv")["target"].tolist()
@@ -97,6 +98,10 @@ BAD_FILES = {
     "a row beyond the request": (b'{"request_id": "REQ", "row": 1, "label": "Adelie"}\n', "line 1: row 1 is beyond"),
     "a 10 MB line": (b"request_id,label\nREQ,Adelie\n" + b"x" * 10_000_000 + b"\n", "line 3: line longer than"),
     "an empty file": (b"", "line 0: the file holds no labels"),
+    "15 malformed lines (#27)": (
+        b"".join(json.dumps(fields).encode() + b"\n" for fields in MALFORMED),
+        "line 15: label holds a control character",
+    ),
 }
 
 
@@ -115,6 +120,7 @@ def test_bad_label_files_are_refused_by_the_command_and_leave_the_ledger_byte_id
         print(f"{kind}: exit {refused.returncode}: {refused.stderr.strip()[:200]}")
         assert refused.returncode == 1 and message in refused.stderr, (kind, refused.stderr[:500])
         assert refused.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in refused.stderr
+        assert not any(c in refused.stderr for c in "\x1b\r\x00\u202e"), kind  # printed escaped, never raw
         assert after == before, kind
 
 

@@ -17,6 +17,7 @@ from canary_kit import ledger
 from canary_kit.stats import difference
 
 CLASSES = {"Adelie", "Chinstrap", "Gentoo"}
+A, B, UNKNOWN = "a" * 32, "b" * 32, "f" * 32  # request ids in nginx's form ($request_id: 32 lowercase hex digits)
 
 
 def entry(rid: str, predictions: str, version: str = "v1.0.0", time: str = "2026-12-03T07:00:00+00:00", **more):
@@ -146,7 +147,7 @@ def test_a_second_holding_more_answers_than_the_limit_is_kept_whole(tmp_path):
         assert ledger.counts(conn)["answers"] == 1500
 
 
-BAD = {
+BAD_AS_WRITTEN = {
     "an unknown column": b"request_id,label,colour\na,Adelie,red\n",
     "a missing column": b"request_id,row\na,0\n",
     "a class the model does not have": b"request_id,label\na,Emperor\n",
@@ -164,6 +165,31 @@ BAD = {
     "a 10 MB line": b"request_id,label\na,Adelie\n" + b"b," + b"x" * 10_000_000 + b"\n",
     "too many values on a line": b"request_id,label\na,Adelie,extra\n",
 }
+BAD = {  # request ids "a" and "b" as nginx writes them, so that each file is refused for what its name says
+    kind: data.replace(b"\na,", b"\n" + A.encode() + b",")
+    .replace(b"\nb,", b"\n" + B.encode() + b",")
+    .replace(b'"a"', f'"{A}"'.encode())
+    .replace(b'"b"', f'"{B}"'.encode())
+    for kind, data in BAD_AS_WRITTEN.items()
+}
+# Lines refused since #27, each of its own kind: one file, every line refused with its number, nothing written.
+MALFORMED = [
+    {"request_id": "abc123", "label": "Adelie"},  # not nginx's form: too short
+    {"request_id": A.upper(), "label": "Adelie"},  # upper case
+    {"request_id": A[:31] + "g", "label": "Adelie"},  # not hex
+    {"request_id": A + "0", "label": "Adelie"},  # 33 digits
+    {"request_id": "\x1b[2J" + A[5:], "label": "Adelie"},  # a control character (clears a terminal)
+    {"request_id": A, "row": "1_0", "label": "Adelie"},  # int() takes it
+    {"request_id": A, "row": "+2", "label": "Adelie"},  # int() takes it
+    {"request_id": A, "row": "\u0663", "label": "Adelie"},  # ARABIC-INDIC DIGIT THREE: int() takes it
+    {"request_id": A, "row": " 1", "label": "Adelie"},  # int() takes it
+    {"request_id": A, "row": "0x1", "label": "Adelie"},
+    {"request_id": A, "row": "1e0", "label": "Adelie"},
+    {"request_id": A, "label": "Adelie\x1b[31m"},  # an escape sequence in a label
+    {"request_id": A, "label": "Ade\rlie"},  # a carriage return: hides what came before on a terminal
+    {"request_id": A, "label": "\u202eeilednA"},  # RIGHT-TO-LEFT OVERRIDE
+    {"request_id": A, "label": "Adelie\x00"},  # NUL
+]
 
 
 def ledger_bytes(folder: Path) -> bytes:
@@ -175,11 +201,11 @@ def ledger_bytes(folder: Path) -> bytes:
 @pytest.mark.parametrize("kind", list(BAD))
 def test_each_bad_label_file_is_refused_naming_the_line_and_changes_nothing(tmp_path, kind):
     folder = Folder(tmp_path)
-    write(folder.access_log, [entry("a", "Adelie,Gentoo,Gentoo"), entry("b", "Chinstrap")])
+    write(folder.access_log, [entry(A, "Adelie,Gentoo,Gentoo"), entry(B, "Chinstrap")])
     with ledger.connect(tmp_path) as conn:
         ledger.ingest_file(conn, folder.access_log)
         ledger.remember_classes(conn, CLASSES)
-        labelling.apply(conn, [labelling.Label(1, "b", 0, "Chinstrap")])
+        labelling.apply(conn, [labelling.Label(1, B, 0, "Chinstrap")])
         parsed = labelling.parse(BAD[kind], ledger.known_classes(conn))
         labelling.check_rows(conn, parsed)
     print(f"\n{kind}: {[(line, why[:90]) for line, why in parsed.refused]}")
@@ -192,20 +218,53 @@ def test_each_bad_label_file_is_refused_naming_the_line_and_changes_nothing(tmp_
     assert ledger_bytes(tmp_path) == before
 
 
+def test_malformed_label_lines_are_each_refused_with_their_number_and_nothing_is_written(tmp_path):
+    folder = Folder(tmp_path)
+    write(folder.access_log, [entry(A, "Adelie,Gentoo,Gentoo")])
+    data = b"".join(json.dumps(fields).encode() + b"\n" for fields in MALFORMED)
+    with ledger.connect(tmp_path) as conn:
+        ledger.ingest_file(conn, folder.access_log)
+    before = ledger_bytes(tmp_path)
+    with ledger.connect(tmp_path) as conn:  # as `canary labels` does: every line checked, refused ones: nothing written
+        parsed = labelling.parse(data, CLASSES)
+        labelling.check_rows(conn, parsed)
+    for line, why in parsed.refused:
+        print(f"line {line}: {why}")
+    print(f"{len(parsed.refused)} of {len(MALFORMED)} lines refused, {len(parsed.labels)} accepted")
+    assert [line for line, _ in parsed.refused] == list(range(1, len(MALFORMED) + 1)) and not parsed.labels
+    assert not any(labelling.CONTROL.search(why) for _, why in parsed.refused)  # every message printable as it is
+    assert ledger_bytes(tmp_path) == before
+
+
+def test_a_labels_file_past_the_cap_is_refused_before_it_is_read(tmp_path):
+    big = tmp_path / "labels.csv"
+    with open(big, "wb") as f:
+        f.truncate(labelling.MAX_FILE + 1)  # sparse: nothing is written, and reading it whole would take 64 MiB
+    with pytest.raises(labelling.CanaryError, match="larger than 64 MiB"):
+        labelling.read(str(big), None)
+    import io
+
+    with pytest.raises(labelling.CanaryError, match="standard input"):
+        labelling.read("-", io.BytesIO(b"x" * (labelling.MAX_FILE + 1)))
+    assert labelling.read("-", io.BytesIO(b"request_id,label\n")) == b"request_id,label\n"
+
+
 def test_labels_join_replace_and_count_unknown_per_version(tmp_path):
     folder = Folder(tmp_path)
-    write(folder.access_log, [entry("a", "Adelie,Gentoo"), entry("b", "Chinstrap", "v1.1.0")])
+    write(folder.access_log, [entry(A, "Adelie,Gentoo"), entry(B, "Chinstrap", "v1.1.0")])
     text = (
-        b'{"request_id": "a", "row": 1, "label": "Gentoo"}\n{"request_id": "b", "label": "Adelie"}\n'
-        b'{"request_id": "zz", "label": "Adelie"}\n'
-    )
+        f'{{"request_id": "{A}", "row": 1, "label": "Gentoo"}}\n{{"request_id": "{B}", "label": "Adelie"}}\n'
+        f'{{"request_id": "{UNKNOWN}", "label": "Adelie"}}\n'
+    ).encode()
     with ledger.connect(tmp_path) as conn:
         ledger.ingest_file(conn, folder.access_log)
         parsed = labelling.parse(text, CLASSES)
         assert not parsed.refused
         applied = labelling.apply(conn, parsed.labels)
-        assert dict(applied.joined) == {"v1.0.0": 1, "v1.1.0": 1} and [u.request_id for u in applied.unknown] == ["zz"]
-        again = labelling.apply(conn, labelling.parse(b"request_id,label\nb,Chinstrap\n", CLASSES).labels)
+        assert dict(applied.joined) == {"v1.0.0": 1, "v1.1.0": 1} and [u.request_id for u in applied.unknown] == [
+            UNKNOWN
+        ]
+        again = labelling.apply(conn, labelling.parse(f"request_id,label\n{B},Chinstrap\n".encode(), CLASSES).labels)
         assert dict(again.replaced) == {"v1.1.0": 1}
         found = ledger.quality(conn, ["v1.0.0", "v1.1.0"])
     assert (found["v1.0.0"].labelled, found["v1.0.0"].correct) == (1, 1)

@@ -247,3 +247,30 @@ def test_ready_means_ready_and_the_last_split_survives_a_restart(trained, tmp_pa
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_stopping_a_slot_leaves_a_strangers_server_on_its_port_alone(own_stack):
+    """Only processes carrying the kit's mark (CANARY_COMPONENT) are stopped: not any listener on a slot's port
+    whose command line says "bentoml"."""
+    from canary_kit.processes import port_in_use
+    from canary_kit.stack import retire
+
+    s = own_stack.settings
+    port = s.slot_port("green_b")  # free in a fresh stack: `canary deploy` retires it before it starts there
+    code = f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(120)"
+    stranger = subprocess.Popen([sys.executable, "-c", code, "bentoml", "serve", "not-ours"])
+    try:
+        deadline = time.monotonic() + 10
+        while not port_in_use("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        retire(s, "green_b")
+        alive_after_retire = stranger.poll() is None
+        own_stack.stop()
+        alive_after_stop = stranger.poll() is None
+        print(
+            f"\nthe stranger on {port} after retire: {alive_after_retire}; after the stack stopped: {alive_after_stop}"
+        )
+        assert alive_after_retire and alive_after_stop
+    finally:
+        stranger.kill()
+        stranger.wait()

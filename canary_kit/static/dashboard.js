@@ -54,11 +54,21 @@
       setText(`${c}-requests`, f.requests == null ? "-" : String(f.requests));
       setText(`${c}-errors`, f.requests ? `${fmt(100 * (f.error_rate || 0), 2, "%")} (${f.errors})` : "-");
       setText(`${c}-latency`, `${fmt(f.p50_ms)} / ${fmt(f.p99_ms)}`);
-      setText(`${c}-confidence`, fmt(f.confidence_mean, 3));
       const rows = f.class_rows || {}, total = f.rows || 0;
+      if (s.task === "regression") {  // a regressor: its predicted values' mean and spread
+        setText(`${c}-confidence`, `${fmt(f.value_mean, 4)} / ${fmt(f.value_sd, 4)}`);
+        setText(`${c}-classes`, total ? `${total} rows` : "-");
+        continue;
+      }
+      setText(`${c}-confidence`, fmt(f.confidence_mean, 3));
       setText(`${c}-classes`, total ? Object.entries(rows).map(([k, n]) => `${k} ${Math.round((100 * n) / total)}%`).join("  ") + ` (${total} rows)` : "-");
     }
-    setText("divergence", s.class_divergence == null ? "" : `class divergence (JS distance, green vs blue, since the last change): ${s.class_divergence.toFixed(3)}`);
+    const regression = s.task === "regression";
+    setText("confidence-label", regression ? "predicted mean / sd" : "mean confidence");
+    setText("classes-label", regression ? "predicted rows" : "predicted classes");
+    const distance = regression ? s.ks_distance : s.class_divergence;
+    const what = regression ? "KS distance of predicted values" : "class divergence (JS distance";
+    setText("divergence", distance == null ? "" : `${what}${regression ? " (" : ", "}green vs blue, since the last change): ${distance.toFixed(3)}`);
   }
 
   const num = (v) => (v == null ? "-" : Math.abs(v) < 1000 ? Number(v).toPrecision(3) : Number(v).toFixed(0));

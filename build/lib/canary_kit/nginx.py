@@ -1,0 +1,197 @@
+"""Render the committed nginx templates for the local stack and check them with `nginx -t`.
+
+The templates travel inside the kit (`canary_kit/templates/`); a project overrides any of them, file by file, with
+one of the same name in its own `nginx/` folder. Only `${CANARY_*}` placeholders are substituted, and every one
+must be given: nginx's own `$variables` are never touched, and a forgotten placeholder is an error, not an empty
+string.
+The rendered config holds the backends' addresses only: the split lives in the routing state (routing.py),
+which nginx reads per request, so nothing here runs while the stack serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import resource
+import subprocess
+from pathlib import Path
+
+from canary_kit.config import SLOTS, CanaryError, Settings
+from canary_kit.files import write_atomic
+from canary_kit.routing import STATE_FILE
+
+ROUTES_TEMPLATE = "canary.conf.template"
+LOCAL_MAIN_TEMPLATE = "nginx.local.conf.template"
+NJS_SCRIPT = "canary.js"
+NJS_MODULE = "ngx_http_js_module.so"
+PATHS = ("predictions", "confidence")  # what an endpoint's answers are read for
+PLACEHOLDER = re.compile(r"\$\{(CANARY_[A-Z0-9_]+)\}")
+MAX_NOFILE = 65536
+
+
+def render(template: str, variables: dict[str, str]) -> str:
+    """Substitute the named ${CANARY_*} placeholders; refuse missing or unexpected names."""
+    wanted = set(PLACEHOLDER.findall(template))
+    missing, unused = wanted - variables.keys(), variables.keys() - wanted
+    if missing or unused:
+        raise CanaryError(f"template variables do not match: missing {sorted(missing)}, unexpected {sorted(unused)}")
+    return PLACEHOLDER.sub(lambda m: variables[m.group(1)], template)
+
+
+PACKAGED = Path(__file__).with_name("templates")  # the kit's own templates
+
+
+def template_path(name: str, project_dir: Path) -> Path:
+    """The project's own `nginx/NAME` when it has one (an override), else the kit's."""
+    own = project_dir / "nginx" / name
+    return own if own.is_file() else PACKAGED / name
+
+
+def read_template(name: str, project_dir: Path) -> str:
+    path = template_path(name, project_dir)
+    if not path.is_file():
+        raise CanaryError(f"nginx template {path} not found")
+    return path.read_text()
+
+
+def endpoint_variables(settings: Settings) -> dict[str, str]:
+    """What the routes template knows of the service, for either stack: its prediction endpoints (a regex
+    alternation of their paths) and where each one's answers hold the predictions (JSON, read by canary.js)."""
+    observe = {
+        path: {which: None if (found := e.path(which)) is None else list(found.steps) for which in PATHS}
+        for path, e in settings.endpoints.items()
+    }
+    return {
+        "CANARY_ENDPOINTS": "|".join(re.escape(path) for path in settings.endpoints),
+        "CANARY_OBSERVE": json.dumps(observe, separators=(",", ":")),
+    }
+
+
+def slot_variables(servers: dict[str, str]) -> dict[str, str]:
+    """Which slot each backend address is ({slot: address}), for the version that answered (canary.js)."""
+    return {"CANARY_SLOTS": json.dumps({address: slot for slot, address in servers.items()}, separators=(",", ":"))}
+
+
+def routes_variables(settings: Settings) -> dict[str, str]:
+    """The routing template's variables for the local stack: loopback backends, state and logs in the state folder."""
+    servers = {slot: f"127.0.0.1:{settings.slot_port(slot)}" for slot in SLOTS}
+    return {
+        **endpoint_variables(settings),
+        **slot_variables(servers),
+        "CANARY_BLUE_SERVER": servers["blue"],
+        "CANARY_GREEN_SERVER": servers["green_a"],
+        "CANARY_GREEN_B_SERVER": servers["green_b"],
+        "CANARY_LISTEN": f"{settings.host}:{settings.port}",
+        "CANARY_ACCESS_LOG": str(settings.state_dir / "logs" / "access.log"),
+        "CANARY_NJS": str(template_path(NJS_SCRIPT, settings.project_dir)),
+        "CANARY_STATE_FILE": str(settings.state_dir / STATE_FILE),
+        "CANARY_MAX_INFLIGHT": str(settings.max_inflight),
+        "CANARY_ADMIN_LISTEN": f"unix:{admin_socket(settings)}",
+        "CANARY_SHADOW_SOCKET": str(shadow_socket(settings)),
+    }
+
+
+def admin_socket(settings: Settings) -> Path:
+    """The unix socket of nginx's admin server (the routing state it applies), in the state folder."""
+    return _socket(settings, "nginx-admin.sock")
+
+
+def shadow_socket(settings: Settings) -> Path:
+    """The unix socket of nginx's shadow relay (it passes mirrored copies on to green), in the state folder."""
+    return _socket(settings, "nginx-shadow.sock")
+
+
+def _socket(settings: Settings, name: str) -> Path:
+    path = settings.state_dir / name
+    if len(str(path)) > 100:  # sun_path holds 108 bytes
+        raise CanaryError(f"the state folder's path is too long for nginx's unix sockets: {path}")
+    return path
+
+
+def njs_module(nginx_bin: str) -> Path:
+    """The njs dynamic module of this nginx build (its --modules-path, else the usual folders)."""
+    try:
+        built = subprocess.run([nginx_bin, "-V"], capture_output=True, text=True, timeout=10).stderr
+    except (OSError, subprocess.SubprocessError):
+        built = ""
+    found = re.search(r"--modules-path=(\S+)", built)
+    folders = [Path(found.group(1))] if found else []
+    folders += [Path(p) for p in ("/usr/lib/nginx/modules", "/usr/share/nginx/modules", "/etc/nginx/modules")]
+    for folder in folders:
+        if (folder / NJS_MODULE).is_file():
+            return folder / NJS_MODULE
+    raise CanaryError(
+        "nginx's njs module is not installed (it reads the routing state): "
+        "sudo apt-get install -y libnginx-mod-http-js (Debian/Ubuntu) or nginx-module-njs (nginx.org packages)"
+    )
+
+
+def open_files_limit() -> int:
+    """Raise this process's open-files limit to its hard limit (at most MAX_NOFILE); children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def capped(limit: int) -> int:
+        return MAX_NOFILE if limit == resource.RLIM_INFINITY else min(limit, MAX_NOFILE)
+
+    if capped(soft) < capped(hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (capped(hard), hard))
+            soft = capped(hard)
+        except (ValueError, OSError):
+            pass
+    return capped(soft)
+
+
+class LocalNginx:
+    """The local stack's nginx: its two config files in the state folder, and the commands that act on them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.main_conf = settings.state_dir / "nginx.conf"
+        self.routes_conf = settings.state_dir / "canary.conf"
+        self.pid_file = settings.state_dir / "nginx.pid"
+
+    def render_main(self, nofile: int | None = None) -> str:
+        """The process config: njs loaded once, and connections sized from the open-files limit."""
+        nofile = nofile or open_files_limit()
+        variables = {
+            "CANARY_STATE_DIR": str(self.settings.state_dir),
+            "CANARY_USER": pwd.getpwuid(os.geteuid()).pw_name,
+            "CANARY_ROUTES": str(self.routes_conf),
+            "CANARY_NJS_MODULE": str(njs_module(self.settings.nginx_bin)),
+            "CANARY_NOFILE": str(nofile),
+            "CANARY_WORKER_CONNECTIONS": str(worker_connections(nofile)),
+        }
+        return render(read_template(LOCAL_MAIN_TEMPLATE, self.settings.project_dir), variables)
+
+    def render_routes(self) -> str:
+        return render(read_template(ROUTES_TEMPLATE, self.settings.project_dir), routes_variables(self.settings))
+
+    def write(self) -> None:
+        """Before nginx starts: write both files, then check them."""
+        for sub in ("logs", "nginx-tmp"):
+            (self.settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        for sock in (admin_socket(self.settings), shadow_socket(self.settings)):
+            sock.unlink(missing_ok=True)  # left by an nginx that was killed: its bind() would fail
+        write_atomic(self.main_conf, self.render_main())
+        write_atomic(self.routes_conf, self.render_routes())
+        self.test()
+
+    def test(self) -> None:
+        """`nginx -t` on the main config (which includes the routes); raise with nginx's words if it fails."""
+        result = subprocess.run(
+            [self.settings.nginx_bin, "-t", "-q", "-c", str(self.main_conf)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            reason = " ".join(line for line in result.stderr.splitlines() if "emerg" in line or "error" in line)
+            raise CanaryError(f"nginx -t rejected the config: {reason or result.stderr.strip()}")
+
+    def command(self) -> list[str]:
+        return [self.settings.nginx_bin, "-c", str(self.main_conf)]
+
+
+def worker_connections(nofile: int) -> int:
+    """Connections per nginx worker within `nofile` open files (a few are logs and listening sockets)."""
+    return max(256, min(16384, nofile - 64))
