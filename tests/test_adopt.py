@@ -84,7 +84,9 @@ def environment(tmp_path: Path, **versions: str) -> dict:
 
 
 def rollout(project: Path, env: dict) -> subprocess.CompletedProcess:
-    return canary(project, env, "rollout", "--steps", "25,50,100", "--hold", HOLD, timeout=600)
+    # fixed mode: the held windows and the thresholds this test reads in its reasons (the sequential default's
+    # reasons name the gate, its interval and the line it crossed: tests/test_sequential.py)
+    return canary(project, env, "rollout", "--mode", "fixed", "--steps", "25,50,100", "--hold", HOLD, timeout=600)
 
 
 def last_report(env: dict) -> dict:
