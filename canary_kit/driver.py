@@ -191,7 +191,7 @@ def walk(
                 blue_reference = window.blue
             if decision.verdict == "advance":
                 if spec.mode == "sequential" and weight < 100:
-                    blue_reference = merge(blue_reference, _without(window.blue, "latency_ms"))
+                    blue_reference = merge(blue_reference, _without(window.blue, "latency_ms", "values"))
                 break
             if decision.verdict == "hold":
                 continue
@@ -282,8 +282,8 @@ def _reference_rows(spec: RolloutSpec) -> int:
 
 
 def _without(figures: dict | None, *keys: str) -> dict | None:
-    """Figures without some of their parts: blue's reference at 100% has no latency (not compared there: it follows
-    load); the report keeps neither latencies nor a regressor's predicted values themselves."""
+    """Figures without some of their parts: blue's reference at 100% (its error rate) has no latency; the report
+    keeps neither latencies nor a regressor's predicted values themselves."""
     return None if figures is None else {k: v for k, v in figures.items() if k not in keys}
 
 

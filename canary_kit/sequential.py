@@ -1,8 +1,10 @@
 """The sequential gates: each gate's figure with a confidence sequence around it (confseq.py), judged at every look
 against two lines. A gate FAILS once the whole sequence lies beyond its tolerance (green is worse than that, with
 confidence) and PASSES once it lies wholly within its threshold (green is not as bad as that) with min_rows seen.
-Green is compared with blue over the same span (everything since the step began) where that is what users mean; at
-100% blue serves nothing, so the comparisons use blue's figures from the rollout's earlier steps.
+Green is compared with blue over the same span (everything since the step began), so that both answer the same
+traffic. At 100% blue serves nothing: the error rate is compared with blue's over the rollout's earlier steps, and
+the model's and latency's comparisons are not judged (they were, in the same windows, at the earlier steps; against
+earlier windows a shift would be the traffic's mix moving over time, not green).
 
 Each gate's error rate is the spec's alpha for it, split evenly over the steps (spec.step_alpha) and, where two
 versions' sequences are combined, evenly between them (a union bound), so a gate errs with probability at most its
@@ -81,6 +83,12 @@ def _blue(look: Look) -> dict | None:
     """Blue's figures to compare green's with: the same span's, or at 100% (blue serves nothing) its earlier ones."""
     w = look.window
     return w.blue_reference if look.step.weight >= 100 else w.blue
+
+
+AT_100 = (
+    "not judged at 100%: blue answers nothing in the same span, and against earlier spans a shift would be the "
+    "traffic's mix moving over time (judged in the same spans at the earlier steps)"
+)
 
 
 def _pts(x: float) -> str:
@@ -177,7 +185,9 @@ def srm(look: Look) -> GateResult:
 
 def _rows(look: Look) -> tuple[dict, dict] | GateResult:
     """Both versions' prediction figures, or the verdict while they cannot be compared."""
-    green, blue = look.window.green or {}, _blue(look) or {}
+    if look.step.weight >= 100:
+        return look.result("skipped", None, AT_100)
+    green, blue = look.window.green or {}, look.window.blue or {}
     if green.get("rows") is None and blue.get("rows") is None:
         return look.result("skipped", None, "the service exports no prediction figures")
     if not green.get("rows") or not blue.get("rows"):
@@ -238,7 +248,9 @@ def accuracy_drop(look: Look) -> GateResult:
 
 def _values(look: Look) -> tuple[list[float], list[float]] | GateResult:
     """A regressor's predicted values on both sides, or the verdict while they cannot be compared."""
-    green, blue = (look.window.green or {}).get("values"), (_blue(look) or {}).get("values")
+    if look.step.weight >= 100:
+        return look.result("skipped", None, AT_100)
+    green, blue = (look.window.green or {}).get("values"), (look.window.blue or {}).get("values")
     if green is None and blue is None:
         return look.result("skipped", None, "no predicted values seen (name the endpoints' JSON paths)")
     if not green or not blue:
