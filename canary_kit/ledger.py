@@ -393,40 +393,52 @@ RECENT = 5000  # a regressor's newest predicted values per version that `canary 
 
 def observed_since(target: Target, versions: dict[str, str | None], since: str | None) -> dict[str, dict]:
     """colour -> what its version's answers since `since` predicted, from the ledger brought up to date: a
-    classifier's rows per class and mean confidence, a regressor's rows, mean and spread (and its newest values)."""
-    listed = {colour: v for colour, v in versions.items() if v}
+    classifier's rows per class and mean confidence, a regressor's rows, mean and spread (and its newest values).
+    For `canary status`, which never waits on the ledger: busy or full, it reads what the ledger holds, or nothing."""
+    try:
+        with connect(target.state_dir, wait=READ_WAIT) as conn:
+            try:
+                catch_up(target, conn, target.retention)
+            except CanaryError:
+                pass  # another command writes, or the disk is full: the answers it has
+            return _observed(conn, target, versions, since)
+    except CanaryError:
+        return {}
+
+
+def _observed(conn: sqlite3.Connection, target: Target, versions: dict[str, str | None], since: str | None) -> dict:
+    """observed_since's figures from the ledger as it stands."""
+    moment = utc(since or "") or ""
     out: dict[str, dict] = {}
-    with connect(target.state_dir) as conn:
-        catch_up(target, conn, target.retention)
-        moment = utc(since or "") or ""
-        for colour, version in listed.items():
-            if target.prediction_metrics.task == "regression":
-                n, mean, square = conn.execute(
-                    "SELECT COUNT(value), AVG(value), AVG(value * value) FROM answers WHERE version = ? AND time >= ?",
-                    (version, moment),
-                ).fetchone()
-                if not n:
-                    continue
-                newest = conn.execute(
-                    "SELECT value FROM answers WHERE version = ? AND time >= ? AND value IS NOT NULL "
-                    "ORDER BY time DESC LIMIT ?",
-                    (version, moment, RECENT),
-                ).fetchall()
-                sd = (max(0.0, square - mean * mean) * n / (n - 1)) ** 0.5 if n > 1 else None
-                out[colour] = {
-                    "rows": n,
-                    "value_mean": round(mean, 6),
-                    "value_sd": None if sd is None else round(sd, 6),
-                    "values": [v for (v,) in newest],
-                }
-                continue
-            found = conn.execute(
-                "SELECT predicted, COUNT(*), SUM(confidence), COUNT(confidence) FROM answers "
-                "WHERE version = ? AND time >= ? GROUP BY 1",
+    for colour, version in versions.items():
+        if not version:
+            continue
+        if target.prediction_metrics.task == "regression":
+            n, mean, square = conn.execute(
+                "SELECT COUNT(value), AVG(value), AVG(value * value) FROM answers WHERE version = ? AND time >= ?",
                 (version, moment),
-            ).fetchall()
-            if not found:
+            ).fetchone()
+            if not n:
                 continue
+            newest = conn.execute(
+                "SELECT value FROM answers WHERE version = ? AND time >= ? AND value IS NOT NULL "
+                "ORDER BY time DESC LIMIT ?",
+                (version, moment, RECENT),
+            ).fetchall()
+            sd = (max(0.0, square - mean * mean) * n / (n - 1)) ** 0.5 if n > 1 else None
+            out[colour] = {
+                "rows": n,
+                "value_mean": round(mean, 6),
+                "value_sd": None if sd is None else round(sd, 6),
+                "values": [v for (v,) in newest],
+            }
+            continue
+        found = conn.execute(
+            "SELECT predicted, COUNT(*), SUM(confidence), COUNT(confidence) FROM answers "
+            "WHERE version = ? AND time >= ? GROUP BY 1",
+            (version, moment),
+        ).fetchall()
+        if found:
             total, count = sum(r[2] or 0.0 for r in found), sum(r[3] for r in found)
             out[colour] = {
                 "rows": sum(r[1] for r in found),
