@@ -369,8 +369,8 @@ def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict
         with connect(target.state_dir, wait=READ_WAIT) as conn:
             try:
                 catch_up(target, conn, target.retention)
-            except LedgerBusy:
-                pass  # another command writes: the answers it has (status never waits on the ledger)
+            except CanaryError:
+                pass  # another command writes, or the disk is full: the answers it has (status never waits)
             if target.prediction_metrics.task == "regression":
                 found_errors = errors(conn, listed)
                 return {
@@ -379,7 +379,7 @@ def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict
                     if v and found_errors[v].n
                 }
             found = quality(conn, listed)
-    except LedgerBusy:
+    except CanaryError:  # busy, or a full disk: status shows the rest
         return None
     return {
         colour: {"version": v, "labelled": found[v].labelled, "accuracy": found[v].accuracy}
