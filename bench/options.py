@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.servers import BENCH, NO_METRICS, ROOT
+from bench.servers import BENCH, NO_METRICS, NO_OBSERVE, ROOT
 
 
 def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
         "metrics (PREDICTION_METRICS=false): their cost, as quality_metrics_* ratios",
     )
     p.add_argument(
+        "--extra-canary-no-observe",
+        action="store_true",
+        help="also measure, as canary@noobserve, a canary stack whose nginx reads no predictions in the answers "
+        "(no endpoint names a JSON path): the cost of reading them, as observed_predictions_* ratios",
+    )
+    p.add_argument(
         "--subjects",
         "--targets",
         default=None,
@@ -77,6 +83,8 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
         extras[f"canary@w{args.extra_canary_workers}"] = ROOT
     if args.extra_canary_no_metrics:
         extras[NO_METRICS] = ROOT
+    if args.extra_canary_no_observe:
+        extras[NO_OBSERVE] = ROOT
     args.extras = extras
     if args.duration < 1 or args.repeats < 1 or min(args.concurrency + args.batches) < 1:
         p.error("durations, repeats, connections and batch sizes must be at least 1")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from bench.servers import COLUMNS, FRAMEWORK_FLOOR, GREEN_WEIGHT, NGINX_FLOOR, NO_METRICS
+from bench.servers import (
+    COLUMNS,
+    FRAMEWORK_FLOOR,
+    GREEN_WEIGHT,
+    NGINX_FLOOR,
+    NO_METRICS,
+    NO_OBSERVE,
+    NO_OBSERVE_COLUMNS,
+)
 from penguin.features import CANDIDATE_VERSION, STABLE_VERSION
 
 # The measures reported with a label, and the goal each is held to (reported, not asserted): key -> (label, format,
@@ -21,6 +29,16 @@ MEASURES = {
     "quality_metrics_rps_ratio_c32": ("prediction metrics on / off, canary req/s at 32 conns", "{:.3f}x", (">=", 0.95)),
     "quality_metrics_rows_ratio_batch1000": (
         "prediction metrics on / off, canary rows/s at 1,000-row batches",
+        "{:.3f}x",
+        (">=", 0.95),
+    ),
+    "observed_predictions_rps_ratio_c32": (
+        "predictions read in the answers on / off, canary req/s at 32 conns",
+        "{:.3f}x",
+        (">=", 0.95),
+    ),
+    "observed_predictions_rows_ratio_batch1000": (
+        "predictions read in the answers on / off, canary columnar rows/s at 1,000-row batches",
         "{:.3f}x",
         (">=", 0.95),
     ),
@@ -111,6 +129,15 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         runs = results["raw"].get(point, {})
         if {"canary", NO_METRICS} <= runs.keys():
             ratios[key] = round(statistics.median(per_round(runs, "canary", NO_METRICS)), 3)
+    # Reading the predictions in the answers (nginx's observe): the canary as shipped over the same canary whose
+    # endpoints name no JSON path (no body filter at all), same rounds; at 1,000 rows both asked in columns.
+    for key, point, (on, off) in (
+        (f"observed_predictions_rps_ratio_{single}", single, ("canary", NO_OBSERVE)),
+        (f"observed_predictions_rows_ratio_batch{big}", f"rows{big}", (COLUMNS, NO_OBSERVE_COLUMNS)),
+    ):
+        runs = results["raw"].get(point, {})
+        if {on, off} <= runs.keys():
+            ratios[key] = round(statistics.median(per_round(runs, on, off)), 3)
     # The same cost from a measurement the host's noise does not swamp: µs per answer in process (prediction_metrics_
     # cost.py, at 1 and 1,000 rows) over the canary's CPU per request at that point (all its processes), as a
     # throughput ratio.
@@ -131,6 +158,9 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
     batch = results["raw"].get(f"rows{big}", {})
     if {"canary", COLUMNS} <= batch.keys():  # rows/s ratio of the two forms, each round (the same rows per request)
         rounds[f"canary_columnar_vs_rows_batch{big}"] = [round(r, 2) for r in per_round(batch, COLUMNS, "canary")]
+    if {COLUMNS, NO_OBSERVE_COLUMNS} <= batch.keys():
+        found = per_round(batch, COLUMNS, NO_OBSERVE_COLUMNS)
+        rounds[f"observed_predictions_rows_ratio_batch{big}"] = [round(r, 3) for r in found]
     return {
         "table": table,
         "rows_per_s": rows_s,
@@ -187,6 +217,7 @@ def by_round(runs: dict[str, list[dict]], point: str) -> dict[str, list[float]]:
     pairs = {
         f"canary_vs_baseline_rps_{point}": ("canary", "baseline"),
         f"quality_metrics_rps_ratio_{point}": ("canary", NO_METRICS),
+        f"observed_predictions_rps_ratio_{point}": ("canary", NO_OBSERVE),
         f"canary_vs_framework_floor_rps_{point}": ("canary", FRAMEWORK_FLOOR),
     }
     return {

@@ -53,6 +53,8 @@ from bench.servers import (
     HOST,
     NGINX_FLOOR,
     NO_METRICS,
+    NO_OBSERVE,
+    NO_OBSERVE_COLUMNS,
     ROOT,
     Subject,
     backends,
@@ -184,7 +186,9 @@ class Run:
                 ready[name] = self.start_child(child, f"http://{HOST}:{port}/readyz")
                 subjects[name] = Subject(name, f"http://{HOST}:{port}", [child])
             else:
-                extra = canary_settings(self.work / f"canary-{label}", folder, self.store, extra_ports[name])
+                # canary@noobserve: the same endpoints, none naming where its predictions are (no body filter)
+                unread = {"endpoints": list(Settings().endpoints)} if name == NO_OBSERVE else {}
+                extra = canary_settings(self.work / f"canary-{label}", folder, self.store, extra_ports[name], **unread)
                 workers = f"services.penguin_classifier.workers={a.extra_canary_workers}"
                 t0 = time.monotonic()
                 with environment(
@@ -194,6 +198,9 @@ class Run:
                     self.extra_stacks[name] = Stack(extra).start()
                 ready[name] = round(time.monotonic() - t0, 2)
                 subjects[name] = stack_subject(name, self.extra_stacks[name], by_part=False)
+                if name == NO_OBSERVE:
+                    columns = stack_subject(NO_OBSERVE_COLUMNS, self.extra_stacks[name], by_part=False, columnar=True)
+                    subjects[NO_OBSERVE_COLUMNS] = columns
         self.results["ready_s"] = ready
         subjects["canary"] = stack_subject("canary", self.stack)
         subjects[COLUMNS] = stack_subject(COLUMNS, self.stack, columnar=True)
@@ -202,6 +209,7 @@ class Run:
         if a.subjects:
             wanted = set(a.subjects.split(","))
             wanted |= {COLUMNS} if "canary" in wanted else set()  # the canary's columnar batches come with it
+            wanted |= {NO_OBSERVE_COLUMNS} if NO_OBSERVE in wanted else set()
             subjects = {name: t for name, t in subjects.items() if name in wanted}
         http = [t for t in subjects if t != NGINX_FLOOR]
         rows = [t for t in http if not subjects[t].columnar]  # the single-row points: row objects only

@@ -29,6 +29,8 @@ FRAMEWORK_FLOOR = "floor"  # service.py with --arg runtime=constant: BentoML and
 GREEN_WEIGHT = 10
 COLUMNS = "canary@columns"  # the canary stack asked in columns: POST /predict_columns (batch points only)
 NO_METRICS = "canary@nometrics"  # the extra canary stack whose backends export no prediction metrics
+NO_OBSERVE = "canary@noobserve"  # the extra canary stack whose nginx reads no predictions in the answers
+NO_OBSERVE_COLUMNS = "canary@noobserve-columns"  # the same stack asked in columns (batch points only)
 
 
 def log(message: str) -> None:
@@ -183,9 +185,10 @@ def worker_pids(child: Child) -> list[int]:
 # canary stack
 
 
-def canary_settings(state: Path, project: Path, store: Path, ports: list[int]) -> Settings:
+def canary_settings(state: Path, project: Path, store: Path, ports: list[int], **more) -> Settings:
     """The stack on four free ports (nginx, blue, green's two slots); what it ships from [tool.canary]."""
     return Settings(
+        **more,
         project_dir=project,
         state_dir=state,
         host=HOST,

@@ -18,14 +18,27 @@ def rollout(
     ctx: typer.Context,
     spec: Annotated[Path | None, typer.Option(help="rollout spec YAML [default: the committed one]")] = None,
     steps: Annotated[str | None, typer.Option(help="green weights, e.g. 10,25,50,100")] = None,
-    hold: Annotated[float | None, typer.Option(help="seconds to hold each step")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="sequential (a step ends on evidence) or fixed (held windows, thresholds)")
+    ] = None,
+    min_step_seconds: Annotated[float | None, typer.Option(help="sequential: the shortest a step lasts")] = None,
+    max_step_seconds: Annotated[
+        float | None, typer.Option(help="sequential: a step still without every verdict then pauses")
+    ] = None,
+    hold: Annotated[float | None, typer.Option(help="fixed: seconds to hold each window")] = None,
     min_requests: Annotated[int | None, typer.Option(help="green requests the HTTP gates need")] = None,
     min_rows: Annotated[int | None, typer.Option(help="rows each version must predict for the quality gates")] = None,
     max_error_rate: Annotated[float | None, typer.Option(help="gate: green's 5xx share, e.g. 0.01")] = None,
     max_p99_ms: Annotated[float | None, typer.Option(help="gate: green's p99 latency in ms")] = None,
-    max_p99_ratio: Annotated[float | None, typer.Option(help="gate: green p99 / blue p99")] = None,
+    max_p99_ratio: Annotated[float | None, typer.Option(help="gate (fixed): green p99 / blue p99")] = None,
+    max_slower_share: Annotated[
+        float | None, typer.Option(help="gate (sequential): share of request pairs in which green is slower")
+    ] = None,
+    max_class_shift: Annotated[
+        float | None, typer.Option(help="gate (sequential): total variation of the predicted-class shares")
+    ] = None,
     max_class_divergence: Annotated[
-        float | None, typer.Option(help="gate: JS distance of green's and blue's predicted-class shares")
+        float | None, typer.Option(help="gate (fixed): JS distance of green's and blue's predicted-class shares")
     ] = None,
     max_confidence_drop: Annotated[
         float | None, typer.Option(help="gate: blue's mean top-class probability minus green's")
@@ -50,7 +63,7 @@ def rollout(
     from canary_kit.control import current, require_green
     from canary_kit.report import write_report
     from canary_kit.shadow import run_shadow
-    from canary_kit.spec import applies, load_spec
+    from canary_kit.spec import load_spec
 
     try:
         weights = None if steps is None else [int(s) for s in steps.split(",")]
@@ -58,12 +71,17 @@ def rollout(
         raise CanaryError(f"--steps must be comma-separated whole numbers, got {steps!r}") from None
     overrides = dict(
         steps=weights,
+        mode=mode,
+        min_step_seconds=min_step_seconds,
+        max_step_seconds=max_step_seconds,
         hold_seconds=hold,
         min_requests=min_requests,
         min_rows=min_rows,
         max_error_rate=max_error_rate,
         max_p99_ms=max_p99_ms,
         max_p99_ratio=max_p99_ratio,
+        max_slower_share=max_slower_share,
+        max_class_shift=max_class_shift,
         max_class_divergence=max_class_divergence,
         max_confidence_drop=max_confidence_drop,
         srm_p_value=srm_p_value,
@@ -84,12 +102,16 @@ def rollout(
     gates = ", ".join(
         f"{name} {gate.threshold:g}{' (dry-run)' if gate.dry_run else ''}"
         for name, gate in chosen.gates.items()
-        if gate.threshold is not None and applies(name, task)
+        if chosen.judged(name, task)
     )
-    typer.echo(
-        f"rollout: steps {chosen.steps}, hold {chosen.hold_seconds:.0f}s, on failure {chosen.on_failure}; "
-        f"gates: {gates}"
-    )
+    if chosen.mode == "sequential":
+        how = (
+            f"sequential, steps of {chosen.min_step_seconds:g}-{chosen.max_step_seconds:g}s, family error rate "
+            f"at most {chosen.family_alpha(task):.3g}"
+        )
+    else:
+        how = f"fixed, hold {chosen.hold_seconds:.0f}s"
+    typer.echo(f"rollout: steps {chosen.steps}, {how}, on failure {chosen.on_failure}; gates: {gates}")
     try:
         result = plan.run(target, chosen, typer.echo, run_shadow)
     except KeyboardInterrupt:

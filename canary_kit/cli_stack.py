@@ -74,10 +74,11 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh in place until Ctrl-C")] = False,
     interval: Annotated[float, typer.Option(min=0.5, max=60, help="seconds between refreshes (--watch)")] = 2.0,
 ) -> None:
-    """The split nginx applies, both versions, their health, and requests, errors and latency since the last change."""
+    """The split nginx applies, both versions, their health, requests, errors and latency since the last change, and
+    the running (or last) rollout: each gate's evidence at its last look and why each step ended."""
     from canary_kit import live
     from canary_kit.control import status as read_status
-    from canary_kit.views import status_lines
+    from canary_kit.views import rollout_lines, status_lines
 
     target = stack_of(ctx).target()
     try:
@@ -85,9 +86,10 @@ def status(
             report = read_status(target)
             report["rollout"] = live.read(target.state_dir)  # the last rollout: shouted if it stands half-way
             if as_json:
-                typer.echo(json.dumps(report, indent=2))
+                typer.echo(json.dumps(report, indent=2, default=str))
             else:
                 lines, warnings = status_lines(report)
+                lines += rollout_lines(report["rollout"])
                 if watch:
                     lines.append(f"(every {interval:g}s; Ctrl-C stops)")
                     typer.echo("\x1b[H\x1b[2J" if sys.stdout.isatty() else "", nl=False)

@@ -156,10 +156,15 @@ class Poller:
                     f"warning: the state file {target.state_file} is invalid: nginx sends everything to "
                     "blue; the next change writes a valid one"
                 )
-            sample.update(weight=report["green_weight"], divergence=report["class_divergence"])
+            regression = report.get("task") == "regression"
+            distance = report["ks_distance"] if regression else report["class_divergence"]
+            sample.update(weight=report["green_weight"], divergence=distance, task=report.get("task"))
             for color in COLORS:
                 before = (self._previous or {}).get(color)
                 per = figures_between(before, snap[color]) if before and snap[color] else None
+                since = report["backends"][color]["since_change"] or {}
+                # the model's figure: per tick from the service's metrics, else since the change from its answers
+                model = since.get("value_mean") if regression else (per or {}).get("confidence_mean")
                 sample[color] = (
                     None
                     if per is None
@@ -168,7 +173,7 @@ class Poller:
                         "error_rate": per["error_rate"],
                         "p50_ms": per["p50_ms"],
                         "p99_ms": per["p99_ms"],
-                        "confidence": per["confidence_mean"],
+                        "confidence": model if model is not None else since.get("confidence_mean"),
                     }
                 )
             self._previous = snap

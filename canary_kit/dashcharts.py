@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from html import escape
 
-from canary_kit.report import COLOURS
+from canary_kit.driver import Check
+from canary_kit.report import COLOURS, evidence
 from canary_kit.report import chart as gate_chart
-from canary_kit.rollout import Check
 
 COLOR = {"blue": "#2471a3", "green": "#1e8449"}
 OUTCOME = {
@@ -128,6 +128,7 @@ def render(samples: list[dict], history: list[dict], rollout: dict | None, now: 
         if e.get("unix")
     ]
     checks = (rollout or {}).get("checks") or []
+    regression = any(s.get("task") == "regression" for s in samples[-1:])
     marks = [
         (
             c["wall"],
@@ -167,10 +168,18 @@ def render(samples: list[dict], history: list[dict], rollout: dict | None, now: 
             events,
         ),
         "confidence": lines_chart(
-            "mean confidence (top-class probability)", both("confidence"), t0, now, 1.0, "", events
+            "mean predicted value since the last change" if regression else "mean confidence (top-class probability)",
+            both("confidence"),
+            t0,
+            now,
+            None if regression else 1.0,
+            "",
+            events,
         ),
         "divergence": lines_chart(
-            "class divergence since the last change (JS distance)",
+            "KS distance of predicted values since the last change"
+            if regression
+            else "class divergence since the last change (JS distance)",
             [("green vs blue", "#7d3c98", False, [(s["t"], s.get("divergence")) for s in samples])],
             t0,
             now,
@@ -180,7 +189,23 @@ def render(samples: list[dict], history: list[dict], rollout: dict | None, now: 
         ),
     }
     fields = Check.__dataclass_fields__
-    charts["gates"] = (
-        gate_chart([Check(**{k: v for k, v in c.items() if k in fields}) for c in checks]) if checks else ""
-    )
+    kept = [Check(**{k: v for k, v in c.items() if k in fields}) for c in checks]
+    progress = rollout or {}
+    look = progress.get("look")
+    if look and progress.get("state") == "running" and look.get("gates"):  # the evidence up to this second
+        started = progress.get("started_wall") or 0
+        at = round(look["wall"] - started, 1) if started else (kept[-1].at + 1 if kept else 0.0)
+        latest = Check(
+            progress.get("step") or 0,
+            progress.get("weight") or 0,
+            look["verdict"],
+            look["reason"],
+            at,
+            gates=look["gates"],
+            seconds=look["seconds"],
+            outcome="gathering",
+        )
+        kept = [*kept, latest]
+    charts["gates"] = gate_chart(kept) if kept else ""
+    charts["evidence"] = evidence(kept) if kept else ""
     return charts

@@ -1,22 +1,28 @@
-"""The decision of one rollout window, as data: a pure function of (spec, step, both versions' window figures).
+"""The decision of one look at a rollout step, as data: a pure function of (spec, step, both versions' figures).
 
     decide(spec, Step(...), Window(...)) -> Decision(verdict, outcome, reason, gates)
 
-No clock, no network, no state file: `rollout.py` measures a window, asks this, and acts. The verdicts:
-- advance: every live gate passed;
-- hold: judge another window at this step (too little evidence, or a failed check with failures left, or blue is
-  down and the spec says wait);
-- fail: the rollout has failed (max_failed_checks reached, on_failure: rollback): roll back;
-- pause: stop where it is (on_failure: pause; too many inconclusive windows; blue down and the spec says pause).
+No clock, no network, no state file: the driver (driver.py) measures, asks this, and acts. The verdicts:
+- advance: every live gate passed (sequential: and the step has lasted min_step_seconds);
+- hold: look again at this step (too little evidence; a failed check with failures left; blue down and the spec
+  says wait; sequential: no verdict yet from some gate);
+- fail: the rollout has failed (on_failure: rollback): roll back;
+- pause: stop where it is (on_failure: pause; too little evidence for too long; blue down and the spec says pause).
 Each gate's result is kept whether live or dry-run, for the report: pass | fail | inconclusive | skipped.
+
+Two modes (spec.mode): fixed judges one hold's window against each threshold once, and counts failed windows
+(max_failed_checks) as Argo Rollouts and Flagger do; sequential (sequential.py) judges everything since the step
+began with confidence sequences at every look, and a gate's fail is final at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
-from canary_kit.spec import Gate, RolloutSpec, applies
+from canary_kit.evidence import Decision, GateResult, Step, Window
+from canary_kit.sequential import judge_agreement, judge_sequential
+from canary_kit.spec import LABEL_GATES, Gate, RolloutSpec, applies
 from canary_kit.stats import (
     Errors,
     difference,
@@ -28,71 +34,13 @@ from canary_kit.stats import (
     wilson,
 )
 
+__all__ = ["Decision", "GateResult", "Step", "Window", "decide", "judge_gates", "judge_shadow"]
+
 Verdict = tuple[str, float | None, str]  # one gate over one window: status, figure, detail
 
 
-@dataclass(frozen=True)
-class Step:
-    """Where the rollout is: the step, the weight set, and what earlier windows counted."""
-
-    number: int
-    weight: int
-    failed: int = 0  # failed checks so far, in the whole rollout
-    inconclusive: int = 0  # inconclusive windows so far, at this step
-    blue_down_seconds: float = 0.0  # how long blue has been seen down (0: it is up)
-    seconds: float = 0.0  # how long this step has been held (the wait for labels)
-
-
-@dataclass(frozen=True)
-class Window:
-    """Both versions' figures over one window (metrics.Figures as dicts; None: that backend's /metrics did not
-    answer), the unpinned /predict answers by colour (None: not measured), and the health checks."""
-
-    green: dict | None
-    blue: dict | None
-    split: dict[str, int] | None = None
-    green_ready: bool = True
-    blue_ready: bool = True
-    blue_reference: dict | None = None  # blue's last window with enough rows: the comparison at 100%
-    labels: dict[str, tuple[int, int]] | None = None  # colour -> (labelled, correct) over this rollout's answers
-    task: str = "classification"  # or "regression": which model gates apply
-    errors: dict[str, Errors] | None = None  # colour -> a regressor's errors on this rollout's labelled answers
-
-
-@dataclass
-class GateResult:
-    name: str
-    status: str  # pass | fail | inconclusive | skipped
-    figure: float | None
-    threshold: float | None
-    dry_run: bool
-    detail: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def mark(self) -> str:
-        return f"{self.status} (dry-run)" if self.dry_run and self.status != "skipped" else self.status
-
-
-@dataclass
-class Decision:
-    verdict: str  # advance | hold | fail | pause
-    outcome: str  # the window itself: pass | fail | inconclusive | blue-down
-    reason: str
-    gates: list[GateResult] = field(default_factory=list)
-
-    @property
-    def dry_run_failures(self) -> list[GateResult]:
-        return [g for g in self.gates if g.dry_run and g.status == "fail"]
-
-
-LABEL_GATES = ("max_accuracy_drop", "max_error_increase")
-
-
 def decide(spec: RolloutSpec, step: Step, window: Window) -> Decision:
-    """The verdict of one window."""
+    """The verdict of one look."""
     if not window.blue_ready:
         reason = "blue is down: green would be judged against nothing, and answers blue's share meanwhile"
         waited = step.blue_down_seconds
@@ -104,6 +52,8 @@ def decide(spec: RolloutSpec, step: Step, window: Window) -> Decision:
         return _failed(spec, step, "green is not ready (health check failed)", [])
     if window.green is None:
         return _failed(spec, step, "green's /metrics did not answer", [])
+    if spec.mode == "sequential":
+        return _decide_sequential(spec, step, window)
     results = judge_gates(spec, step.weight, window)
     live = [r for r in results if not r.dry_run]
     failed = [r for r in live if r.status == "fail"]
@@ -111,10 +61,7 @@ def decide(spec: RolloutSpec, step: Step, window: Window) -> Decision:
         return _failed(spec, step, failed[0].detail, results)
     waiting = [r for r in live if r.status == "inconclusive"]
     if waiting and all(r.name in LABEL_GATES for r in waiting):  # only labels are missing: wait for them
-        if step.seconds >= spec.label_wait_seconds:
-            reason = f"no accuracy verdict after {step.seconds:.0f}s (label_wait_seconds): {waiting[0].detail}"
-            return Decision("fail" if spec.on_failure == "rollback" else "pause", "inconclusive", reason, results)
-        return Decision("hold", "awaiting-labels", waiting[0].detail, results)
+        return _label_wait(spec, step, waiting[0], results)
     if waiting:
         count = step.inconclusive + 1
         reason = "; ".join(r.detail for r in waiting)
@@ -122,9 +69,45 @@ def decide(spec: RolloutSpec, step: Step, window: Window) -> Decision:
             return Decision("pause", "inconclusive", f"too little evidence at {step.weight}%: {reason}", results)
         return Decision("hold", "inconclusive", reason, results)
     requests = window.green["requests"]
+    return Decision("advance", "pass", f"{requests} green requests, gates passed{_dry_note(results)}", results)
+
+
+def _decide_sequential(spec: RolloutSpec, step: Step, window: Window) -> Decision:
+    results = judge_sequential(spec, step, window)
+    live = [r for r in results if not r.dry_run]
+    failed = [r for r in live if r.status == "fail"]
+    if failed:  # a confidence sequence beyond its tolerance: no second check needed, that is what alpha pays for
+        verdict = "fail" if spec.on_failure == "rollback" else "pause"
+        return Decision(verdict, "fail", f"{failed[0].name}: {failed[0].detail}", results)
+    waiting = [r for r in live if r.status == "inconclusive"]
+    green = window.green or {}
+    took = f"{step.seconds:.0f}s, {green.get('requests', 0)} green requests"
+    if not waiting:
+        if step.seconds >= spec.min_step_seconds:
+            passed = ", ".join(r.name for r in live if r.status == "pass") or "no live gate"
+            return Decision(
+                "advance", "pass", f"every gate passed after {took} ({passed}){_dry_note(results)}", results
+            )
+        return Decision("hold", "gathering", f"every gate passed; the step lasts min_step_seconds ({took})", results)
+    if all(r.name in LABEL_GATES for r in waiting):
+        return _label_wait(spec, step, waiting[0], results)
+    if step.seconds >= spec.max_step_seconds:
+        names = ", ".join(r.name for r in waiting)
+        reason = f"no verdict from {names} after {took} (max_step_seconds): {waiting[0].detail}"
+        return Decision("pause", "inconclusive", reason, results)
+    return Decision("hold", "gathering", f"waiting for {', '.join(r.name for r in waiting)} ({took})", results)
+
+
+def _label_wait(spec: RolloutSpec, step: Step, waiting: GateResult, results: list[GateResult]) -> Decision:
+    if step.seconds >= spec.label_wait_seconds:
+        reason = f"no accuracy verdict after {step.seconds:.0f}s (label_wait_seconds): {waiting.detail}"
+        return Decision("fail" if spec.on_failure == "rollback" else "pause", "inconclusive", reason, results)
+    return Decision("hold", "awaiting-labels", waiting.detail, results)
+
+
+def _dry_note(results: list[GateResult]) -> str:
     dry = [r.detail for r in results if r.dry_run and r.status == "fail"]
-    note = f"; dry-run only: {'; '.join(dry)}" if dry else ""
-    return Decision("advance", "pass", f"{requests} green requests, gates passed{note}", results)
+    return f"; dry-run only: {'; '.join(dry)}" if dry else ""
 
 
 def _failed(spec: RolloutSpec, step: Step, reason: str, results: list[GateResult]) -> Decision:
@@ -283,7 +266,15 @@ def _accuracy_drop(gate: Gate, limit: float, figures: dict, w: Window) -> Verdic
     return "inconclusive", diff, f"{seen}: not yet decided at a {limit:.1%} margin"
 
 
-def _values(gate: Gate, green: dict, w: Window) -> tuple[list[float], list[float]] | Verdict:
+@dataclass(frozen=True)
+class Values:
+    """Green's and blue's predicted values in a window: what a regressor's gates compare."""
+
+    green: list[float]
+    blue: list[float]
+
+
+def _values(gate: Gate, green: dict, w: Window) -> Values | Verdict:
     """Green's and blue's predicted values in the window (blue's last sufficient window once it has no traffic),
     or the verdict while they cannot be compared."""
     blue = _blue_rows(gate, green, w)
@@ -291,14 +282,14 @@ def _values(gate: Gate, green: dict, w: Window) -> tuple[list[float], list[float
         return blue
     if green.get("values") is None or blue.get("values") is None:
         return "skipped", None, "no predicted values seen (name the endpoints' JSON paths)"
-    return green["values"], blue["values"]
+    return Values(green["values"], blue["values"])
 
 
 def _ks_distance(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
     found = _values(gate, green, w)
-    if isinstance(found, tuple) and len(found) == 3:
+    if not isinstance(found, Values):
         return found
-    values_green, values_blue = found
+    values_green, values_blue = found.green, found.blue
     distance = ks_distance(values_green, values_blue)
     if distance is None:
         return "inconclusive", None, "no predicted values in the window"
@@ -310,10 +301,9 @@ def _ks_distance(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
 
 def _mean_shift(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
     found = _values(gate, green, w)
-    if isinstance(found, tuple) and len(found) == 3:
+    if not isinstance(found, Values):
         return found
-    values_green, values_blue = found
-    shift = mean_shift(values_green, values_blue)
+    shift = mean_shift(found.green, found.blue)
     if shift is None:
         return "inconclusive", None, "blue's predictions do not vary: no scale for a shift"
     value, low, high = shift
@@ -350,9 +340,16 @@ def _error_increase(gate: Gate, limit: float, figures: dict, w: Window) -> Verdi
 
 
 def judge_shadow(spec: RolloutSpec, report: dict) -> GateResult:
-    """The shadow phase's agreement gate, on the 95% Wilson lower bound of the rows both versions agreed on."""
+    """The shadow phase's agreement gate: on the 95% Wilson lower bound of the rows both versions agreed on (fixed),
+    or on the share's confidence sequence at the gate's alpha (sequential: valid however often the phase looks)."""
     gate = spec.gates.min_agreement
     rows, agreed = report.get("rows_compared", 0), report.get("rows_agreed", 0)
+    if spec.mode == "sequential" and gate.threshold is not None:
+        status, low, high, detail = judge_agreement(spec, rows, agreed)
+        if status == "inconclusive" and rows < gate.min_rows:
+            detail = f"only {rows} rows compared in the shadow phase (need {gate.min_rows}); {detail}"
+        figure = round(agreed / rows, 4) if rows else None
+        return GateResult("min_agreement", status, figure, gate.threshold, gate.dry_run, detail, low, high)
     bounds = wilson(agreed, rows)
     low = None if bounds is None else round(bounds[0], 4)
     if gate.threshold is None:

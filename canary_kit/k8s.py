@@ -91,6 +91,10 @@ class ServedModel(BaseModel):
     confidence_metric: str | None = Field(
         None, pattern=METRIC, description="the service's histogram of each row's top-class probability (None: no gate)"
     )
+    value_metric: str | None = Field(
+        None, pattern=METRIC, description="a regressor's histogram of its predicted values (None: no gate)"
+    )
+    task: str = Field("classification", pattern="^(classification|regression)$", description="the model's task")
     replicas: int = Field(2, ge=1, le=100)
     gateway: str = Field("gateway", description="the Gateway the routes attach to (same namespace)")
     prometheus: str = Field("http://prometheus.monitoring.svc:9090", description="Prometheus as Argo reaches it")
@@ -122,6 +126,8 @@ class ServedModel(BaseModel):
             "image_tag": settings.green_version,
             "class_metric": settings.class_metric,
             "confidence_metric": settings.confidence_metric,
+            "value_metric": settings.value_metric,
+            "task": settings.task,
         }
         return cls(**{**known, **{k: v for k, v in given.items() if v is not None}})
 
@@ -335,15 +341,21 @@ def manifests(served: ServedModel, spec: RolloutSpec) -> dict[str, str]:
 
 def notes(spec: RolloutSpec) -> dict[str, str]:
     """Comments heading a file, where the base does something other than the one-host rollout."""
-    if spec.on_failure != "pause":
-        return {}
-    text = (
-        "# on_failure: pause. Argo aborts (stable gets 100%) on a Failed analysis and has no failure that pauses, so\n"
-        "# every gate's failureCondition is `false`: a breached threshold is Inconclusive, and Argo pauses the\n"
-        "# rollout where it is (resume: kubectl argo rollouts promote; give up: kubectl argo rollouts abort).\n"
-        "# Unlike `canary rollout`, breaches and thin windows count together against inconclusiveLimit.\n"
-    )
-    return {"argo-rollout.yaml": text, "analysistemplate.yaml": text}
+    text = ""
+    if spec.mode == "sequential":
+        text += (
+            "# mode: sequential. Argo measures a gate every interval over a window and counts failures; it keeps no\n"
+            "# confidence sequence, so this base judges the fixed mode's gates (each step held hold_seconds, each\n"
+            "# threshold checked once per window). The closest mapping: docs/gates.md, Kubernetes.\n"
+        )
+    if spec.on_failure == "pause":
+        text += (
+            "# on_failure: pause. Argo aborts (stable gets 100%) on a Failed analysis and has no failure that pauses,\n"
+            "# so every gate's failureCondition is `false`: a breached threshold is Inconclusive, and Argo pauses the\n"
+            "# rollout where it is (resume: kubectl argo rollouts promote; give up: kubectl argo rollouts abort).\n"
+            "# Unlike `canary rollout`, breaches and thin windows count together against inconclusiveLimit.\n"
+        )
+    return {"argo-rollout.yaml": text, "analysistemplate.yaml": text} if text else {}
 
 
 def render(served: ServedModel, spec: RolloutSpec, out: Path, spec_name: str) -> list[Path]:

@@ -70,6 +70,24 @@ def confidence_drop(served: ServedModel, rows: int) -> str:
     return idle_passes(figure, part("count", "canary"), part("count", "stable"), rows)
 
 
+def ks_distance(served: ServedModel, rows: int) -> str:
+    """The two-sample Kolmogorov-Smirnov distance between canary's and stable's predicted values over the window,
+    on the value histogram's buckets: the largest gap between the two cumulative shares at any bucket bound. A
+    histogram knows values only to their bucket, so this is at most the exact distance (stats.ks_distance), equal
+    when no bucket holds values of both sides in different order; the service's buckets should be fine enough."""
+    name = served.value_metric
+
+    def cdf(which: str) -> str:
+        per_bound = f"sum by (le) ({increase(f'{name}_bucket', '{' + pods(which) + '}')})"
+        return f"{per_bound} / on() group_left() {count(which)}"
+
+    def count(which: str) -> str:
+        return f"sum({increase(f'{name}_count', '{' + pods(which) + '}')})"
+
+    figure = f"max(abs(\n  {cdf('canary')}\n  -\n  {cdf('stable')}\n))"
+    return idle_passes(figure, count("canary"), count("stable"), rows)
+
+
 def sample_ratio(served: ServedModel, rows: int) -> str:
     """The chi-square statistic (1 degree of freedom) of canary's /predict requests against the weight set (the
     step passes it as the arg `weight`): (g - n w)^2 / (n w (1 - w)), with n = g + s. PromQL has no chi-square
@@ -142,6 +160,13 @@ def queries(served: ServedModel, spec: RolloutSpec) -> dict[str, tuple[str, str,
         )
     if served.confidence_metric and drop.threshold is not None:
         out["confidence-drop"] = ("max_confidence_drop", confidence_drop(served, drop.min_rows), drop.threshold)
+    if served.task == "regression":
+        # A regressor's gates: classes and confidence judge nothing of it. The mean shift in blue's standard
+        # deviations has no PromQL form (a histogram holds no spread), so only the KS distance is rendered.
+        out = {k: v for k, v in out.items() if k not in ("class-divergence", "confidence-drop")}
+        ks = gates.max_ks_distance
+        if served.value_metric and ks.threshold is not None:
+            out["ks-distance"] = ("max_ks_distance", ks_distance(served, ks.min_rows), ks.threshold)
     return out
 
 

@@ -43,6 +43,9 @@ def exports(names: PredictionMetrics | None = None) -> dict[str, set[str]]:
     if names is not None and names.confidence_metric:
         found.update({f"{names.confidence_metric}_{part}": set() for part in ("count", "sum")})
         found[f"{names.confidence_metric}_bucket"] = {"le"}
+    if names is not None and names.value_metric:
+        found.update({f"{names.value_metric}_{part}": set() for part in ("count", "sum")})
+        found[f"{names.value_metric}_bucket"] = {"le"}
     return found
 
 

@@ -1,12 +1,13 @@
 """What `canary status` and the dashboard read in the ledger (ledger.py), never waiting on it: each version's
 accuracy or error on its labelled answers, what its answers predicted since the last change, and the pinned
-requests since then. When another command writes the ledger, each shows what the ledger holds."""
+requests since then. When another command writes the ledger, or the disk is full, each shows what it holds."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from canary_kit.ledger import LEDGER, READ_WAIT, LedgerBusy, catch_up, connect, errors, quality, utc
+from canary_kit.config import CanaryError
+from canary_kit.ledger import LEDGER, READ_WAIT, catch_up, connect, errors, quality, utc
 from canary_kit.target import Target
 
 
@@ -20,8 +21,8 @@ def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict
         with connect(target.state_dir, wait=READ_WAIT) as conn:
             try:
                 catch_up(target, conn, target.retention)
-            except LedgerBusy:
-                pass  # another command writes: the answers it has (status never waits on the ledger)
+            except CanaryError:
+                pass  # another command writes, or the disk is full: the answers it has (status never waits)
             if target.prediction_metrics.task == "regression":
                 found_errors = errors(conn, listed)
                 return {
@@ -30,7 +31,7 @@ def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict
                     if v and found_errors[v].n
                 }
             found = quality(conn, listed)
-    except LedgerBusy:
+    except CanaryError:  # busy, or a full disk: status shows the rest
         return None
     return {
         colour: {"version": v, "labelled": found[v].labelled, "accuracy": found[v].accuracy}
@@ -41,17 +42,18 @@ def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict
 
 def pinned_since(target: Target, since: str | None) -> dict[str, int] | None:
     """Pinned requests to the model's endpoints since `since` (None: all), by the version they asked for, for
-    `canary status`: {"green": n, "blue": n}. It never waits on the ledger: None when another command holds it."""
+    `canary status`: {"green": n, "blue": n}. It never waits on the ledger: what it holds when another command
+    writes, None when even reading it would wait (or the disk is full)."""
     try:
         with connect(target.state_dir, wait=READ_WAIT) as conn:
             try:
                 catch_up(target, conn, target.retention)
-            except LedgerBusy:
-                pass  # what it holds
+            except CanaryError:
+                pass  # another command writes, or the disk is full: what it holds
             found = conn.execute(
                 "SELECT pin, COUNT(*) FROM pins WHERE time >= ? GROUP BY 1", (utc(since or "") or "",)
             ).fetchall()
-    except LedgerBusy:
+    except CanaryError:
         return None
     return {"green": 0, "blue": 0} | dict(found)
 
@@ -62,26 +64,25 @@ RECENT = 5000  # a regressor's newest predicted values per version that `canary 
 def observed_since(target: Target, versions: dict[str, str | None], since: str | None) -> dict[str, dict]:
     """colour -> what its version's answers since `since` predicted, from the ledger brought up to date: a
     classifier's rows per class and mean confidence, a regressor's rows, mean and spread (and its newest values).
-    For `canary status`: it never waits on the ledger (what it holds when another command writes; {} when even
-    reading it would wait)."""
-    listed = {colour: v for colour, v in versions.items() if v}
-    out: dict[str, dict] = {}
+    For `canary status`, which never waits on the ledger: busy or full, it reads what the ledger holds, or nothing."""
     try:
         with connect(target.state_dir, wait=READ_WAIT) as conn:
-            return _observed(conn, target, listed, since)
-    except LedgerBusy:
-        return out
+            try:
+                catch_up(target, conn, target.retention)
+            except CanaryError:
+                pass  # another command writes, or the disk is full: the answers it has
+            return _observed(conn, target, versions, since)
+    except CanaryError:
+        return {}
 
 
-def _observed(conn: sqlite3.Connection, target: Target, listed: dict[str, str], since: str | None) -> dict[str, dict]:
-    """observed_since's figures from an open ledger, brought up to date unless another command writes."""
-    out: dict[str, dict] = {}
-    try:
-        catch_up(target, conn, target.retention)
-    except LedgerBusy:
-        pass  # another command writes: what the ledger holds
+def _observed(conn: sqlite3.Connection, target: Target, versions: dict[str, str | None], since: str | None) -> dict:
+    """observed_since's figures from the ledger as it stands."""
     moment = utc(since or "") or ""
-    for colour, version in listed.items():
+    out: dict[str, dict] = {}
+    for colour, version in versions.items():
+        if not version:
+            continue
         if target.prediction_metrics.task == "regression":
             n, mean, square = conn.execute(
                 "SELECT COUNT(value), AVG(value), AVG(value * value) FROM answers WHERE version = ? AND time >= ?",
@@ -107,12 +108,11 @@ def _observed(conn: sqlite3.Connection, target: Target, listed: dict[str, str], 
             "WHERE version = ? AND time >= ? GROUP BY 1",
             (version, moment),
         ).fetchall()
-        if not found:
-            continue
-        total, count = sum(r[2] or 0.0 for r in found), sum(r[3] for r in found)
-        out[colour] = {
-            "rows": sum(r[1] for r in found),
-            "class_rows": {r[0]: r[1] for r in sorted(found)},
-            "confidence_mean": round(total / count, 6) if count else None,
-        }
+        if found:
+            total, count = sum(r[2] or 0.0 for r in found), sum(r[3] for r in found)
+            out[colour] = {
+                "rows": sum(r[1] for r in found),
+                "class_rows": {r[0]: r[1] for r in sorted(found)},
+                "confidence_mean": round(total / count, 6) if count else None,
+            }
     return out

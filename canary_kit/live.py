@@ -3,10 +3,12 @@ the state folder's `rollouts/`:
 
 - `current.json`: written atomically by the driver (rollout.py) when it starts, when a step's window starts, after
   each check and when it ends. It says which rollout (`started`, `pid`, `pid_started`), where it is (`state`:
-  running | promoted | rolled back | paused | stopped | interrupted; `step`/`steps`, `weight`, `window_started`,
-  `hold_seconds`), how it ended (`reason`; `error` when an error or a kill ended it, not a verdict; `serial`, the
-  routing state it left), the shadow phase's comparison when one ran, and every check so far as the report has
-  them (with `wall`: the check's Unix time, for a time axis). It stays after the rollout ends: the last rollout.
+  running | promoted | rolled back | paused | stopped | interrupted; `step`/`steps`, `weight`, `mode`,
+  `window_started` and `hold_seconds` (fixed), `step_started`, `min_step_seconds`, `max_step_seconds` and `look`
+  (sequential: the last look's verdict, reason and every gate's evidence, rewritten at each look)), how it ended
+  (`reason`; `error` when an error or a kill ended it, not a verdict; `serial`, the routing state it left), the
+  shadow phase's comparison when one ran, and every check kept so far as the report has them (with `wall`: the
+  check's Unix time, for a time axis). It stays after the rollout ends: the last rollout.
   A `running` rollout whose process is gone was killed: `canary up`'s supervisor puts green back to 0% and closes
   it (`close`); `canary status` and the dashboard shout about a rollout that ended half-way (views.py).
 - `control.json`: written (atomically) by whoever asks, `{"action": "pause" | "abort", "rollout": <started>, "by",
@@ -69,8 +71,12 @@ class Channel:
             "final_weight": r.final_weight,
             "steps": r.spec.get("steps"),
             "hold_seconds": r.spec.get("hold_seconds"),
+            "mode": r.spec.get("mode", "fixed"),
+            "min_step_seconds": r.spec.get("min_step_seconds"),
+            "max_step_seconds": r.spec.get("max_step_seconds"),
             "shadow": r.shadow,
             "checks": checks,
+            "started_wall": self.t0_wall,
             "updated": time.time(),
             **self.where,
         }

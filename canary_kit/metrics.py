@@ -223,14 +223,15 @@ def _tries(entry: dict) -> list[list[tuple[str, str, str]]]:
     ]
 
 
-def split_http(entries: list[dict], endpoints: tuple[str, ...] = (ENDPOINT,)) -> dict[str, dict]:
-    """Each colour's HTTP figures over the split's traffic, from nginx's access log (BentoML's /metrics count pinned
-    requests too, and cannot tell them apart): the tries of the model's endpoints that reached a version's server,
+def split_tries(
+    entries: list[dict], endpoints: tuple[str, ...] = (ENDPOINT,)
+) -> dict[str, list[tuple[bool, float | None]]]:
+    """Each colour's tries over the split's traffic, from nginx's access log (BentoML's /metrics count pinned requests
+    too, and cannot tell them apart): the tries of the model's endpoints that reached a version's server,
     for live requests that were not pinned. A try in the upstream the request was routed to is that version's; one in
     @failover's is the other version's; a version at its cap reached no server (shed), and a kept-alive connection
-    the server had closed, tried again at once on the same server, is not counted. `requests`: the tries; `errors`:
-    those that got a 5xx or no answer (nginx's 502/504); p50_ms and p99_ms: the tries' times to the last byte
-    (nginx's upstream_response_time)."""
+    the server had closed, tried again at once on the same server, is not counted. Each try: whether it got a 5xx
+    or no answer (nginx's 502/504), and its time to the last byte (nginx's upstream_response_time; None: none)."""
     tries: dict[str, list[tuple[bool, float | None]]] = {"blue": [], "green": []}
     other = {"blue": "green", "green": "blue"}
     for entry in entries:
@@ -245,10 +246,17 @@ def split_http(entries: list[dict], endpoints: tuple[str, ...] = (ENDPOINT,)) ->
                     continue  # a kept-alive connection the server had closed, tried again: nginx's, not the version's
                 took = float(seconds) if seconds.replace(".", "", 1).isdigit() else None
                 tries[colour].append((int(status) >= 500, took))
-    return {colour: _http_figures(found) for colour, found in tries.items()}
+    return tries
 
 
-def _http_figures(tries: list[tuple[bool, float | None]]) -> dict:
+def split_http(entries: list[dict], endpoints: tuple[str, ...] = (ENDPOINT,)) -> dict[str, dict]:
+    """split_tries' figures, by colour."""
+    return {colour: http_figures(found) for colour, found in split_tries(entries, endpoints).items()}
+
+
+def http_figures(tries: list[tuple[bool, float | None]]) -> dict:
+    """A version's HTTP figures from its tries: `requests` (the tries), `errors`, `error_rate`, p50_ms and p99_ms
+    (nearest rank)."""
     times = sorted(t for _, t in tries if t is not None)
     errors = sum(failed for failed, _ in tries)
 

@@ -32,6 +32,9 @@ LOCAL_MAIN_TEMPLATE = "nginx.local.conf.template"
 NJS_SCRIPT = "canary.js"
 NJS_MODULE = "ngx_http_js_module.so"
 PATHS = ("predictions", "confidence")  # what an endpoint's answers are read for
+OBSERVE_FILTER = (
+    "js_body_filter canary.observe buffer_type=buffer;"  # the endpoints' answers pass through canary.js's observe
+)
 PLACEHOLDER = re.compile(r"\$\{(CANARY_[A-Z0-9_]+)\}")
 MAX_NOFILE = 65536
 WORKER_USERS = ("www-data", "nginx", "http")  # the usual unprivileged web users: Debian, RHEL and nginx.org, Arch
@@ -70,9 +73,11 @@ def endpoint_variables(settings: Settings) -> dict[str, str]:
         path: {which: None if (found := e.path(which)) is None else list(found.steps) for which in PATHS}
         for path, e in settings.endpoints.items()
     }
+    read = any(e.predictions for e in settings.endpoints.values())
     return {
         "CANARY_ENDPOINTS": "|".join(re.escape(path) for path in settings.endpoints),
         "CANARY_OBSERVE": json.dumps(observe, separators=(",", ":")),
+        "CANARY_OBSERVE_FILTER": OBSERVE_FILTER if read else "# no endpoint names where its predictions are",
     }
 
 

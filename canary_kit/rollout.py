@@ -1,71 +1,41 @@
-"""Progressive rollout with gates: step green's weight up, judge each step, roll back or pause on failure.
+"""Progressive rollout with gates on a live stack: step green's weight up, judge each step, roll back or pause.
 
-This is the driver: it sets each step's weight through the same safe path as `canary set-weight`, holds it while
-checking both versions' health, measures the window (deltas of both backends' /metrics, and the unpinned split
-from nginx's log), asks `gates.decide` for the verdict, prints it and acts on it. The verdict itself is a pure
-function of the spec, the step and the window's figures (gates.py), tested on recorded windows.
+The step loop is driver.walk, on the wall clock and this module's LivePlant: it sets each step's weight through
+the same safe path as `canary set-weight` (only from the state the rollout left), checks both versions' health,
+takes pause/abort requests through the state folder (live.py), and measures: deltas of both backends' /metrics
+(predicted classes and confidence, when the service exports them), and from nginx's access log, over the split's
+traffic only (pinned requests left out of every gate): the split, each version's tries (requests, 5xx, latency),
+each answer's request_time by version (the sequential latency gates) and what the answers predicted. The verdict
+of each look is a pure function of the spec, the step and those figures (gates.py), tested on recorded windows; the
+loop itself is tested on a fake clock and plant, and simulated (bench/rollout_sim.py).
 """
 
 from __future__ import annotations
 
-import time
+import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from canary_kit.answers import fill, observed
+from canary_kit import logfiles
+from canary_kit.answers import Observed, fill, observed
 from canary_kit.config import CanaryError
-from canary_kit.control import SplitChanged, current, log_event, set_weight
-from canary_kit.gates import Decision, Step, Window, decide, judge_shadow
+from canary_kit.control import current, log_event, set_weight
+from canary_kit.driver import Check, RealClock, Rollout, walk
+from canary_kit.evidence import Window
+from canary_kit.gates import judge_shadow
 from canary_kit.ledger import errors_since, labelled_since, utc
-from canary_kit.live import Channel, Interrupted
-from canary_kit.metrics import figures_between, split_http, unpinned_split, with_split_http
-from canary_kit.routing import RoutingState
+from canary_kit.live import Channel
+from canary_kit.metrics import asks_endpoint, figures_between, http_figures, split_tries, with_split_http
 from canary_kit.scrape import snapshots
 from canary_kit.spec import RolloutSpec
 from canary_kit.target import Target
-from canary_kit.views import figures_line
+
+__all__ = ["Check", "LivePlant", "Rollout", "run"]
 
 Echo = Callable[[str], None]
-ShadowPhase = Callable[[Target, float, Echo], dict]  # shadow.run_shadow: mirror for some seconds, then compare
-
-
-@dataclass
-class Check:
-    """One judged window: the verdict, how the window itself came out, why, each gate, and the figures."""
-
-    step: int
-    weight: int
-    verdict: str  # advance | hold | fail | pause
-    reason: str
-    at: float
-    green: dict | None = None
-    blue: dict | None = None
-    outcome: str = ""  # pass | fail | inconclusive | blue-down
-    gates: list[dict] = field(default_factory=list)
-    split: dict | None = None
-
-
-@dataclass
-class Rollout:
-    """The outcome, with every check, for the report."""
-
-    spec: dict
-    started: str
-    outcome: str = "running"  # promoted | rolled back | paused | stopped (split changed by someone else)
-    reason: str = ""
-    final_weight: int | None = None
-    shadow: dict | None = None
-    checks: list[Check] = field(default_factory=list)
-
-
-WORD = {
-    "pass": "ADVANCE",
-    "inconclusive": "HOLD",
-    "fail": "FAIL",
-    "blue-down": "BLUE DOWN",
-    "awaiting-labels": "HOLD (labels)",
-}
+ShadowPhase = Callable[..., dict]  # shadow.run_shadow: mirror for some seconds (or until decided), then compare
 
 
 def run(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None = None) -> Rollout:
@@ -75,9 +45,16 @@ def run(target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase
     Progress is published, and pause/abort requests are taken, through the state folder (live.py); a rollout
     killed with SIGKILL is put back to 0% by `canary up`'s supervisor."""
     result = Rollout(spec=spec.model_dump(), started=datetime.now(UTC).isoformat(timespec="seconds"))
+    if spec.mode == "sequential":
+        result.family_alpha = spec.family_alpha(target.prediction_metrics.task)
+    clock = RealClock()
+    t0 = clock.now()
     channel = Channel(target.state_dir, result)
     try:
-        return _walk(target, spec, echo, shadow_phase, result, channel)
+        if spec.shadow_seconds and not _shadow_passes(target, spec, echo, shadow_phase, result):
+            return result
+        since = utc(result.started) or result.started  # labels count for every answer of this rollout, any step
+        return walk(spec, LivePlant(target, spec, channel, since), clock, echo, result, started=t0)
     except KeyboardInterrupt:
         weight = _weight(target)
         _note(target, "rollout", f"rollout interrupted (Ctrl-C or a stop signal): green stays at {weight}%")
@@ -130,86 +107,167 @@ def _note(target: Target, event: str, reason: str) -> None:
         pass
 
 
-def _walk(
-    target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None, result: Rollout, channel: Channel
-) -> Rollout:
-    t0 = time.monotonic()
-    since = utc(result.started) or result.started  # labels count for every answer of this rollout, in any step
-    if spec.shadow_seconds and not _shadow_passes(target, spec, echo, shadow_phase, result):
-        return result
-    failed = 0
-    state = current(target)
-    result.final_weight = state.green_weight
-    blue_reference = None
-    for number, weight in enumerate(spec.steps, start=1):
-        if weight < state.green_weight and not state.shadow:
-            continue  # green already has more than this share: carry on from where it is
-        try:  # a pause or abort asked since the last window stops the rollout before green gets more
-            channel.check()
-        except Interrupted as asked:
-            return _interrupted(target, result, asked, state.green_weight, echo)
-        try:  # only from the state the rollout left: any change meanwhile (an operator, a deploy) stops it
-            _, state = set_weight(
-                target, weight, reason=f"rollout step {number}/{len(spec.steps)}", expect=state.serial, event="rollout"
-            )
-        except SplitChanged as exc:
-            result.outcome, result.reason = "stopped", str(exc)
-            result.final_weight = current(target).green_weight
-            return result
-        result.final_weight = weight
-        inconclusive, blue_down_since, step_started, blue_down_total = 0, None, time.monotonic(), 0.0
-        while True:
-            channel.publish(step=number, weight=weight, window_started=time.time())
+@dataclass
+class Span:
+    """The start of a span of evidence on a live stack: both backends' /metrics then, and nginx's log read from
+    there on (what it has given so far: the unpinned split, request times and what the answers predicted, by
+    colour)."""
+
+    before: dict[str, dict | None]
+    tail: LogTail
+    split: Counter = field(default_factory=Counter)
+    tries: dict[str, list] = field(default_factory=lambda: {"green": [], "blue": []})  # metrics.split_tries
+    latency: dict[str, Counter] = field(default_factory=lambda: {"green": Counter(), "blue": Counter()})
+    seen: dict[str, Observed] = field(default_factory=lambda: {"green": Observed(), "blue": Observed()})
+
+
+class LogTail:
+    """nginx's access log from one moment on, read a piece at a time: from the file where the stack writes one (by
+    the file's identity and a byte offset, whole lines only: a rotation or a truncation in place meanwhile is
+    followed, logfiles.py); otherwise everything since the mark again at each read, keeping only what is new
+    (compose: the log by time)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target, self.mark = target, target.log_mark()
+        self.file, self.inode, self.offset, self.seen = self.mark.file, self.mark.inode, self.mark.offset, 0
+
+    def read(self) -> list[dict]:
+        log = self.target.access_log
+        if log is None:
+            entries = self.target.log_since(self.mark)
+            new, self.seen = entries[self.seen :], len(entries)
+            return new
+        files = logfiles.family(log)
+        marked = [at for at, path in enumerate(files) if self._is_mine(path)]
+        parts = [(files[marked[-1]], self.offset), *((p, 0) for p in files[marked[-1] + 1 :])] if marked else []
+        entries = []
+        for path, offset in parts or [(log, 0)]:  # the file it read is gone: the log from its start
             try:
-                window = _measure(target, spec, state, number, weight, echo, blue_reference, since, channel)
-            except Interrupted as asked:
-                return _interrupted(target, result, asked, weight, echo)
-            if window is None:
-                now = current(target)
-                result.outcome, result.final_weight = "stopped", now.green_weight
-                result.reason = f"the state was changed by someone else (green now {now.green_weight}%)"
-                return result
-            went_down = not window.blue_ready and blue_down_since is None
-            if window.blue_ready:
-                if blue_down_since is not None:
-                    blue_down_total += time.monotonic() - blue_down_since
-                blue_down_since = None
-            elif went_down:
-                blue_down_since = time.monotonic()
-            down_for = 0.0 if blue_down_since is None else time.monotonic() - blue_down_since
-            held = time.monotonic() - step_started - blue_down_total - down_for  # the wait for labels: blue up
-            decision = decide(spec, Step(number, weight, failed, inconclusive, down_for, held), window)
-            if decision.outcome != "blue-down" or went_down or decision.verdict != "hold":  # one line while down
-                _record(result, decision, number, weight, window, t0, echo, len(spec.steps))
-                channel.publish()
-            if window.blue and (window.blue.get("rows") or 0) >= spec.gates.max_class_divergence.min_rows:
-                blue_reference = window.blue  # the comparison once blue has no traffic (green at 100%)
-            failed += decision.outcome == "fail"
-            inconclusive += decision.outcome == "inconclusive"
-            if decision.verdict == "advance":
-                break
-            if decision.verdict == "hold":
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            except OSError:
                 continue
-            if decision.verdict == "pause":
-                result.outcome, result.reason = "paused", f"at {weight}%: {decision.reason}"
-                return result
-            set_weight(target, 0, reason=f"rollout: {decision.reason}", event="rollout")
-            result.outcome, result.final_weight = "rolled back", 0
-            result.reason = (
-                f"{failed} failed checks; last: {decision.reason}" if decision.outcome == "fail" else decision.reason
-            )
-            return result
-    result.outcome, result.reason = "promoted", "every step passed"
-    return result
+            end = data.rfind(b"\n") + 1  # a line nginx is still writing is read next time
+            self.file, self.inode, self.offset = logfiles.identity(path) or "", _inode(path), offset + end
+            for line in data[:end].decode(errors="replace").splitlines():
+                if line.startswith("{"):  # nginx's own messages are not entries
+                    try:
+                        entries.append(json.loads(line))
+                    except ValueError:
+                        pass
+        return entries
+
+    def _is_mine(self, path) -> bool:
+        """Whether `path` is the file read so far: by its identity, or its inode while it had no whole line."""
+        return logfiles.identity(path) == self.file if self.file else _inode(path) == self.inode
+
+
+def _inode(path) -> int:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return 0
+
+
+class LivePlant:
+    """driver.Plant on a live stack."""
+
+    def __init__(self, target: Target, spec: RolloutSpec, channel: Channel, since: str) -> None:
+        self.target, self.spec, self.channel, self.since = target, spec, channel, since
+        self.state = current(target)
+
+    def weight(self) -> tuple[int, bool]:
+        state = current(self.target)
+        return state.green_weight, state.shadow
+
+    def set_weight(self, weight: int, reason: str) -> None:
+        _, self.state = set_weight(self.target, weight, reason=reason, expect=self.state.serial, event="rollout")
+
+    def roll_back(self, reason: str) -> None:
+        set_weight(self.target, 0, reason=reason, event="rollout")
+
+    def changed(self) -> bool:
+        return current(self.target).serial != self.state.serial
+
+    def interrupt(self) -> None:
+        self.channel.check()  # raises live.Interrupted
+
+    def ready(self) -> tuple[bool, bool]:
+        # as control.takeover reads "blue is down"
+        return self.target.serving("green") is not None, self.target.serving("blue") is not None
+
+    def mark(self) -> Span:
+        return Span(snapshots(self.target), LogTail(self.target))
+
+    def glance(self, mark: Span) -> dict | None:
+        return figures_between(mark.before["green"], snapshots(self.target)["green"])
+
+    def window(self, mark: Span, ready: tuple[bool, bool], blue_reference: dict | None) -> Window:
+        after = snapshots(self.target)
+        model = self.target.prediction_metrics
+        versions = {"blue": self.state.blue_version, "green": self.state.green_version}
+        colour = {v: c for c, v in versions.items() if v}
+        entries = mark.tail.read()
+        for routed, tries in split_tries(entries, model.endpoints).items():
+            mark.tries[routed] += tries
+        for entry in entries:
+            if entry.get("shadow") or entry.get("pin") or not asks_endpoint(entry, model.endpoints):
+                continue
+            name = colour.get(str(entry.get("version")))
+            if name is None:  # an answer from neither version, such as a shed 503
+                continue
+            mark.split[name] += 1
+            if entry.get("status") == 200 and isinstance(entry.get("request_time"), (int, float)):
+                mark.latency[name][int(round(entry["request_time"] * 1000))] += 1
+        if model.observed:  # what the answers predicted, read by nginx as they passed
+            for name, more in observed(entries, versions, model.endpoints, model.task, pinned=False).items():
+                _add(mark.seen[name], more)
+        figures = {}
+        for name in ("green", "blue"):
+            found = with_split_http(figures_between(mark.before[name], after[name]), http_figures(mark.tries[name]))
+            found = fill(found, mark.seen[name], model) if model.observed else found
+            if found is not None and mark.latency[name]:
+                found["latency_ms"] = dict(mark.latency[name])
+            figures[name] = found
+        split = {"blue": mark.split["blue"], "green": mark.split["green"]}
+        regression = model.task == "regression"
+        labels = errors = None
+        if not regression and self.spec.gates.max_accuracy_drop.threshold is not None:
+            labels = labelled_since(self.target, versions, self.since)
+        if regression and self.spec.gates.max_error_increase.live:
+            errors = errors_since(self.target, versions, self.since)
+        green, blue = figures["green"], figures["blue"]
+        return Window(green, blue, split, ready[0], ready[1], blue_reference, labels, model.task, errors)
+
+    def publish(self, **where) -> None:
+        self.channel.publish(**where)
+
+
+def _add(total: Observed, more: Observed) -> None:
+    """What a later piece of the log's answers predicted, added to what the span has seen."""
+    total.answers += more.answers
+    total.unobserved += more.unobserved
+    for name, rows in more.class_rows.items():
+        total.class_rows[name] = total.class_rows.get(name, 0) + rows
+    total.values.extend(more.values)
+    total.confidences.extend(more.confidences)
 
 
 def _shadow_passes(
     target: Target, spec: RolloutSpec, echo: Echo, shadow_phase: ShadowPhase | None, result: Rollout
 ) -> bool:
-    """The shadow phase and its agreement gate; False (and the outcome set) when green must not go live."""
+    """The shadow phase and its agreement gate; False (and the outcome set) when green must not go live. In
+    sequential mode the phase ends as soon as the agreement gate has a verdict."""
     if shadow_phase is None:
         raise ValueError("the spec asks for a shadow phase, and none was given")
-    result.shadow = shadow_phase(target, spec.shadow_seconds, echo)
+    decided = None
+    if spec.mode == "sequential" and spec.gates.min_agreement.threshold is not None:
+
+        def decided(report: dict) -> bool:
+            return judge_shadow(spec, report).status in ("pass", "fail")
+
+    result.shadow = shadow_phase(target, spec.shadow_seconds, echo, decided=decided)
     gate = judge_shadow(spec, result.shadow)
     result.shadow["gate"] = gate.as_dict()
     echo(f"shadow: {gate.mark.upper()} - {gate.detail}; flips (blue -> green): {result.shadow.get('flips') or 'none'}")
@@ -222,101 +280,3 @@ def _shadow_passes(
     set_weight(target, 0, reason=f"rollout: {gate.detail}", event="rollout")
     result.outcome, result.final_weight, result.reason = "rolled back", 0, f"not live: {gate.detail}"
     return False
-
-
-def _interrupted(target: Target, result: Rollout, asked: Interrupted, weight: int, echo: Echo) -> Rollout:
-    """A pause (the split stays) or an abort (green back to 0%) asked from outside, e.g. from `canary dashboard`."""
-    why = f"{asked.action} asked from outside by {asked.by or 'someone'}" + (
-        f" ({asked.reason})" if asked.reason else ""
-    )
-    echo(f"rollout: {why}")
-    if asked.action == "abort":
-        set_weight(target, 0, reason=f"rollout aborted: {why}", event="rollout")
-        result.outcome, result.final_weight, result.reason = "rolled back", 0, f"aborted at {weight}%: {why}"
-    else:
-        result.outcome, result.final_weight, result.reason = "paused", weight, f"at {weight}%: {why}"
-    return result
-
-
-def _measure(
-    target: Target,
-    spec: RolloutSpec,
-    state: RoutingState,
-    number: int,
-    weight: int,
-    echo: Echo,
-    blue_reference: dict | None,
-    since: str,
-    channel: Channel | None = None,
-) -> Window | None:
-    """Hold one window (cut short when a version stops answering its health check); None if someone else changed
-    the state meanwhile."""
-    before, mark, started = snapshots(target), target.log_mark(), time.monotonic()
-    green_ready = blue_ready = True
-    shown = 0.0
-    while (elapsed := time.monotonic() - started) < spec.hold_seconds:
-        time.sleep(min(spec.check_every, spec.hold_seconds - elapsed))
-        if current(target).serial != state.serial:
-            return None
-        if channel is not None:
-            channel.check()  # raises Interrupted on a pause or abort asked from outside
-        green_ready = target.serving("green") is not None  # as control.takeover reads "blue is down"
-        blue_ready = target.serving("blue") is not None
-        if not (green_ready and blue_ready):
-            break
-        if time.monotonic() - shown >= 5:
-            shown = time.monotonic()
-            left = max(0.0, spec.hold_seconds - (shown - started))
-            live = figures_between(before["green"], snapshots(target)["green"])
-            echo(f"  step {number}/{len(spec.steps)}  green {weight}%  {left:4.0f}s left  green: {figures_line(live)}")
-    after = snapshots(target)
-    model = target.prediction_metrics
-    versions = {"blue": state.blue_version, "green": state.green_version}
-    entries = target.log_since(mark)
-    split = unpinned_split(entries, versions, model.endpoints)
-    seen = observed(entries, versions, model.endpoints, model.task, pinned=False) if model.observed else {}
-    http = split_http(entries, model.endpoints)  # pinned requests left out of every gate, as of the split
-    green, blue = (
-        fill(with_split_http(figures_between(before[c], after[c]), http[c]), seen.get(c), model)
-        for c in ("green", "blue")
-    )
-    regression = model.task == "regression"
-    labels = (
-        labelled_since(target, versions, since)
-        if not regression and spec.gates.max_accuracy_drop.threshold is not None
-        else None
-    )
-    errors = errors_since(target, versions, since) if regression and spec.gates.max_error_increase.live else None
-    return Window(green, blue, split, green_ready, blue_ready, blue_reference, labels, model.task, errors)
-
-
-def _reported(figures: dict | None) -> dict | None:
-    """A version's figures as the report keeps them: without the predicted values themselves."""
-    return None if figures is None else {k: v for k, v in figures.items() if k != "values"}
-
-
-def _record(
-    result: Rollout, decision: Decision, number: int, weight: int, window: Window, t0: float, echo: Echo, steps: int
-) -> None:
-    at = round(time.monotonic() - t0, 1)
-    result.checks.append(
-        Check(
-            number,
-            weight,
-            decision.verdict,
-            decision.reason,
-            at,
-            _reported(window.green),
-            _reported(window.blue),
-            decision.outcome,
-            [g.as_dict() for g in decision.gates],
-            window.split,
-        )
-    )
-    echo(
-        f"step {number}/{steps} green {weight}%: {WORD[decision.outcome]} - {decision.reason}  "
-        f"(blue: {figures_line(window.blue)})"
-    )
-    for gate in decision.gates:
-        if gate.dry_run and gate.status == "fail":
-            echo(f"  dry-run gate {gate.name} failed (not acted on): {gate.detail}")

@@ -122,23 +122,32 @@ def require_shadowable(state: RoutingState) -> None:
         )
 
 
-def run_shadow(target: Target, seconds: float, echo: Callable[[str], None]) -> dict:
-    """Mirror for `seconds` with green at 0%, then restore the weight it had and compare what was logged."""
+def run_shadow(
+    target: Target, seconds: float, echo: Callable[[str], None], decided: Callable[[dict], bool] | None = None
+) -> dict:
+    """Mirror for `seconds` with green at 0%, then restore the weight it had and compare what was logged. With
+    `decided`, the comparison so far is asked every few seconds and the phase ends as soon as it says so (a
+    sequential agreement gate with a verdict)."""
     previous = current(target)
     require_shadowable(previous)
     mark = target.log_mark()
+    model = target.prediction_metrics
     _, mirroring = set_weight(
         target, 0, reason=f"shadow for {seconds:.0f}s", shadow=True, expect=previous.serial, event="shadow"
     )
     try:
         started = time.monotonic()
         while (left := seconds - (time.monotonic() - started)) > 0:
-            time.sleep(min(5.0, left))
+            time.sleep(min(2.0 if decided else 5.0, left))
+            if decided is not None and decided(
+                compare(target.log_since(mark), previous.blue_version, model.endpoints, model.task)
+            ):
+                echo(f"  shadow: decided after {time.monotonic() - started:.0f}s")
+                break
             echo(f"  shadow: {max(0.0, seconds - (time.monotonic() - started)):4.0f}s left")
     finally:
         # back to the weight it had, unless an operator changed the split meanwhile (then theirs stands)
         set_weight(target, previous.green_weight, reason="shadow done", expect=mirroring.serial, event="shadow")
-    model = target.prediction_metrics
     return compare(settled_log(target, mark, model.endpoints), target.serving("blue"), model.endpoints, model.task)
 
 

@@ -29,6 +29,59 @@ def figures_line(figures: dict | None) -> str:
     return f"{figures['requests']} req, {rate} 5xx, p99 {p99}"
 
 
+def number(value: float | None) -> str:
+    """A gate's figure in few characters."""
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def gate_line(gate: dict) -> str:
+    """One gate's evidence in one line (a GateResult as a dict): its figure, and in sequential mode the interval it
+    lies in and the lines it is judged against; in fixed mode its threshold."""
+    name, figure = gate["name"], number(gate.get("figure"))
+    if gate.get("low") is None or gate.get("high") is None:
+        threshold = "-" if gate.get("threshold") is None else f"{gate['threshold']:g}"
+        return f"{name} {figure} / {threshold}"
+    interval = f"[{number(gate['low'])}, {number(gate['high'])}]"
+    if gate.get("tolerance") is None:
+        return f"{name} {figure} {interval} / {number(gate.get('threshold'))}"
+    return f"{name} {figure} {interval} / fails > {number(gate['tolerance'])}, passes < {number(gate['threshold'])}"
+
+
+def rollout_lines(progress: dict | None) -> list[str]:
+    """The running (or last) rollout, for `canary status`: where it is, each gate's evidence at the last look, and
+    why each step ended (live.read's current.json)."""
+    if not progress:
+        return []
+    steps = progress.get("steps") or []
+    state = progress.get("state", "-")
+    if state == "running":
+        look = progress.get("look") or {}
+        held = f", step held {look['seconds']:.0f}s" if look.get("seconds") is not None else ""
+        where = f"step {progress.get('step', '-')}/{len(steps)} at {progress.get('weight', '-')}%{held}"
+        lines = [f"rollout ({progress.get('mode', 'fixed')}): running, {where}"]
+        if look.get("reason"):
+            lines.append(f"  last look: {clean(look['reason'])}")
+        gates = look.get("gates") or ((progress.get("checks") or [{}])[-1].get("gates") or [])
+    else:
+        lines = [
+            f"rollout ({progress.get('mode', 'fixed')}): {state}: {clean(progress.get('reason', ''))}; green at "
+            f"{progress.get('final_weight')}%"
+        ]
+        gates = []
+    for gate in gates:
+        mark = f"{gate['status']} (dry-run)" if gate.get("dry_run") and gate["status"] != "skipped" else gate["status"]
+        lines.append(f"  {mark:<14}{gate_line(gate)}")
+    for check in progress.get("checks") or []:
+        if check.get("verdict") != "hold":
+            lines.append(
+                f"  step {check['step']} ({check['weight']}%) {check['verdict']} after "
+                f"{check.get('seconds', 0):.0f}s: {clean(check['reason'])}"
+            )
+    return lines
+
+
 def change_line(before, after) -> str:
     """What a weight change did, in one line (the CLI prints it, the dashboard shows it)."""
     old, new = before.green_weight, after.green_weight

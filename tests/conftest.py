@@ -63,6 +63,8 @@ def traversable(path: Path) -> Path:
     for folder in [path, *path.parents]:
         if folder == top or top not in folder.parents:
             break
+        if not folder.exists():
+            continue  # made later, by the stack itself
         found = folder.stat()
         if found.st_uid == os.geteuid() and not found.st_mode & 0o001:
             folder.chmod(found.st_mode & 0o7777 | 0o011)

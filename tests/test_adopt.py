@@ -26,9 +26,12 @@ from load import Load
 
 pytestmark = [pytest.mark.integration, pytest.mark.bento]
 
-HOLD = "8"  # seconds per rollout step: a few hundred rows per side at the load below
 RATE = 120  # requests per second, in all
-GATE_OF = {"classification": "class divergence", "regression": "KS distance"}
+# the prediction gates, one of which stops the worse version
+GATES_OF = {
+    "classification": ("max_class_shift", "max_class_divergence", "max_confidence_drop"),
+    "regression": ("max_ks_distance", "max_mean_shift"),
+}
 
 
 def canary(project: Path, env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -84,7 +87,10 @@ def environment(tmp_path: Path, **versions: str) -> dict:
 
 
 def rollout(project: Path, env: dict) -> subprocess.CompletedProcess:
-    return canary(project, env, "rollout", "--steps", "25,50,100", "--hold", HOLD, timeout=600)
+    """The default (sequential) rollout, the latency comparison reported only: on this shared 2-core host where a
+    process runs moves its latency more than a version does (docs/gates.md)."""
+    argv = ["rollout", "--steps", "25,50,100", "--dry-run", "max_slower_share"]
+    return canary(project, env, *argv, timeout=600)
 
 
 def last_report(env: dict) -> dict:
@@ -117,6 +123,8 @@ def test_a_foreign_service_is_adopted_judged_and_shipped(key, foreign_bentos, tm
     up = Up(project, env)
     try:
         print(up.wait_ready())
+        missing = canary(project, env, "deploy", "9.9.9")  # a version with no Bento: how to build it, in one line
+        assert missing.returncode == 1 and "bentoml build --version 9.9.9" in missing.stderr, missing.stderr
         with Load(
             url,
             workers=6,
@@ -132,13 +140,15 @@ def test_a_foreign_service_is_adopted_judged_and_shipped(key, foreign_bentos, tm
             print(worse.stdout, worse.stderr)
             assert worse.returncode == 1 and "rolled back" in worse.stdout, worse.stdout + worse.stderr
             reason = worse.stdout.strip().splitlines()[-1]
-            assert GATE_OF[task] in reason and re.search(r"\d\.\d+ > \d", reason), reason
+            # the gate, its figure and the line it crossed, in one line
+            gate = reason.removeprefix("rolled back: ").split(":")[0]
+            assert gate in GATES_OF[task] and re.search(r"\d\.\d+.*above \d\.\d+", reason), reason
             report = last_report(env)
-            for check in report["checks"]:
+            for check in report["checks"]:  # the control: no HTTP gate failed
                 http = {
                     g["name"]: g["status"] for g in check["gates"] if g["name"].startswith(("max_error", "max_p99"))
                 }
-                assert set(http.values()) <= {"pass"}, (check["reason"], http)
+                assert "fail" not in http.values(), (check["reason"], http)
 
             # the good version: deployed next to blue, promoted
             deployed = canary(project, env, "deploy", service.versions["good"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -77,6 +78,24 @@ def test_nginx_renders_the_shared_template_with_every_variable(spec):
     # versions in nginx's environment would change with every deploy: `docker compose up` would recreate nginx
     assert not given & {"CANARY_BLUE_VERSION", "CANARY_GREEN_VERSION"}
     assert any(v.startswith("./nginx/canary.conf.template:/etc/nginx/templates/") for v in nginx["volumes"])
+
+
+def test_nginx_knows_the_service_as_the_local_stack_does(spec):
+    """The endpoints and where their answers hold the predictions: what `canary` renders from [tool.canary], and
+    the slots of the backends' fixed addresses."""
+    from canary_kit.config import Settings
+    from canary_kit.nginx import endpoint_variables
+
+    env = spec["services"]["nginx"]["environment"]
+    rendered = endpoint_variables(Settings())
+    assert env["CANARY_ENDPOINTS"] == rendered["CANARY_ENDPOINTS"]
+    assert json.loads(env["CANARY_OBSERVE"]) == json.loads(rendered["CANARY_OBSERVE"])
+    assert env["CANARY_OBSERVE_FILTER"] == rendered["CANARY_OBSERVE_FILTER"]
+    addresses = {name: svc["networks"]["canary"]["ipv4_address"] for name, svc in spec["services"].items()}
+    assert json.loads(env["CANARY_SLOTS"]) == {
+        f"{addresses['ml-blue']}:3000": "blue",
+        f"{addresses['ml-green']}:3000": "green_a",
+    }
 
 
 @pytest.fixture(scope="module")

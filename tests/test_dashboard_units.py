@@ -79,11 +79,14 @@ def test_charts_share_one_time_axis_and_escape_what_they_show():
             "reason": "<script>alert(1)</script>",
         }
     ]
-    checks = [{**Check(1, 10, "hold", "x", 5.0, outcome="fail").__dict__, "wall": now - 5}]
+    gate = {"name": "max_error_rate", "status": "inconclusive", "figure": 0.0, "threshold": 0.01, "dry_run": False}
+    gate |= {"detail": "<b>", "low": -0.001, "high": 0.02, "tolerance": 0.002}  # a sequential gate's evidence
+    checks = [{**Check(1, 10, "hold", "x", 5.0, outcome="fail", gates=[gate]).__dict__, "wall": now - 5}]
     charts = dashcharts.render(samples, history, {"checks": checks}, now)
-    assert set(charts) == {"weight", "rps", "errors", "latency", "confidence", "divergence", "gates"}
+    assert set(charts) == {"weight", "rps", "errors", "latency", "confidence", "divergence", "gates", "evidence"}
     assert all(svg.startswith("<svg") for svg in charts.values())
     assert "<script>" not in "".join(charts.values()) and "&lt;script&gt;" in charts["weight"]
+    assert "<b>" not in charts["evidence"] and "fails above 0.002" in charts["evidence"]
     assert charts["rps"].count("<polyline") == 3, "green's missing second breaks its line in two"
     assert dashcharts.render([], [], None, now)["gates"] == ""
 

@@ -24,7 +24,9 @@ def window(name: str, **changes) -> Window:
 
 
 def spec(**overrides):
-    return load_spec(None, overrides)
+    """The committed spec in fixed mode: these windows are judged once each (tests/test_sequential.py judges the
+    sequential mode)."""
+    return load_spec(None, {"mode": "fixed", **overrides})
 
 
 def test_a_healthy_window_advances_with_every_gate_passing():

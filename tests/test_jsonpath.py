@@ -92,6 +92,15 @@ CASES = [
         None,
     ),
     ("a large batch of nested rows", "$.p[*]", None, {"p": [[1, 2]] * 800}, [[1, 2]] * 800, None),
+    (
+        "a large batch, a ] in a class",
+        "$.p[*]",
+        None,
+        {"p": ["a", "x]y", "z]", "]"] * 300},
+        ["a", "x]y", "z]", "]"] * 300,
+        None,
+    ),
+    ("a large batch of numbers", "$.p[*]", None, {"p": [1.5e3, -2, 0.25] * 500, "q": 1}, [1.5e3, -2, 0.25] * 500, None),
 ]
 
 

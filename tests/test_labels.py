@@ -167,7 +167,9 @@ def test_the_accuracy_gate_alone_rolls_the_weak_version_back_and_lets_the_next_o
         with Load(settings.url, workers=8, max_requests=60000, max_seconds=300, rows=data_rows()) as load:
             load.wait_for(0, 50)
             with Labeller(settings, load, tmp_path):
-                args = [
+                args = [  # fixed mode: its accuracy gate's 95% interval (tests/test_driver.py: the sequential one)
+                    "--mode",
+                    "fixed",
                     "--hold",
                     "4",
                     "--max-accuracy-drop",
@@ -206,6 +208,8 @@ def test_without_labels_a_step_holds_then_pauses_saying_why(more_versions, tmp_p
             result = canary(
                 settings,
                 "rollout",
+                "--mode",
+                "fixed",
                 "--hold",
                 "3",
                 "--min-requests",

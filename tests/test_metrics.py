@@ -75,7 +75,8 @@ OUTCOME = {"advance": "pass", "hold": "inconclusive", "fail": "fail"}
     ],
 )
 def test_judge(green, blue, verdict):
-    spec = load_spec(None, {"max_error_rate": 0.01, "max_p99_ms": 500, "max_p99_ratio": 3, "min_requests": 50})
+    fixed = {"mode": "fixed", "max_error_rate": 0.01, "max_p99_ms": 500, "max_p99_ratio": 3, "min_requests": 50}
+    spec = load_spec(None, fixed)
     assert decide(spec, Step(1, 10), Window(green, blue)).outcome == OUTCOME[verdict]
 
 

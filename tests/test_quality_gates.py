@@ -20,8 +20,12 @@ from load import Load, tally
 
 pytestmark = pytest.mark.integration
 # Loose latency gates (a shared 2-core machine); the quality gates keep their committed thresholds and samples.
-HTTP = ["--min-requests", "20", "--max-p99-ms", "10000", "--max-p99-ratio", "50"]
-QUALITY = ["max_class_divergence", "max_confidence_drop", "srm_p_value"]
+# The default mode is sequential; the pause test runs the fixed mode (its JS-divergence gate). The sequential latency
+# comparison is measured and reported, not acted on: on this shared machine where a backend runs moves its latency
+# by more than the tolerance (v1.2.0, whose model costs 15 us more per row, was slower in 62% of pairs at 50% in one
+# run of three), as the fixed mode's p99 ratio is loosened to 50 here.
+HTTP = ["--min-requests", "20", "--max-p99-ms", "10000", "--max-p99-ratio", "50", "--dry-run", "max_slower_share"]
+QUALITY = ["max_class_shift", "max_confidence_drop", "srm_p_value"]
 
 
 def canary(settings, *args):
@@ -78,20 +82,21 @@ def test_a_weak_green_passes_every_http_gate_but_is_rolled_back_on_class_diverge
     counts = tally(load.answers)
     print(f"\ndry run:\n{dry.output}\nlive:\n{live.output}\nclient answers: {dict(counts)}")
     assert dry.exit_code == 0 and "promoted" in dry.output, dry.output
-    assert "dry-run gate max_class_divergence failed" in dry.output
-    assert "fail (dry-run)" in gate_marks(dry_report, "max_class_divergence")
+    assert (
+        "dry-run gate max_class_shift failed" in dry.output or "dry-run gate max_confidence_drop failed" in dry.output
+    )
+    assert "fail (dry-run)" in gate_marks(dry_report, "max_class_shift") + gate_marks(dry_report, "max_confidence_drop")
+    http = [g for c in dry_report["checks"] for g in c["gates"] if g["name"] in ("max_error_rate", "max_p99_ms")]
+    assert "pass" in {g["status"] for g in http} and "fail" not in {g["status"] for g in http}, http
     assert live.exit_code == 1 and "rolled back" in live.output, live.output
     assert split_of(LocalTarget(settings.state_dir))[0] == 0
     assert {c["step"] for c in live_report["checks"]} == {1}, "rolled back at the first step"
     last = live.output.strip().splitlines()[-1]
-    assert "class divergence" in last and "> 0.2" in last, last  # one line: the figure and the threshold
-    http = [
-        g
-        for c in live_report["checks"]
-        for g in c["gates"]
-        if g["name"].startswith("max_p99") or g["name"] == "max_error_rate"
-    ]
-    assert all(g["status"] == "pass" for g in http), http
+    # one line: the gate, its figure with its interval, and the line it crossed
+    assert "max_class_shift: class shift" in last or "max_confidence_drop: confidence" in last, last
+    assert "above 0.050, with confidence" in last, last
+    http = [g for c in live_report["checks"] for g in c["gates"] if g["name"] in ("max_error_rate", "max_p99_ms")]
+    assert all(g["status"] != "fail" for g in http), http  # stopped on the model, before some HTTP gates decided
     assert not load.failed(), counts
 
 
@@ -99,7 +104,7 @@ def test_a_weak_green_with_on_failure_pause_stays_where_it_is(weak_green):
     settings = weak_green.settings
     with rows_load(settings, workers=8) as load:
         load.wait_for(0, 50)
-        result = canary(settings, "rollout", "--hold", "6", *HTTP, "--on-failure", "pause")
+        result = canary(settings, "rollout", "--mode", "fixed", "--hold", "6", *HTTP, "--on-failure", "pause")
         load.wait_for(time.monotonic(), 300)
         shown = canary(settings, "status")
     print(f"\n{result.output}\n{shown.output}")
@@ -127,7 +132,7 @@ def test_the_next_version_is_promoted_with_every_quality_gate_live(next_green, r
         ]
         print(f"{name}: {figures}")
     assert result.exit_code == 0 and "promoted" in result.output, result.output
-    for name in ("max_class_divergence", "max_confidence_drop"):
+    for name in ("max_class_shift", "max_confidence_drop"):
         assert "pass" in gate_marks(report, name) and "fail" not in gate_marks(report, name), name
     assert not load.failed(), tally(load.answers)
 
@@ -204,6 +209,10 @@ def test_the_shadow_gate_keeps_the_weak_version_out_and_lets_the_next_one_in(mor
             ["--spec", "SPEC:gates: {srm_p_value: {threshold: 0.001, mode: live}}"],
             "mode: Extra inputs are not permitted",
         ),
+        (["--spec", "SPEC:gates: {max_error_rate: {alpha: 0.7}}"], "alpha: Input should be less than or equal to 0.5"),
+        (["--spec", "SPEC:gates: {max_error_rate: {alpha: 0}}"], "alpha: Input should be greater than 0"),
+        (["--min-step-seconds", "60", "--max-step-seconds", "30"], "min_step_seconds (60) is above max_step_seconds"),
+        (["--mode", "bayesian"], "mode: Input should be 'sequential' or 'fixed'"),
     ],
 )
 def test_bad_gate_values_are_refused_in_one_line_and_change_nothing(stack, tmp_path, args, message):

@@ -21,8 +21,13 @@ from conftest import EXAMPLE_ROW, ROOT, nginx_pids
 from load import Load, tally
 
 pytestmark = pytest.mark.integration
-# Short holds and loose latency gates: this tests the mechanism on a shared 2-core machine, not the speed.
-FAST = ["--hold", "3", "--min-requests", "5", "--min-rows", "20", "--max-p99-ms", "10000", "--max-p99-ratio", "50"]
+# Short steps and loose latency gates: this tests the mechanism on a shared 2-core machine, not the speed (the
+# sequential latency comparison is measured, not acted on: tests/test_quality_gates.py says why). The default mode is
+# sequential (a step ends on evidence, at least --min-step-seconds); --hold is the fixed mode's.
+FAST = [
+    *("--min-step-seconds", "2", "--hold", "3", "--min-requests", "5", "--min-rows", "20"),
+    *("--max-p99-ms", "10000", "--max-p99-ratio", "50", "--dry-run", "max_slower_share"),
+]
 
 
 def canary(settings, *args):
@@ -62,7 +67,9 @@ def test_healthy_green_is_promoted_step_by_step_with_no_failed_request(at_ten):
 
 
 def test_too_little_traffic_holds_and_does_not_promote(at_ten):
-    result = canary(at_ten.settings, "rollout", *FAST, "--min-requests", "1000", "--max-inconclusive", "2")
+    """Fixed mode: two quiet windows, then a pause. (Sequential mode pauses at max_step_seconds: tests/test_driver.)"""
+    args = ["--mode", "fixed", "--min-requests", "1000", "--max-inconclusive", "2"]
+    result = canary(at_ten.settings, "rollout", *FAST, *args)
     print(f"\n{result.output}")
     assert result.exit_code == 2, result.output
     assert "paused" in result.output and result.output.count("HOLD") == 2

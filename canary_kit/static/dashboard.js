@@ -54,11 +54,28 @@
       setText(`${c}-requests`, f.requests == null ? "-" : String(f.requests));
       setText(`${c}-errors`, f.requests ? `${fmt(100 * (f.error_rate || 0), 2, "%")} (${f.errors})` : "-");
       setText(`${c}-latency`, `${fmt(f.p50_ms)} / ${fmt(f.p99_ms)}`);
-      setText(`${c}-confidence`, fmt(f.confidence_mean, 3));
       const rows = f.class_rows || {}, total = f.rows || 0;
+      if (s.task === "regression") {  // a regressor: its predicted values' mean and spread
+        setText(`${c}-confidence`, `${fmt(f.value_mean, 4)} / ${fmt(f.value_sd, 4)}`);
+        setText(`${c}-classes`, total ? `${total} rows` : "-");
+        continue;
+      }
+      setText(`${c}-confidence`, fmt(f.confidence_mean, 3));
       setText(`${c}-classes`, total ? Object.entries(rows).map(([k, n]) => `${k} ${Math.round((100 * n) / total)}%`).join("  ") + ` (${total} rows)` : "-");
     }
-    setText("divergence", s.class_divergence == null ? "" : `class divergence (JS distance, green vs blue, since the last change): ${s.class_divergence.toFixed(3)}`);
+    const regression = s.task === "regression";
+    setText("confidence-label", regression ? "predicted mean / sd" : "mean confidence");
+    setText("classes-label", regression ? "predicted rows" : "predicted classes");
+    const distance = regression ? s.ks_distance : s.class_divergence;
+    const what = regression ? "KS distance of predicted values" : "class divergence (JS distance";
+    setText("divergence", distance == null ? "" : `${what}${regression ? " (" : ", "}green vs blue, since the last change): ${distance.toFixed(3)}`);
+  }
+
+  const num = (v) => (v == null ? "-" : Math.abs(v) < 1000 ? Number(v).toPrecision(3) : Number(v).toFixed(0));
+
+  function gateLines(g) { // sequential: fails above the tolerance, passes below the threshold; fixed: the threshold
+    if (g.tolerance != null) return `fails > ${num(g.tolerance)}, passes < ${num(g.threshold)}`;
+    return g.threshold == null ? "-" : String(g.threshold);
   }
 
   function renderRollout(r) {
@@ -69,29 +86,49 @@
     hold.hidden = !running;
     const state = $("rollout-state");
     state.className = r ? `state-${r.state.replace(" ", "-")}` : "";
-    if (!r) { setText("rollout-state", "no rollout yet"); return; }
-    const steps = r.steps || [];
+    const steps = $("rollout-steps");
+    if (!r) { setText("rollout-state", "no rollout yet"); steps.replaceChildren(); return; }
+    const plan = r.steps || [];
+    const sequential = r.mode === "sequential";
+    const look = sequential && running ? r.look : null;
     if (running) {
-      const held = r.window_started ? Math.max(0, Date.now() / 1000 - r.window_started) : 0;
-      setText("rollout-state", r.step ? `running: step ${r.step}/${steps.length} (${steps.join(", ")}), green ${r.weight}%, window ${held.toFixed(0)} s of ${r.hold_seconds} s` : "running: shadow phase");
-      hold.value = Math.min(1, held / (r.hold_seconds || 1));
+      const now = Date.now() / 1000;
+      if (!r.step) {
+        setText("rollout-state", "running: shadow phase");
+      } else if (sequential) {
+        const held = r.step_started ? Math.max(0, now - r.step_started) : 0;
+        setText("rollout-state", `running: step ${r.step}/${plan.length} (${plan.join(", ")}), green ${r.weight}%, step held ${held.toFixed(0)} s (sequential: ${r.min_step_seconds}-${r.max_step_seconds} s)`);
+        hold.value = Math.min(1, held / (r.max_step_seconds || 1));
+      } else {
+        const held = r.window_started ? Math.max(0, now - r.window_started) : 0;
+        setText("rollout-state", `running: step ${r.step}/${plan.length} (${plan.join(", ")}), green ${r.weight}%, window ${held.toFixed(0)} s of ${r.hold_seconds} s`);
+        hold.value = Math.min(1, held / (r.hold_seconds || 1));
+      }
     } else {
       setText("rollout-state", `${r.state}: ${r.reason || ""}; green at ${r.final_weight}%  (started ${String(r.started).slice(0, 19).replace("T", " ")})`);
     }
-    const last = (r.checks || [])[r.checks.length - 1];
-    setText("rollout-check", last ? `last check: step ${last.step} (${last.weight}%): ${last.outcome || "-"}, verdict ${last.verdict} - ${last.reason}` : "no check yet");
+    const checks = r.checks || [];
+    const last = checks[checks.length - 1];
+    if (look) setText("rollout-check", `last look: step ${r.step} (${r.weight}%), ${look.seconds.toFixed(0)} s: ${look.verdict} - ${look.reason}`);
+    else setText("rollout-check", last ? `last check: step ${last.step} (${last.weight}%): ${last.outcome || "-"}, verdict ${last.verdict} - ${last.reason}` : "no check yet");
     const body = $("gates").tBodies[0];
     body.replaceChildren();
-    for (const g of (last && last.gates) || []) {
+    for (const g of (look ? look.gates : last && last.gates) || []) {
       const row = document.createElement("tr");
       row.title = g.detail;
       cell(row, g.name);
-      cell(row, g.figure == null ? "-" : Number(g.figure).toPrecision(3));
-      cell(row, g.threshold == null ? "-" : String(g.threshold));
+      cell(row, num(g.figure));
+      cell(row, g.low == null || g.high == null ? "-" : `[${num(g.low)}, ${num(g.high)}]`);
+      cell(row, gateLines(g));
       const failedDry = g.dry_run && g.status === "fail";
       cell(row, g.dry_run && g.status !== "skipped" ? `${g.status} (dry-run)` : g.status, failedDry ? "dry-run" : g.status);
       body.appendChild(row);
     }
+    steps.replaceChildren(...checks.filter((c) => c.verdict !== "hold").map((c) => { // why each step ended
+      const li = document.createElement("li");
+      li.textContent = `step ${c.step} (${c.weight}%) ${c.verdict} after ${(c.seconds || 0).toFixed(0)} s: ${c.reason}`;
+      return li;
+    }));
     const sh = r.shadow;
     setText("shadow", sh ? `shadow phase: agreement ${sh.agreement == null ? "-" : (100 * sh.agreement).toFixed(2) + "%"} over ${sh.rows_compared} rows${sh.gate ? "; " + sh.gate.detail : ""}` : "");
   }

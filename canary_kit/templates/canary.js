@@ -238,76 +238,117 @@ function confidences(selected) {
     return out.some((c) => c === null) ? null : out;
 }
 
-// An array of JSON scalars, matched without building it: what a large answer's predictions are read by when they
-// are its first member ({"predictions": [...], ...}), so that a batch's probabilities are never parsed.
-const SCALAR = '(?:"(?:[^"\\\\]|\\\\.)*"|-?[0-9][-+.0-9eE]*|true|false|null)';
-const FLAT = '(\\[\\s*(?:' + SCALAR + '(?:\\s*,\\s*' + SCALAR + ')*)?\\s*\\])';
-const LARGE = 4096;  // bytes: smaller answers are parsed whole (a few microseconds)
+// A batch answer's predictions, read without parsing the answer: when they are its first member, an array of
+// scalars ({"predictions": [...], "probabilities": ...}), the text from its `[` to the first `]` is that array, or
+// is not valid JSON at all (JSON arrays are prefix-free): it is logged as it is, and the kit reads it (answers.py)
+// as it reads any. Only the chunks up to that `]` are kept, so a batch's probabilities are never even joined.
+const LARGE = 4096;  // bytes: a first chunk smaller than this is an answer parsed whole (microseconds)
 const MAX_ANSWER = 8 * 1024 * 1024;  // bytes: larger answers are not read (they pass on untouched)
+const OPEN = 91;  // [
+const CLOSE = 93;  // ]
 
-// The predictions text (a JSON array) at `steps` in the answer `text`, or null.
-function predictionsIn(text, steps) {
-    if (text.length > LARGE && steps.length === 2 && typeof steps[0] === 'string' && steps[1] === '*') {
-        const first = new RegExp('^\\s*\\{\\s*"' + steps[0] + '"\\s*:\\s*' + FLAT).exec(text);
-        if (first) {
-            return first[1];
-        }
-    }
-    let answer;
-    try {
-        answer = JSON.parse(text);
-    } catch (e) {
-        return null;
-    }
-    const found = select(steps, answer);
-    return found === null ? null : JSON.stringify(found);
-}
-
-// js_body_filter for the prediction endpoints: every chunk passes on at once; a 200 answer's text is kept and,
-// at its end, its predictions (and confidences, when the endpoint names where they are) are read into
-// $canary_predictions and $canary_confidence for the access log. Nothing here can fail or delay an answer.
+// Per answer (njs runs each request in a VM of its own): what is kept, how, and where the array starts.
 let kept = [];
 let size = 0;
-let skip = false;
+let mode = '';  // '' (first chunk) | 'first' (the first member's array) | 'whole' | 'done'
+let where = null;
+let start = -1;
 
+// The bytes of the first member's array once its `]` has arrived (nginx logs them as they are); undefined while it
+// has not; null when the answer is not of that form after all (then it is parsed whole).
+function firstArray(data) {
+    const end = data.indexOf(CLOSE);
+    if (end < 0) {
+        return undefined;
+    }
+    const all = kept.length === 1 ? kept[0] : Buffer.concat(kept);
+    const array = all.slice(start, all.length - data.length + end + 1);
+    // Flat (no object, no inner array, no escape: searched as bytes), and the `]` where an array ends: after a
+    // value, before the next member. A `]` inside a class name fails one of these, or leaves text that the kit
+    // refuses (the answer is then unobserved, never misread).
+    const flat = array.indexOf(123) < 0 && array.indexOf(92) < 0 && array.indexOf(OPEN, 1) < 0;
+    const ends = /(^\[|["0-9el])\s*\]$/.test(array.slice(Math.max(0, array.length - 16)).toString());
+    const next = /^\s*([,}]|$)/.test(data.slice(end + 1, end + 65).toString());
+    return flat && ends && next ? array : null;
+}
+
+function begin(r, data) {
+    if (r.status !== 200 || r.headersOut['Content-Encoding']) {
+        return 'done';
+    }
+    where = JSON.parse(r.variables.canary_observe || '{}')[r.variables.canary_path];
+    if (!where || !where.predictions) {
+        return 'done';
+    }
+    const steps = where.predictions;
+    const rows = steps.length === 2 && typeof steps[0] === 'string' && steps[1] === '*' && !where.confidence;
+    if (!rows || data.length < LARGE) {
+        return 'whole';
+    }
+    const head = new RegExp('^\\s*\\{\\s*"' + steps[0] + '"\\s*:\\s*\\[').exec(data.slice(0, 256).toString());
+    if (!head) {
+        return 'whole';
+    }
+    start = head[0].length - 1;
+    return 'first';
+}
+
+// At the answer's end: its predictions (and confidences) from the whole answer, parsed.
+function whole(r) {
+    const answer = JSON.parse((kept.length === 1 ? kept[0] : Buffer.concat(kept)).toString());
+    const found = select(where.predictions, answer);
+    if (found !== null) {
+        r.variables.canary_predictions = JSON.stringify(found);
+    }
+    if (where.confidence) {
+        const selected = select(where.confidence, answer);
+        const rows = selected === null ? null : confidences(selected);
+        if (rows !== null) {
+            r.variables.canary_confidence = JSON.stringify(rows);
+        }
+    }
+}
+
+// js_body_filter (buffer_type=buffer) for the prediction endpoints: every chunk passes on at once; a 200 answer's
+// predictions (and confidences, when the endpoint names where they are) are read into $canary_predictions and
+// $canary_confidence for the access log. Nothing here can fail or delay an answer: an answer that is not what its
+// path expects is logged without predictions, and the kit counts those.
 function observe(r, data, flags) {
     r.sendBuffer(data, flags);
-    if (skip) {
-        return;
-    }
-    if (r.status !== 200 || r.headersOut['Content-Encoding'] || !r.variables.canary_path) {
-        skip = true;
-        return;
-    }
-    size += data.length;
-    if (size > MAX_ANSWER) {
-        skip = true;
-        kept = [];
-        return;
-    }
-    kept.push(data);
-    if (!flags.last) {
+    if (mode === 'done') {
         return;
     }
     try {
-        const where = JSON.parse(r.variables.canary_observe || '{}')[r.variables.canary_path];
-        if (!where || !where.predictions) {
-            return;
-        }
-        const text = kept.join('');
-        const predictions = predictionsIn(text, where.predictions);
-        if (predictions !== null) {
-            r.variables.canary_predictions = predictions;
-        }
-        if (where.confidence) {
-            const selected = select(where.confidence, JSON.parse(text));
-            const rows = selected === null ? null : confidences(selected);
-            if (rows !== null) {
-                r.variables.canary_confidence = JSON.stringify(rows);
+        if (mode === '') {
+            mode = begin(r, data);
+            if (mode === 'done') {
+                return;
             }
         }
+        size += data.length;
+        if (size > MAX_ANSWER) {
+            mode = 'done';
+            kept = [];
+            return;
+        }
+        kept.push(data);
+        if (mode === 'first') {
+            const found = firstArray(data);
+            if (found) {
+                r.variables.canary_predictions = found;
+                mode = 'done';
+                kept = [];
+                r.done();  // the rest of the answer passes on without calling this filter
+                return;
+            }
+            mode = found === null ? 'whole' : 'first';
+        }
+        if (flags.last && mode === 'whole') {
+            mode = 'done';
+            whole(r);
+        }
     } catch (e) {
-        // an answer that is not what the path expects is logged without predictions: the kit counts those
+        mode = 'done';
     }
 }
 
