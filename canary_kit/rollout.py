@@ -130,6 +130,8 @@ class LogTail:
     def __init__(self, target: Target) -> None:
         self.target, self.mark = target, target.log_mark()
         self.file, self.inode, self.offset, self.seen = self.mark.file, self.mark.inode, self.mark.offset, 0
+        if not (self.file or self.inode) and target.access_log is not None:  # a mark that names no file: the log's
+            self.file, self.inode = logfiles.identity(target.access_log) or "", _inode(target.access_log)
 
     def read(self) -> list[dict]:
         log = self.target.access_log

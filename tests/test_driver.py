@@ -312,3 +312,35 @@ def test_the_live_plant_reads_nginxs_log_a_whole_line_at_a_time(tmp_path):
     with open(log, "a") as f:
         f.write("3}\n")
     assert [e["n"] for e in tail.read()] == [3] and tail.read() == []
+
+
+def test_the_live_plant_follows_nginxs_log_through_a_rotation_and_a_truncation(tmp_path):
+    """rollout.LogTail: the log renamed to access.log.1 (nginx writing a last line there before it reopens) and a new
+    one begun, then the new one emptied in place and written again: every entry read once."""
+    import os
+
+    from canary_kit.rollout import LogTail
+    from canary_kit.targets import LocalTarget
+
+    log = tmp_path / "access.log"
+    log.write_text('{"n": 0}\n')
+
+    class Target:
+        access_log = log
+        log_mark = LocalTarget.log_mark
+
+    tail = LogTail(Target())
+    with open(log, "a") as f:
+        f.write('{"n": 1}\n')
+    assert [e["n"] for e in tail.read()] == [1]
+    with open(log, "a") as f:
+        f.write('{"n": 2}\n')
+    os.rename(log, tmp_path / "access.log.1")
+    log.write_text('{"n": 4}\n')
+    with open(tmp_path / "access.log.1", "a") as f:
+        f.write('{"n": 3}\n')  # before nginx reopened
+    assert [e["n"] for e in tail.read()] == [2, 3, 4]
+    with open(log, "r+") as f:
+        f.truncate(0)
+    log.write_text('{"n": 5}\n{"n": 6}\n{"n": 7}\n')  # past where the tail stood in the emptied file
+    assert [e["n"] for e in tail.read()] == [5, 6, 7] and tail.read() == []
