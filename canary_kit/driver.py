@@ -176,7 +176,14 @@ def walk(
                 result.outcome, result.final_weight = "stopped", now
                 result.reason = f"the state was changed by someone else (green now {now}%)"
                 return result
+            was_down = state.blue_down_since is not None
             went_down, down_for, held = _blue_clock(state, window, clock.now())
+            if spec.mode == "sequential" and was_down and window.blue_ready:
+                # blue is back: while it was down green answered its share too (nginx fails over), so the step's
+                # evidence starts again from here, with every gate to be shown again
+                step_mark, state.passed = plant.mark(), set()
+                echo(f"step {number}/{len(spec.steps)} green {weight}%: blue is back; the step's evidence starts again")
+                continue
             step = Step(number, weight, failed, state.inconclusive, down_for, held, state.passed)
             decision = decide(spec, step, window)
             if _keep(spec, decision, went_down, held, state):

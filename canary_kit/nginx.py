@@ -32,9 +32,7 @@ LOCAL_MAIN_TEMPLATE = "nginx.local.conf.template"
 NJS_SCRIPT = "canary.js"
 NJS_MODULE = "ngx_http_js_module.so"
 PATHS = ("predictions", "confidence")  # what an endpoint's answers are read for
-OBSERVE_FILTER = (
-    "js_body_filter canary.observe buffer_type=buffer;"  # the endpoints' answers pass through canary.js's observe
-)
+OBSERVE_FILTER = "js_body_filter canary.observe buffer_type=buffer;"  # answers pass through canary.js observe
 PLACEHOLDER = re.compile(r"\$\{(CANARY_[A-Z0-9_]+)\}")
 MAX_NOFILE = 65536
 WORKER_USERS = ("www-data", "nginx", "http")  # the usual unprivileged web users: Debian, RHEL and nginx.org, Arch

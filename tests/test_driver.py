@@ -166,6 +166,24 @@ def test_blue_down_holds_every_step_and_does_not_count_as_held_time():
     assert result.outcome == "paused" and "blue_down_seconds" in result.reason and plant.green_weight == 10
 
 
+def test_once_blue_is_back_the_steps_evidence_starts_again():
+    """While blue was down green answered its share too: judged on that span, the split would fail (SRM)."""
+    marks: list[float] = []
+
+    def script(t):
+        return {"blue_ready": not 3 <= t < 20}
+
+    clock = Clock()
+    plant = Plant(clock, RECORDED["healthy"]["green"], RECORDED["healthy"]["blue"], script=script)
+    taken = plant.mark
+    plant.mark = lambda: marks.append(clock.now()) or taken()  # type: ignore[method-assign]
+    result = run(spec(), plant, clock)
+    again = [line for line in result.lines if "blue is back" in line]  # type: ignore[attr-defined]
+    print(f"marks taken at {marks}")
+    assert result.outcome == "promoted" and len(again) == 1
+    assert any(20 <= m < 25 for m in marks), "a new span began once blue answered again"
+
+
 def test_without_labels_the_step_waits_then_gives_up_saying_why():
     clock = Clock()
     plant = Plant(clock, RECORDED["healthy"]["green"], RECORDED["healthy"]["blue"], labels={})

@@ -378,6 +378,8 @@ def test_a_rollout_holds_while_blue_is_down_and_resumes_or_pauses_as_the_spec_sa
         "10000",
         "--max-p99-ratio",
         "50",
+        "--dry-run",
+        "max_slower_share",
         "--state-dir",
         str(state),
     ]
