@@ -181,7 +181,7 @@ def walk(
             if spec.mode == "sequential" and was_down and window.blue_ready:
                 # blue is back: while it was down green answered its share too (nginx fails over), so the step's
                 # evidence starts again from here, with every gate to be shown again
-                step_mark, state.passed = plant.mark(), set()
+                step_mark, state.passed = plant.mark(), frozenset()
                 echo(f"step {number}/{len(spec.steps)} green {weight}%: blue is back; the step's evidence starts again")
                 continue
             step = Step(number, weight, failed, state.inconclusive, down_for, held, state.passed)
