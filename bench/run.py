@@ -54,7 +54,7 @@ from bench.servers import (
     NGINX_FLOOR,
     NO_METRICS,
     NO_OBSERVE,
-    NO_OBSERVE_COLUMNS,
+    OBSERVE,
     ROOT,
     Subject,
     backends,
@@ -198,9 +198,9 @@ class Run:
                     self.extra_stacks[name] = Stack(extra).start()
                 ready[name] = round(time.monotonic() - t0, 2)
                 subjects[name] = stack_subject(name, self.extra_stacks[name], by_part=False)
-                if name == NO_OBSERVE:
-                    columns = stack_subject(NO_OBSERVE_COLUMNS, self.extra_stacks[name], by_part=False, columnar=True)
-                    subjects[NO_OBSERVE_COLUMNS] = columns
+                if name in (OBSERVE, NO_OBSERVE):
+                    columns = f"{name}-columns"
+                    subjects[columns] = stack_subject(columns, self.extra_stacks[name], by_part=False, columnar=True)
         self.results["ready_s"] = ready
         subjects["canary"] = stack_subject("canary", self.stack)
         subjects[COLUMNS] = stack_subject(COLUMNS, self.stack, columnar=True)
@@ -209,7 +209,7 @@ class Run:
         if a.subjects:
             wanted = set(a.subjects.split(","))
             wanted |= {COLUMNS} if "canary" in wanted else set()  # the canary's columnar batches come with it
-            wanted |= {NO_OBSERVE_COLUMNS} if NO_OBSERVE in wanted else set()
+            wanted |= {f"{name}-columns" for name in (OBSERVE, NO_OBSERVE) if name in wanted}
             subjects = {name: t for name, t in subjects.items() if name in wanted}
         http = [t for t in subjects if t != NGINX_FLOOR]
         rows = [t for t in http if not subjects[t].columnar]  # the single-row points: row objects only

@@ -29,8 +29,13 @@ FRAMEWORK_FLOOR = "floor"  # service.py with --arg runtime=constant: BentoML and
 GREEN_WEIGHT = 10
 COLUMNS = "canary@columns"  # the canary stack asked in columns: POST /predict_columns (batch points only)
 NO_METRICS = "canary@nometrics"  # the extra canary stack whose backends export no prediction metrics
-NO_OBSERVE = "canary@noobserve"  # the extra canary stack whose nginx reads no predictions in the answers
-NO_OBSERVE_COLUMNS = "canary@noobserve-columns"  # the same stack asked in columns (batch points only)
+# The cost of reading predictions in the answers: two extra canary stacks started alike, one as shipped (observe)
+# and one whose nginx reads none (noobserve), each also asked in columns (batch points only). Neither is the main
+# stack, which serves the cold starts, the parity check and every other subject: the pair differs in that alone.
+OBSERVE = "canary@observe"
+NO_OBSERVE = "canary@noobserve"
+OBSERVE_COLUMNS = "canary@observe-columns"
+NO_OBSERVE_COLUMNS = "canary@noobserve-columns"
 
 
 def log(message: str) -> None:

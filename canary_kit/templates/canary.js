@@ -146,6 +146,18 @@ function decide(r) {
 // slots ($canary_slots). Elsewhere (compose's addresses are resolved names), an answer after a failover came from
 // the other colour: every backup server of an upstream is the other colour's. "" when no backend answered.
 function answered(r) {
+    const known = r.variables.canary_answered;  // nginx asks twice (the header, the log): worked out once
+    if (known) {
+        return known === '-' ? '' : known;
+    }
+    const version = answeredBy(r);
+    if (r.variables.upstream_addr) {
+        r.variables.canary_answered = version || '-';
+    }
+    return version;
+}
+
+function answeredBy(r) {
     const tried = r.variables.upstream_addr;
     if (!tried) {
         return '';
@@ -322,6 +334,13 @@ function observe(r, data, flags) {
         if (mode === '') {
             mode = begin(r, data);
             if (mode === 'done') {
+                return;
+            }
+            if (mode === 'whole' && data.length === Number(r.headersOut['Content-Length'])) {
+                kept.push(data);  // the whole answer in its first chunk: read now, not at the empty last one
+                mode = 'done';
+                r.done();
+                whole(r);
                 return;
             }
         }
