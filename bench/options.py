@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.servers import BENCH, NO_METRICS, NO_OBSERVE, OBSERVE, ROOT
+from bench.servers import BENCH, NO_METRICS, NO_OBSERVE, ROOT, SHIPPED
 
 
 def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
@@ -47,13 +47,13 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
         "--extra-canary-no-metrics",
         action="store_true",
         help="also measure, as canary@nometrics, a canary stack whose backends export no prediction "
-        "metrics (PREDICTION_METRICS=false): their cost, as quality_metrics_* ratios",
+        "metrics (PREDICTION_METRICS=false), against canary@shipped: their cost, as quality_metrics_* ratios",
     )
     p.add_argument(
         "--extra-canary-no-observe",
         action="store_true",
-        help="also measure two more canary stacks, canary@observe (as shipped) and canary@noobserve (nginx reads no "
-        "predictions in the answers: no endpoint names a JSON path): the cost of reading them, observed_predictions_*",
+        help="also measure, as canary@noobserve, a canary stack whose nginx reads no predictions in the answers (no "
+        "endpoint names a JSON path), against canary@shipped: the cost of reading them, observed_predictions_*",
     )
     p.add_argument(
         "--subjects",
@@ -82,9 +82,9 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     if args.extra_canary_workers > 1:
         extras[f"canary@w{args.extra_canary_workers}"] = ROOT
     if args.extra_canary_no_metrics:
-        extras[NO_METRICS] = ROOT
+        extras[SHIPPED] = extras[NO_METRICS] = ROOT
     if args.extra_canary_no_observe:
-        extras[OBSERVE] = extras[NO_OBSERVE] = ROOT
+        extras[SHIPPED] = extras[NO_OBSERVE] = ROOT
     args.extras = extras
     if args.duration < 1 or args.repeats < 1 or min(args.concurrency + args.batches) < 1:
         p.error("durations, repeats, connections and batch sizes must be at least 1")

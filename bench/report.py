@@ -12,9 +12,8 @@ from bench.servers import (
     NGINX_FLOOR,
     NO_METRICS,
     NO_OBSERVE,
-    NO_OBSERVE_COLUMNS,
-    OBSERVE,
-    OBSERVE_COLUMNS,
+    SHIPPED,
+    columns,
 )
 from penguin.features import CANDIDATE_VERSION, STABLE_VERSION
 
@@ -129,13 +128,13 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         (f"quality_metrics_rows_ratio_batch{big}", f"rows{big}"),
     ):
         runs = results["raw"].get(point, {})
-        if {"canary", NO_METRICS} <= runs.keys():
-            ratios[key] = round(statistics.median(per_round(runs, "canary", NO_METRICS)), 3)
+        if {SHIPPED, NO_METRICS} <= runs.keys():
+            ratios[key] = round(statistics.median(per_round(runs, SHIPPED, NO_METRICS)), 3)
     # Reading the predictions in the answers (nginx's observe): a canary as shipped over one alike whose endpoints
     # name no JSON path (no body filter at all), same rounds; at 1,000 rows both asked in columns.
     for key, point, (on, off) in (
-        (f"observed_predictions_rps_ratio_{single}", single, (OBSERVE, NO_OBSERVE)),
-        (f"observed_predictions_rows_ratio_batch{big}", f"rows{big}", (OBSERVE_COLUMNS, NO_OBSERVE_COLUMNS)),
+        (f"observed_predictions_rps_ratio_{single}", single, (SHIPPED, NO_OBSERVE)),
+        (f"observed_predictions_rows_ratio_batch{big}", f"rows{big}", (columns(SHIPPED), columns(NO_OBSERVE))),
     ):
         runs = results["raw"].get(point, {})
         if {on, off} <= runs.keys():
@@ -160,8 +159,8 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
     batch = results["raw"].get(f"rows{big}", {})
     if {"canary", COLUMNS} <= batch.keys():  # rows/s ratio of the two forms, each round (the same rows per request)
         rounds[f"canary_columnar_vs_rows_batch{big}"] = [round(r, 2) for r in per_round(batch, COLUMNS, "canary")]
-    if {OBSERVE_COLUMNS, NO_OBSERVE_COLUMNS} <= batch.keys():
-        found = per_round(batch, OBSERVE_COLUMNS, NO_OBSERVE_COLUMNS)
+    if {columns(SHIPPED), columns(NO_OBSERVE)} <= batch.keys():
+        found = per_round(batch, columns(SHIPPED), columns(NO_OBSERVE))
         rounds[f"observed_predictions_rows_ratio_batch{big}"] = [round(r, 3) for r in found]
     return {
         "table": table,
@@ -218,8 +217,8 @@ def by_round(runs: dict[str, list[dict]], point: str) -> dict[str, list[float]]:
     """The req/s ratios of subjects measured in the same round (minutes apart at most): how much the median moved."""
     pairs = {
         f"canary_vs_baseline_rps_{point}": ("canary", "baseline"),
-        f"quality_metrics_rps_ratio_{point}": ("canary", NO_METRICS),
-        f"observed_predictions_rps_ratio_{point}": (OBSERVE, NO_OBSERVE),
+        f"quality_metrics_rps_ratio_{point}": (SHIPPED, NO_METRICS),
+        f"observed_predictions_rps_ratio_{point}": (SHIPPED, NO_OBSERVE),
         f"canary_vs_framework_floor_rps_{point}": ("canary", FRAMEWORK_FLOOR),
     }
     return {

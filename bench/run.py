@@ -48,18 +48,19 @@ from bench.model import load_predictors, model_file, predict_floor, served_parit
 from bench.options import parse_args
 from bench.pyspy import profile_worker
 from bench.servers import (
+    ALIKE,
     COLUMNS,
     FRAMEWORK_FLOOR,
     HOST,
     NGINX_FLOOR,
     NO_METRICS,
     NO_OBSERVE,
-    OBSERVE,
     ROOT,
     Subject,
     backends,
     baseline_child,
     canary_settings,
+    columns,
     cpu_seconds,
     environment,
     free_ports,
@@ -198,9 +199,10 @@ class Run:
                     self.extra_stacks[name] = Stack(extra).start()
                 ready[name] = round(time.monotonic() - t0, 2)
                 subjects[name] = stack_subject(name, self.extra_stacks[name], by_part=False)
-                if name in (OBSERVE, NO_OBSERVE):
-                    columns = f"{name}-columns"
-                    subjects[columns] = stack_subject(columns, self.extra_stacks[name], by_part=False, columnar=True)
+                if name in ALIKE:
+                    subjects[columns(name)] = stack_subject(
+                        columns(name), self.extra_stacks[name], by_part=False, columnar=True
+                    )
         self.results["ready_s"] = ready
         subjects["canary"] = stack_subject("canary", self.stack)
         subjects[COLUMNS] = stack_subject(COLUMNS, self.stack, columnar=True)
@@ -209,7 +211,7 @@ class Run:
         if a.subjects:
             wanted = set(a.subjects.split(","))
             wanted |= {COLUMNS} if "canary" in wanted else set()  # the canary's columnar batches come with it
-            wanted |= {f"{name}-columns" for name in (OBSERVE, NO_OBSERVE) if name in wanted}
+            wanted |= {columns(name) for name in ALIKE if name in wanted}
             subjects = {name: t for name, t in subjects.items() if name in wanted}
         http = [t for t in subjects if t != NGINX_FLOOR]
         rows = [t for t in http if not subjects[t].columnar]  # the single-row points: row objects only

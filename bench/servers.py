@@ -28,14 +28,19 @@ NGINX_FLOOR = "nginx"
 FRAMEWORK_FLOOR = "floor"  # service.py with --arg runtime=constant: BentoML and our middleware, no model
 GREEN_WEIGHT = 10
 COLUMNS = "canary@columns"  # the canary stack asked in columns: POST /predict_columns (batch points only)
-NO_METRICS = "canary@nometrics"  # the extra canary stack whose backends export no prediction metrics
-# The cost of reading predictions in the answers: two extra canary stacks started alike, one as shipped (observe)
-# and one whose nginx reads none (noobserve), each also asked in columns (batch points only). Neither is the main
-# stack, which serves the cold starts, the parity check and every other subject: the pair differs in that alone.
-OBSERVE = "canary@observe"
+NO_METRICS = "canary@nometrics"  # the extra canary stack whose backends export no prediction metrics (ALIKE, below)
+# What a feature costs: extra canary stacks started alike, one as shipped (shipped) and one without the feature
+# (nometrics: its backends export no prediction metrics; noobserve: its nginx reads no predictions in the answers),
+# each also asked in columns (batch points only). None is the main stack, which serves the cold starts, the parity
+# check and every other subject: each pair differs in the feature alone.
+SHIPPED = "canary@shipped"
 NO_OBSERVE = "canary@noobserve"
-OBSERVE_COLUMNS = "canary@observe-columns"
-NO_OBSERVE_COLUMNS = "canary@noobserve-columns"
+ALIKE = (SHIPPED, "canary@nometrics", NO_OBSERVE)  # the stacks compared with one another
+
+
+def columns(name: str) -> str:
+    """The subject asking stack `name` in columns."""
+    return f"{name}-columns"
 
 
 def log(message: str) -> None:
