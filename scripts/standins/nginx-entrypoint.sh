@@ -6,7 +6,8 @@
 #     substituting only the environment variables whose names match the regex $NGINX_ENVSUBST_FILTER (all when
 #     unset), so nginx's own $variables survive;
 #   - NGINX_ENVSUBST_TEMPLATE_DIR / _TEMPLATE_SUFFIX / _OUTPUT_DIR are honoured, a read-only output dir is skipped;
-#   - executable *.sh files in /docker-entrypoint.d/ run first, as in the official image;
+#   - /docker-entrypoint.d/ in name order first, as in the official image: executable *.envsh files are sourced
+#     (what they export reaches the templates), executable *.sh files are run;
 #   - all of this only when the command is nginx or nginx-debug; then exec the command (default: nginx -g 'daemon off;').
 set -eu
 
@@ -38,10 +39,12 @@ render_templates() {
 
 if [ "${1:-}" = "nginx" ] || [ "${1:-}" = "nginx-debug" ]; then
     if [ -d /docker-entrypoint.d ]; then
-        for script in /docker-entrypoint.d/*.sh; do
-            [ -x "$script" ] || continue
-            entrypoint_log "$0: Launching $script"
-            "$script"
+        for script in /docker-entrypoint.d/*; do
+            [ -f "$script" ] && [ -x "$script" ] || continue
+            case "$script" in
+                *.envsh) entrypoint_log "$0: Sourcing $script"; . "$script" ;;
+                *.sh) entrypoint_log "$0: Launching $script"; "$script" ;;
+            esac
         done
     fi
     render_templates
