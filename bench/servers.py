@@ -251,7 +251,7 @@ def version_split(access_log: Path) -> dict[str, int]:
     with contextlib.suppress(FileNotFoundError), open(access_log) as f:
         for line in f:
             with contextlib.suppress(ValueError):
-                rec = json.loads(line)
+                rec = json.loads(line) if line.startswith("{") else {}
                 if rec.get("uri") == "/predict":
                     status = rec.get("status")
                     label = "499 (cut off when wrk stopped)" if status == 499 else f"status {status}"

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from canary_kit import logfiles
+from canary_kit import accesslog, logfiles
 from canary_kit.answers import predictions
 from canary_kit.config import CanaryError
 from canary_kit.files import PRIVATE
@@ -209,6 +209,7 @@ def _read_chunk(
     are left."""
     added, end, more = 0, start, False
     deadline, lines = time.monotonic() + CHUNK_SECONDS, 0
+    joiner = accesslog.Joiner()
     with open(path, "rb") as handle:
         handle.seek(start)
         rows: list[tuple] = []
@@ -216,14 +217,14 @@ def _read_chunk(
         for line in handle:
             if not line.endswith(b"\n"):
                 break  # a line nginx is still writing: next time
-            end += len(line)
+            at, end = end, end + len(line)
             lines += 1
+            if line.startswith(b"P "):  # a live answer's predictions, for the entry that follows
+                joiner.feed(line.decode("utf-8", "replace"), at)
+                continue
             pinned = b'"pin":"green"' in line or b'"pin":"blue"' in line
             if b'"shadow":false' in line and (b'"status":200' in line or pinned):
-                try:
-                    entry = json.loads(line.decode("utf-8", "replace"))
-                except ValueError:
-                    entry = None
+                entry = joiner.feed(line.decode("utf-8", "replace"), at)
                 if isinstance(entry, dict):
                     rows.extend(answer_rows(entry, endpoints, task))
                     found = pin_row(entry, endpoints) if pinned else None
@@ -235,6 +236,9 @@ def _read_chunk(
                 more = True
                 break
         added += _insert(conn, rows, pins)
+    waiting = joiner.held_back()  # predictions whose entry nginx is writing: read again from them next time
+    if waiting is not None and (waiting > start or not more):  # (a cut chunk always moves on)
+        end = waiting
     return added, end, more
 
 

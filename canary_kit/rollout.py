@@ -12,13 +12,12 @@ loop itself is tested on a fake clock and plant, and simulated (bench/rollout_si
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from canary_kit import logfiles
+from canary_kit import accesslog, logfiles
 from canary_kit.answers import Observed, fill, observed
 from canary_kit.config import CanaryError
 from canary_kit.control import current, log_event, set_weight
@@ -129,6 +128,7 @@ class LogTail:
 
     def __init__(self, target: Target) -> None:
         self.target, self.mark = target, target.log_mark()
+        self.joiner = accesslog.Joiner()
         self.file, self.inode, self.offset, self.seen = self.mark.file, self.mark.inode, self.mark.offset, 0
         if not (self.file or self.inode) and target.access_log is not None:  # a mark that names no file: the log's
             self.file, self.inode = logfiles.identity(target.access_log) or "", _inode(target.access_log)
@@ -152,12 +152,10 @@ class LogTail:
                 continue
             end = data.rfind(b"\n") + 1  # a line nginx is still writing is read next time
             self.file, self.inode, self.offset = logfiles.identity(path) or "", _inode(path), offset + end
-            for line in data[:end].decode(errors="replace").splitlines():
-                if line.startswith("{"):  # nginx's own messages are not entries
-                    try:
-                        entries.append(json.loads(line))
-                    except ValueError:
-                        pass
+            for line in data[:end].decode(errors="replace").split("\n"):
+                entry = self.joiner.feed(line)  # kept from read to read: an entry may follow its predictions later
+                if entry is not None:
+                    entries.append(entry)
         return entries
 
     def _is_mine(self, path) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 
-from canary_kit import logfiles, routing
+from canary_kit import accesslog, logfiles, routing
 from canary_kit.compose import (
     compose_service,
     image_repository,
@@ -57,15 +57,9 @@ def project_settings() -> Settings | None:
 
 
 def parse_log(text: str) -> list[dict]:
-    """The JSON objects among log lines (nginx's own messages and partial lines are skipped)."""
-    entries = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return entries
+    """The entries among log lines, with their predictions (accesslog.py; nginx's own messages and partial lines are
+    skipped)."""
+    return accesslog.parse(text)
 
 
 class LocalTarget:

@@ -6,12 +6,14 @@ BENTOML_HOME is set before anything imports bentoml, so no test touches the user
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -77,10 +79,30 @@ def tmp_path(tmp_path: Path) -> Path:
     return traversable(tmp_path)
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range, never the same twice in a run: a port bind(0) gives
+    is one the next outgoing connection (a client's, nginx's to a backend) may take before the stack listens on it."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    low, high = 10000, max(ephemeral - 1, 10100)
+    chooser = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(500):
+        port = chooser.randint(low, high)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {low}-{high} after 500 tries")
 
 
 def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:

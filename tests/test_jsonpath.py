@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from canary_kit import jsonpath, routing
+from canary_kit import accesslog, jsonpath, routing
 from canary_kit.config import Endpoint
 from canary_kit.nginx import LocalNginx
 from canary_kit.stack import Child, wait_ready
@@ -163,7 +163,7 @@ def test_nginx_reads_each_answer_as_python_does(echoed, number):
     log = echoed.state_dir / "logs" / "access.log"
     entry = None
     for _ in range(50):  # nginx writes the line once the answer is sent
-        entry = next((e for e in map(json.loads, log.read_text().splitlines()) if e["request_id"] == rid), None)
+        entry = next((e for e in accesslog.parse(log.read_text()) if e["request_id"] == rid), None)
         if entry:
             break
         time.sleep(0.05)

@@ -40,13 +40,18 @@ def entry(rid: str, predictions: str, version: str = "v1.0.0", time: str = "2026
 
 
 def nginx_line(e: dict) -> str:
-    return json.dumps(e, separators=(",", ":")) + "\n"
+    """As nginx writes it: the predictions it read on a line of their own, then the entry (canary_kit/accesslog.py)."""
+    e = dict(e)
+    predictions = e.pop("predictions", "")
+    kind = "S" if e.get("shadow") else "P"
+    first = f"{kind} {e['request_id']} {predictions}\n" if predictions else ""
+    return first + json.dumps(e, separators=(",", ":")) + "\n"
 
 
 def write(log: Path, entries: list[dict], mode: str = "a") -> None:
     with open(log, mode) as f:
         for e in entries:
-            f.write(json.dumps(e, separators=(",", ":")) + "\n")  # as nginx writes it
+            f.write(nginx_line(e))
 
 
 class Folder:
@@ -395,3 +400,21 @@ def test_pinned_answers_are_kept_apart_from_the_gates_and_pinned_requests_counte
     assert {v: q.labelled for v, q in every.items()} == {"v1.0.0": 1, "v1.1.0": 2}
     assert {v: q.labelled for v, q in split.items()} == {"v1.0.0": 0, "v1.1.0": 1}
     assert pins == {"green": 2, "blue": 1}
+
+
+def test_predictions_are_joined_to_their_entry_across_reads_and_other_requests_lines(tmp_path):
+    """A read that ends between an answer's prediction line and its entry gives the answer whole the next time;
+    another request's lines between the two change nothing; a line written before predictions had lines of their
+    own (one JSON object holding them) is still read."""
+    folder = Folder(tmp_path)
+    first, other = nginx_line(entry(A, "Adelie,Gentoo")).splitlines(keepends=True)
+    with ledger.connect(folder.state_dir) as conn:
+        folder.access_log.write_text(first)  # the predictions, their entry not yet written
+        assert ledger.ingest_file(conn, folder.access_log) == 0
+        with open(folder.access_log, "a") as f:
+            f.write(nginx_line(entry(B, "Chinstrap")) + other)
+            f.write(json.dumps(entry(UNKNOWN, "Gentoo"), separators=(",", ":")) + "\n")  # the older form
+        assert ledger.ingest_file(conn, folder.access_log) == 4
+        got = conn.execute("SELECT request_id, row, predicted FROM answers ORDER BY request_id, row").fetchall()
+    print(f"\nledger rows: {got}")
+    assert got == [(A, 0, "Adelie"), (A, 1, "Gentoo"), (B, 0, "Chinstrap"), (UNKNOWN, 0, "Gentoo")]

@@ -9,7 +9,6 @@ at once (tests/slow.py); the last one is the issue's figure on a whole stack (re
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from canary_kit import routing
+from canary_kit import accesslog, routing
 from canary_kit.nginx import LocalNginx
 from canary_kit.stack import Child, wait_ready
 from conftest import local_settings, running_stack
@@ -212,5 +211,5 @@ def test_slow_uploads_from_256_connections_leave_a_fresh_client_every_answer_wit
     assert slowest < 1.0, f"slowest answer took {slowest:.2f} s"
     assert len(cut) == 2 * half and all(status in (None, 408) for _, status in cut), cut[:5]
     assert lived[-1] <= 20 + 5 + 3, lived[-5:]
-    log = [json.loads(line) for line in (tmp_path / "logs" / "access.log").read_text().splitlines()]
+    log = accesslog.parse((tmp_path / "logs" / "access.log").read_text())
     assert not [e for e in log if e["status"] == 503], "a request was shed"

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from canary_kit import accesslog
 from canary_kit.nginx import open_files_limit
 from conftest import EXAMPLE_ROW
 from load import Load, tally
@@ -66,8 +67,9 @@ def test_2048_keepalive_clients_get_200_or_a_json_503_and_service_resumes(own_st
     error_log = (settings.state_dir / "logs" / "nginx-error.log").read_text().splitlines()
     took, recovery, recovered = recover(settings.url)
     after = Load(settings.url, workers=8, max_requests=1000, max_seconds=120).run()
-    logged = (settings.state_dir / "logs" / "access.log").read_text().splitlines()[-(sum(recovery.values()) + 1000) :]
-    refused = Counter((e["status"], e["upstream_status"]) for e in map(json.loads, logged) if e["status"] != 200)
+    logged = accesslog.parse((settings.state_dir / "logs" / "access.log").read_text())
+    logged = logged[-(sum(recovery.values()) + 1000) :]
+    refused = Counter((e["status"], e["upstream_status"]) for e in logged if e["status"] != 200)
     print(
         f"\n{CLIENTS} keep-alive clients for {SECONDS} s: {result}\nnginx error log: {len(error_log)} lines "
         f"{Counter(line.split('] ', 1)[0][-6:] for line in error_log)}\nafter the load, {STREAK} answers 200 in a "

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from canary_kit import accesslog
 from canary_kit.cli import app
 from canary_kit.nginx import OPERATOR_URL, operator_transport
 from conftest import EXAMPLE_ROW, running_stack
@@ -61,8 +62,8 @@ def pinning_requests(settings, count: int = 1000, pin: str = "always") -> list[t
 
 
 def logged(settings, request_ids: set[str]) -> list[dict]:
-    lines = (settings.state_dir / "logs" / "access.log").read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e["request_id"] in request_ids]
+    entries = accesslog.parse((settings.state_dir / "logs" / "access.log").read_text())
+    return [e for e in entries if e["request_id"] in request_ids]
 
 
 def test_after_a_rollback_no_pin_reaches_green_but_the_operators_does(pinned):

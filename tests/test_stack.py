@@ -16,6 +16,7 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+from canary_kit import accesslog
 from canary_kit.cli import app
 from canary_kit.metrics import Snapshot
 from conftest import EXAMPLE_ROW, ROOT, canary_process, free_port, local_settings
@@ -75,8 +76,8 @@ def test_access_log_is_one_json_object_per_request(stack):
             r = client.post(f"{stack.settings.url}/predict", json={"instances": [EXAMPLE_ROW]})
             ids[r.headers["x-request-id"]] = r.headers["x-model-version"]
     time.sleep(0.2)
-    lines = (stack.settings.state_dir / "logs" / "access.log").read_text().splitlines()
-    entries = {e["request_id"]: e for e in map(json.loads, lines)}
+    log = (stack.settings.state_dir / "logs" / "access.log").read_text()
+    entries = {e["request_id"]: e for e in accesslog.parse(log)}
     for request_id, version in ids.items():
         entry = entries[request_id]
         assert entry["version"] == version and entry["status"] == 200, entry

@@ -275,13 +275,42 @@ function firstArray(data) {
     }
     const all = kept.length === 1 ? kept[0] : Buffer.concat(kept);
     const array = all.slice(start, all.length - data.length + end + 1);
-    // Flat (no object, no inner array, no escape: searched as bytes), and the `]` where an array ends: after a
-    // value, before the next member. A `]` inside a class name fails one of these, or leaves text that the kit
-    // refuses (the answer is then unobserved, never misread).
-    const flat = array.indexOf(123) < 0 && array.indexOf(92) < 0 && array.indexOf(OPEN, 1) < 0;
+    // Rows that are lists or objects are read whole (their own `]` would end this early). Otherwise the text up to
+    // the first `]` is the whole array or no JSON at all: a `]` inside a class name fails these cheap looks at its
+    // two ends, or leaves text the kit refuses (the answer is unobserved, never misread).
+    const first = /^\[\s*(.)/.exec(array.slice(0, 64).toString());
+    const flat = !first || (first[1] !== '[' && first[1] !== '{');
     const ends = /(^\[|["0-9el])\s*\]$/.test(array.slice(Math.max(0, array.length - 16)).toString());
     const next = /^\s*([,}]|$)/.test(data.slice(end + 1, end + 65).toString());
-    return flat && ends && next ? array : null;
+    return flat && ends && next && array.indexOf(10) < 0 ? array : null;  // one line in the log, as it is
+}
+
+const SPACE = [9, 10, 13, 32];
+
+// Where the array that is the answer's first member, named `key`, begins ({"key": [ ...), or -1.
+function arrayAfter(data, key) {
+    let at = 0;
+    const skip = () => {
+        while (at < data.length && SPACE.indexOf(data[at]) >= 0) {
+            at++;
+        }
+    };
+    skip();
+    if (data[at++] !== 123) {  // {
+        return -1;
+    }
+    skip();
+    const name = '"' + key + '"';
+    if (data.slice(at, at + name.length).toString() !== name) {
+        return -1;
+    }
+    at += name.length;
+    skip();
+    if (data[at++] !== 58) {  // :
+        return -1;
+    }
+    skip();
+    return data[at] === OPEN ? at : -1;
 }
 
 function begin(r, data) {
@@ -297,12 +326,8 @@ function begin(r, data) {
     if (!rows || data.length < LARGE) {
         return 'whole';
     }
-    const head = new RegExp('^\\s*\\{\\s*"' + steps[0] + '"\\s*:\\s*\\[').exec(data.slice(0, 256).toString());
-    if (!head) {
-        return 'whole';
-    }
-    start = head[0].length - 1;
-    return 'first';
+    start = arrayAfter(data, steps[0]);
+    return start < 0 ? 'whole' : 'first';
 }
 
 // At the answer's end: its predictions (and confidences) from the whole answer, parsed.
