@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from canary_kit import cli_init, cli_release, cli_rollout, cli_stack
 from canary_kit.cli_k8s import k8s_app
 from canary_kit.cli_options import StackCommand, stop_once
-from canary_kit.config import CanaryError
+from canary_kit.errors import CanaryError
 from canary_kit.views import clean
 
 

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from canary_kit.config import CanaryError, default_bentoml_home
+from canary_kit.config import default_bentoml_home
+from canary_kit.errors import CanaryError
 
 
 def init(

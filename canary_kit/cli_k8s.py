@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from canary_kit.cli_options import settings_from
-from canary_kit.config import CanaryError, describe
+from canary_kit.errors import CanaryError, describe
 
 k8s_app = typer.Typer(help="The same canary on Kubernetes: Argo Rollouts + Gateway API, from the rollout spec.")
 

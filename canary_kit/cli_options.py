@@ -18,7 +18,8 @@ import typer
 from pydantic import ValidationError
 from typer.core import TyperCommand
 
-from canary_kit.config import CanaryError, Settings, describe
+from canary_kit.config import Settings
+from canary_kit.errors import CanaryError, describe
 from canary_kit.target import Target
 from canary_kit.targets import local_state_dir, open_target
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from canary_kit.cli_options import Reason, stack_of
-from canary_kit.config import CanaryError
+from canary_kit.errors import CanaryError
 
 
 def change(ctx: typer.Context, weight: int, reason: str, event: str) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from canary_kit.cli_options import stack_of
-from canary_kit.config import CanaryError
+from canary_kit.errors import CanaryError
 
 
 def rollout(

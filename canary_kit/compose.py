@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from dotenv import dotenv_values
 
-from canary_kit.config import CanaryError
+from canary_kit.errors import CanaryError
 from canary_kit.files import write_atomic
 
 CONFIG_TIMEOUT = 60  # seconds for one `compose config`

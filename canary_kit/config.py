@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PyprojectTomlConfigSettingsSource, SettingsConfigDict
 
 from canary_kit import jsonpath
@@ -38,19 +38,6 @@ NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 METRIC = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"  # a Prometheus metric name
 HEADER = r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"  # an HTTP header's name
 COOKIE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"  # a cookie's name
-
-
-class CanaryError(Exception):
-    """A problem the user can fix; the CLI prints it as one line and exits 1."""
-
-
-def describe(exc: ValidationError) -> str:
-    """A pydantic validation error as one line: `field: problem; field: problem` (pydantic's own messages, without
-    their "Value error, " prefix). The example service logs a bad request's errors the same way (its own web
-    module, which this tool may not import): tests/test_config.py holds the two to one form."""
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
-    )
 
 
 def default_bentoml_home() -> Path:

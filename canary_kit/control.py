@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 
 from canary_kit import routing
-from canary_kit.config import COLORS, CanaryError
+from canary_kit.config import COLORS
+from canary_kit.errors import CanaryError
 from canary_kit.files import append_line, take_back
 from canary_kit.ledger_status import accuracy_by_version, observed_since, pinned_since
 from canary_kit.metrics import PredictionMetrics, figures_between

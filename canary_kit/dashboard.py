@@ -43,8 +43,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from canary_kit import dashcharts, live
-from canary_kit.config import COLORS, CanaryError
+from canary_kit.config import COLORS
 from canary_kit.control import set_weight, status
+from canary_kit.errors import CanaryError
 from canary_kit.metrics import figures_between
 from canary_kit.routing import CHANGELOG
 from canary_kit.scrape import snapshots

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from canary_kit.config import CanaryError
+from canary_kit.errors import CanaryError
 from canary_kit.k8s import ARGS, PLUGIN, SCRAPE_LABELS, is_http_url, is_name, is_service_name
 from canary_kit.metrics import DURATION, REQUESTS, PredictionMetrics
 

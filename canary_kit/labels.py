@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from canary_kit.config import CanaryError
+from canary_kit.errors import CanaryError
 from canary_kit.ledger import transaction
 from canary_kit.views import CONTROL, clean
 

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from canary_kit.config import CanaryError
+from canary_kit.errors import CanaryError
 from canary_kit.files import write_atomic
 from canary_kit.processes import alive, created
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from canary_kit.config import SLOTS, CanaryError, Settings
+from canary_kit.config import SLOTS, Settings
+from canary_kit.errors import CanaryError
 from canary_kit.files import PRIVATE, private_folder, share, write_atomic
 from canary_kit.routing import STATE_FILE
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import httpx
 
 from canary_kit import jsonpath
-from canary_kit.config import CanaryError, Endpoint
+from canary_kit.config import Endpoint
+from canary_kit.errors import CanaryError
 
 TIMEOUT = 10.0
 

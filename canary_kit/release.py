@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from canary_kit.config import CanaryError
 from canary_kit.control import SplitChanged, change_lock, commit, current
+from canary_kit.errors import CanaryError
 from canary_kit.routing import RoutingState
 from canary_kit.target import Target
 

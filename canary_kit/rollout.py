@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 
 from canary_kit import accesslog, logfiles
 from canary_kit.answers import Observed, fill, observed
-from canary_kit.config import CanaryError
 from canary_kit.control import current, log_event, set_weight
 from canary_kit.driver import Check, RealClock, Rollout, walk
+from canary_kit.errors import CanaryError
 from canary_kit.evidence import Window
 from canary_kit.gates import judge_shadow
 from canary_kit.ledger import errors_since, labelled_since, utc

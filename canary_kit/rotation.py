@@ -15,7 +15,8 @@ import os
 import signal
 
 from canary_kit import logfiles
-from canary_kit.config import CanaryError, Settings
+from canary_kit.config import Settings
+from canary_kit.errors import CanaryError
 from canary_kit.ledger import LEDGER, READ_WAIT, connect, ingest_file
 
 REOPENED = ("access.log", "nginx-error.log")  # nginx opens these by name: it reopens them on SIGUSR1

@@ -10,7 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
-from canary_kit.config import CanaryError, describe
+from canary_kit.errors import CanaryError, describe
 
 DEFAULT_SPEC = Path(__file__).with_name("rollout.yaml")
 MODES = ("sequential", "fixed")

@@ -26,7 +26,8 @@ import httpx
 import yaml
 
 from canary_kit import probe, routing
-from canary_kit.config import SLOTS, CanaryError, Settings
+from canary_kit.config import SLOTS, Settings
+from canary_kit.errors import CanaryError
 from canary_kit.files import UnsafeFolder, locked, private_folder, write_atomic
 from canary_kit.nginx import OPERATOR_URL, LocalNginx, check_reachable, njs_module, operator_transport, worker_group
 from canary_kit.processes import (

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from canary_kit import live, routing
-from canary_kit.config import CanaryError, Settings
+from canary_kit.config import Settings
 from canary_kit.control import current, log_event, set_weight
+from canary_kit.errors import CanaryError
 from canary_kit.files import locked, write_atomic
 from canary_kit.nginx import admin_socket, shadow_socket
 from canary_kit.processes import (

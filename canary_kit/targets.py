@@ -31,7 +31,8 @@ from canary_kit.compose import (
     run,
     set_variables,
 )
-from canary_kit.config import CanaryError, Settings
+from canary_kit.config import Settings
+from canary_kit.errors import CanaryError
 from canary_kit.files import UnsafeFolder, check_folder
 from canary_kit.metrics import PredictionMetrics
 from canary_kit.nginx import admin_socket

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from canary_kit.cli import app
 from canary_kit.cli_options import StackCommand
-from canary_kit.config import CanaryError
+from canary_kit.errors import CanaryError
 
 STACK_COMMANDS = [
     "set-weight",

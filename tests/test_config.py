@@ -94,13 +94,13 @@ def test_the_canary_tool_knows_no_model_code():
 
 
 def test_the_tool_and_the_service_write_a_validation_error_alike():
-    """canary_kit.config.describe (bad settings) and penguin.web.describe (bad requests) flatten pydantic's errors
+    """canary_kit.errors.describe (bad settings) and penguin.web.describe (bad requests) flatten pydantic's errors
     in one form, `location: message`; neither package may import the other, so this test is what keeps them one.
     They differ only where their readers do: the service counts the errors and shows at most `limit` of them, and
     names an error of the whole input `body` (the tool: `value`)."""
     from pydantic import BaseModel, field_validator, model_validator
 
-    from canary_kit.config import describe as tool_describe
+    from canary_kit.errors import describe as tool_describe
     from penguin.web import describe as service_describe
 
     class Row(BaseModel):

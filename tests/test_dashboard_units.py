@@ -7,8 +7,8 @@ import json
 import pytest
 
 from canary_kit import dashcharts, live
-from canary_kit.config import CanaryError
 from canary_kit.dashboard import get_token, is_loopback
+from canary_kit.errors import CanaryError
 from canary_kit.rollout import Check, Rollout
 
 

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from canary_kit import k8s, k8s_checks
 from canary_kit.cli import app
-from canary_kit.config import CanaryError, Settings
+from canary_kit.config import Settings
+from canary_kit.errors import CanaryError
 from canary_kit.spec import load_spec
 from canary_kit.stats import chi2_critical
 from conftest import ROOT

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from canary_kit.config import CanaryError
+from canary_kit.errors import CanaryError
 from canary_kit.gates import Step, Window, decide
 from canary_kit.metrics import Snapshot, quantile, window
 from canary_kit.spec import load_spec

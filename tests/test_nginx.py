@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from canary_kit import routing
-from canary_kit.config import CanaryError
+from canary_kit.errors import CanaryError
 from canary_kit.nginx import OPERATOR_URL, LocalNginx, operator_transport, render
 from canary_kit.stack import Child, wait_ready
 from conftest import ROOT, local_settings, nginx_applies

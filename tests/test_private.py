@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 from canary_kit import ledger, nginx
-from canary_kit.config import CanaryError
 from canary_kit.control import set_weight
+from canary_kit.errors import CanaryError
 from canary_kit.targets import LocalTarget
 from conftest import EXAMPLE_ROW, canary_process, local_settings, running_stack
 

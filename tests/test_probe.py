@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from canary_kit.config import CanaryError, Endpoint
+from canary_kit.config import Endpoint
+from canary_kit.errors import CanaryError
 from canary_kit.probe import check, request_body
 from conftest import bentoml_serve
 from test_adopt import canary, environment

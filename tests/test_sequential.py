@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from canary_kit.config import CanaryError
+from canary_kit.errors import CanaryError
 from canary_kit.evidence import Step, Window
 from canary_kit.gates import decide, judge_shadow
 from canary_kit.sequential import judge_sequential
