@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from canary_kit.metrics import ENDPOINT, PredictionMetrics, asks_endpoint
+from canary_kit.endpoints import ENDPOINT, PredictionMetrics, asks_endpoint
 from canary_kit.stats import mean_sd
 
 

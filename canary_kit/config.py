@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, PyprojectTomlConfigSettingsSource, SettingsConfigDict
 
 from canary_kit import jsonpath
-from canary_kit.metrics import PredictionMetrics
+from canary_kit.endpoints import PredictionMetrics
 from canary_kit.retention import Retention
 
 Port = int

@@ -22,10 +22,11 @@ import httpx
 
 from canary_kit import routing
 from canary_kit.config import COLORS
+from canary_kit.endpoints import PredictionMetrics
 from canary_kit.errors import CanaryError
 from canary_kit.files import append_line, take_back
 from canary_kit.ledger_status import accuracy_by_version, observed_since, pinned_since
-from canary_kit.metrics import PredictionMetrics, figures_between
+from canary_kit.metrics import figures_between
 from canary_kit.routing import CHANGELOG, RoutingState
 from canary_kit.scrape import read_baseline, snapshots, write_baseline
 from canary_kit.stats import js_distance, ks_distance

@@ -29,8 +29,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from canary_kit.config import METRIC, Settings
+from canary_kit.endpoints import ENDPOINT
 from canary_kit.errors import CanaryError
-from canary_kit.metrics import ENDPOINT
 from canary_kit.spec import RolloutSpec
 
 PLUGIN = "argoproj-labs/gatewayAPI"

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from canary_kit import accesslog, logfiles
 from canary_kit.answers import predictions
+from canary_kit.endpoints import ENDPOINT, asks_endpoint
 from canary_kit.errors import CanaryError
 from canary_kit.files import PRIVATE
-from canary_kit.metrics import ENDPOINT, asks_endpoint
 from canary_kit.retention import Retention
 from canary_kit.stats import Errors
 from canary_kit.target import LogMark, Target

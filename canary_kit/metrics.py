@@ -15,37 +15,9 @@ from dataclasses import asdict, dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-REQUESTS = "bentoml_service_request"  # counter family: bentoml_service_request_total
-DURATION = "bentoml_service_request_duration_seconds"  # histogram family
-ENDPOINT = "/predict"  # the model's endpoint when `[tool.canary]` names none (setting `endpoints`)
+from canary_kit.endpoints import DURATION, ENDPOINT, REQUESTS, PredictionMetrics, asks_endpoint
 
-
-def is_endpoint(uri: str, endpoints: tuple[str, ...] = (ENDPOINT,)) -> bool:
-    """Whether a request's URI (query and all, as nginx logs it) asks one of the model's endpoints."""
-    return uri.split("?", 1)[0] in endpoints
-
-
-def asks_endpoint(entry: dict, endpoints: tuple[str, ...] = (ENDPOINT,)) -> bool:
-    """Whether an access-log entry answers one of the model's endpoints: by nginx's decoded path (`path`, so
-    /%70redict is /predict), or by the raw URI where an older log has no `path`."""
-    path = entry.get("path")
-    if isinstance(path, str) and path:
-        return path in endpoints
-    return is_endpoint(str(entry.get("uri", "")), endpoints)
-
-
-@dataclass(frozen=True)
-class PredictionMetrics:
-    """The names of the service's prediction metrics: a counter of rows per predicted class (label `class`) and a
-    histogram of each row's top-class probability. None: the service exports none (no quality figures).
-    `endpoints`: the model's API paths; their requests, errors and latency are summed into one version's figures."""
-
-    class_metric: str | None = None
-    confidence_metric: str | None = None
-    endpoints: tuple[str, ...] = (ENDPOINT,)
-    value_metric: str | None = None  # a regressor's histogram of predicted values
-    task: str = "classification"  # or "regression"
-    observed: bool = False  # nginx reads each answer's predictions (the endpoints' JSON paths)
+NO_NAMES = PredictionMetrics()  # a service that exports no prediction metrics, on the default endpoint
 
 
 @dataclass
@@ -60,7 +32,7 @@ class Snapshot:
     confidence: tuple[float, float] | None = None  # (sum, count) of the top-class probabilities
 
     @classmethod
-    def parse(cls, text: str, names: PredictionMetrics = PredictionMetrics(), endpoint: str | None = None) -> Snapshot:
+    def parse(cls, text: str, names: PredictionMetrics = NO_NAMES, endpoint: str | None = None) -> Snapshot:
         endpoints = names.endpoints if endpoint is None else (endpoint,)
         snap = cls(taken_at=time.time())
         confidence: dict[str, float] = {}

@@ -21,12 +21,13 @@ from canary_kit import accesslog, logfiles
 from canary_kit.answers import Observed, fill, observed
 from canary_kit.control import current, log_event, set_weight
 from canary_kit.driver import Check, RealClock, Rollout, walk
+from canary_kit.endpoints import asks_endpoint
 from canary_kit.errors import CanaryError
 from canary_kit.evidence import Window
 from canary_kit.gates import judge_shadow
 from canary_kit.ledger import errors_since, labelled_since, utc
 from canary_kit.live import Channel
-from canary_kit.metrics import asks_endpoint, figures_between, http_figures, split_tries, with_split_http
+from canary_kit.metrics import figures_between, http_figures, split_tries, with_split_http
 from canary_kit.scrape import snapshots
 from canary_kit.spec import RolloutSpec
 from canary_kit.target import Target

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from canary_kit.answers import predictions
 from canary_kit.control import current, require_green, set_weight
+from canary_kit.endpoints import ENDPOINT, asks_endpoint
 from canary_kit.errors import CanaryError
-from canary_kit.metrics import ENDPOINT, asks_endpoint
 from canary_kit.routing import RoutingState
 from canary_kit.stats import ks_distance, wilson
 from canary_kit.target import LogMark, Target

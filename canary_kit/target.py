@@ -15,7 +15,7 @@ from typing import Protocol
 
 import httpx
 
-from canary_kit.metrics import PredictionMetrics
+from canary_kit.endpoints import PredictionMetrics
 from canary_kit.retention import Retention
 
 

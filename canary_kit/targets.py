@@ -32,9 +32,9 @@ from canary_kit.compose import (
     set_variables,
 )
 from canary_kit.config import Settings
+from canary_kit.endpoints import PredictionMetrics
 from canary_kit.errors import CanaryError
 from canary_kit.files import UnsafeFolder, check_folder
-from canary_kit.metrics import PredictionMetrics
 from canary_kit.nginx import admin_socket
 from canary_kit.processes import alive
 from canary_kit.readyz import CURL_HEAD, ready, ready_from_curl
