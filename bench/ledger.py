@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.servers import ROOT
 from canary_kit import labels as labelling
-from canary_kit import ledger
+from canary_kit import ledger, ledger_queries
 
 CLASSES = ["Adelie", "Chinstrap", "Gentoo"]
 GOALS = {"ingest_s": 60.0, "quality_s": 1.0}
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             timings = []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                found = ledger.quality(conn, ["v1.0.0", "v1.1.0"])
+                found = ledger_queries.quality(conn, ["v1.0.0", "v1.1.0"])
                 timings.append(time.perf_counter() - t0)
             quality = statistics.median(timings)
             print(

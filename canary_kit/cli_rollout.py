@@ -136,14 +136,16 @@ def labels(
 ) -> None:
     """Send the true classes back: join each label to the answer (request id, row) and the version that gave it."""
     from canary_kit import labels as labelling
-    from canary_kit import ledger
+    from canary_kit import ledger, ledger_queries
 
     data = labelling.read(file, sys.stdin.buffer)  # refused past its size cap, before it is read whole
     target = stack_of(ctx).target()
     with ledger.connect(target.state_dir) as conn:
         ledger.catch_up(target, conn, target.retention)
         task = target.prediction_metrics.task
-        parsed = labelling.parse(data, ledger.model_classes(target, conn) if task == "classification" else set(), task)
+        parsed = labelling.parse(
+            data, ledger_queries.model_classes(target, conn) if task == "classification" else set(), task
+        )
         labelling.check_rows(conn, parsed)
         for line, why in parsed.refused[:20]:
             typer.echo(f"line {line}: {why}", err=True)

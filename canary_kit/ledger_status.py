@@ -7,7 +7,8 @@ from __future__ import annotations
 import sqlite3
 
 from canary_kit.errors import CanaryError
-from canary_kit.ledger import LEDGER, READ_WAIT, catch_up, connect, errors, quality, utc
+from canary_kit.ledger import LEDGER, READ_WAIT, catch_up, connect, utc
+from canary_kit.ledger_queries import errors, quality
 from canary_kit.target import Target
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from canary_kit.errors import CanaryError
-from canary_kit.ledger import catch_up, connect, counts, errors, quality, utc
+from canary_kit.ledger import catch_up, connect, utc
+from canary_kit.ledger_queries import counts, errors, quality
 from canary_kit.stats import Errors
 from canary_kit.target import Target
 

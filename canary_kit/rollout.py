@@ -25,7 +25,8 @@ from canary_kit.endpoints import asks_endpoint
 from canary_kit.errors import CanaryError
 from canary_kit.evidence import Window
 from canary_kit.gates import judge_shadow
-from canary_kit.ledger import errors_since, labelled_since, utc
+from canary_kit.ledger import utc
+from canary_kit.ledger_queries import errors_since, labelled_since
 from canary_kit.live import Channel
 from canary_kit.metrics import figures_between, http_figures, split_tries, with_split_http
 from canary_kit.scrape import snapshots

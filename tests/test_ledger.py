@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from canary_kit import labels as labelling
-from canary_kit import ledger, quality
+from canary_kit import ledger, ledger_queries, quality
 from canary_kit.stats import difference
 
 CLASSES = {"Adelie", "Chinstrap", "Gentoo"}
@@ -67,7 +67,7 @@ class Folder:
 
 def rows(folder: Folder) -> int:
     with ledger.connect(folder.state_dir) as conn:
-        return ledger.counts(conn)["answers"]
+        return ledger_queries.counts(conn)["answers"]
 
 
 def test_ingest_is_incremental_idempotent_and_skips_what_is_not_an_answer(tmp_path):
@@ -180,7 +180,7 @@ def test_old_answers_and_their_labels_are_pruned_by_age_and_count(tmp_path):
         ledger.ingest_file(conn, folder.access_log)
         labelling.apply(conn, [labelling.Label(1, "o0", 0, "Adelie"), labelling.Label(2, "n0", 0, "Adelie")])
         assert ledger.prune(conn, ledger.Retention(days=30, rows=1500), now) == 505
-        assert ledger.counts(conn) == {"answers": 1500, "labels": 1}  # the newest kept, o0's label gone
+        assert ledger_queries.counts(conn) == {"answers": 1500, "labels": 1}  # the newest kept, o0's label gone
         assert (
             conn.execute("SELECT MIN(time) FROM answers").fetchone()[0]
             > (now - timedelta(minutes=1500)).isoformat()[:19]
@@ -199,7 +199,7 @@ def test_a_second_holding_more_answers_than_the_limit_is_kept_whole(tmp_path):
     with ledger.connect(tmp_path) as conn:
         ledger.ingest_file(conn, folder.access_log)
         assert ledger.prune(conn, ledger.Retention(days=30, rows=1000), now) == 10
-        assert ledger.counts(conn)["answers"] == 1500
+        assert ledger_queries.counts(conn)["answers"] == 1500
 
 
 BAD_AS_WRITTEN = {
@@ -259,9 +259,9 @@ def test_each_bad_label_file_is_refused_naming_the_line_and_changes_nothing(tmp_
     write(folder.access_log, [entry(A, "Adelie,Gentoo,Gentoo"), entry(B, "Chinstrap")])
     with ledger.connect(tmp_path) as conn:
         ledger.ingest_file(conn, folder.access_log)
-        ledger.remember_classes(conn, CLASSES)
+        ledger_queries.remember_classes(conn, CLASSES)
         labelling.apply(conn, [labelling.Label(1, B, 0, "Chinstrap")])
-        parsed = labelling.parse(BAD[kind], ledger.known_classes(conn))
+        parsed = labelling.parse(BAD[kind], ledger_queries.known_classes(conn))
         labelling.check_rows(conn, parsed)
     print(f"\n{kind}: {[(line, why[:90]) for line, why in parsed.refused]}")
     assert parsed.refused, kind
@@ -321,7 +321,7 @@ def test_labels_join_replace_and_count_unknown_per_version(tmp_path):
         ]
         again = labelling.apply(conn, labelling.parse(f"request_id,label\n{B},Chinstrap\n".encode(), CLASSES).labels)
         assert dict(again.replaced) == {"v1.1.0": 1}
-        found = ledger.quality(conn, ["v1.0.0", "v1.1.0"])
+        found = ledger_queries.quality(conn, ["v1.0.0", "v1.1.0"])
     assert (found["v1.0.0"].labelled, found["v1.0.0"].correct) == (1, 1)
     assert (found["v1.1.0"].labelled, found["v1.1.0"].correct) == (1, 1)  # the replaced label counts
 
@@ -350,7 +350,7 @@ def test_a_crash_mid_file_leaves_the_ledger_as_it_was(tmp_path):
     finally:
         conn.close()
     with ledger.connect(tmp_path) as conn:
-        assert ledger.counts(conn) == {"answers": 100, "labels": 0}
+        assert ledger_queries.counts(conn) == {"answers": 100, "labels": 0}
 
 
 def test_the_accuracy_difference_interval():
@@ -390,8 +390,8 @@ def test_pinned_answers_are_kept_apart_from_the_gates_and_pinned_requests_counte
     with ledger.connect(tmp_path) as conn:
         assert ledger.ingest_file(conn, folder.access_log) == 3
         labelling.apply(conn, [labelling.Label(i, rid, 0, "Adelie") for i, rid in enumerate(["u1", "p1", "p3"])])
-        every = ledger.quality(conn, ["v1.0.0", "v1.1.0"])
-        split = ledger.quality(conn, ["v1.0.0", "v1.1.0"], unpinned=True)
+        every = ledger_queries.quality(conn, ["v1.0.0", "v1.1.0"])
+        split = ledger_queries.quality(conn, ["v1.0.0", "v1.1.0"], unpinned=True)
         pins = dict(conn.execute("SELECT pin, COUNT(*) FROM pins GROUP BY 1").fetchall())
     print(
         f"\nlabelled, all: { {v: q.labelled for v, q in every.items()} }; the split's: "
