@@ -72,9 +72,10 @@ from bench.servers import (
     version_split,
     wait_ports_free,
 )
+from canary_kit.backends import wait_ready
 from canary_kit.config import Settings
 from canary_kit.errors import CanaryError
-from canary_kit.stack import Child, Stack, wait_ready
+from canary_kit.stack import Child, Stack
 from penguin.features import CANDIDATE_VERSION, MODEL_NAME, STABLE_VERSION
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,10 +22,10 @@ from pathlib import Path
 import yaml
 
 from canary_kit import probe
+from canary_kit.backends import bentoml_bin, private_home, wait_ready
 from canary_kit.config import VERSION
 from canary_kit.errors import CanaryError
 from canary_kit.processes import Child
-from canary_kit.stack import bentoml_bin, private_home, wait_ready
 
 # Where answers usually hold their predictions and their probabilities, most telling first.
 PREDICTION_KEYS = (

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from canary_kit import live, routing
+from canary_kit.backends import STACK_FILE, STACK_LOCK, backend_child, read_stack_file, retire
 from canary_kit.config import Settings
 from canary_kit.control import current, log_event, set_weight
 from canary_kit.errors import CanaryError
@@ -43,7 +44,7 @@ from canary_kit.processes import (
     wait_gone,
 )
 from canary_kit.rotation import EVERY, rotate_logs
-from canary_kit.stack import STACK_FILE, STACK_LOCK, Stack, backend_child, read_stack_file, retire
+from canary_kit.stack import Stack
 from canary_kit.targets import LocalTarget
 
 

@@ -21,6 +21,7 @@ import httpx
 from pydantic import ValidationError
 
 from canary_kit import accesslog, logfiles, routing
+from canary_kit.backends import STACK_FILE, launch, missing_version, read_stack_file, retire
 from canary_kit.compose import (
     compose_service,
     image_repository,
@@ -40,7 +41,6 @@ from canary_kit.processes import alive
 from canary_kit.readyz import CURL_HEAD, ready, ready_from_curl
 from canary_kit.retention import Retention
 from canary_kit.routing import STATE_FILE
-from canary_kit.stack import STACK_FILE, launch, missing_version, read_stack_file, retire
 from canary_kit.target import LogMark, Target
 
 COMPOSE_STATE_MOUNT = "/var/lib/canary"  # where the compose nginx reads the routing state folder

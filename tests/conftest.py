@@ -153,7 +153,8 @@ def data_rows() -> list[dict]:
 @contextmanager
 def bentoml_serve(target: list[str], env: dict[str, str] | None = None):
     """A real `bentoml serve` on a free loopback port, run and stopped as the stack runs its backends."""
-    from canary_kit.stack import Child, wait_ready
+    from canary_kit.backends import wait_ready
+    from canary_kit.stack import Child
 
     port = free_port()
     argv = [str(BIN / "bentoml"), "serve", *target, "--host", "127.0.0.1", "--port", str(port)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from canary_kit.backends import backend_child
 from canary_kit.config import Settings
-from canary_kit.stack import backend_child
 from conftest import local_settings
 
 

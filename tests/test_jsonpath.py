@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from canary_kit import accesslog, jsonpath, routing
+from canary_kit.backends import wait_ready
 from canary_kit.config import Endpoint
 from canary_kit.nginx import LocalNginx
-from canary_kit.stack import Child, wait_ready
+from canary_kit.stack import Child
 from conftest import local_settings
 
 BIG = 1000  # rows of a batch answer: past canary.js's LARGE (4 KiB), where it reads a first-member array unparsed

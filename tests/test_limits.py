@@ -19,8 +19,9 @@ import httpx
 import pytest
 
 from canary_kit import accesslog, routing
+from canary_kit.backends import wait_ready
 from canary_kit.nginx import LocalNginx
-from canary_kit.stack import Child, wait_ready
+from canary_kit.stack import Child
 from conftest import local_settings, running_stack
 from load import Load, tally
 from slow import Trickle

@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from canary_kit import routing
+from canary_kit.backends import wait_ready
 from canary_kit.errors import CanaryError
 from canary_kit.nginx import OPERATOR_URL, LocalNginx, operator_transport, render
-from canary_kit.stack import Child, wait_ready
+from canary_kit.stack import Child
 from conftest import ROOT, local_settings, nginx_applies
 from load import assert_split
 

@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from canary_kit import routing
+from canary_kit.backends import read_stack_file
 from canary_kit.config import SLOTS
 from canary_kit.nginx import OPERATOR_URL, operator_transport
 from canary_kit.processes import alive, listeners
-from canary_kit.stack import read_stack_file
 from conftest import EXAMPLE_ROW, ROOT, canary_process, nginx_pids, run, running_stack
 from load import Load, tally
 

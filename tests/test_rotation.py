@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from canary_kit import ledger, logfiles, routing
+from canary_kit.backends import wait_ready
 from canary_kit.nginx import LocalNginx
-from canary_kit.stack import Child, wait_ready
+from canary_kit.stack import Child
 from canary_kit.supervise import Supervisor
 from canary_kit.targets import LocalTarget
 from conftest import data_rows, local_settings, running_stack

@@ -253,8 +253,8 @@ def test_ready_means_ready_and_the_last_split_survives_a_restart(trained, tmp_pa
 def test_stopping_a_slot_leaves_a_strangers_server_on_its_port_alone(own_stack):
     """Only processes carrying the kit's mark (CANARY_COMPONENT) are stopped: not any listener on a slot's port
     whose command line says "bentoml"."""
+    from canary_kit.backends import retire
     from canary_kit.processes import port_in_use
-    from canary_kit.stack import retire
 
     s = own_stack.settings
     port = s.slot_port("green_b")  # free in a fresh stack: `canary deploy` retires it before it starts there
