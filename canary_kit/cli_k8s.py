@@ -25,11 +25,11 @@ def k8s_render(
     prometheus: Annotated[str | None, typer.Option(help="Prometheus URL for the analysis")] = None,
 ) -> None:
     """Write the kustomize base (Rollout, Services, HTTPRoutes, AnalysisTemplate) from the rollout spec."""
-    from canary_kit import k8s
+    from canary_kit import k8s, k8s_served
     from canary_kit.spec import load_spec
 
     try:
-        served = k8s.ServedModel.from_settings(
+        served = k8s_served.ServedModel.from_settings(
             settings_from(), image_tag=image_tag, gateway=gateway, prometheus=prometheus
         )
     except ValidationError as exc:

@@ -6,7 +6,7 @@ one-host rollout. Used by k8s.py, which writes the rest of the base.
 from __future__ import annotations
 
 from canary_kit.endpoints import DURATION, REQUESTS
-from canary_kit.k8s import ARGS, HASH_LABEL, ServedModel, duration, number
+from canary_kit.k8s_served import ARGS, HASH_LABEL, ServedModel, duration, number
 from canary_kit.spec import RolloutSpec
 from canary_kit.stats import chi2_critical
 

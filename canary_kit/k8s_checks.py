@@ -22,7 +22,7 @@ import yaml
 
 from canary_kit.endpoints import DURATION, REQUESTS, PredictionMetrics
 from canary_kit.errors import CanaryError
-from canary_kit.k8s import ARGS, PLUGIN, SCRAPE_LABELS, is_http_url, is_name, is_service_name
+from canary_kit.k8s_served import ARGS, PLUGIN, SCRAPE_LABELS, is_http_url, is_name, is_service_name
 
 # What `bentoml serve` exports (BentoML 1.4, checked against a live /metrics by the tests): series -> labels.
 _COMMON = {"endpoint", "http_response_code", "runner_name", "service_name", "service_version"}

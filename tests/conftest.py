@@ -228,10 +228,10 @@ def canary_process(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 def k8s_served(**given):
     """The served model of this project's settings ([tool.canary]), as `canary k8s render` builds it."""
-    from canary_kit import k8s
+    from canary_kit import k8s_served
     from canary_kit.config import Settings
 
-    return k8s.ServedModel.from_settings(Settings(), **given)
+    return k8s_served.ServedModel.from_settings(Settings(), **given)
 
 
 def nginx_applies(settings) -> dict:

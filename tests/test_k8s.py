@@ -17,7 +17,7 @@ import yaml
 from jsonschema import Draft7Validator
 from typer.testing import CliRunner
 
-from canary_kit import k8s, k8s_checks
+from canary_kit import k8s, k8s_checks, k8s_served
 from canary_kit.cli import app
 from canary_kit.config import Settings
 from canary_kit.errors import CanaryError
@@ -221,7 +221,7 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
     ] == []
 
 
-def docs_of(spec, given: k8s.ServedModel | None = None) -> list[dict]:
+def docs_of(spec, given: k8s_served.ServedModel | None = None) -> list[dict]:
     texts = k8s.manifests(given or served(), spec).values()
     return [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
 

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from canary_kit import k8s, k8s_analysis, k8s_checks
+from canary_kit import k8s, k8s_analysis, k8s_checks, k8s_served
 from canary_kit.cli import app
 from canary_kit.config import Settings
 from canary_kit.metrics import Snapshot, window
@@ -55,7 +55,9 @@ def prometheus(targets: dict[str, str], folder: Path):
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("prometheus is not installed (Debian: apt-get install prometheus): the gates cannot run for real")
-    static = [{"targets": [addr], "labels": {"namespace": NAMESPACE, k8s.HASH_LABEL: h}} for h, addr in targets.items()]
+    static = [
+        {"targets": [addr], "labels": {"namespace": NAMESPACE, k8s_served.HASH_LABEL: h}} for h, addr in targets.items()
+    ]
     config = {
         "global": {"scrape_interval": "1s"},
         "scrape_configs": [{"job_name": "bentoml", "static_configs": static}],

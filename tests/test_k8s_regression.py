@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from canary_kit import k8s, k8s_analysis
+from canary_kit import k8s_analysis, k8s_served
 from canary_kit.spec import load_spec
 from canary_kit.stats import ks_distance
 from test_k8s_prometheus import NAMESPACE, evaluate, prometheus
@@ -51,8 +51,10 @@ def exporter(side: str) -> type[BaseHTTPRequestHandler]:
     return Histogram
 
 
-def served(**given) -> k8s.ServedModel:
-    return k8s.ServedModel(service_name="diabetes_progression", image="diabetes_progression", image_tag="v2", **given)
+def served(**given) -> k8s_served.ServedModel:
+    return k8s_served.ServedModel(
+        service_name="diabetes_progression", image="diabetes_progression", image_tag="v2", **given
+    )
 
 
 def test_a_regressors_template_judges_its_values_and_a_classifiers_its_classes():
