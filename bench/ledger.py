@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.servers import ROOT
-from canary_kit import labels as labelling
-from canary_kit import ledger, ledger_queries
+from canary_kit.observe import labels as labelling
+from canary_kit.observe import ledger, ledger_queries
 
 CLASSES = ["Adelie", "Chinstrap", "Gentoo"]
 GOALS = {"ingest_s": 60.0, "quality_s": 1.0}

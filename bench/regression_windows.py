@@ -8,9 +8,9 @@ candidate (rows drawn with replacement, as traffic repeats). For 400 windows per
 (blue against itself, the good candidate and the worse one) it reports, for the diabetes regressor: the two-sample
 Kolmogorov-Smirnov distance of the predicted values, their Wasserstein-1 distance divided by blue's standard
 deviation, and the standardised mean shift (mean_g - mean_b) / sd_b with its Welch 95% interval; for the wine
-classifier: the Jensen-Shannon distance of the predicted class shares (log 2, as canary_kit/stats.py) and the drop
-in mean confidence (each row's top score), for comparison with the penguin's. Honest pairs: median, 99.5th percentile
-and largest; the worse one: median and smallest. The statistics are numpy's arithmetic here (no SciPy);
+classifier: the Jensen-Shannon distance of the predicted class shares (log 2, as canary_kit/policy/stats.py) and
+the drop in mean confidence (each row's top score), for comparison with the penguin's. Honest pairs: median, 99.5th
+percentile and largest; the worse one: median and smallest. The statistics are numpy's arithmetic here (no SciPy);
 tests/test_regression_windows.py checks them against SciPy's.
 """
 

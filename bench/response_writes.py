@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.load import LUA, write_bodies
 from bench.servers import ROOT, canary_settings, free_ports, log, processes
-from canary_kit.stack import Stack
+from canary_kit.stacks.local import Stack
 
 TRACE_SECONDS, CONNECTIONS = 3, 8
 # [pid 123] 1795720442.629981 write(24, "HTTP/1.1 200 OK\r\n...\r\n\r\n", 201) = 201

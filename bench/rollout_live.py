@@ -29,8 +29,8 @@ from pathlib import Path
 import httpx
 
 from bench.servers import ROOT, canary_settings, free_ports, log
-from canary_kit.config import default_bentoml_home
-from canary_kit.stack import Stack
+from canary_kit.core.config import default_bentoml_home
+from canary_kit.stacks.local import Stack
 from penguin.features import STABLE_VERSION
 
 CANDIDATES = {"v1.2.0": "good", "v1.9.0": "weak"}
@@ -95,7 +95,7 @@ def one_run(candidate: str, args: argparse.Namespace, rows: list[dict], work: Pa
         time.sleep(args.warmup)
         access = settings.state_dir / "logs" / "access.log"
         offset, before = access.stat().st_size, sum(load.counts.values())
-        argv = [sys.executable, "-m", "canary_kit.cli", "rollout", "--state-dir", str(settings.state_dir)]
+        argv = [sys.executable, "-m", "canary_kit", "rollout", "--state-dir", str(settings.state_dir)]
         argv += ["--spec", str(args.spec)] if args.spec else []
         started = time.monotonic()
         done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)

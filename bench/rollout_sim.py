@@ -1,5 +1,6 @@
-"""Simulated rollouts: `canary rollout`'s own step loop and decisions (canary_kit.driver.walk and gates.decide, the
-code a live rollout runs) on a simulated clock and traffic, many times over, for both modes of the default spec.
+"""Simulated rollouts: `canary rollout`'s own step loop and decisions (canary_kit.rollout.driver.walk and
+gates.decide, the code a live rollout runs) on a simulated clock and traffic, many times over, for both modes of the
+default spec.
 
     python -m bench.rollout_sim                    # 1,000 runs per scenario and mode -> bench/results/rollout_sim.json
     python -m bench.rollout_sim --runs 200         # a quicker look (same scenarios)
@@ -37,11 +38,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.servers import BENCH
-from canary_kit.driver import Rollout, walk
-from canary_kit.evidence import Window
-from canary_kit.metrics import quantile
-from canary_kit.spec import RolloutSpec, load_spec
-from canary_kit.stats import wilson
+from canary_kit.observe.metrics import quantile
+from canary_kit.policy.evidence import Window
+from canary_kit.policy.spec import RolloutSpec, load_spec
+from canary_kit.policy.stats import wilson
+from canary_kit.rollout.driver import Rollout, walk
 
 STREAMS = BENCH / "data" / "rollout_streams.json"
 OUT = BENCH / "results" / "rollout_sim.json"

@@ -71,9 +71,9 @@ def answers(store: Path) -> dict:
 
 def latencies(store: Path, seconds: int) -> dict:
     """request_time (ms) of every /predict answer by version, through nginx at 50/50 under 6 connections."""
-    from canary_kit.control import set_weight
-    from canary_kit.stack import Stack
-    from canary_kit.targets import LocalTarget
+    from canary_kit.stacks.local import Stack
+    from canary_kit.stacks.targets import LocalTarget
+    from canary_kit.steer.control import set_weight
 
     work = Path(tempfile.mkdtemp(prefix="rollout-streams-"))
     settings = canary_settings(work / "canary", ROOT, store, free_ports(4))

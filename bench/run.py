@@ -11,7 +11,7 @@ stopped) by this script:
   service         our service.py under `bentoml serve`, v1.0.0 through onnxruntime, hit directly on its port
   service@sklearn the same with --arg runtime=sklearn (the scikit-learn pipeline)
   floor           framework floor: the same service with --arg runtime=constant, answering without a model
-  canary          the whole canary path from canary_kit.stack.Stack: nginx 90/10 -> blue v1.0.0 / green v1.1.0
+  canary          the whole canary path from canary_kit.stacks.local.Stack: nginx 90/10 -> blue v1.0.0 / green v1.1.0
   nginx           floor: the same nginx answering GET /_nginx/ping without an upstream
   in-process floor: the ONNX graphs' (and v1.0.0's pipeline's) predict_proba on ready columns, one thread
 
@@ -72,10 +72,10 @@ from bench.servers import (
     version_split,
     wait_ports_free,
 )
-from canary_kit.backends import wait_ready
-from canary_kit.config import Settings
-from canary_kit.errors import CanaryError
-from canary_kit.stack import Child, Stack
+from canary_kit.core.config import Settings
+from canary_kit.core.errors import CanaryError
+from canary_kit.stacks.backends import wait_ready
+from canary_kit.stacks.local import Child, Stack
 from penguin.features import CANDIDATE_VERSION, MODEL_NAME, STABLE_VERSION
 
 # ---------------------------------------------------------------------------------------------------------------

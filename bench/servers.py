@@ -16,10 +16,10 @@ from pathlib import Path
 
 import psutil
 
-from canary_kit.backends import bentoml_bin, private_home
-from canary_kit.config import Settings
-from canary_kit.processes import Child, port_in_use
-from canary_kit.stack import Stack
+from canary_kit.core.config import Settings
+from canary_kit.core.processes import Child, port_in_use
+from canary_kit.stacks.backends import bentoml_bin, private_home
+from canary_kit.stacks.local import Stack
 from penguin.features import STABLE_VERSION
 
 BENCH = Path(__file__).resolve().parent

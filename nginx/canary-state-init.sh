@@ -20,7 +20,7 @@ case $weight in
     '' | *[!0-9]* | ????*) refuse ;;
 esac
 [ "$weight" -le 100 ] || refuse
-served() { # the version the backend at $1 answers with, as JSON: "v1.2.0", or null (canary_kit/readyz.py's rule:
+served() { # the version the backend at $1 answers with, as JSON: "v1.2.0", or null (canary_kit/core/readyz.py's rule:
     # the first X-Model-Version of a 200 answer to /readyz, spaces and tabs around it dropped, if it is a version
     # as BentoML accepts one in a tag, other than `latest`)
     curl -sS -m 3 -o /dev/null -D - "http://$1/readyz" 2>/dev/null | tr -d '\r' | awk '

@@ -153,8 +153,8 @@ def data_rows() -> list[dict]:
 @contextmanager
 def bentoml_serve(target: list[str], env: dict[str, str] | None = None):
     """A real `bentoml serve` on a free loopback port, run and stopped as the stack runs its backends."""
-    from canary_kit.backends import wait_ready
-    from canary_kit.stack import Child
+    from canary_kit.stacks.backends import wait_ready
+    from canary_kit.stacks.local import Child
 
     port = free_port()
     argv = [str(BIN / "bentoml"), "serve", *target, "--host", "127.0.0.1", "--port", str(port)]
@@ -171,7 +171,7 @@ def bentoml_serve(target: list[str], env: dict[str, str] | None = None):
 
 def local_settings(state_dir: Path, **overrides):
     """Settings for a stack on free ports with its state in `state_dir`."""
-    from canary_kit.config import Settings
+    from canary_kit.core.config import Settings
 
     values = dict(
         project_dir=ROOT,
@@ -189,7 +189,7 @@ def local_settings(state_dir: Path, **overrides):
 @contextmanager
 def running_stack(state_dir: Path, **overrides):
     """A whole local stack (blue, green, nginx) from the service's code, stopped whatever happens."""
-    from canary_kit.stack import Stack
+    from canary_kit.stacks.local import Stack
 
     running = Stack(local_settings(traversable(state_dir), **overrides)).start()
     try:
@@ -222,23 +222,23 @@ def nginx_pids(stack) -> tuple[int, list[int]]:
 
 def canary_process(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
     """`canary ARGS --state-dir STATE_DIR` as its own process, as an operator runs it."""
-    argv = [sys.executable, "-m", "canary_kit.cli", *args, "--state-dir", str(state_dir)]
+    argv = [sys.executable, "-m", "canary_kit", *args, "--state-dir", str(state_dir)]
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def k8s_served(**given):
     """The served model of this project's settings ([tool.canary]), as `canary k8s render` builds it."""
-    from canary_kit import k8s_served
-    from canary_kit.config import Settings
+    from canary_kit.core.config import Settings
+    from canary_kit.k8s.served import ServedModel
 
-    return k8s_served.ServedModel.from_settings(Settings(), **given)
+    return ServedModel.from_settings(Settings(), **given)
 
 
 def nginx_applies(settings) -> dict:
     """The routing state the local stack's nginx applies, from its admin socket (one worker's answer)."""
     import httpx
 
-    from canary_kit.nginx import admin_socket
+    from canary_kit.stacks.nginx import admin_socket
 
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(admin_socket(settings))), timeout=5) as client:
         return client.get("http://nginx/_nginx/split").json()

@@ -60,7 +60,7 @@ def dashboard(state_dir: Path, *args: str, token: str = TOKEN, host: str = "127.
     argv = [
         sys.executable,
         "-m",
-        "canary_kit.cli",
+        "canary_kit",
         "dashboard",
         "--port",
         str(port),

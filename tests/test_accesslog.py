@@ -1,11 +1,11 @@
-"""nginx's access log as the kit reads it (canary_kit/accesslog.py): each prediction line joined to the entry that
+"""nginx's access log as the kit reads it (canary_kit/core/accesslog.py): each prediction line joined to the entry that
 follows it, whatever comes between, shadow answers apart from live ones, and nothing misread."""
 
 from __future__ import annotations
 
 import json
 
-from canary_kit import accesslog
+from canary_kit.core import accesslog
 
 A, B = "a" * 32, "b" * 32
 

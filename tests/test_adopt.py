@@ -36,7 +36,7 @@ GATES_OF = {
 
 def canary(project: Path, env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`canary ARGS` in the project's folder, this checkout's kit first on the path."""
-    argv = [sys.executable, "-m", "canary_kit.cli", *args]
+    argv = [sys.executable, "-m", "canary_kit", *args]
     return subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -45,7 +45,7 @@ class Up:
 
     def __init__(self, project: Path, env: dict) -> None:
         self.log = project / "up.log"
-        argv = [sys.executable, "-m", "canary_kit.cli", "up"]
+        argv = [sys.executable, "-m", "canary_kit", "up"]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(argv, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from canary_kit.nginx import OPERATOR_URL, operator_transport
-from canary_kit.stack import Stack
+from canary_kit.stacks.local import Stack
+from canary_kit.stacks.nginx import OPERATOR_URL, operator_transport
 from conftest import BIN, EXAMPLE_ROW, ROOT, local_settings, run
 from penguin.features import MODEL_NAME
 

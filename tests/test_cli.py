@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from canary_kit.cli import app
-from canary_kit.cli_options import StackCommand
-from canary_kit.errors import CanaryError
+from canary_kit.cli.app import app
+from canary_kit.cli.options import StackCommand
+from canary_kit.core.errors import CanaryError
 
 STACK_COMMANDS = [
     "set-weight",

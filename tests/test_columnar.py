@@ -325,8 +325,8 @@ def test_columnar_content_type_and_size_rules_are_the_row_forms(served):
 def test_columnar_rows_are_counted_in_the_prediction_metrics_and_the_endpoint_figures(served):
     """The canary's per-version figures: rows per class and confidence count columnar rows as row objects, and
     BentoML's request metrics of /predict_columns are summed with /predict's ([tool.canary] endpoints)."""
-    from canary_kit.config import Settings
-    from canary_kit.metrics import Snapshot, window
+    from canary_kit.core.config import Settings
+    from canary_kit.observe.metrics import Snapshot, window
 
     url, _ = served
     names = Settings().prediction_metrics
@@ -401,10 +401,10 @@ def test_schemathesis_finds_no_server_error(served, tmp_path):
 def test_the_canary_routes_counts_and_mirrors_columnar_requests(stack):
     """Through nginx: answered by the version the split chose; counted in the unpinned split; in shadow mode
     mirrored to green as /predict_columns, and compared row by row with blue's answer."""
-    from canary_kit.control import set_weight
-    from canary_kit.metrics import unpinned_split
-    from canary_kit.shadow import compare, settled_log
-    from canary_kit.targets import LocalTarget
+    from canary_kit.observe.metrics import unpinned_split
+    from canary_kit.rollout.shadow import compare, settled_log
+    from canary_kit.stacks.targets import LocalTarget
+    from canary_kit.steer.control import set_weight
 
     settings = stack.settings
     target = LocalTarget(settings.state_dir)

@@ -83,8 +83,8 @@ def test_nginx_renders_the_shared_template_with_every_variable(spec):
 def test_nginx_knows_the_service_as_the_local_stack_does(spec):
     """The endpoints and where their answers hold the predictions: what `canary` renders from [tool.canary], and
     the slots of the backends' fixed addresses."""
-    from canary_kit.config import Settings
-    from canary_kit.nginx import endpoint_variables
+    from canary_kit.core.config import Settings
+    from canary_kit.stacks.nginx import endpoint_variables
 
     env = spec["services"]["nginx"]["environment"]
     rendered = endpoint_variables(Settings())
@@ -101,7 +101,7 @@ def test_nginx_knows_the_service_as_the_local_stack_does(spec):
 @pytest.fixture(scope="module")
 def compose_cmd() -> list[str]:
     """What `canary … --compose` would run: compose v2 where it answers, else docker-compose (1.29 here)."""
-    from canary_kit.targets import compose_command
+    from canary_kit.stacks.targets import compose_command
 
     command = shlex.split(compose_command())
     if shutil.which(command[0]) is None:
@@ -132,8 +132,8 @@ def test_the_relay_secret_is_made_at_each_start_before_the_templates_are_rendere
 def test_nginx_limits_clients_and_versions_as_the_kit_does_by_default(spec):
     """The limits, time bounds and pins compose gives nginx are the kit's defaults (what `canary up` renders), but
     for the trusted addresses: compose adds its network's gateway, through which this host's clients come."""
-    from canary_kit.config import Settings
-    from canary_kit.nginx import limit_variables
+    from canary_kit.core.config import Settings
+    from canary_kit.stacks.nginx import limit_variables
 
     env = spec["services"]["nginx"]["environment"]
     kit = limit_variables(Settings(service_name="any", blue_version="v1", green_version="v2"))
@@ -159,8 +159,8 @@ def test_nginx_mounts_njs_and_a_conf_that_loads_it(spec):
 
 
 def test_nginx_reads_the_routing_state_from_a_mounted_folder(spec, compose_cmd, monkeypatch):
-    from canary_kit.compose import compose_service, mounted_folder, published_port
-    from canary_kit.targets import COMPOSE_STATE_MOUNT
+    from canary_kit.stacks.compose import compose_service, mounted_folder, published_port
+    from canary_kit.stacks.targets import COMPOSE_STATE_MOUNT
 
     monkeypatch.delenv("CANARY_COMPOSE_STATE", raising=False)  # the folder the compose file names by default
     nginx = compose_service(COMPOSE, "nginx", compose_cmd)  # as compose resolves it
@@ -191,7 +191,7 @@ def first_state(tmp_path, weight: str | None, existing: str | None = None, **ser
 
 
 def test_the_first_state_hook_writes_the_initial_split_once(tmp_path):
-    from canary_kit import routing
+    from canary_kit.core import routing
 
     result = first_state(tmp_path, "25")
     assert result.returncode == 0, result.stderr
@@ -208,7 +208,7 @@ needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is mi
 
 @needs_curl
 def test_the_first_state_hook_names_the_versions_the_backends_answer_with(stack, tmp_path):
-    from canary_kit import routing
+    from canary_kit.core import routing
 
     s = stack.settings
     result = first_state(
@@ -231,9 +231,9 @@ def test_the_first_state_hook_writes_nothing_when_only_one_backend_says_its_vers
     "weight, applied", [("0", 0), ("1", 1), ("100", 100), ("010", 10), ("08", 8), ("000", 0), ("0100", 100)]
 )
 def test_the_first_state_hook_writes_a_valid_state(tmp_path, weight, applied):
-    """The hook's state is valid by canary_kit/routing.py, which reads every case of tests/data/routing_states.json
+    """The hook's state is valid by canary_kit/core/routing.py, which reads every case of tests/data/routing_states.json
     as nginx/canary.js does (tests/test_nginx.py); a weight is read as a decimal number."""
-    from canary_kit import routing
+    from canary_kit.core import routing
 
     result = first_state(tmp_path, weight)
     assert result.returncode == 0, result.stderr
@@ -253,7 +253,7 @@ def test_the_first_state_hook_refuses_a_bad_weight(tmp_path, weight):
 def test_compose_resolves_the_variables_and_the_pins_canary_writes(tmp_path, compose_cmd, monkeypatch):
     """The services as compose itself interpolates them: .env's pins (which `set_variables` writes, keeping every
     other line), defaults, and the shell over .env."""
-    from canary_kit.compose import compose_service, image_repository, image_tag, project_name, set_variables
+    from canary_kit.stacks.compose import compose_service, image_repository, image_tag, project_name, set_variables
 
     (tmp_path / ".env").write_text("# mine\nOTHER=1\nCANARY_GREEN_VERSION=v1.1.0\n")
     set_variables(tmp_path, {"CANARY_GREEN_VERSION": "v1.2.0", "CANARY_BLUE_VERSION": "v1.1.0"})

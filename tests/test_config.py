@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from canary_kit.backends import backend_child
-from canary_kit.config import Settings
+from canary_kit.core.config import Settings
+from canary_kit.stacks.backends import backend_child
 from conftest import local_settings
 
 
@@ -86,21 +86,24 @@ def test_the_canary_tool_knows_no_model_code():
 
     from conftest import ROOT
 
-    for module in (ROOT / "canary_kit").glob("*.py"):
+    modules = sorted((ROOT / "canary_kit").rglob("*.py"))  # every subpackage's
+    assert len(modules) > 50, f"only {len(modules)} modules found under canary_kit/"
+    for module in modules:
         tree = ast.parse(module.read_text())
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        assert not {m for m in imported if m.split(".")[0] in ("penguin", "service", "train_model")}, module.name
+        named = {m for m in imported if m.split(".")[0] in ("penguin", "service", "train_model")}
+        assert not named, f"{module.relative_to(ROOT)} imports {named}"
 
 
 def test_the_tool_and_the_service_write_a_validation_error_alike():
-    """canary_kit.errors.describe (bad settings) and penguin.web.describe (bad requests) flatten pydantic's errors
+    """canary_kit.core.errors.describe (bad settings) and penguin.web.describe (bad requests) flatten pydantic's errors
     in one form, `location: message`; neither package may import the other, so this test is what keeps them one.
     They differ only where their readers do: the service counts the errors and shows at most `limit` of them, and
     names an error of the whole input `body` (the tool: `value`)."""
     from pydantic import BaseModel, field_validator, model_validator
 
-    from canary_kit.errors import describe as tool_describe
+    from canary_kit.core.errors import describe as tool_describe
     from penguin.web import describe as service_describe
 
     class Row(BaseModel):

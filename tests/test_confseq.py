@@ -1,4 +1,4 @@
-"""The always-valid statistics behind the sequential gates (canary_kit/confseq.py), each checked by simulation: a
+"""The always-valid statistics behind the sequential gates (canary_kit/policy/confseq.py), each checked by simulation: a
 (1 - alpha) confidence sequence must hold at every look at once in at least 1 - alpha of seeded runs. Each test
 looks many times (as a rollout does, every second) and bounds the runs in which the sequence ever missed the truth
 by alpha plus four binomial standard deviations: a correct sequence stays below that with overwhelming
@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from canary_kit.confseq import (
+from canary_kit.policy.confseq import (
     bernoulli,
     class_sets,
     dkw_radius,
@@ -21,7 +21,7 @@ from canary_kit.confseq import (
     slower_share,
     srm_log_bayes_factor,
 )
-from canary_kit.stats import wilson
+from canary_kit.policy.stats import wilson
 from conftest import ROOT
 
 ALPHA = 0.05

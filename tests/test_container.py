@@ -25,8 +25,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from canary_kit.processes import port_in_use
-from canary_kit.targets import compose_command
+from canary_kit.core.processes import port_in_use
+from canary_kit.stacks.targets import compose_command
 from conftest import BIN, ROOT, data_rows
 from load import Load, assert_split, tally
 

@@ -18,11 +18,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from canary_kit import routing
-from canary_kit.cli import app
-from canary_kit.control import split_of
-from canary_kit.nginx import OPERATOR_URL, operator_transport
-from canary_kit.targets import LocalTarget
+from canary_kit.cli.app import app
+from canary_kit.core import routing
+from canary_kit.stacks.nginx import OPERATOR_URL, operator_transport
+from canary_kit.stacks.targets import LocalTarget
+from canary_kit.steer.control import split_of
 from conftest import EXAMPLE_ROW, ROOT, canary_process, nginx_applies, nginx_pids
 from load import Load, assert_split, tally
 
@@ -202,7 +202,7 @@ def test_killing_the_tool_never_leaves_a_half_written_state(control):
         argv = [
             sys.executable,
             "-m",
-            "canary_kit.cli",
+            "canary_kit",
             "set-weight",
             str(weight),
             "--state-dir",

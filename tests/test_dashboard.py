@@ -15,9 +15,9 @@ import httpx
 import pytest
 from selenium.webdriver.common.by import By
 
-from canary_kit.control import split_of
-from canary_kit.dashboard import Poller, create_app
-from canary_kit.targets import LocalTarget
+from canary_kit.dashboard.server import Poller, create_app
+from canary_kit.stacks.targets import LocalTarget
+from canary_kit.steer.control import split_of
 from conftest import canary_process, free_port, running_stack
 from dashboard_support import TOKEN, chromium, dashboard, fingerprint, text, wait_until
 from load import Load, assert_split, tally

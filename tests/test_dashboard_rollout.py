@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.by import By
 
-from canary_kit.control import split_of
-from canary_kit.targets import LocalTarget
+from canary_kit.stacks.targets import LocalTarget
+from canary_kit.steer.control import split_of
 from conftest import NEXT, ROOT, WEAK, canary_process, data_rows, running_stack
 from dashboard_support import TOKEN, chromium, dashboard, text, wait_until
 from load import Load, tally
@@ -28,7 +28,7 @@ DOCS = ROOT / "docs"
 
 
 def rollout(state_dir: Path, *args: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "canary_kit.cli", "rollout", *HTTP, *args, "--state-dir", str(state_dir)]
+    argv = [sys.executable, "-m", "canary_kit", "rollout", *HTTP, *args, "--state-dir", str(state_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # each line as it is printed: the test times them
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 

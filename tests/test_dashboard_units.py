@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from canary_kit import dashcharts, live
-from canary_kit.dashboard import get_token, is_loopback
-from canary_kit.errors import CanaryError
-from canary_kit.rollout import Check, Rollout
+from canary_kit.core.errors import CanaryError
+from canary_kit.dashboard import charts
+from canary_kit.dashboard.server import get_token, is_loopback
+from canary_kit.rollout import live
+from canary_kit.rollout.driver import Check, Rollout
 
 
 def rollout(started: str = "2026-01-01T00:00:00+00:00") -> Rollout:
@@ -82,13 +83,13 @@ def test_charts_share_one_time_axis_and_escape_what_they_show():
     gate = {"name": "max_error_rate", "status": "inconclusive", "figure": 0.0, "threshold": 0.01, "dry_run": False}
     gate |= {"detail": "<b>", "low": -0.001, "high": 0.02, "tolerance": 0.002}  # a sequential gate's evidence
     checks = [{**Check(1, 10, "hold", "x", 5.0, outcome="fail", gates=[gate]).__dict__, "wall": now - 5}]
-    charts = dashcharts.render(samples, history, {"checks": checks}, now)
-    assert set(charts) == {"weight", "rps", "errors", "latency", "confidence", "divergence", "gates", "evidence"}
-    assert all(svg.startswith("<svg") for svg in charts.values())
-    assert "<script>" not in "".join(charts.values()) and "&lt;script&gt;" in charts["weight"]
-    assert "<b>" not in charts["evidence"] and "fails above 0.002" in charts["evidence"]
-    assert charts["rps"].count("<polyline") == 3, "green's missing second breaks its line in two"
-    assert dashcharts.render([], [], None, now)["gates"] == ""
+    drawn = charts.render(samples, history, {"checks": checks}, now)
+    assert set(drawn) == {"weight", "rps", "errors", "latency", "confidence", "divergence", "gates", "evidence"}
+    assert all(svg.startswith("<svg") for svg in drawn.values())
+    assert "<script>" not in "".join(drawn.values()) and "&lt;script&gt;" in drawn["weight"]
+    assert "<b>" not in drawn["evidence"] and "fails above 0.002" in drawn["evidence"]
+    assert drawn["rps"].count("<polyline") == 3, "green's missing second breaks its line in two"
+    assert charts.render([], [], None, now)["gates"] == ""
 
 
 def test_the_token_and_loopback(monkeypatch):

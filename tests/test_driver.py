@@ -1,5 +1,5 @@
-"""The rollout's step loop (canary_kit.driver.walk) on a fake clock and a scripted plant, no process: windows built
-from ones recorded on real stacks (tests/data/windows.json), grown with the time held. Both modes; the blue-down
+"""The rollout's step loop (canary_kit.rollout.driver.walk) on a fake clock and a scripted plant, no process: windows
+built from ones recorded on real stacks (tests/data/windows.json), grown with the time held. Both modes; the blue-down
 wait, the label wait, pause and abort asked from outside, someone else's change, thin traffic, a dying green. And the
 sequential family on simulated traffic (bench/rollout_sim.py's plant, the same loop): identical greens promoted, the
 weak one stopped."""
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from canary_kit.control import SplitChanged
-from canary_kit.driver import Rollout, walk
-from canary_kit.evidence import Window
-from canary_kit.live import Interrupted
-from canary_kit.spec import load_spec
+from canary_kit.policy.evidence import Window
+from canary_kit.policy.spec import load_spec
+from canary_kit.rollout.driver import Rollout, walk
+from canary_kit.rollout.live import Interrupted
+from canary_kit.steer.control import SplitChanged
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "windows.json").read_text())
 LATENCY = {2: 50, 3: 30, 4: 15, 6: 5}  # per 100 answers, for both versions unless a test says otherwise
@@ -266,8 +266,8 @@ def test_the_sequential_family_on_simulated_traffic_promotes_identical_greens_an
 
 
 def test_the_report_shows_why_each_step_ended_and_each_gates_evidence(tmp_path):
-    from canary_kit.report import write_report
-    from canary_kit.views import rollout_lines
+    from canary_kit.observe.views import rollout_lines
+    from canary_kit.rollout.report import write_report
 
     clock = Clock()
     plan = spec()
@@ -311,8 +311,8 @@ def test_the_report_shows_why_each_step_ended_and_each_gates_evidence(tmp_path):
 def test_the_live_plant_reads_nginxs_log_a_whole_line_at_a_time(tmp_path):
     """rollout.LogTail: each look reads only what nginx wrote since the last one, and a line it is still writing is
     read once whole (no entry lost or counted twice)."""
-    from canary_kit.rollout import LogTail
-    from canary_kit.target import LogMark
+    from canary_kit.core.target import LogMark
+    from canary_kit.rollout.run import LogTail
 
     log = tmp_path / "access.log"
     log.write_text('{"n": 0}\n')
@@ -337,8 +337,8 @@ def test_the_live_plant_follows_nginxs_log_through_a_rotation_and_a_truncation(t
     one begun, then the new one emptied in place and written again: every entry read once."""
     import os
 
-    from canary_kit.rollout import LogTail
-    from canary_kit.targets import LocalTarget
+    from canary_kit.rollout.run import LogTail
+    from canary_kit.stacks.targets import LocalTarget
 
     log = tmp_path / "access.log"
     log.write_text('{"n": 0}\n')

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from canary_kit.cli import app
+from canary_kit.cli.app import app
 from conftest import running_stack
 from load import Load, tally
 

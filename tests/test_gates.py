@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-from canary_kit.gates import Step, Window, decide, judge_shadow
-from canary_kit.spec import load_spec
-from canary_kit.stats import chi2_critical, js_distance, srm_p_value, wilson
+from canary_kit.policy.gates import Step, Window, decide, judge_shadow
+from canary_kit.policy.spec import load_spec
+from canary_kit.policy.stats import chi2_critical, js_distance, srm_p_value, wilson
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "windows.json").read_text())
 

@@ -1,5 +1,5 @@
 """Where answers hold their predictions: the JSON paths of [tool.canary], read the same way by the kit
-(canary_kit/jsonpath.py) and by nginx as each answer passes (canary.js's observe, through a real nginx in front of
+(canary_kit/core/jsonpath.py) and by nginx as each answer passes (canary.js's observe, through a real nginx in front of
 a real backend that answers with whatever it is sent). One table of answers for both; every case's predictions and
 confidences as logged by nginx equal what Python selects."""
 
@@ -14,11 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from canary_kit import accesslog, jsonpath, routing
-from canary_kit.backends import wait_ready
-from canary_kit.config import Endpoint
-from canary_kit.nginx import LocalNginx
-from canary_kit.stack import Child
+from canary_kit.core import accesslog, jsonpath, routing
+from canary_kit.core.config import Endpoint
+from canary_kit.stacks.backends import wait_ready
+from canary_kit.stacks.local import Child
+from canary_kit.stacks.nginx import LocalNginx
 from conftest import local_settings
 
 BIG = 1000  # rows of a batch answer: past canary.js's LARGE (4 KiB), where it reads a first-member array unparsed

@@ -17,12 +17,14 @@ import yaml
 from jsonschema import Draft7Validator
 from typer.testing import CliRunner
 
-from canary_kit import k8s, k8s_checks, k8s_served
-from canary_kit.cli import app
-from canary_kit.config import Settings
-from canary_kit.errors import CanaryError
-from canary_kit.spec import load_spec
-from canary_kit.stats import chi2_critical
+from canary_kit.cli.app import app
+from canary_kit.core.config import Settings
+from canary_kit.core.errors import CanaryError
+from canary_kit.k8s import checks as k8s_checks
+from canary_kit.k8s import manifests
+from canary_kit.k8s.served import ServedModel
+from canary_kit.policy.spec import load_spec
+from canary_kit.policy.stats import chi2_critical
 from conftest import ROOT
 from conftest import k8s_served as served
 
@@ -105,13 +107,13 @@ def rendered() -> list[dict]:
 
 
 def test_committed_base_is_what_the_generator_writes(tmp_path):
-    k8s.render(served(), load_spec(None, {}), tmp_path, "canary_kit/rollout.yaml")
+    manifests.render(served(), load_spec(None, {}), tmp_path, "canary_kit/rollout.yaml")
     again = tmp_path / "again"
-    k8s.render(served(), load_spec(None, {}), again, "canary_kit/rollout.yaml")
-    assert sorted(p.name for p in BASE.iterdir()) == sorted(k8s.FILES), (
+    manifests.render(served(), load_spec(None, {}), again, "canary_kit/rollout.yaml")
+    assert sorted(p.name for p in BASE.iterdir()) == sorted(manifests.FILES), (
         "deploy/k8s holds files the generator does not write"
     )
-    for name in k8s.FILES:
+    for name in manifests.FILES:
         assert (tmp_path / name).read_text() == (again / name).read_text(), f"{name} differs between two renders"
         assert (BASE / name).read_text() == (tmp_path / name).read_text(), (
             f"deploy/k8s/{name} is stale: run `canary k8s render`"
@@ -158,7 +160,7 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
         "        max_confidence_drop: {threshold: 0.05, min_rows: 160}}\n"
     )
     spec = load_spec(spec_file, {})
-    files = k8s.manifests(served(image_tag="v1.2.0"), spec)
+    files = manifests.manifests(served(image_tag="v1.2.0"), spec)
     canary = yaml.safe_load(files["argo-rollout.yaml"])["spec"]["strategy"]["canary"]
     hold = {"pause": {"duration": "12500ms"}}
     routes = [s for s in canary["steps"] if "setHeaderRoute" in s]
@@ -184,7 +186,7 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
     ]
     assert [r["setHeaderRoute"]["match"] for r in routes] == [
         [{"headerName": "X-Canary", "headerValue": {"exact": "always"}}],
-        [{"headerName": "Cookie", "headerValue": {"regex": k8s.cookie_regex("always")}}],
+        [{"headerName": "Cookie", "headerValue": {"regex": manifests.cookie_regex("always")}}],
     ]
     gates, split = list(yaml.safe_load_all(files["analysistemplate.yaml"]))
     metrics = {m["name"]: m for m in gates["spec"]["metrics"]}
@@ -221,8 +223,8 @@ def test_steps_gates_and_pins_follow_the_spec(tmp_path):
     ] == []
 
 
-def docs_of(spec, given: k8s_served.ServedModel | None = None) -> list[dict]:
-    texts = k8s.manifests(given or served(), spec).values()
+def docs_of(spec, given: ServedModel | None = None) -> list[dict]:
+    texts = manifests.manifests(given or served(), spec).values()
     return [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
 
 
@@ -251,7 +253,7 @@ def test_on_failure_pause_makes_a_breach_inconclusive_and_says_so(tmp_path):
             assert (
                 k8s_checks.verdict(metric, []) == "Inconclusive" and k8s_checks.verdict(metric, [0.0]) == "Successful"
             )
-    k8s.render(served(), spec, tmp_path, "spec.yaml")
+    manifests.render(served(), spec, tmp_path, "spec.yaml")
     for name in ("argo-rollout.yaml", "analysistemplate.yaml"):
         assert "on_failure: pause" in (tmp_path / name).read_text(), name
     assert "on_failure" not in (BASE / "argo-rollout.yaml").read_text()
@@ -284,13 +286,13 @@ def test_gates_turned_off_or_unknown_to_the_service_are_not_rendered(tmp_path):
 )
 def test_cookie_pins_match_as_full_and_as_partial_regex(cookie, pinned):
     for value in ("always", "never"):
-        regex = k8s.cookie_regex(value)
+        regex = manifests.cookie_regex(value)
         expected = pinned == value
         assert bool(re.fullmatch(regex, cookie)) is expected and bool(re.search(regex, cookie)) is expected
 
 
 def test_an_empty_answer_is_inconclusive_and_thresholds_decide_the_rest():
-    gates, split = yaml.safe_load_all(k8s.manifests(served(), load_spec(None, {}))["analysistemplate.yaml"])
+    gates, split = yaml.safe_load_all(manifests.manifests(served(), load_spec(None, {}))["analysistemplate.yaml"])
     for metric in gates["spec"]["metrics"] + split["spec"]["metrics"]:
         assert k8s_checks.verdict(metric, []) == "Inconclusive", metric["name"]
     error_rate = gates["spec"]["metrics"][0]

@@ -1,8 +1,8 @@
 """The Kubernetes gates run for real: the committed AnalysisTemplates' PromQL, evaluated by a real Prometheus
 scraping the two backends of a running canary stack, judges the same window as `canary status` with the same
 figures; thin traffic comes out Inconclusive; the quality gates (class divergence, confidence drop) fail a weak
-green (v1.9.0) and pass v1.2.0, agreeing with canary_kit.stats on the same counters; the sample-ratio gate fails a
-split that is not the weight set and passes an honest one; and the series and labels the gates use are what the
+green (v1.9.0) and pass v1.2.0, agreeing with canary_kit.policy.stats on the same counters; the sample-ratio gate fails
+a split that is not the weight set and passes an honest one; and the series and labels the gates use are what the
 backends export.
 
 On Kubernetes the template selects pods by `namespace` and `rollouts_pod_template_hash` (Argo's args); here the
@@ -26,13 +26,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from canary_kit import k8s, k8s_analysis, k8s_checks, k8s_served
-from canary_kit.cli import app
-from canary_kit.config import Settings
-from canary_kit.metrics import Snapshot, window
-from canary_kit.spec import load_spec
-from canary_kit.stack import Child
-from canary_kit.stats import chi2_critical, js_distance, srm_p_value
+from canary_kit.cli.app import app
+from canary_kit.core.config import Settings
+from canary_kit.k8s import analysis as k8s_analysis
+from canary_kit.k8s import checks as k8s_checks
+from canary_kit.k8s import manifests
+from canary_kit.k8s.served import HASH_LABEL
+from canary_kit.observe.metrics import Snapshot, window
+from canary_kit.policy.spec import load_spec
+from canary_kit.policy.stats import chi2_critical, js_distance, srm_p_value
+from canary_kit.stacks.local import Child
 from conftest import EXAMPLE_ROW, ROOT, data_rows, free_port, running_stack
 from conftest import k8s_served as served
 from load import Load, tally
@@ -55,9 +58,7 @@ def prometheus(targets: dict[str, str], folder: Path):
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("prometheus is not installed (Debian: apt-get install prometheus): the gates cannot run for real")
-    static = [
-        {"targets": [addr], "labels": {"namespace": NAMESPACE, k8s_served.HASH_LABEL: h}} for h, addr in targets.items()
-    ]
+    static = [{"targets": [addr], "labels": {"namespace": NAMESPACE, HASH_LABEL: h}} for h, addr in targets.items()]
     config = {
         "global": {"scrape_interval": "1s"},
         "scrape_configs": [{"job_name": "bentoml", "static_configs": static}],
@@ -266,7 +267,7 @@ def one(url: str, query: str, args: dict[str, str], at: float) -> float:
 
 def quality_window(settings, url: str, weight: int, **load) -> dict:
     """One window at `weight` under `load` (Load's options): the quality queries' answers and verdicts, the same
-    figures computed by canary_kit.stats from the counters Prometheus holds, and `canary status`'s figures."""
+    figures computed by canary_kit.policy.stats from the counters Prometheus holds, and `canary status`'s figures."""
     canary(settings, "set-weight", str(weight), "-m", "k8s quality gates: window")  # the status baseline
     started = time.time()
     time.sleep(2.5)  # scrapes of the baseline counts inside the window
@@ -302,7 +303,7 @@ def quality_window(settings, url: str, weight: int, **load) -> dict:
         "load": dict(tally(answers)),
         "found": {name: found[name] for name in QUALITY},
         "verdicts": {name: k8s_checks.verdict(gates()[name], found[name]) for name in QUALITY},
-        "stats": {  # canary_kit.stats on the very counters the queries read
+        "stats": {  # canary_kit.policy.stats on the very counters the queries read
             "class-divergence": js_distance(classes["canary"], classes["stable"]),
             "confidence-drop": None if None in (mean("stable"), mean("canary")) else mean("stable") - mean("canary"),
             "sample-ratio": (requests["canary"] - n * w) ** 2 / (n * w * (1 - w)),
@@ -365,7 +366,7 @@ def test_quality_gates_fail_the_weak_green_and_pass_v1_2_0(more_versions, tmp_pa
         )
     for name in (weak, next_version):  # the honest windows: both sides served rows
         result = results[name]
-        for gate in QUALITY:  # the PromQL figure is canary_kit.stats' figure of the same counters
+        for gate in QUALITY:  # the PromQL figure is canary_kit.policy.stats' figure of the same counters
             if result["found"][gate]:
                 assert result["found"][gate] == [pytest.approx(result["stats"][gate], rel=1e-6, abs=1e-9)], (name, gate)
         green, blue = result["status"]["green"], result["status"]["blue"]
@@ -399,6 +400,6 @@ def test_the_gates_use_only_series_and_labels_that_bentoml_exports(stack):
         assert live.get(series) == labels, (
             f"{series}: checks assume {sorted(labels)}, the backend exports {sorted(live.get(series, []))}"
         )
-    texts = k8s.manifests(served(), load_spec(None, {})).values()
+    texts = manifests.manifests(served(), load_spec(None, {})).values()
     docs = [d for text in texts for d in yaml.safe_load_all(text) if d["kind"] != "Kustomization"]
     assert k8s_checks.problems(docs, exported=live) == []

@@ -1,6 +1,6 @@
 """A regressor's gate on Kubernetes, run for real: the rendered AnalysisTemplate's KS-distance query, evaluated by
 a real Prometheus scraping two stand-in exporters of a predicted-value histogram (canary and stable pods), gives the
-largest gap between the two sides' cumulative shares, as canary_kit.stats.ks_distance gives it on the same
+largest gap between the two sides' cumulative shares, as canary_kit.policy.stats.ks_distance gives it on the same
 values; and a classifier's gates are left out of a regressor's template, a regressor's out of a classifier's."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from canary_kit import k8s_analysis, k8s_served
-from canary_kit.spec import load_spec
-from canary_kit.stats import ks_distance
+from canary_kit.k8s import analysis as k8s_analysis
+from canary_kit.k8s.served import ServedModel
+from canary_kit.policy.spec import load_spec
+from canary_kit.policy.stats import ks_distance
 from test_k8s_prometheus import NAMESPACE, evaluate, prometheus
 
 METRIC = "progression_prediction"
@@ -51,10 +52,8 @@ def exporter(side: str) -> type[BaseHTTPRequestHandler]:
     return Histogram
 
 
-def served(**given) -> k8s_served.ServedModel:
-    return k8s_served.ServedModel(
-        service_name="diabetes_progression", image="diabetes_progression", image_tag="v2", **given
-    )
+def served(**given) -> ServedModel:
+    return ServedModel(service_name="diabetes_progression", image="diabetes_progression", image_tag="v2", **given)
 
 
 def test_a_regressors_template_judges_its_values_and_a_classifiers_its_classes():
@@ -83,5 +82,7 @@ def test_the_ks_gate_in_prometheus_is_the_ks_distance_of_the_values(tmp_path):
             server.shutdown()
     values = {side: [m for m, rate in zip(MIDDLES, rates) for _ in range(rate)] for side, rates in RATES.items()}
     exact = ks_distance(values["canary"], values["stable"])
-    print(f"\nprometheus KS distance {found}; canary_kit.stats on the same values {exact}; threshold {threshold}")
+    print(
+        f"\nprometheus KS distance {found}; canary_kit.policy.stats on the same values {exact}; threshold {threshold}"
+    )
     assert found == [pytest.approx(exact, abs=1e-9)] and exact > threshold

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from canary_kit.cli import app
-from canary_kit.control import split_of
-from canary_kit.ledger import LEDGER
-from canary_kit.targets import LocalTarget
+from canary_kit.cli.app import app
+from canary_kit.observe.ledger import LEDGER
+from canary_kit.stacks.targets import LocalTarget
+from canary_kit.steer.control import split_of
 from conftest import NEXT, ROOT, WEAK, canary_process, data_rows, running_stack
 from load import Load, tally
 from test_ledger import MALFORMED

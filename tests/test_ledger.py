@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from canary_kit import labels as labelling
-from canary_kit import ledger, ledger_queries, quality
-from canary_kit.stats import difference
+from canary_kit.observe import labels as labelling
+from canary_kit.observe import ledger, ledger_queries, quality
+from canary_kit.policy.stats import difference
 
 CLASSES = {"Adelie", "Chinstrap", "Gentoo"}
 A, B, UNKNOWN = "a" * 32, "b" * 32, "f" * 32  # request ids in nginx's form ($request_id: 32 lowercase hex digits)
@@ -40,7 +40,7 @@ def entry(rid: str, predictions: str, version: str = "v1.0.0", time: str = "2026
 
 
 def nginx_line(e: dict) -> str:
-    """As nginx writes it: the predictions it read on a line of their own, then the entry (canary_kit/accesslog.py)."""
+    """As nginx writes it: the predictions it read on a line of their own, then the entry (core/accesslog.py)."""
     e = dict(e)
     predictions = e.pop("predictions", "")
     kind = "S" if e.get("shadow") else "P"

@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from canary_kit import accesslog, routing
-from canary_kit.backends import wait_ready
-from canary_kit.nginx import LocalNginx
-from canary_kit.stack import Child
+from canary_kit.core import accesslog, routing
+from canary_kit.stacks.backends import wait_ready
+from canary_kit.stacks.local import Child
+from canary_kit.stacks.nginx import LocalNginx
 from conftest import local_settings, running_stack
 from load import Load, tally
 from slow import Trickle

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from canary_kit.errors import CanaryError
-from canary_kit.gates import Step, Window, decide
-from canary_kit.metrics import Snapshot, quantile, window
-from canary_kit.spec import load_spec
+from canary_kit.core.errors import CanaryError
+from canary_kit.observe.metrics import Snapshot, quantile, window
+from canary_kit.policy.gates import Step, Window, decide
+from canary_kit.policy.spec import load_spec
 
 TEXT = """# TYPE bentoml_service_request_total counter
 bentoml_service_request_total{endpoint="/predict",http_response_code="200",service_name="s"} 90.0
@@ -124,7 +124,7 @@ def test_split_http_judges_the_tries_of_the_splits_requests_only():
     """Each try is the version's it reached: the routed upstream's are the routed version's, @failover's the other's;
     a version at its cap reached no server, and a kept-alive connection tried again is nginx's; pinned requests,
     shadow copies and other paths are left out."""
-    from canary_kit.metrics import split_http
+    from canary_kit.observe.metrics import split_http
 
     blue, green = "127.0.0.1:3001", "127.0.0.1:3002"
     entries = [

@@ -18,9 +18,12 @@ import time
 import httpx
 import pytest
 
-from canary_kit import ledger, live, nginx, routing
-from canary_kit.control import set_weight
-from canary_kit.targets import LocalTarget
+from canary_kit.core import routing
+from canary_kit.observe import ledger
+from canary_kit.rollout import live
+from canary_kit.stacks import nginx
+from canary_kit.stacks.targets import LocalTarget
+from canary_kit.steer.control import set_weight
 from conftest import ROOT, canary_process, running_stack, traversable
 from test_supervise import UpStack, history, wait_until
 
@@ -28,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 
 def rollout_argv(state_dir, *options: str) -> list[str]:
-    return [sys.executable, "-m", "canary_kit.cli", "rollout", *options, "--state-dir", str(state_dir)]
+    return [sys.executable, "-m", "canary_kit", "rollout", *options, "--state-dir", str(state_dir)]
 
 
 def weight(state_dir) -> int:
@@ -169,7 +172,7 @@ def test_a_full_disk_during_set_weight_is_one_line_and_no_change(trained, tmp_pa
             before_limit = consistent(state_dir)
             size = (state_dir / routing.CHANGELOG).stat().st_size
             limit = subprocess.run(
-                [sys.executable, "-m", "canary_kit.cli", "set-weight", "40", "--state-dir", str(state_dir)],
+                [sys.executable, "-m", "canary_kit", "set-weight", "40", "--state-dir", str(state_dir)],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,

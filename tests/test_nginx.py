@@ -16,11 +16,11 @@ from collections import Counter
 import httpx
 import pytest
 
-from canary_kit import routing
-from canary_kit.backends import wait_ready
-from canary_kit.errors import CanaryError
-from canary_kit.nginx import OPERATOR_URL, LocalNginx, operator_transport, render
-from canary_kit.stack import Child
+from canary_kit.core import routing
+from canary_kit.core.errors import CanaryError
+from canary_kit.stacks.backends import wait_ready
+from canary_kit.stacks.local import Child
+from canary_kit.stacks.nginx import OPERATOR_URL, LocalNginx, operator_transport, render
 from conftest import ROOT, local_settings, nginx_applies
 from load import assert_split
 
@@ -67,7 +67,7 @@ def test_the_table_applies_the_fallback_to_every_invalid_file():
 
 @pytest.mark.parametrize("case", STATES["cases"], ids=case_id)
 def test_routing_reads_each_state_file_as_the_table_says(tmp_path, case):
-    """canary_kit/routing.py: a valid state is read as it is; any other reads as missing, and what is in force is
+    """canary_kit/core/routing.py: a valid state is read as it is; any other reads as missing, and what is in force is
     the fallback."""
     path = tmp_path / routing.STATE_FILE
     put_content(path, case["content"])

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from canary_kit import accesslog
-from canary_kit.nginx import open_files_limit
+from canary_kit.core import accesslog
+from canary_kit.stacks.nginx import open_files_limit
 from conftest import EXAMPLE_ROW
 from load import Load, tally
 

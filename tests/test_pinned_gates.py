@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from canary_kit.cli import app
+from canary_kit.cli.app import app
 from conftest import ROOT, data_rows, running_stack
 from load import Load, assert_split
 

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from canary_kit import accesslog
-from canary_kit.cli import app
-from canary_kit.nginx import OPERATOR_URL, operator_transport
+from canary_kit.cli.app import app
+from canary_kit.core import accesslog
+from canary_kit.stacks.nginx import OPERATOR_URL, operator_transport
 from conftest import EXAMPLE_ROW, running_stack
 from load import assert_split
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from canary_kit.config import Settings
-from canary_kit.metrics import Snapshot
+from canary_kit.core.config import Settings
+from canary_kit.observe.metrics import Snapshot
 from conftest import bentoml_serve, data_rows
 from penguin.prediction_metrics import CLASS_METRIC, CONFIDENCE_METRIC, PredictionMetrics
 

@@ -16,10 +16,11 @@ import httpx
 import psutil
 import pytest
 
-from canary_kit import ledger, nginx
-from canary_kit.control import set_weight
-from canary_kit.errors import CanaryError
-from canary_kit.targets import LocalTarget
+from canary_kit.core.errors import CanaryError
+from canary_kit.observe import ledger
+from canary_kit.stacks import nginx
+from canary_kit.stacks.targets import LocalTarget
+from canary_kit.steer.control import set_weight
 from conftest import EXAMPLE_ROW, canary_process, local_settings, running_stack
 
 pytestmark = pytest.mark.integration

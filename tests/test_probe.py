@@ -1,15 +1,15 @@
 """A configuration that does not fit the service is refused in one line before the stack serves: an endpoint the
 service does not have, a JSON path that finds nothing in a real answer, a task the predictions do not fit
-(canary_kit/probe.py, against real `bentoml serve` processes of services that are not ours); and `canary up` says
+(canary_kit/stacks/probe.py, against real `bentoml serve` processes of services that are not ours); and `canary up` says
 so as one line and leaves nothing running."""
 
 from __future__ import annotations
 
 import pytest
 
-from canary_kit.config import Endpoint
-from canary_kit.errors import CanaryError
-from canary_kit.probe import check, request_body
+from canary_kit.core.config import Endpoint
+from canary_kit.core.errors import CanaryError
+from canary_kit.stacks.probe import check, request_body
 from conftest import bentoml_serve
 from test_adopt import canary, environment
 
@@ -50,7 +50,7 @@ def test_a_configuration_is_checked_against_the_running_service(served, case):
 
 
 def test_a_request_is_made_from_the_service_schema(served):
-    from canary_kit.probe import openapi
+    from canary_kit.stacks.probe import openapi
 
     body = request_body(openapi(served["wine"]), "/classify")
     assert isinstance(body, dict) and len(body["wines"]) == 1 and len(body["wines"][0]) == 13

@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from canary_kit.readyz import CURL_HEAD, serving, version_from_curl, version_in_head
+from canary_kit.core.readyz import CURL_HEAD, serving, version_from_curl, version_in_head
 from conftest import ROOT
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (make tools installs it)")

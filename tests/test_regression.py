@@ -9,11 +9,11 @@ import random
 
 import pytest
 
-from canary_kit import labels as labelling
-from canary_kit.answers import observed, predictions
-from canary_kit.gates import Step, Window, decide, judge_gates
-from canary_kit.spec import load_spec
-from canary_kit.stats import Errors, error_increase, ks_distance, ks_p_value, mean_shift
+from canary_kit.observe import labels as labelling
+from canary_kit.observe.answers import observed, predictions
+from canary_kit.policy.gates import Step, Window, decide, judge_gates
+from canary_kit.policy.spec import load_spec
+from canary_kit.policy.stats import Errors, error_increase, ks_distance, ks_p_value, mean_shift
 
 RID = "0123456789abcdef0123456789abcdef"
 

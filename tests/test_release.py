@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from canary_kit import routing
-from canary_kit.backends import read_stack_file
-from canary_kit.config import SLOTS
-from canary_kit.nginx import OPERATOR_URL, operator_transport
-from canary_kit.processes import alive, listeners
+from canary_kit.core import routing
+from canary_kit.core.config import SLOTS
+from canary_kit.core.processes import alive, listeners
+from canary_kit.stacks.backends import read_stack_file
+from canary_kit.stacks.nginx import OPERATOR_URL, operator_transport
 from conftest import EXAMPLE_ROW, ROOT, canary_process, nginx_pids, run, running_stack
 from load import Load, tally
 
@@ -167,7 +167,7 @@ def test_figures_stay_true_across_a_deploy_and_status_watch_refreshes_in_place(r
     argv = [
         sys.executable,
         "-m",
-        "canary_kit.cli",
+        "canary_kit",
         "status",
         "--watch",
         "--interval",
@@ -207,7 +207,7 @@ def test_finalize_is_refused_while_green_does_not_answer(own_stack):
 
 def test_an_interrupted_deploy_leaves_nothing_running_and_stopping_the_stack_stops_what_deploy_started(own_stack):
     settings, state_dir = own_stack.settings, own_stack.settings.state_dir
-    argv = [sys.executable, "-m", "canary_kit.cli", "deploy", "v1.0.0", "--state-dir", str(state_dir)]
+    argv = [sys.executable, "-m", "canary_kit", "deploy", "v1.0.0", "--state-dir", str(state_dir)]
     deploying = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while "green_b" not in read_stack_file(state_dir).get("backends", {}) and time.monotonic() < deadline:

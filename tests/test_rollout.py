@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from canary_kit.cli import app
-from canary_kit.control import applied, split_of
-from canary_kit.shadow import run_shadow
-from canary_kit.targets import LocalTarget
+from canary_kit.cli.app import app
+from canary_kit.rollout.shadow import run_shadow
+from canary_kit.stacks.targets import LocalTarget
+from canary_kit.steer.control import applied, split_of
 from conftest import EXAMPLE_ROW, ROOT, nginx_pids
 from load import Load, tally
 
@@ -156,7 +156,7 @@ def test_a_frozen_green_in_shadow_mode_never_slows_a_client(own_stack):
     keep-alive client's next request never waits for green, and green's late answers are still logged."""
     import psutil
 
-    from canary_kit.control import set_weight
+    from canary_kit.steer.control import set_weight
 
     settings = own_stack.settings
     target = LocalTarget(settings.state_dir)

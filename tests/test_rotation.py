@@ -15,12 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from canary_kit import ledger, logfiles, routing
-from canary_kit.backends import wait_ready
-from canary_kit.nginx import LocalNginx
-from canary_kit.stack import Child
-from canary_kit.supervise import Supervisor
-from canary_kit.targets import LocalTarget
+from canary_kit.core import logfiles, routing
+from canary_kit.observe import ledger
+from canary_kit.stacks.backends import wait_ready
+from canary_kit.stacks.local import Child
+from canary_kit.stacks.nginx import LocalNginx
+from canary_kit.stacks.supervise import Supervisor
+from canary_kit.stacks.targets import LocalTarget
 from conftest import data_rows, local_settings, running_stack
 from load import Load, tally
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from canary_kit.errors import CanaryError
-from canary_kit.evidence import Step, Window
-from canary_kit.gates import decide, judge_shadow
-from canary_kit.sequential import judge_sequential
-from canary_kit.spec import load_spec
+from canary_kit.core.errors import CanaryError
+from canary_kit.policy.evidence import Step, Window
+from canary_kit.policy.gates import decide, judge_shadow
+from canary_kit.policy.sequential import judge_sequential
+from canary_kit.policy.spec import load_spec
 from conftest import canary_process
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "windows.json").read_text())
@@ -176,7 +176,7 @@ def regression_window(green_sd: float, rows: int, seed: int, labels: tuple[float
     N(153, green_sd); with `labels`, each version's errors against true values as mean |error| per row."""
     import random
 
-    from canary_kit.stats import Errors
+    from canary_kit.policy.stats import Errors
 
     rng = random.Random(seed)
     green = [rng.gauss(153, green_sd) for _ in range(rows)]

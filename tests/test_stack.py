@@ -16,9 +16,9 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from canary_kit import accesslog
-from canary_kit.cli import app
-from canary_kit.metrics import Snapshot
+from canary_kit.cli.app import app
+from canary_kit.core import accesslog
+from canary_kit.observe.metrics import Snapshot
 from conftest import EXAMPLE_ROW, ROOT, canary_process, free_port, local_settings
 from load import Load, assert_split, tally
 
@@ -121,7 +121,7 @@ def test_refuses_without_nginx_in_one_line(trained, tmp_path, monkeypatch):
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_canary_up_runs_in_foreground_and_stops_everything(trained, tmp_path, stop_signal):
     env = {**os.environ, **free_ports(), "CANARY_STATE_DIR": str(tmp_path)}
-    argv = [sys.executable, "-m", "canary_kit.cli", "up"]
+    argv = [sys.executable, "-m", "canary_kit", "up"]
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline, lines = time.monotonic() + 120, []
@@ -191,7 +191,7 @@ class Pollers:
 def start_up(env: dict) -> tuple[subprocess.Popen, float, list[str]]:
     """`canary up` as a process; returns it with the moment it said it was ready."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "canary_kit.cli", "up"],
+        [sys.executable, "-m", "canary_kit", "up"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -253,8 +253,8 @@ def test_ready_means_ready_and_the_last_split_survives_a_restart(trained, tmp_pa
 def test_stopping_a_slot_leaves_a_strangers_server_on_its_port_alone(own_stack):
     """Only processes carrying the kit's mark (CANARY_COMPONENT) are stopped: not any listener on a slot's port
     whose command line says "bentoml"."""
-    from canary_kit.backends import retire
-    from canary_kit.processes import port_in_use
+    from canary_kit.core.processes import port_in_use
+    from canary_kit.stacks.backends import retire
 
     s = own_stack.settings
     port = s.slot_port("green_b")  # free in a fresh stack: `canary deploy` retires it before it starts there

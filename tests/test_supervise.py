@@ -17,9 +17,9 @@ import httpx
 import psutil
 import pytest
 
-from canary_kit.control import takeover
-from canary_kit.processes import stack_processes
-from canary_kit.targets import LocalTarget
+from canary_kit.core.processes import stack_processes
+from canary_kit.stacks.targets import LocalTarget
+from canary_kit.steer.control import takeover
 from conftest import EXAMPLE_ROW, canary_process
 from load import Load, assert_split, tally
 from test_stack import free_ports, start_up
@@ -105,7 +105,7 @@ class UpStack:
             except Exception:
                 self.proc.kill()
                 self.proc.wait()
-        from canary_kit.supervise import down
+        from canary_kit.stacks.supervise import down
 
         down(self.state_dir)
 
@@ -347,7 +347,7 @@ def test_a_rollout_holds_while_blue_is_down_and_resumes_or_pauses_as_the_spec_sa
     import subprocess
     import sys
 
-    from canary_kit.control import split_of
+    from canary_kit.steer.control import split_of
     from conftest import ROOT
 
     home = private_store(bentoml_home, tmp_path)
@@ -364,7 +364,7 @@ def test_a_rollout_holds_while_blue_is_down_and_resumes_or_pauses_as_the_spec_sa
     argv = [
         sys.executable,
         "-m",
-        "canary_kit.cli",
+        "canary_kit",
         "rollout",
         "--spec",
         str(spec),

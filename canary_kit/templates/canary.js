@@ -13,7 +13,7 @@ const isWhole = (v) => Number.isInteger(v) && v >= 0;
 const isVersion = (v) => v === null || typeof v === 'string';
 
 // The state file's fields: the rule of each, and the value a file that leaves it out has (green_weight: none,
-// it must be there). Unknown fields are ignored. The same rules as RoutingState in canary_kit/routing.py: both
+// it must be there). Unknown fields are ignored. The same rules as RoutingState in canary_kit/core/routing.py: both
 // are tested against every case in tests/data/routing_states.json.
 const FIELDS = [
     { name: 'green_weight', valid: (v) => isWhole(v) && v <= 100, rule: 'a whole number from 0 to 100' },
@@ -186,7 +186,7 @@ function answeredBy(r) {
 }
 
 // Where a prediction endpoint's answers hold the rows' predictions: the steps of a JSON path, as
-// canary_kit/jsonpath.py compiles it (a name, an index, or "*" for the rows); the same rule as its select().
+// canary_kit/core/jsonpath.py compiles it (a name, an index, or "*" for the rows); the same rule as its select().
 function select(steps, node) {
     for (let at = 0; at < steps.length; at++) {
         const step = steps[at];
