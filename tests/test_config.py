@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from canary_kit.core.config import Settings
+from canary_kit.core.config import Settings, environment
+from canary_kit.core.errors import CanaryError
 from canary_kit.stacks.backends import backend_child
 from conftest import local_settings
 
@@ -64,6 +65,27 @@ def test_what_is_shipped_comes_from_the_pyproject_table_and_can_be_overridden(mo
     monkeypatch.chdir(tmp_path)  # another project, with no [tool.canary]: the service must be named somewhere
     with pytest.raises(ValidationError, match="service_name"):
         Settings()
+
+
+def test_the_environment_is_read_typed_and_a_bad_token_refused(monkeypatch, tmp_path):
+    """CANARY_STATE_DIR, CANARY_COMPOSE_CMD, CANARY_USER and CANARY_DASHBOARD_TOKEN go through config.Environment:
+    typed, an empty one read as unset, a short token refused in one line naming the variable, never echoed."""
+    for name in ("STATE_DIR", "COMPOSE_CMD", "USER", "DASHBOARD_TOKEN"):
+        monkeypatch.delenv(f"CANARY_{name}", raising=False)
+    found = environment()
+    assert (str(found.state_dir), found.compose_cmd, found.user, found.dashboard_token) == (".canary", None, None, None)
+    monkeypatch.setenv("CANARY_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("CANARY_COMPOSE_CMD", "docker-compose")
+    monkeypatch.setenv("CANARY_USER", " ")
+    monkeypatch.setenv("CANARY_DASHBOARD_TOKEN", "s3cret-s3cret-s3cret")
+    found = environment()
+    assert (found.state_dir, found.compose_cmd, found.user) == (tmp_path, "docker-compose", None)
+    assert found.dashboard_token is not None and found.dashboard_token.get_secret_value() == "s3cret-s3cret-s3cret"
+    assert "s3cret" not in repr(found)
+    monkeypatch.setenv("CANARY_DASHBOARD_TOKEN", "short-s3cret")
+    with pytest.raises(CanaryError) as refused:
+        environment()
+    assert str(refused.value) == "CANARY_DASHBOARD_TOKEN: must have at least 16 characters", str(refused.value)
 
 
 def test_the_kit_names_no_penguin_anywhere():

@@ -21,11 +21,12 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PyprojectTomlConfigSettingsSource, SettingsConfigDict
 
 from canary_kit.core import jsonpath
 from canary_kit.core.endpoints import PredictionMetrics
+from canary_kit.core.errors import CanaryError
 from canary_kit.core.retention import Retention
 
 Port = int
@@ -38,6 +39,7 @@ NAME = r"^[a-z0-9][a-z0-9_.-]*$"
 METRIC = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"  # a Prometheus metric name
 HEADER = r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"  # an HTTP header's name
 COOKIE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"  # a cookie's name
+STATE_DIR = Path(".canary")  # the local stack's state folder when none is named
 
 
 def default_bentoml_home() -> Path:
@@ -121,7 +123,7 @@ class Settings(BaseSettings):
 
     # Where the local stack runs.
     project_dir: Path = Field(default_factory=Path.cwd, description="folder holding the service and nginx/")
-    state_dir: Path = Field(Path(".canary"), description="routing state, rendered nginx config, logs, pid files")
+    state_dir: Path = Field(STATE_DIR, description="routing state, rendered nginx config, logs, pid files")
     host: str = Field("127.0.0.1", description="address nginx listens on")
     port: Port = Field(8000, ge=1, le=65535, description="nginx's public port")
     blue_port: Port = Field(3001, ge=1, le=65535, description="blue's loopback port")
@@ -281,3 +283,45 @@ class Settings(BaseSettings):
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+
+class Environment(BaseSettings):
+    """What a command reads of its CANARY_* variables whatever the project: which local stack, how compose is run,
+    who acts, the dashboard's token. Apart from Settings, and from the environment only: `canary down`, `status`,
+    `history` or `dashboard` act on a state folder with no `[tool.canary]` table to read, and a person's name or a
+    secret has no place in the project's pyproject.toml. `environment()` reads it, refusing a bad value."""
+
+    model_config = SettingsConfigDict(env_prefix="CANARY_", extra="ignore", frozen=True)
+
+    state_dir: Path = Field(STATE_DIR, description="the local stack's state folder, where --state-dir names none")
+    compose_cmd: str | None = Field(
+        None, description="how compose is run, e.g. `docker compose` [default: v2 where it answers, else v1]"
+    )
+    user: str | None = Field(None, description="who acts, as the change log says [default: the login name]")
+    dashboard_token: SecretStr | None = Field(
+        None, description="the dashboard's token, at least 16 characters [default: a fresh random one each start]"
+    )
+
+    @field_validator("compose_cmd", "user", mode="before")
+    @classmethod
+    def _unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value  # VAR= reads as unset
+
+    @field_validator("dashboard_token")
+    @classmethod
+    def _long(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < 16:
+            raise ValueError("must have at least 16 characters")
+        return token
+
+
+def environment() -> Environment:
+    """The CANARY_* variables of Environment as they are now; a bad one refused in one line naming it."""
+    try:
+        return Environment()
+    except ValidationError as exc:
+        raise CanaryError(
+            "; ".join(
+                f"CANARY_{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+            )
+        ) from None

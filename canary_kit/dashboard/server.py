@@ -23,7 +23,6 @@ import getpass
 import hmac
 import ipaddress
 import json
-import os
 import secrets
 import socket
 import threading
@@ -42,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from canary_kit.core.config import COLORS
+from canary_kit.core.config import COLORS, environment
 from canary_kit.core.errors import CanaryError
 from canary_kit.core.routing import CHANGELOG
 from canary_kit.core.target import Target
@@ -82,13 +81,9 @@ def is_loopback(host: str) -> bool:
 
 
 def get_token() -> str:
-    """CANARY_DASHBOARD_TOKEN (at least 16 characters), or a fresh random one."""
-    given = os.environ.get(TOKEN_VARIABLE)
-    if given is None:
-        return secrets.token_urlsafe(24)
-    if len(given) < 16:
-        raise CanaryError(f"{TOKEN_VARIABLE} must have at least 16 characters")
-    return given
+    """CANARY_DASHBOARD_TOKEN (at least 16 characters: config.Environment), or a fresh random one."""
+    given = environment().dashboard_token
+    return secrets.token_urlsafe(24) if given is None else given.get_secret_value()
 
 
 class Poller:
@@ -321,7 +316,7 @@ def perform(make_target: Callable, action: str, body: dict) -> dict:
     reason = f"{given} (dashboard)" if given else "dashboard"
     target = make_target()
     if action in live.ACTIONS:
-        by = f"the dashboard ({os.environ.get('CANARY_USER') or getpass.getuser()})"
+        by = f"the dashboard ({environment().user or getpass.getuser()})"
         return {"message": live.request(target.state_dir, action, by=by, reason=given)}
     weight: Any = body.get("weight") if EVENTS[action] is None else EVENTS[action]  # set_weight checks it
     serial = body.get("serial")
@@ -342,7 +337,7 @@ def serve(
     """Run the dashboard until Ctrl-C."""
     import uvicorn
 
-    token, given = get_token(), TOKEN_VARIABLE in os.environ
+    token, given = get_token(), environment().dashboard_token is not None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as probe:
         try:

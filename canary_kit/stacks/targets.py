@@ -21,7 +21,7 @@ import httpx
 from pydantic import ValidationError
 
 from canary_kit.core import accesslog, logfiles, routing
-from canary_kit.core.config import Settings
+from canary_kit.core.config import Settings, environment
 from canary_kit.core.endpoints import PredictionMetrics
 from canary_kit.core.errors import CanaryError
 from canary_kit.core.files import UnsafeFolder, check_folder
@@ -353,13 +353,13 @@ def _now() -> str:
 def open_target(state_dir: Path | None, compose: bool, compose_file: Path) -> Target:
     """The stack to act on: the compose one (`compose`), else the local one, found through its state folder."""
     if compose:
-        return ComposeTarget(compose_file, os.environ.get("CANARY_COMPOSE_CMD") or compose_command())
+        return ComposeTarget(compose_file, environment().compose_cmd or compose_command())
     return LocalTarget(local_state_dir(state_dir))
 
 
 def local_state_dir(state_dir: Path | None) -> Path:
-    """The local stack's state folder: `state_dir`, else $CANARY_STATE_DIR, else .canary."""
-    return (state_dir or Path(os.environ.get("CANARY_STATE_DIR", ".canary"))).expanduser().absolute()
+    """The local stack's state folder: `state_dir`, else $CANARY_STATE_DIR, else .canary (config.Environment)."""
+    return (state_dir or environment().state_dir).expanduser().absolute()
 
 
 def compose_command() -> str:

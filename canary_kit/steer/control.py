@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import getpass
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from canary_kit.core import routing
-from canary_kit.core.config import COLORS
+from canary_kit.core.config import COLORS, environment
 from canary_kit.core.endpoints import PredictionMetrics
 from canary_kit.core.errors import CanaryError
 from canary_kit.core.files import append_line, take_back
@@ -179,7 +178,7 @@ def log_entry(target_name: str, event: str, before: RoutingState, state: Routing
         "shadow": state.shadow,
         "serial": state.serial,
         **extra,
-        "by": os.environ.get("CANARY_USER") or getpass.getuser(),
+        "by": environment().user or getpass.getuser(),
         "reason": reason,
     }
 
