@@ -146,23 +146,23 @@ class SimPlant:
         share = w if w >= 1 else min(1.0, w * self.s.skew)
         green = rng.binomial(RATE, share)
         out = np.zeros(2 * self.width + 2)
-        for i, (colour, n) in enumerate((("green", green), ("blue", RATE - green))):
-            errors = rng.binomial(n, self.s.errors) if colour == "green" and self.s.errors else 0
+        for i, (color, n) in enumerate((("green", green), ("blue", RATE - green))):
+            errors = rng.binomial(n, self.s.errors) if color == "green" and self.s.errors else 0
             ok = n - errors
             base = i * self.width
             out[base], out[base + 1] = n, errors
             if ok:
                 rows = rng.multinomial(ok, np.full(self.streams.rows, 1 / self.streams.rows))
-                version = self.answered[colour]
+                version = self.answered[color]
                 out[base + 2 : base + 2 + self.k] = rows @ self.streams.onehot[version]
                 out[base + 2 + self.k] = rows @ self.streams.confidence[version]
-                hist = rng.multinomial(ok, self.pmf[colour])
+                hist = rng.multinomial(ok, self.pmf[color])
                 out[base + 3 + self.k : base + 3 + self.k + len(hist)] = hist
         out[-2], out[-1] = green, RATE - green  # the unpinned split, as nginx logs it
         return out
 
-    def figures(self, span: np.ndarray, colour: str) -> dict:
-        base = 0 if colour == "green" else self.width
+    def figures(self, span: np.ndarray, color: str) -> dict:
+        base = 0 if color == "green" else self.width
         requests, errors = int(span[base]), int(span[base + 1])
         class_rows = {c: int(n) for c, n in zip(self.streams.classes, span[base + 2 : base + 2 + self.k])}
         rows = sum(class_rows.values())

@@ -193,7 +193,7 @@ def test_beyond_loopback_reading_needs_the_token(at_10):
 
 
 class Counting:
-    """A LocalTarget that counts every read of a backend, by colour and path."""
+    """A LocalTarget that counts every read of a backend, by color and path."""
 
     def __init__(self, target, counts: Counter) -> None:
         self._target, self.counts = target, counts

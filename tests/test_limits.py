@@ -68,7 +68,7 @@ def counted(tmp_path):
 
 
 def held(settings) -> dict[str, dict]:
-    """colour -> what the backend held (now, most at once, answered) for blue and green's first slot."""
+    """color -> what the backend held (now, most at once, answered) for blue and green's first slot."""
     found = httpx.get(f"http://127.0.0.1:{settings.blue_port}/held", timeout=5).json()
     return {"blue": found[str(settings.blue_port)], "green": found[str(settings.green_port)]}
 
@@ -116,7 +116,7 @@ def test_a_versions_cap_holds_and_the_excess_is_shed_never_sent_to_the_other(cou
 
 
 def test_slow_uploads_hold_no_versions_slot_and_stall_out_on_the_body_timeout(counted):
-    """64 connections trickle bodies (one byte a second for 6 s, half pinned to each colour) from this host while a
+    """64 connections trickle bodies (one byte a second for 6 s, half pinned to each color) from this host while a
     fresh client sends 200 requests: every one 200; the backend never held more than the fresh client's requests;
     once the bodies stall, nginx cuts each within body_timeout (3 s) of its last byte."""
     put_weight(counted, 50)
@@ -186,7 +186,7 @@ def put_weight(settings, weight: int) -> None:
 
 def test_slow_uploads_from_256_connections_leave_a_fresh_client_every_answer_within_a_second(trained, tmp_path):
     """The issue's figure on a whole stack (max_inflight 128 per version): 256 connections trickle bodies, one byte
-    every 2 s and half pinned to each colour, for 20 s; meanwhile a fresh client sends 1,000 requests: every one is
+    every 2 s and half pinned to each color, for 20 s; meanwhile a fresh client sends 1,000 requests: every one is
     200, none slower than 1 s. The slow ones are then cut by the body's time bound."""
     with running_stack(tmp_path, pins=True, green_weight=50, body_timeout=5) as stack:
         url = stack.settings.url

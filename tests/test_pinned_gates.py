@@ -82,7 +82,7 @@ def test_a_client_pinning_30_percent_of_its_traffic_to_green_moves_no_gate_figur
         windows = {name: judged_window(settings, pinner) for name, pinner in (("alone", False), ("pinner", True))}
     for name, check in windows.items():
         green, blue = check["green"], check["blue"]
-        gentoo = {colour: share(check[colour]["class_rows"], "Gentoo") for colour in ("green", "blue")}
+        gentoo = {color: share(check[color]["class_rows"], "Gentoo") for color in ("green", "blue")}
         z = two_proportions_z(gentoo["green"], gentoo["blue"])
         divergence = next(g["figure"] for g in check["gates"] if g["name"] == "max_class_divergence")
         print(

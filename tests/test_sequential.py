@@ -186,9 +186,9 @@ def regression_window(green_sd: float, rows: int, seed: int, labels: tuple[float
     errors = None
     if labels:
         errors = {}
-        for colour, mae, n in (("green", labels[0], rows), ("blue", labels[1], 9 * rows)):
+        for color, mae, n in (("green", labels[0], rows), ("blue", labels[1], 9 * rows)):
             absolute = [abs(rng.gauss(0, mae * 1.2533)) for _ in range(n)]  # |N(0, s)| has mean 0.798 s
-            errors[colour] = Errors(n, sum(absolute), sum(a * a for a in absolute), sum(a**4 for a in absolute))
+            errors[color] = Errors(n, sum(absolute), sum(a * a for a in absolute), sum(a**4 for a in absolute))
     split = {"green": rows, "blue": 9 * rows}
     return Window(figures, blue_figures, split, task="regression", errors=errors)
 

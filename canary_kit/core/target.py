@@ -3,7 +3,7 @@ docker compose). Control, release, rollout, shadow and the ledger know a stack o
 
 A stack has a routing state file that nginx reads per request (`state_file`, in `state_dir` with the change log),
 an admin server that says what nginx applies (`admin_url`, reached through `admin_transport()`), a backend per
-colour (`backend`, `serving`), a way to run another version as green or as blue, and nginx's JSON access log,
+color (`backend`, `serving`), a way to run another version as green or as blue, and nginx's JSON access log,
 read from a `LogMark` on.
 """
 
@@ -51,7 +51,7 @@ class Target(Protocol):
         ...
 
     def backend(self, color: str, path: str) -> str | None:
-        """GET `path` of the colour's backend directly; its body, or None when it does not answer 200."""
+        """GET `path` of the color's backend directly; its body, or None when it does not answer 200."""
         ...
 
     def serving(self, color: str) -> str | None:

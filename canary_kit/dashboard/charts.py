@@ -8,16 +8,16 @@ import math
 from html import escape
 
 from canary_kit.rollout.driver import Check
-from canary_kit.rollout.report import COLOURS, evidence
+from canary_kit.rollout.report import MARK_COLORS, evidence
 from canary_kit.rollout.report import chart as gate_chart
 
 COLOR = {"blue": "#2471a3", "green": "#1e8449"}
 OUTCOME = {
-    "pass": COLOURS["pass"],
-    "fail": COLOURS["fail"],
-    "inconclusive": COLOURS["inconclusive"],
-    "blue-down": COLOURS["dry-run"],
-}  # a check's own window, as the report colours it
+    "pass": MARK_COLORS["pass"],
+    "fail": MARK_COLORS["fail"],
+    "inconclusive": MARK_COLORS["inconclusive"],
+    "blue-down": MARK_COLORS["dry-run"],
+}  # a check's own window, as the report colors it
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 620, 118, 52, 10, 18, 18
 
 
@@ -43,8 +43,8 @@ def lines_chart(
     events=(),
     marks=(),
 ) -> str:
-    """One panel: `lines` are (label, colour, dashed, [(time, value or None)]); None breaks a line. `events` are
-    (time, label) drawn as dashed verticals; `marks` (time, colour, title) as dots on the top edge."""
+    """One panel: `lines` are (label, color, dashed, [(time, value or None)]); None breaks a line. `events` are
+    (time, label) drawn as dashed verticals; `marks` (time, color, title) as dots on the top edge."""
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     values = [v for _, _, _, points in lines for _, v in points if v is not None]
     top = y_max if y_max is not None else _nice(max(values, default=0) * 1.1)
@@ -82,13 +82,13 @@ def lines_chart(
                 f'<line x1="{x(when):.1f}" y1="{TOP}" x2="{x(when):.1f}" y2="{TOP + plot_h}" stroke="#7d3c98" '
                 f'stroke-dasharray="3,3"><title>{escape(label)}</title></line>'
             )
-    for when, colour, text in marks:
+    for when, color, text in marks:
         if t0 <= when <= t1:
             out.append(
-                f'<circle cx="{x(when):.1f}" cy="{TOP}" r="3.5" fill="{colour}"><title>{escape(text)}</title></circle>'
+                f'<circle cx="{x(when):.1f}" cy="{TOP}" r="3.5" fill="{color}"><title>{escape(text)}</title></circle>'
             )
     legend_x = WIDTH - RIGHT
-    for label, colour, dashed, points in reversed(lines):
+    for label, color, dashed, points in reversed(lines):
         segments: list[list] = []
         segment: list = []
         for t, v in points:
@@ -104,10 +104,10 @@ def lines_chart(
         for seg in segments:
             if len(seg) == 1:
                 seg = seg * 2
-            out.append(f'<polyline points="{" ".join(seg)}" fill="none" stroke="{colour}" stroke-width="1.6"{dash}/>')
+            out.append(f'<polyline points="{" ".join(seg)}" fill="none" stroke="{color}" stroke-width="1.6"{dash}/>')
         legend_x -= 7 * len(label) + 18
         out.append(
-            f'<line x1="{legend_x}" y1="8" x2="{legend_x + 12}" y2="8" stroke="{colour}" stroke-width="2"{dash}/>'
+            f'<line x1="{legend_x}" y1="8" x2="{legend_x + 12}" y2="8" stroke="{color}" stroke-width="2"{dash}/>'
             f'<text x="{legend_x + 15}" y="11">{escape(label)}</text>'
         )
     out.append("</svg>")

@@ -114,16 +114,16 @@ def observed(
     task: str = "classification",
     pinned: bool = True,
 ) -> dict[str, Observed]:
-    """colour -> what its version's live 200 answers of the endpoints predicted (shadow copies left out; pinned
+    """color -> what its version's live 200 answers of the endpoints predicted (shadow copies left out; pinned
     answers too unless `pinned`)."""
-    colour = {version: name for name, version in versions.items() if version}
+    color = {version: name for name, version in versions.items() if version}
     out = {name: Observed() for name in versions}
     for entry in entries:
         if entry.get("shadow") or entry.get("status") != 200 or not asks_endpoint(entry, endpoints):
             continue
         if not pinned and entry.get("pin"):
             continue
-        name = colour.get(str(entry.get("version")))
+        name = color.get(str(entry.get("version")))
         if name is None:
             continue
         rows = predictions(entry, task)

@@ -90,21 +90,21 @@ def remember_classes(conn: sqlite3.Connection, classes: set[str]) -> None:
 
 
 def labelled_since(target: Target, versions: dict[str, str | None], since: str) -> dict[str, tuple[int, int]]:
-    """colour -> (labelled rows, correct rows) of the split's answers (pinned ones left out) each version gave
+    """color -> (labelled rows, correct rows) of the split's answers (pinned ones left out) each version gave
     since `since` (the rollout's start), with the ledger brought up to date first."""
     with connect(target.state_dir) as conn:
         catch_up(target, conn, target.retention)
         found = quality(conn, [v for v in versions.values() if v], since, unpinned=True)
-    return {colour: (found[v].labelled, found[v].correct) if v in found else (0, 0) for colour, v in versions.items()}
+    return {color: (found[v].labelled, found[v].correct) if v in found else (0, 0) for color, v in versions.items()}
 
 
 def errors_since(target: Target, versions: dict[str, str | None], since: str) -> dict[str, Errors]:
-    """colour -> a regressor's errors on the split's labelled answers (pinned ones left out) each version gave
+    """color -> a regressor's errors on the split's labelled answers (pinned ones left out) each version gave
     since `since` (the rollout's start), with the ledger brought up to date first."""
     with connect(target.state_dir) as conn:
         catch_up(target, conn, target.retention)
         found = errors(conn, [v for v in versions.values() if v], since, unpinned=True)
-    return {colour: found.get(v, Errors()) if v else Errors() for colour, v in versions.items()}
+    return {color: found.get(v, Errors()) if v else Errors() for color, v in versions.items()}
 
 
 def model_classes(target: Target, conn: sqlite3.Connection) -> set[str]:

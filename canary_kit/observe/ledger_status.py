@@ -13,7 +13,7 @@ from canary_kit.observe.ledger_queries import errors, quality
 
 
 def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict[str, dict] | None:
-    """colour -> labelled rows and accuracy (a classifier) or MAE (a regressor) of all that version's answers, for
+    """color -> labelled rows and accuracy (a classifier) or MAE (a regressor) of all that version's answers, for
     `canary status`; None while the stack has no ledger yet (nobody sent labels)."""
     if not (target.state_dir / LEDGER).is_file():
         return None
@@ -27,16 +27,16 @@ def accuracy_by_version(target: Target, versions: dict[str, str | None]) -> dict
             if target.prediction_metrics.task == "regression":
                 found_errors = errors(conn, listed)
                 return {
-                    colour: {"version": v, "labelled": found_errors[v].n, "mae": found_errors[v].mae}
-                    for colour, v in versions.items()
+                    color: {"version": v, "labelled": found_errors[v].n, "mae": found_errors[v].mae}
+                    for color, v in versions.items()
                     if v and found_errors[v].n
                 }
             found = quality(conn, listed)
     except CanaryError:  # busy, or a full disk: status shows the rest
         return None
     return {
-        colour: {"version": v, "labelled": found[v].labelled, "accuracy": found[v].accuracy}
-        for colour, v in versions.items()
+        color: {"version": v, "labelled": found[v].labelled, "accuracy": found[v].accuracy}
+        for color, v in versions.items()
         if v and found[v].labelled
     }
 
@@ -63,7 +63,7 @@ RECENT = 5000  # a regressor's newest predicted values per version that `canary 
 
 
 def observed_since(target: Target, versions: dict[str, str | None], since: str | None) -> dict[str, dict]:
-    """colour -> what its version's answers since `since` predicted, from the ledger brought up to date: a
+    """color -> what its version's answers since `since` predicted, from the ledger brought up to date: a
     classifier's rows per class and mean confidence, a regressor's rows, mean and spread (and its newest values).
     For `canary status`, which never waits on the ledger: busy or full, it reads what the ledger holds, or nothing."""
     try:
@@ -81,7 +81,7 @@ def _observed(conn: sqlite3.Connection, target: Target, versions: dict[str, str 
     """observed_since's figures from the ledger as it stands."""
     moment = utc(since or "") or ""
     out: dict[str, dict] = {}
-    for colour, version in versions.items():
+    for color, version in versions.items():
         if not version:
             continue
         if target.prediction_metrics.task == "regression":
@@ -97,7 +97,7 @@ def _observed(conn: sqlite3.Connection, target: Target, versions: dict[str, str 
                 (version, moment, RECENT),
             ).fetchall()
             sd = (max(0.0, square - mean * mean) * n / (n - 1)) ** 0.5 if n > 1 else None
-            out[colour] = {
+            out[color] = {
                 "rows": n,
                 "value_mean": round(mean, 6),
                 "value_sd": None if sd is None else round(sd, 6),
@@ -111,7 +111,7 @@ def _observed(conn: sqlite3.Connection, target: Target, versions: dict[str, str 
         ).fetchall()
         if found:
             total, count = sum(r[2] or 0.0 for r in found), sum(r[3] for r in found)
-            out[colour] = {
+            out[color] = {
                 "rows": sum(r[1] for r in found),
                 "class_rows": {r[0]: r[1] for r in sorted(found)},
                 "confidence_mean": round(total / count, 6) if count else None,

@@ -171,14 +171,14 @@ def figures_between(before: dict | None, after: dict | None) -> dict | None:
 def unpinned_split(
     entries: list[dict], versions: dict[str, str | None], endpoints: tuple[str, ...] = (ENDPOINT,)
 ) -> dict[str, int]:
-    """Unpinned answers of the model's endpoints by colour, from nginx's access log: what the weighted draw sent
+    """Unpinned answers of the model's endpoints by color, from nginx's access log: what the weighted draw sent
     where (pinned requests, shadow copies, and answers from neither version, such as a shed 503, are left out)."""
-    colour = {version: name for name, version in versions.items() if version}
+    color = {version: name for name, version in versions.items() if version}
     counts = {name: 0 for name in versions}
     for entry in entries:
         if entry.get("shadow") or entry.get("pin") or not asks_endpoint(entry, endpoints):
             continue
-        name = colour.get(str(entry.get("version")))
+        name = color.get(str(entry.get("version")))
         if name is not None:
             counts[name] += 1
     return counts
@@ -198,7 +198,7 @@ def _tries(entry: dict) -> list[list[tuple[str, str, str]]]:
 def split_tries(
     entries: list[dict], endpoints: tuple[str, ...] = (ENDPOINT,)
 ) -> dict[str, list[tuple[bool, float | None]]]:
-    """Each colour's tries over the split's traffic, from nginx's access log (BentoML's /metrics count pinned requests
+    """Each color's tries over the split's traffic, from nginx's access log (BentoML's /metrics count pinned requests
     too, and cannot tell them apart): the tries of the model's endpoints that reached a version's server,
     for live requests that were not pinned. A try in the upstream the request was routed to is that version's; one in
     @failover's is the other version's; a version at its cap reached no server (shed), and a kept-alive connection
@@ -210,20 +210,20 @@ def split_tries(
         routed = entry.get("route")
         if entry.get("shadow") or entry.get("pin") or routed not in tries or not asks_endpoint(entry, endpoints):
             continue
-        for colour, group in zip((routed, other[routed]), _tries(entry)):
+        for color, group in zip((routed, other[routed]), _tries(entry)):
             for at, (address, status, seconds) in enumerate(group):
                 if ":" not in address or not status.isdigit():
                     continue
                 if at + 1 < len(group) and group[at + 1][0] == address:
                     continue  # a kept-alive connection the server had closed, tried again: nginx's, not the version's
                 took = float(seconds) if seconds.replace(".", "", 1).isdigit() else None
-                tries[colour].append((int(status) >= 500, took))
+                tries[color].append((int(status) >= 500, took))
     return tries
 
 
 def split_http(entries: list[dict], endpoints: tuple[str, ...] = (ENDPOINT,)) -> dict[str, dict]:
-    """split_tries' figures, by colour."""
-    return {colour: http_figures(found) for colour, found in split_tries(entries, endpoints).items()}
+    """split_tries' figures, by color."""
+    return {color: http_figures(found) for color, found in split_tries(entries, endpoints).items()}
 
 
 def http_figures(tries: list[tuple[bool, float | None]]) -> dict:

@@ -47,7 +47,7 @@ def quality_report(target: Target, versions: dict[str, str | None], since: str |
         found = quality(conn, listed + sorted(others), since)
         found_errors = errors(conn, listed + sorted(others), since) if regression else {}
         totals = counts(conn)
-    role = {v: colour for colour, v in versions.items() if v}
+    role = {v: color for color, v in versions.items() if v}
     rows = []
     for version, q in found.items():
         e = found_errors.get(version, Errors())

@@ -32,7 +32,7 @@ def write_baseline(state_dir: Path, since: str, green_weight: int, backends: dic
 
 
 def read_baseline(state_dir: Path) -> dict:
-    """The last baseline: {"since", "green_weight", "backends": {colour: snapshot}}; {"backends": {}} when there is
+    """The last baseline: {"since", "green_weight", "backends": {color: snapshot}}; {"backends": {}} when there is
     none yet or it is damaged (figures since start)."""
     try:
         baseline = json.loads((state_dir / BASELINE).read_text())

@@ -26,7 +26,7 @@ class Step:
 @dataclass(frozen=True)
 class Window:
     """Both versions' figures (metrics.Figures as dicts, with `latency_ms`: {ms: answers} from nginx's log where it
-    was read; None: that backend's /metrics did not answer), the unpinned /predict answers by colour (None: not
+    was read; None: that backend's /metrics did not answer), the unpinned /predict answers by color (None: not
     measured), and the health checks. Fixed mode: one hold's window; sequential: everything since the step began."""
 
     green: dict | None
@@ -36,9 +36,9 @@ class Window:
     blue_ready: bool = True
     blue_reference: dict | None = None  # blue's figures from before, to compare with at 100% (fixed: its last full
     # window; sequential: its figures over the rollout's earlier steps)
-    labels: dict[str, tuple[int, int]] | None = None  # colour -> (labelled, correct) over this rollout's answers
+    labels: dict[str, tuple[int, int]] | None = None  # color -> (labelled, correct) over this rollout's answers
     task: str = "classification"  # or "regression": which model gates apply
-    errors: dict[str, Errors] | None = None  # colour -> a regressor's errors on this rollout's labelled answers
+    errors: dict[str, Errors] | None = None  # color -> a regressor's errors on this rollout's labelled answers
 
 
 @dataclass

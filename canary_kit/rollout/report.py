@@ -14,7 +14,13 @@ from canary_kit.observe.views import figures_line, gate_line, number
 from canary_kit.policy.spec import GATES
 from canary_kit.rollout.driver import Check, Rollout
 
-COLOURS = {"pass": "#27ae60", "fail": "#c0392b", "inconclusive": "#95a5a6", "skipped": "#ecf0f1", "dry-run": "#e67e22"}
+MARK_COLORS = {
+    "pass": "#27ae60",
+    "fail": "#c0392b",
+    "inconclusive": "#95a5a6",
+    "skipped": "#ecf0f1",
+    "dry-run": "#e67e22",
+}
 SHORT = {name: info.label for name, info in GATES.items()}
 
 
@@ -112,22 +118,22 @@ def evidence(checks: list[Check], width: int = 560, row: int = 46) -> str:
         parts.append(f'<text x="4" y="{top + row / 2:.0f}">{escape(SHORT.get(name, name))}</text>')
         parts.append(f'<rect x="{left}" y="{top}" width="{plot}" height="{row - 10}" fill="none" stroke="#eee"/>')
         last = found[-1][1]
-        for value, colour, what in (
-            (last.get("tolerance"), COLOURS["fail"], "fails above"),
-            (last.get("threshold"), COLOURS["pass"], "passes below"),
+        for value, color, what in (
+            (last.get("tolerance"), MARK_COLORS["fail"], "fails above"),
+            (last.get("threshold"), MARK_COLORS["pass"], "passes below"),
         ):
             if value is None:
                 continue
             parts.append(
-                f'<line x1="{left}" y1="{y(value):.1f}" x2="{left + plot}" y2="{y(value):.1f}" stroke="{colour}" '
+                f'<line x1="{left}" y1="{y(value):.1f}" x2="{left + plot}" y2="{y(value):.1f}" stroke="{color}" '
                 f'stroke-dasharray="4 3"><title>{what} {value:g}</title></line>'
             )
         for c, g in found:
             x = left + plot * c.at / end
-            colour = COLOURS.get(g["status"], "#888")
+            color = MARK_COLORS.get(g["status"], "#888")
             title = escape(f"step {c.step} ({c.weight}%), {c.seconds:.0f}s: {g['detail']} [{mark(g)}]")
             parts.append(
-                f'<line x1="{x:.1f}" y1="{y(g["high"]):.1f}" x2="{x:.1f}" y2="{y(g["low"]):.1f}" stroke="{colour}" '
+                f'<line x1="{x:.1f}" y1="{y(g["high"]):.1f}" x2="{x:.1f}" y2="{y(g["low"]):.1f}" stroke="{color}" '
                 f'stroke-width="3"><title>{title}</title></line>'
             )
             if g.get("figure") is not None:
@@ -138,7 +144,7 @@ def evidence(checks: list[Check], width: int = 560, row: int = 46) -> str:
 
 def chart(checks: list[Check], width: int = 560, top: int = 160) -> str:
     """Green's weight (line) and error rate (red dots) at each check; below, one row per gate, one cell per check,
-    coloured by its mark and labelled with its figure."""
+    colored by its mark and labelled with its figure."""
     names = [n for n in GATES if any(g["name"] == n for c in checks for g in c.gates)]
     height = top + 16 * len(names) + (10 if names else 0)
     if not checks:
@@ -173,15 +179,15 @@ def chart(checks: list[Check], width: int = 560, top: int = 160) -> str:
             title = escape(f"step {c.step} ({c.weight}%): {gate['detail']} [{mark(gate)}]")
             grid.append(
                 f'<rect x="{x0 + 1:.1f}" y="{y}" width="{max(2.0, x1 - x0 - 2):.1f}" height="14" '
-                f'fill="{COLOURS[key]}"><title>{title}</title></rect>'
+                f'fill="{MARK_COLORS[key]}"><title>{title}</title></rect>'
             )
             if x1 - x0 > 34:
                 grid.append(f'<text x="{x0 + 3:.1f}" y="{y + 11}" fill="white">{escape(number(gate["figure"]))}</text>')
     legend = (
         "".join(
-            f'<rect x="{left + 95 * i}" y="{height - 9}" width="8" height="8" fill="{colour}"/>'
+            f'<rect x="{left + 95 * i}" y="{height - 9}" width="8" height="8" fill="{color}"/>'
             f'<text x="{left + 95 * i + 11}" y="{height - 1}">{"fail (dry-run)" if key == "dry-run" else key}</text>'
-            for i, (key, colour) in enumerate(COLOURS.items())
+            for i, (key, color) in enumerate(MARK_COLORS.items())
         )
         if names
         else ""

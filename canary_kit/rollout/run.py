@@ -112,7 +112,7 @@ def _note(target: Target, event: str, reason: str) -> None:
 class Span:
     """The start of a span of evidence on a live stack: both backends' /metrics then, and nginx's log read from
     there on (what it has given so far: the unpinned split, request times and what the answers predicted, by
-    colour)."""
+    color)."""
 
     before: dict[str, dict | None]
     tail: LogTail
@@ -209,14 +209,14 @@ class LivePlant:
         after = snapshots(self.target)
         model = self.target.prediction_metrics
         versions = {"blue": self.state.blue_version, "green": self.state.green_version}
-        colour = {v: c for c, v in versions.items() if v}
+        color = {v: c for c, v in versions.items() if v}
         entries = mark.tail.read()
         for routed, tries in split_tries(entries, model.endpoints).items():
             mark.tries[routed] += tries
         for entry in entries:
             if entry.get("shadow") or entry.get("pin") or not asks_endpoint(entry, model.endpoints):
                 continue
-            name = colour.get(str(entry.get("version")))
+            name = color.get(str(entry.get("version")))
             if name is None:  # an answer from neither version, such as a shed 503
                 continue
             mark.split[name] += 1

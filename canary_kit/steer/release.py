@@ -5,7 +5,7 @@
     canary finalize          # blue: the promoted version; green is free for the next deploy
 
 Blue is always the stable version at blue's address, and green the candidate at one of green's two local slots
-(or the `ml-green` container): the colours keep their meaning in every log, metric and dashboard, and when the
+(or the `ml-green` container): the colors keep their meaning in every log, metric and dashboard, and when the
 routing state cannot be read nginx falls back to blue's address, which is still the stable version. So
 `finalize` restarts blue with the promoted version while green, serving that same version, answers everything;
 the promoted code is not run anywhere it was not already running (Flagger promotes the same way).

@@ -144,7 +144,7 @@ function decide(r) {
 // js_set $canary_version: the version that answered, as the slot that answered serves it in the state this
 // request was routed by. The last address in $upstream_addr answered; the local stack names its addresses'
 // slots ($canary_slots). Elsewhere (compose's addresses are resolved names), an answer after a failover came from
-// the other colour: every backup server of an upstream is the other colour's. "" when no backend answered.
+// the other color: every backup server of an upstream is the other color's. "" when no backend answered.
 function answered(r) {
     const known = r.variables.canary_answered;  // nginx asks twice (the header, the log): worked out once
     if (known) {
@@ -174,14 +174,14 @@ function answeredBy(r) {
     } catch (e) {
         slots = {};
     }
-    let colour = slots[addresses[addresses.length - 1]];
-    if (colour === undefined) {
+    let color = slots[addresses[addresses.length - 1]];
+    if (color === undefined) {
         const routed = r.variables.canary_served === 'green' ? 'green' : 'blue';
-        colour = addresses.length > 1 ? (routed === 'green' ? 'blue' : 'green') : routed;
-    } else if (colour !== 'blue') {
-        colour = colour === parts[2] ? 'green' : '';  // green's other slot: a version being started, not routed
+        color = addresses.length > 1 ? (routed === 'green' ? 'blue' : 'green') : routed;
+    } else if (color !== 'blue') {
+        color = color === parts[2] ? 'green' : '';  // green's other slot: a version being started, not routed
     }
-    const version = colour === 'blue' ? parts[4] : colour === 'green' ? parts[5] : '-';
+    const version = color === 'blue' ? parts[4] : color === 'green' ? parts[5] : '-';
     return version === '-' || version === undefined ? '' : version;
 }
 
