@@ -9,7 +9,7 @@ BENTOML_HOME ?= $(HOME)/bentoml
 export BENTOML_HOME
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: up setup nginx tools chromium train bentos images test test-fast lint bench clean dashboard
+.PHONY: up setup nginx tools chromium train bentos images test test-fast lint docs bench clean dashboard
 
 up: setup nginx train  ## install what is missing, train if the store lacks the models, run the stack on :8000
 	$(BIN)/canary up
@@ -72,6 +72,10 @@ test: setup nginx tools chromium  ## the whole test suite: unit, integration (re
 lint: setup  ## ruff (lint and format), mypy and import-linter; tests/test_codebase.py runs the same in `make test`
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/lint-imports --no-logo
 
+docs: setup  ## the documentation site from docs/ into site/ (MkDocs, strict: a broken link or anchor fails the build)
+	@$(BIN)/python -c "import mkdocs" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/mkdocs build --strict --site-dir site
+
 test-fast: setup  ## unit tests only
 	$(BIN)/pytest -m "not integration and not bento"
 
@@ -81,8 +85,8 @@ bench: setup nginx train  ## benchmarks (~15 min on 2 cores; BENCH_ARGS=--quick:
 	@$(BIN)/python -c "import fastapi, uvicorn, matplotlib, locust" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-clean:  ## remove runtime state (not the model store)
-	rm -rf .canary .pytest_cache
+clean:  ## remove runtime state (not the model store) and the built site
+	rm -rf .canary .pytest_cache site
 
 .PHONY: adopt-e2e
 adopt-e2e: nginx  ## the kit on its own: a fresh venv with only the kit and a foreign service's requirements, init, up, load
