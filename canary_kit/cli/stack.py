@@ -81,6 +81,8 @@ def status(
     from canary_kit.steer.control import status as read_status
 
     target = stack_of(ctx).target()
+    if watch:  # Ctrl-C stops it even when started with SIGINT ignored (a background job of a script)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             report = read_status(target)
