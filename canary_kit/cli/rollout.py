@@ -3,6 +3,7 @@ versions on the true classes sent back."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import typer
 
 from canary_kit.cli.options import stack_of
 from canary_kit.core.errors import CanaryError
+from canary_kit.policy import registry
+from canary_kit.policy.registry import GATES
 
 
 def rollout(
@@ -28,25 +31,6 @@ def rollout(
     hold: Annotated[float | None, typer.Option(help="fixed: seconds to hold each window")] = None,
     min_requests: Annotated[int | None, typer.Option(help="green requests the HTTP gates need")] = None,
     min_rows: Annotated[int | None, typer.Option(help="rows each version must predict for the quality gates")] = None,
-    max_error_rate: Annotated[float | None, typer.Option(help="gate: green's 5xx share, e.g. 0.01")] = None,
-    max_p99_ms: Annotated[float | None, typer.Option(help="gate: green's p99 latency in ms")] = None,
-    max_p99_ratio: Annotated[float | None, typer.Option(help="gate (fixed): green p99 / blue p99")] = None,
-    max_slower_share: Annotated[
-        float | None, typer.Option(help="gate (sequential): share of request pairs in which green is slower")
-    ] = None,
-    max_class_shift: Annotated[
-        float | None, typer.Option(help="gate (sequential): total variation of the predicted-class shares")
-    ] = None,
-    max_class_divergence: Annotated[
-        float | None, typer.Option(help="gate (fixed): JS distance of green's and blue's predicted-class shares")
-    ] = None,
-    max_confidence_drop: Annotated[
-        float | None, typer.Option(help="gate: blue's mean top-class probability minus green's")
-    ] = None,
-    srm_p_value: Annotated[float | None, typer.Option(help="gate: split mismatch below this p-value fails")] = None,
-    max_accuracy_drop: Annotated[
-        float | None, typer.Option(help="gate on labels: blue's accuracy minus green's, with 95% confidence")
-    ] = None,
     min_labels: Annotated[int | None, typer.Option(help="labelled rows per version the accuracy gate needs")] = None,
     label_wait: Annotated[float | None, typer.Option(help="seconds a step waits for labels")] = None,
     dry_run: Annotated[
@@ -56,7 +40,7 @@ def rollout(
     max_failed_checks: Annotated[int | None, typer.Option(help="failed checks before on_failure")] = None,
     max_inconclusive: Annotated[int | None, typer.Option(help="inconclusive windows before pausing")] = None,
     shadow_seconds: Annotated[float | None, typer.Option(help="shadow phase before going live")] = None,
-    min_agreement: Annotated[float | None, typer.Option(help="shadow agreement (95% lower bound) to go live")] = None,
+    **gates: float | None,
 ) -> None:
     """Walk green through the steps, judging each on its server and model figures; roll back or pause on failure."""
     from canary_kit.policy.spec import load_spec
@@ -77,15 +61,7 @@ def rollout(
         hold_seconds=hold,
         min_requests=min_requests,
         min_rows=min_rows,
-        max_error_rate=max_error_rate,
-        max_p99_ms=max_p99_ms,
-        max_p99_ratio=max_p99_ratio,
-        max_slower_share=max_slower_share,
-        max_class_shift=max_class_shift,
-        max_class_divergence=max_class_divergence,
-        max_confidence_drop=max_confidence_drop,
-        srm_p_value=srm_p_value,
-        max_accuracy_drop=max_accuracy_drop,
+        **gates,  # each gate's threshold, by its name (registry.py: the gates with an option)
         min_labels=min_labels,
         label_wait_seconds=label_wait,
         dry_run=dry_run,
@@ -93,13 +69,12 @@ def rollout(
         max_failed_checks=max_failed_checks,
         max_inconclusive=max_inconclusive,
         shadow_seconds=shadow_seconds,
-        min_agreement=min_agreement,
     )
     chosen = load_spec(spec, overrides)
     target = stack_of(ctx).target()
     require_green(current(target))
     task = target.prediction_metrics.task
-    gates = ", ".join(
+    judged = ", ".join(
         f"{name} {gate.threshold:g}{' (dry-run)' if gate.dry_run else ''}"
         for name, gate in chosen.gates.items()
         if chosen.judged(name, task)
@@ -111,7 +86,7 @@ def rollout(
         )
     else:
         how = f"fixed, hold {chosen.hold_seconds:.0f}s"
-    typer.echo(f"rollout: steps {chosen.steps}, {how}, on failure {chosen.on_failure}; gates: {gates}")
+    typer.echo(f"rollout: steps {chosen.steps}, {how}, on failure {chosen.on_failure}; gates: {judged}")
     try:
         result = plan.run(target, chosen, typer.echo, run_shadow)
     except KeyboardInterrupt:
@@ -123,6 +98,31 @@ def rollout(
     typer.echo(f"{result.outcome}: {result.reason}; green at {result.final_weight}%  (report: {report})")
     if result.outcome != "promoted":
         raise typer.Exit(2 if result.outcome == "paused" else 1)
+
+
+def _gate_options() -> None:
+    """`canary rollout`'s options: its own, and one per gate that declares a flag (registry.py), after --min-rows."""
+    own = [p for p in _ROLLOUT.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    at = next(i for i, p in enumerate(own) if p.name == "min_rows") + 1
+    gates = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[float | None, typer.Option(help=info.flag)],
+        )
+        for name, info in GATES.items()
+        if info.flag is not None
+    ]
+    keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[at:]]
+    parameters = [*own[:at], *gates, *keyword]
+    rollout.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
+    rollout.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
+
+
+_ROLLOUT = inspect.signature(rollout, eval_str=True)  # as written, before the gates' options are added
+_gate_options()
+registry.on_change(_gate_options)
 
 
 def labels(

@@ -5,9 +5,13 @@ one-host rollout. Used by manifests.py, which writes the rest of the base.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from canary_kit.core.endpoints import DURATION, REQUESTS
 from canary_kit.k8s.served import ARGS, HASH_LABEL, ServedModel, duration, number
-from canary_kit.policy.spec import RolloutSpec
+from canary_kit.policy.registry import GATES
+from canary_kit.policy.spec import RolloutSpec, applies
 from canary_kit.policy.stats import chi2_critical
 
 # --- PromQL over BentoML's series and the model's own --------------------------------------------------------
@@ -111,71 +115,126 @@ def sample_ratio(served: ServedModel, rows: int) -> str:
     )
 
 
-def queries(served: ServedModel, spec: RolloutSpec) -> dict[str, tuple[str, str, float]]:
-    """The background gates: name -> (the spec's gate, its query, its threshold). Off gates (threshold null) and
-    the quality gates of a service that exports no prediction metrics are left out. No sample comes back while a
-    gate's evidence is below its min_rows (green requests for the HTTP gates, each side's rows for the quality
-    gates), so the measurement is Inconclusive."""
-    green, blue = selector(served, "canary"), selector(served, "stable")
-    total = f"sum({increase(REQUESTS + '_total', green)})"
+# --- each gate's query, registered under its metric's name (registry.py's `argo`) -------------------------------
+
+Built = tuple[str, float]  # the query, and the limit its figure is compared with
+Builder = Callable[[ServedModel, RolloutSpec, str], Built | None]  # (served, spec, gate name); None: not rendered
+
+
+@dataclass(frozen=True)
+class Query:
+    build: Builder
+    split: bool = False  # judged after each step's hold, knowing the weight set (the `-split` template)
+
+
+QUERIES: dict[str, Query] = {}
+
+
+def query(metric: str, split: bool = False) -> Callable[[Builder], Builder]:
+    """Register the query of the gate whose declaration names this metric (registry.py's `argo`)."""
+
+    def register(build: Builder) -> Builder:
+        QUERIES[metric] = Query(build, split)
+        return build
+
+    return register
+
+
+def _green_total(served: ServedModel) -> str:
+    return f"sum({increase(REQUESTS + '_total', selector(served, 'canary'))})"
+
+
+def _enough(served: ServedModel, spec: RolloutSpec, gate: str) -> str:
+    return f"({_green_total(served)} >= {spec.gates[gate].min_rows})"
+
+
+def _p99(sel: str) -> str:
+    return f"histogram_quantile(0.99, sum by (le) ({increase(DURATION + '_bucket', sel)}))"
+
+
+@query("error-rate")
+def _error_rate(served: ServedModel, spec: RolloutSpec, name: str) -> Built:
+    """As the one-host judge: errors that break the gate whatever the next requests bring fail even a thin window."""
+    gate, total = spec.gates[name], _green_total(served)
+    assert gate.threshold is not None  # queries() renders only gates that are on
     failed = selector(served, "canary", ',http_response_code=~"5.."')
     errors = f"(sum({increase(REQUESTS + '_total', failed)}) or vector(0))"
+    rate, rows = number(gate.threshold), gate.min_rows
+    return (
+        f"({errors} / clamp_min({total}, {rows}) > {rate})\nor\n"
+        f"({errors} / {total} and on() {_enough(served, spec, name)})",
+        gate.threshold,
+    )
 
-    def enough(gate: str) -> str:
-        return f"({total} >= {spec.gates.model_dump()[gate]['min_rows']})"
 
-    def p99(sel: str) -> str:
-        return f"histogram_quantile(0.99, sum by (le) ({increase(DURATION + '_bucket', sel)}))"
+@query("p99-seconds")
+def _p99_seconds(served: ServedModel, spec: RolloutSpec, name: str) -> Built:
+    threshold = spec.gates[name].threshold
+    assert threshold is not None
+    return f"{_p99(selector(served, 'canary'))}\nand on() {_enough(served, spec, name)}", threshold / 1000
 
-    gates = spec.gates
+
+@query("p99-ratio")
+def _p99_ratio(served: ServedModel, spec: RolloutSpec, name: str) -> Built:
+    """Blue idle (green at 100%): no ratio to judge, as the one-host judge, so 0 (passes)."""
+    threshold = spec.gates[name].threshold
+    assert threshold is not None
+    green, blue = _p99(selector(served, "canary")), _p99(selector(served, "stable"))
+    enough = _enough(served, spec, name)
+    return f"(\n  {green}\n  / ({blue} > 0)\n  or on() vector(0)\n)\nand on() {enough}", threshold
+
+
+def _model_query(figure: Callable[[ServedModel, int], str], metric: str | None) -> Builder:
+    """A quality gate's builder: its figure over the service's prediction metric, not rendered without it."""
+
+    def build(served: ServedModel, spec: RolloutSpec, name: str) -> Built | None:
+        gate = spec.gates[name]
+        if not getattr(served, metric or "") or gate.threshold is None:
+            return None
+        return figure(served, gate.min_rows), gate.threshold
+
+    return build
+
+
+query("class-divergence")(_model_query(class_divergence, "class_metric"))
+query("confidence-drop")(_model_query(confidence_drop, "confidence_metric"))
+# A regressor's mean shift in blue's standard deviations has no PromQL form (a histogram holds no spread): only the
+# KS distance is rendered.
+query("ks-distance")(_model_query(ks_distance, "value_metric"))
+
+
+@query("sample-ratio", split=True)
+def _sample_ratio(served: ServedModel, spec: RolloutSpec, name: str) -> Built:
+    gate = spec.gates[name]
+    assert gate.threshold is not None
+    return sample_ratio(served, gate.min_rows), chi2_critical(gate.threshold)
+
+
+def _rendered(served: ServedModel, spec: RolloutSpec, split: bool) -> dict[str, tuple[str, str, float]]:
+    """metric -> (the spec's gate, its query, its limit), in the spec's order: the gates that are on, that judge
+    this model's task and have a query on Kubernetes."""
     out: dict[str, tuple[str, str, float]] = {}
-    if gates.max_error_rate.threshold is not None:
-        # As the one-host judge: errors that break the gate whatever the next requests bring fail even a thin window.
-        rate, rows = number(gates.max_error_rate.threshold), gates.max_error_rate.min_rows
-        out["error-rate"] = (
-            "max_error_rate",
-            f"({errors} / clamp_min({total}, {rows}) > {rate})\nor\n"
-            f"({errors} / {total} and on() {enough('max_error_rate')})",
-            gates.max_error_rate.threshold,
-        )
-    if gates.max_p99_ms.threshold is not None:
-        out["p99-seconds"] = (
-            "max_p99_ms",
-            f"{p99(green)}\nand on() {enough('max_p99_ms')}",
-            gates.max_p99_ms.threshold / 1000,
-        )
-    if gates.max_p99_ratio.threshold is not None:
-        # Blue idle (green at 100%): no ratio to judge, as the one-host judge, so 0 (passes).
-        out["p99-ratio"] = (
-            "max_p99_ratio",
-            f"(\n  {p99(green)}\n  / ({p99(blue)} > 0)\n  or on() vector(0)\n)\nand on() {enough('max_p99_ratio')}",
-            gates.max_p99_ratio.threshold,
-        )
-    divergence, drop = gates.max_class_divergence, gates.max_confidence_drop
-    if served.class_metric and divergence.threshold is not None:
-        out["class-divergence"] = (
-            "max_class_divergence",
-            class_divergence(served, divergence.min_rows),
-            divergence.threshold,
-        )
-    if served.confidence_metric and drop.threshold is not None:
-        out["confidence-drop"] = ("max_confidence_drop", confidence_drop(served, drop.min_rows), drop.threshold)
-    if served.task == "regression":
-        # A regressor's gates: classes and confidence judge nothing of it. The mean shift in blue's standard
-        # deviations has no PromQL form (a histogram holds no spread), so only the KS distance is rendered.
-        out = {k: v for k, v in out.items() if k not in ("class-divergence", "confidence-drop")}
-        ks = gates.max_ks_distance
-        if served.value_metric and ks.threshold is not None:
-            out["ks-distance"] = ("max_ks_distance", ks_distance(served, ks.min_rows), ks.threshold)
+    for name, info in GATES.items():
+        if info.argo is None or QUERIES[info.argo].split != split:
+            continue
+        if spec.gates[name].threshold is None or not applies(name, served.task):
+            continue
+        if (built := QUERIES[info.argo].build(served, spec, name)) is not None:
+            out[info.argo] = (name, *built)
     return out
+
+
+def queries(served: ServedModel, spec: RolloutSpec) -> dict[str, tuple[str, str, float]]:
+    """The background gates: name -> (the spec's gate, its query, its threshold). Off gates (threshold null), the
+    other task's gates and the quality gates of a service that exports no prediction metrics are left out. No sample
+    comes back while a gate's evidence is below its min_rows (green requests for the HTTP gates, each side's rows for
+    the quality gates), so the measurement is Inconclusive."""
+    return _rendered(served, spec, split=False)
 
 
 def split_queries(served: ServedModel, spec: RolloutSpec) -> dict[str, tuple[str, str, float]]:
     """The step gates (judged after each hold, knowing the weight set): the sample-ratio mismatch."""
-    gate = spec.gates.srm_p_value
-    if gate.threshold is None:
-        return {}
-    return {"sample-ratio": ("srm_p_value", sample_ratio(served, gate.min_rows), chi2_critical(gate.threshold))}
+    return _rendered(served, spec, split=True)
 
 
 def conditions(limit: float, on_failure: str) -> dict[str, str]:
@@ -189,8 +248,7 @@ def conditions(limit: float, on_failure: str) -> dict[str, str]:
 
 def dry_run(spec: RolloutSpec, found: dict[str, tuple[str, str, float]]) -> list[dict]:
     """Argo's dryRun: the metrics of the gates the spec marks dry_run are measured, never fail the run."""
-    gates = spec.gates.model_dump()
-    return [{"metricName": name} for name, (gate, _, _) in found.items() if gates[gate]["dry_run"]]
+    return [{"metricName": name} for name, (gate, _, _) in found.items() if spec.gates[gate].dry_run]
 
 
 def limits(spec: RolloutSpec) -> dict[str, int]:

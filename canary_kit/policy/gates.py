@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from canary_kit.policy.evidence import Decision, GateResult, Step, Window
+from canary_kit.policy.registry import GATES
 from canary_kit.policy.sequential import judge_agreement, judge_sequential
-from canary_kit.policy.spec import LABEL_GATES, Gate, RolloutSpec, applies
+from canary_kit.policy.spec import Gate, RolloutSpec, applies
 from canary_kit.policy.stats import (
     Errors,
     difference,
@@ -37,6 +38,18 @@ from canary_kit.policy.stats import (
 __all__ = ["Decision", "GateResult", "Step", "Window", "decide", "judge_gates", "judge_shadow"]
 
 Verdict = tuple[str, float | None, str]  # one gate over one window: status, figure, detail
+FixedJudge = Callable[[Gate, float, dict, Window, int], Verdict]  # (gate, threshold, green, window, weight)
+FIXED: dict[str, FixedJudge] = {}  # gate name -> its judge in fixed mode (registry.py declares the gates)
+
+
+def fixed_judge(name: str) -> Callable[[FixedJudge], FixedJudge]:
+    """Register a gate's judge in fixed mode, under the name registry.py declares it with."""
+
+    def register(judge: FixedJudge) -> FixedJudge:
+        FIXED[name] = judge
+        return judge
+
+    return register
 
 
 def decide(spec: RolloutSpec, step: Step, window: Window) -> Decision:
@@ -60,7 +73,7 @@ def decide(spec: RolloutSpec, step: Step, window: Window) -> Decision:
     if failed:
         return _failed(spec, step, failed[0].detail, results)
     waiting = [r for r in live if r.status == "inconclusive"]
-    if waiting and all(r.name in LABEL_GATES for r in waiting):  # only labels are missing: wait for them
+    if waiting and all(GATES[r.name].kind == "labels" for r in waiting):  # only labels are missing: wait for them
         return _label_wait(spec, step, waiting[0], results)
     if waiting:
         count = step.inconclusive + 1
@@ -89,7 +102,7 @@ def _decide_sequential(spec: RolloutSpec, step: Step, window: Window) -> Decisio
                 "advance", "pass", f"every gate passed after {took} ({passed}){_dry_note(results)}", results
             )
         return Decision("hold", "gathering", f"every gate passed; the step lasts min_step_seconds ({took})", results)
-    if all(r.name in LABEL_GATES for r in waiting):
+    if all(GATES[r.name].kind == "labels" for r in waiting):
         return _label_wait(spec, step, waiting[0], results)
     if step.seconds >= spec.max_step_seconds:
         names = ", ".join(r.name for r in waiting)
@@ -119,32 +132,21 @@ def _failed(spec: RolloutSpec, step: Step, reason: str, results: list[GateResult
 
 def judge_gates(spec: RolloutSpec, weight: int, window: Window) -> list[GateResult]:
     """Every gate of the spec over the window, in the spec's order."""
-    judges: dict[str, Callable[[Gate, float, dict, Window], Verdict]] = {
-        "max_error_rate": _error_rate,
-        "max_p99_ms": _p99,
-        "max_p99_ratio": _p99_ratio,
-        "srm_p_value": lambda gate, limit, green, w: _srm(gate, limit, w, weight),
-        "max_class_divergence": _class_divergence,
-        "max_confidence_drop": _confidence_drop,
-        "max_accuracy_drop": _accuracy_drop,
-        "max_ks_distance": _ks_distance,
-        "max_mean_shift": _mean_shift,
-        "max_error_increase": _error_increase,
-    }
     results: list[GateResult] = []
     green = window.green
     if green is None:  # decide() judges no gate then
         return results
-    for name, judge in judges.items():
-        gate: Gate = getattr(spec.gates, name)
-        if gate.threshold is None or not applies(name, window.task):
+    for name, gate in spec.gates.items():
+        judge = FIXED.get(name)
+        if judge is None or gate.threshold is None or not applies(name, window.task):
             continue
-        status, figure, detail = judge(gate, gate.threshold, green, window)
+        status, figure, detail = judge(gate, gate.threshold, green, window, weight)
         results.append(GateResult(name, status, figure, gate.threshold, gate.dry_run, detail))
     return results
 
 
-def _error_rate(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+@fixed_judge("max_error_rate")
+def _error_rate(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
     g = green
     rate = g["error_rate"]
     # decided even on a quiet window: these errors break the gate whatever the next requests bring
@@ -157,7 +159,8 @@ def _error_rate(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
     return "pass", rate, f"green error rate {rate:.2%} <= {limit:.2%}"
 
 
-def _p99(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+@fixed_judge("max_p99_ms")
+def _p99(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
     g = green
     if g["requests"] < gate.min_rows or g["p99_ms"] is None:
         return "inconclusive", g["p99_ms"], f"only {g['requests']} green requests (need {gate.min_rows})"
@@ -166,7 +169,8 @@ def _p99(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
     return "pass", g["p99_ms"], f"green p99 {g['p99_ms']:.0f} ms <= {limit:.0f} ms"
 
 
-def _p99_ratio(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+@fixed_judge("max_p99_ratio")
+def _p99_ratio(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
     g, b = green, w.blue
     if not (b and b["requests"] and b["p99_ms"]):
         return "skipped", None, "blue served no requests in the window"
@@ -178,7 +182,8 @@ def _p99_ratio(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
     return "pass", ratio, f"green p99 is {ratio:.1f}x blue's (<= {limit:.1f}x)"
 
 
-def _srm(gate: Gate, limit: float, w: Window, weight: int) -> Verdict:
+@fixed_judge("srm_p_value")
+def _srm(gate: Gate, limit: float, figures: dict, w: Window, weight: int) -> Verdict:
     if w.split is None:
         return "skipped", None, "the split was not measured"
     green, blue = w.split.get("green", 0), w.split.get("blue", 0)
@@ -188,8 +193,7 @@ def _srm(gate: Gate, limit: float, w: Window, weight: int) -> Verdict:
     if total < gate.min_rows:
         return "inconclusive", None, f"only {total} unpinned /predict requests to test the split (need {gate.min_rows})"
     p = srm_p_value(green, blue, weight / 100)
-    if p is None:  # not reached: 0 < weight < 100 and total > 0 here
-        return "skipped", None, f"no split to test at {weight}%"
+    assert p is not None  # 0 < weight < 100 and total >= min_rows >= 1 here
     seen = f"green had {green / total:.1%} of {total} unpinned requests at weight {weight}%"
     if p < limit:
         return "fail", p, f"sample-ratio mismatch: {seen} (p = {p:.2g} < {limit:g})"
@@ -215,7 +219,8 @@ def _blue_rows(gate: Gate, green: dict, w: Window) -> dict | Verdict:
     return blue
 
 
-def _class_divergence(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+@fixed_judge("max_class_divergence")
+def _class_divergence(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
     blue = _blue_rows(gate, green, w)
     if isinstance(blue, tuple):
         return blue
@@ -229,7 +234,8 @@ def _class_divergence(gate: Gate, limit: float, green: dict, w: Window) -> Verdi
     return "pass", distance, f"{seen} <= {limit:g} {counted}"
 
 
-def _confidence_drop(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+@fixed_judge("max_confidence_drop")
+def _confidence_drop(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
     blue = _blue_rows(gate, green, w)
     if isinstance(blue, tuple):
         return blue
@@ -242,7 +248,8 @@ def _confidence_drop(gate: Gate, limit: float, green: dict, w: Window) -> Verdic
     return "pass", drop, f"{seen} <= {limit:g}"
 
 
-def _accuracy_drop(gate: Gate, limit: float, figures: dict, w: Window) -> Verdict:
+@fixed_judge("max_accuracy_drop")
+def _accuracy_drop(gate: Gate, limit: float, figures: dict, w: Window, weight: int) -> Verdict:
     labels = w.labels or {}
     (green, green_right), (blue, blue_right) = labels.get("green", (0, 0)), labels.get("blue", (0, 0))
     if green < gate.min_rows or blue < gate.min_rows:
@@ -285,7 +292,8 @@ def _values(gate: Gate, green: dict, w: Window) -> Values | Verdict:
     return Values(green["values"], blue["values"])
 
 
-def _ks_distance(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+@fixed_judge("max_ks_distance")
+def _ks_distance(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
     found = _values(gate, green, w)
     if not isinstance(found, Values):
         return found
@@ -299,7 +307,8 @@ def _ks_distance(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
     return "pass", distance, f"KS distance of predicted values {distance:.3f} <= {limit:g} {counted}"
 
 
-def _mean_shift(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
+@fixed_judge("max_mean_shift")
+def _mean_shift(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
     found = _values(gate, green, w)
     if not isinstance(found, Values):
         return found
@@ -315,7 +324,8 @@ def _mean_shift(gate: Gate, limit: float, green: dict, w: Window) -> Verdict:
     return "inconclusive", value, f"{seen}: not yet decided at {limit:g} sd"
 
 
-def _error_increase(gate: Gate, limit: float, figures: dict, w: Window) -> Verdict:
+@fixed_judge("max_error_increase")
+def _error_increase(gate: Gate, limit: float, figures: dict, w: Window, weight: int) -> Verdict:
     errors = w.errors or {}
     green, blue = errors.get("green", Errors()), errors.get("blue", Errors())
     if green.n < gate.min_rows or blue.n < gate.min_rows:
@@ -342,7 +352,7 @@ def _error_increase(gate: Gate, limit: float, figures: dict, w: Window) -> Verdi
 def judge_shadow(spec: RolloutSpec, report: dict) -> GateResult:
     """The shadow phase's agreement gate: on the 95% Wilson lower bound of the rows both versions agreed on (fixed),
     or on the share's confidence sequence at the gate's alpha (sequential: valid however often the phase looks)."""
-    gate = spec.gates.min_agreement
+    gate = spec.gates["min_agreement"]
     rows, agreed = report.get("rows_compared", 0), report.get("rows_agreed", 0)
     if spec.mode == "sequential" and gate.threshold is not None:
         status, low, high, detail = judge_agreement(spec, rows, agreed)

@@ -27,6 +27,7 @@ from canary_kit.policy.confseq import (
     srm_log_bayes_factor,
 )
 from canary_kit.policy.evidence import GateResult, Step, Window
+from canary_kit.policy.registry import GATES
 from canary_kit.policy.spec import Gate, RolloutSpec
 from canary_kit.policy.stats import Errors, ks_distance, mean_sd
 
@@ -61,13 +62,27 @@ class Look:
         return self.result("inconclusive", figure, f"{seen}: {lines}{more}", low, high)
 
 
+SequentialJudge = Callable[[Look], GateResult]
+JUDGES: dict[str, SequentialJudge] = {}  # gate name -> its judge in sequential mode (registry.py declares the gates)
+
+
+def sequential_judge(name: str) -> Callable[[SequentialJudge], SequentialJudge]:
+    """Register a gate's judge in sequential mode, under the name registry.py declares it with."""
+
+    def register(judge: SequentialJudge) -> SequentialJudge:
+        JUDGES[name] = judge
+        return judge
+
+    return register
+
+
 def judge_sequential(spec: RolloutSpec, step: Step, window: Window) -> list[GateResult]:
     """Every gate this spec judges in sequential mode, in the spec's order (the shadow gate is judged apart). A gate
     that passed earlier at this step stays passed unless it now fails (its test has stopped on the pass side; the
     fail side is still watched: that only adds to the guard)."""
     results = []
     for name, gate in spec.gates.items():
-        if name == "min_agreement" or not spec.judged(name, window.task):
+        if GATES[name].kind == "shadow" or not spec.judged(name, window.task):
             continue
         tolerance = spec.gates.tolerance(name)
         assert gate.threshold is not None and tolerance is not None  # judged() says it is set
@@ -103,6 +118,7 @@ def _plain(x: float) -> str:
     return f"{x:.3f}"
 
 
+@sequential_judge("max_error_rate")
 def error_rate(look: Look) -> GateResult:
     green = look.window.green or {}
     n, errors = green.get("requests") or 0, green.get("errors") or 0
@@ -122,6 +138,7 @@ def error_rate(look: Look) -> GateResult:
     return look.judge(difference, g_low - b_high, g_high - b_low, n >= look.gate.min_rows, what, _pts)
 
 
+@sequential_judge("max_p99_ms")
 def p99(look: Look) -> GateResult:
     """Green's p99 within the threshold is its share of slower requests below 1%: that share, judged against 1% (the
     result's figure, interval and line are the share's; the threshold in ms is in the detail)."""
@@ -144,6 +161,7 @@ def p99(look: Look) -> GateResult:
     return GateResult(look.name, status, slow / n, SLOW_SHARE, look.gate.dry_run, detail, low, high)
 
 
+@sequential_judge("max_slower_share")
 def slower(look: Look) -> GateResult:
     if look.step.weight >= 100:
         return look.result("skipped", None, "no blue request in the same window (latency follows load)")
@@ -162,6 +180,7 @@ def _histogram(counts: dict) -> dict[float, int]:
     return {float(ms): n for ms, n in counts.items()}
 
 
+@sequential_judge("srm_p_value")
 def srm(look: Look) -> GateResult:
     weight, split = look.step.weight, look.window.split
     if split is None:
@@ -196,6 +215,7 @@ def _rows(look: Look) -> tuple[dict, dict] | GateResult:
     return green, blue
 
 
+@sequential_judge("max_class_shift")
 def class_shift(look: Look) -> GateResult:
     found = _rows(look)
     if isinstance(found, GateResult):
@@ -213,6 +233,7 @@ def class_shift(look: Look) -> GateResult:
     return look.judge(estimate, low, high, enough, f"class shift ({n} green / {m} blue rows)", _plain)
 
 
+@sequential_judge("max_confidence_drop")
 def confidence_drop(look: Look) -> GateResult:
     found = _rows(look)
     if isinstance(found, GateResult):
@@ -228,6 +249,7 @@ def confidence_drop(look: Look) -> GateResult:
     return look.judge(drop, drop - radius, drop + radius, enough, what, _plain)
 
 
+@sequential_judge("max_accuracy_drop")
 def accuracy_drop(look: Look) -> GateResult:
     labels = look.window.labels or {}
     (green, green_right), (blue, blue_right) = labels.get("green", (0, 0)), labels.get("blue", (0, 0))
@@ -258,6 +280,7 @@ def _values(look: Look) -> tuple[list[float], list[float]] | GateResult:
     return green, blue
 
 
+@sequential_judge("max_ks_distance")
 def ks(look: Look) -> GateResult:
     """The KS distance sup |F_green - F_blue| is within the sum of both versions' time-uniform DKW radii of its
     estimate (the triangle inequality), at every look."""
@@ -275,6 +298,7 @@ def ks(look: Look) -> GateResult:
     return look.judge(distance, low, high, enough, what, _plain)
 
 
+@sequential_judge("max_mean_shift")
 def mean_shift(look: Look) -> GateResult:
     """Green's mean minus blue's in blue's standard deviations, either way: each mean's asymptotic confidence
     sequence (the normal mixture with the sample's own spread: Waudby-Smith et al. 2024), at alpha / 2 each."""
@@ -297,6 +321,7 @@ def mean_shift(look: Look) -> GateResult:
     return look.result("inconclusive", shift, f"{seen}: {lines}", low, high)
 
 
+@sequential_judge("max_error_increase")
 def error_increase(look: Look) -> GateResult:
     """Green's mean absolute error over blue's, minus 1: each MAE's asymptotic confidence sequence (the spread of
     |error| from the sums of squares), at alpha / 2 each, and the ratio of their ends."""
@@ -325,24 +350,10 @@ def _pct(x: float) -> str:
     return "inf" if math.isinf(x) else f"{100 * x:+.1f}%"
 
 
-JUDGES: dict[str, Callable[[Look], GateResult]] = {
-    "max_error_rate": error_rate,
-    "max_p99_ms": p99,
-    "max_slower_share": slower,
-    "srm_p_value": srm,
-    "max_class_shift": class_shift,
-    "max_confidence_drop": confidence_drop,
-    "max_accuracy_drop": accuracy_drop,
-    "max_ks_distance": ks,
-    "max_mean_shift": mean_shift,
-    "max_error_increase": error_increase,
-}
-
-
 def judge_agreement(spec: RolloutSpec, rows: int, agreed: int) -> tuple[str, float | None, float | None, str]:
     """The shadow phase's agreement in sequential mode: (status, low, high, detail); it passes once the share's
     confidence sequence is wholly at or above the threshold and fails once it is wholly below."""
-    gate = spec.gates.min_agreement
+    gate = spec.gates["min_agreement"]
     assert gate.threshold is not None
     if rows <= 0:
         return "inconclusive", None, None, "no rows compared in the shadow phase yet"

@@ -3,143 +3,29 @@ needs, what a failure does, and the gates. One typed object; a bad value is refu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from canary_kit.core.errors import CanaryError, describe
+from canary_kit.policy import registry
+from canary_kit.policy.registry import GATES, applies
+
+__all__ = ["GATES", "Gate", "Gates", "RolloutSpec", "applies", "default_gate", "load_spec"]
 
 DEFAULT_SPEC = Path(__file__).parents[1] / "rollout.yaml"  # canary_kit/rollout.yaml
-MODES = ("sequential", "fixed")
-
-
-@dataclass(frozen=True)
-class GateInfo:
-    """What a gate is, declared once: what it measures, the range of its threshold as (low, high, low included,
-    high included), its kind (which sample min_rows counts: green's requests for "http", the unpinned /predict
-    requests for "srm", the rows each version predicted for "quality", labelled rows per version for "labels", the
-    rows compared in the shadow phase for "shadow"), the modes that judge it, its label in reports, and for a
-    sequential gate the default of its tolerance (None: one line, the threshold) and of its error rate."""
-
-    what: str
-    bounds: tuple[float, float, bool, bool]
-    kind: str
-    label: str
-    modes: tuple[str, ...] = MODES
-    tolerance: float | None = None
-    alpha: float = 0.002
-
-
-GATES: dict[str, GateInfo] = {
-    "max_error_rate": GateInfo(
-        "green's share of 5xx answers (sequential: minus blue's in the same window)",
-        (0, 1, True, True),
-        "http",
-        "5xx rate",
-        tolerance=0.002,
-    ),
-    "max_p99_ms": GateInfo(
-        "green's p99 latency, in ms (sequential: its share of requests slower than this stays below 1%)",
-        (0, 3_600_000, False, True),
-        "http",
-        "p99 ms",
-        alpha=0.001,
-    ),
-    "max_p99_ratio": GateInfo("green's p99 over blue's", (0, 1000, False, True), "http", "p99 ratio", ("fixed",)),
-    "max_slower_share": GateInfo(
-        "the share of (green, blue) request pairs of the same window in which green's took longer, ties counting "
-        "half: 0.5 when both are as fast",
-        (0.5, 1, True, True),
-        "http",
-        "slower",
-        ("sequential",),
-        tolerance=0.55,
-    ),
-    "srm_p_value": GateInfo(
-        "sample-ratio mismatch: the p-value below which the split is not the one set (fixed: chi-square per window; "
-        "sequential: the always-valid p-value of the multinomial test, against alpha)",
-        (0, 1, False, False),
-        "srm",
-        "SRM p",
-        alpha=0.001,
-    ),
-    "max_class_divergence": GateInfo(
-        "Jensen-Shannon distance between green's and blue's predicted-class shares",
-        (0, 1, True, True),
-        "quality",
-        "class div.",
-        ("fixed",),
-    ),
-    "max_class_shift": GateInfo(
-        "total-variation distance between green's and blue's predicted-class shares (the share of rows whose class "
-        "would have to change)",
-        (0, 1, True, True),
-        "quality",
-        "class shift",
-        ("sequential",),
-        tolerance=0.05,
-    ),
-    "max_confidence_drop": GateInfo(
-        "blue's mean top-class probability minus green's", (0, 1, True, True), "quality", "conf. drop", tolerance=0.05
-    ),
-    "max_accuracy_drop": GateInfo(
-        "labels sent back: blue's accuracy minus green's on the answers of this rollout (fixed: its 95% interval; "
-        "min_rows: labelled rows per version)",
-        (0, 1, True, True),
-        "labels",
-        "accuracy",
-        tolerance=0.02,
-    ),
-    "min_agreement": GateInfo(
-        "shadow phase: the lower bound of the share of rows on which both versions agree (fixed: 95% Wilson)",
-        (0, 1, True, True),
-        "shadow",
-        "agreement",
-    ),
-    "max_ks_distance": GateInfo(
-        "Kolmogorov-Smirnov distance between green's and blue's predicted values (sequential: bounded through both "
-        "versions' time-uniform DKW bands)",
-        (0, 1, True, True),
-        "quality",
-        "KS",
-        tolerance=0.15,
-    ),
-    "max_mean_shift": GateInfo(
-        "green's mean prediction minus blue's, in blue's standard deviations, either way (fixed: with 95% "
-        "confidence; sequential: an asymptotic confidence sequence)",
-        (0, 100, False, True),
-        "quality",
-        "mean shift",
-        tolerance=0.25,
-    ),
-    "max_error_increase": GateInfo(
-        "labels sent back: green's mean absolute error over blue's, minus 1, on the answers of this rollout (fixed: "
-        "with 95% confidence; sequential: an asymptotic confidence sequence; min_rows: labelled rows per version)",
-        (0, 100, False, True),
-        "labels",
-        "MAE increase",
-        tolerance=0.05,
-    ),
-}
-CLASSIFIER_GATES = (
-    "max_class_divergence",
-    "max_class_shift",
-    "max_confidence_drop",
-    "max_accuracy_drop",
-    "min_agreement",
-)
-REGRESSOR_GATES = ("max_ks_distance", "max_mean_shift", "max_error_increase")
-LABEL_GATES = ("max_accuracy_drop", "max_error_increase")  # judged on labels sent back: a step may wait for them
-
-
-def applies(name: str, task: str) -> bool:
-    """Whether a gate judges a model of this task (the HTTP and split gates judge every model)."""
-    if name in CLASSIFIER_GATES:
-        return task == "classification"
-    return task == "regression" if name in REGRESSOR_GATES else True
 
 
 class Gate(BaseModel):
@@ -169,55 +55,54 @@ class Gate(BaseModel):
         return self.threshold is not None and not self.dry_run
 
 
-def _gate(name: str, threshold: float | None, min_rows: int = 1) -> Gate:
+def default_gate(name: str) -> Gate:
+    """A gate as its declaration sets it (registry.py)."""
     info = GATES[name]
-    return Gate(threshold=threshold, min_rows=min_rows, alpha=info.alpha, tolerance=info.tolerance)
+    return Gate(threshold=info.threshold, min_rows=info.min_rows, alpha=info.alpha, tolerance=info.tolerance)
 
 
 class Gates(BaseModel):
-    """What green must show, each gate with its threshold, sample and mode."""
+    """What green must show, each gate with its threshold, sample and mode: one field per declared gate (the model
+    is built from the registry, and built again when a gate is declared); read one with gates[name]."""
 
     model_config = ConfigDict(extra="forbid")
-
-    max_error_rate: Gate = Field(default_factory=lambda: _gate("max_error_rate", 0.01, 50))
-    max_p99_ms: Gate = Field(default_factory=lambda: _gate("max_p99_ms", 500.0, 50))
-    max_p99_ratio: Gate = Field(default_factory=lambda: _gate("max_p99_ratio", 3.0, 50))
-    max_slower_share: Gate = Field(default_factory=lambda: _gate("max_slower_share", 0.6, 50))
-    srm_p_value: Gate = Field(default_factory=lambda: _gate("srm_p_value", 0.001, 100))
-    max_class_divergence: Gate = Field(default_factory=lambda: _gate("max_class_divergence", 0.2, 200))
-    max_class_shift: Gate = Field(default_factory=lambda: _gate("max_class_shift", 0.15, 200))
-    max_confidence_drop: Gate = Field(default_factory=lambda: _gate("max_confidence_drop", 0.1, 200))
-    max_accuracy_drop: Gate = Field(default_factory=lambda: _gate("max_accuracy_drop", None, 100))
-    min_agreement: Gate = Field(default_factory=lambda: _gate("min_agreement", None, 100))
-    max_ks_distance: Gate = Field(default_factory=lambda: _gate("max_ks_distance", 0.25, 200))
-    max_mean_shift: Gate = Field(default_factory=lambda: _gate("max_mean_shift", 0.5, 200))
-    max_error_increase: Gate = Field(default_factory=lambda: _gate("max_error_increase", None, 100))
 
     @model_validator(mode="after")
     def _in_range(self) -> Gates:
         problems = []
-        for name, info in GATES.items():
-            low, high, low_in, high_in = info.bounds
+        for name in type(self).model_fields:
+            bounds = GATES[name].bounds
             for field_name in ("threshold", "tolerance"):
-                value = getattr(getattr(self, name), field_name)
-                if value is None:
-                    continue
-                if value < low or (value == low and not low_in) or value > high or (value == high and not high_in):
-                    span = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
-                    problems.append(f"gates.{name}: {field_name} must be within {span}, got {value:g}")
+                value = getattr(self[name], field_name)
+                if value is not None and not bounds.holds(value):
+                    problems.append(f"gates.{name}: {field_name} must be within {bounds}, got {value:g}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
+    def __getitem__(self, name: str) -> Gate:
+        gate = getattr(self, name)
+        assert isinstance(gate, Gate)
+        return gate
+
     def items(self) -> list[tuple[str, Gate]]:
-        return [(name, getattr(self, name)) for name in GATES]
+        return [(name, self[name]) for name in type(self).model_fields]
 
     def tolerance(self, name: str) -> float | None:
         """The line a sequential gate fails beyond: its tolerance, never above its threshold."""
-        gate = getattr(self, name)
+        gate = self[name]
         if gate.threshold is None or gate.tolerance is None:
             return gate.threshold
         return min(gate.tolerance, gate.threshold)
+
+
+def _gates_model() -> type[Gates]:
+    fields: dict = {name: (Gate, Field(default_factory=partial(default_gate, name))) for name in GATES}
+    doc = "What green must show, each gate with its threshold, sample and mode."  # the JSON schema's description
+    return create_model("Gates", __base__=Gates, __module__=__name__, __doc__=doc, **fields)
+
+
+_model: type[Gates] = _gates_model()
 
 
 class RolloutSpec(BaseModel):
@@ -252,7 +137,7 @@ class RolloutSpec(BaseModel):
     )
     check_every: float = Field(1.0, gt=0, le=60, description="seconds between health checks during a hold")
     shadow_seconds: float = Field(0.0, ge=0, le=3600, description="shadow phase before the first step (0: none)")
-    gates: Gates = Field(default_factory=Gates)
+    gates: Gates = Field(default_factory=lambda: _model())
 
     @field_validator("steps")
     @classmethod
@@ -272,10 +157,10 @@ class RolloutSpec(BaseModel):
     def judged(self, name: str, task: str = "classification") -> bool:
         """Whether this spec judges the gate at all for a model of this task (off gates, the other mode's gates and
         the other task's: no)."""
-        gate = getattr(self.gates, name)
-        if gate.threshold is None or self.mode not in GATES[name].modes or not applies(name, task):
+        info = GATES[name]
+        if self.gates[name].threshold is None or self.mode not in info.modes or not applies(name, task):
             return False
-        return name != "min_agreement" or self.shadow_seconds > 0
+        return info.kind != "shadow" or self.shadow_seconds > 0
 
     def family_alpha(self, task: str = "classification") -> float:
         """Sequential mode: the chance that any live gate errs in a rollout (rolls back a green within every
@@ -285,8 +170,8 @@ class RolloutSpec(BaseModel):
     def step_alpha(self, name: str) -> float:
         """A gate's error rate at one step: its rollout's share, split evenly over the steps (each step's evidence is
         its own); the shadow phase is judged once."""
-        gate = getattr(self.gates, name)
-        return gate.alpha if name == "min_agreement" else gate.alpha / len(self.steps)
+        gate = self.gates[name]
+        return gate.alpha if GATES[name].kind == "shadow" else gate.alpha / len(self.steps)
 
 
 def load_spec(path: Path | None, overrides: dict | None = None) -> RolloutSpec:
@@ -318,7 +203,7 @@ def load_spec(path: Path | None, overrides: dict | None = None) -> RolloutSpec:
         gates.setdefault(name, {})["dry_run"] = True
     for option, kind in (("min_requests", "http"), ("min_rows", "quality"), ("min_labels", "labels")):
         if (rows := overrides.pop(option, None)) is not None:
-            for name in [name for name, info in GATES.items() if info.kind == kind]:
+            for name in registry.of_kind(kind):
                 gates.setdefault(name, {})["min_rows"] = rows
     data.update(overrides)
     data["gates"] = {name: _complete(name, value) for name, value in gates.items()}
@@ -336,7 +221,18 @@ def _as_mapping(value):
 
 def _complete(name: str, given):
     """A gate partly given (say, only dry_run) keeps the defaults of the rest."""
-    if not isinstance(given, dict) or name not in Gates.model_fields:
+    if not isinstance(given, dict) or name not in GATES:
         return given  # refused by validation, naming the gate
-    default = getattr(Gates(), name).model_dump()
-    return {**default, **given}
+    return {**default_gate(name).model_dump(), **given}
+
+
+def _rebuild() -> None:
+    """A gate declared or withdrawn: the spec's model of the gates again, with one field per gate."""
+    global _model
+    _model = _gates_model()
+    RolloutSpec.model_fields["gates"].annotation = _model
+    RolloutSpec.model_rebuild(force=True)
+
+
+_rebuild()  # RolloutSpec's field holds the built model, not the base class
+registry.on_change(_rebuild)

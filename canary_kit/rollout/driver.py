@@ -285,7 +285,7 @@ def _keep(spec: RolloutSpec, decision: Decision, went_down: bool, held: float, s
 
 
 def _reference_rows(spec: RolloutSpec) -> int:
-    return spec.gates.max_class_divergence.min_rows
+    return spec.gates["max_class_divergence"].min_rows
 
 
 def _without(figures: dict | None, *keys: str) -> dict | None:

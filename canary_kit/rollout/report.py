@@ -11,7 +11,7 @@ from html import escape
 from pathlib import Path
 
 from canary_kit.observe.views import figures_line, gate_line, number
-from canary_kit.policy.spec import GATES
+from canary_kit.policy.registry import GATES
 from canary_kit.rollout.driver import Check, Rollout
 
 MARK_COLORS = {
@@ -21,7 +21,6 @@ MARK_COLORS = {
     "skipped": "#ecf0f1",
     "dry-run": "#e67e22",
 }
-SHORT = {name: info.label for name, info in GATES.items()}
 
 
 def mark(gate: dict) -> str:
@@ -115,7 +114,7 @@ def evidence(checks: list[Check], width: int = 560, row: int = 46) -> str:
         def y(v: float, top: float = top, low: float = low, high: float = high) -> float:
             return top + (row - 10) * (1 - (v - low) / (high - low))
 
-        parts.append(f'<text x="4" y="{top + row / 2:.0f}">{escape(SHORT.get(name, name))}</text>')
+        parts.append(f'<text x="4" y="{top + row / 2:.0f}">{escape(GATES[name].label)}</text>')
         parts.append(f'<rect x="{left}" y="{top}" width="{plot}" height="{row - 10}" fill="none" stroke="#eee"/>')
         last = found[-1][1]
         for value, color, what in (
@@ -169,7 +168,7 @@ def chart(checks: list[Check], width: int = 560, top: int = 160) -> str:
     grid = []
     for row, name in enumerate(names):
         y = top + row * 16
-        grid.append(f'<text x="4" y="{y + 11}">{escape(SHORT.get(name, name))}</text>')
+        grid.append(f'<text x="4" y="{y + 11}">{escape(GATES[name].label)}</text>')
         for start, c in zip(starts, checks):
             gate = next((g for g in c.gates if g["name"] == name), None)
             if gate is None:

@@ -235,9 +235,9 @@ class LivePlant:
         split = {"blue": mark.split["blue"], "green": mark.split["green"]}
         regression = model.task == "regression"
         labels = errors = None
-        if not regression and self.spec.gates.max_accuracy_drop.threshold is not None:
+        if not regression and self.spec.gates["max_accuracy_drop"].threshold is not None:
             labels = labelled_since(self.target, versions, self.since)
-        if regression and self.spec.gates.max_error_increase.live:
+        if regression and self.spec.gates["max_error_increase"].live:
             errors = errors_since(self.target, versions, self.since)
         green, blue = figures["green"], figures["blue"]
         return Window(green, blue, split, ready[0], ready[1], blue_reference, labels, model.task, errors)
@@ -264,7 +264,7 @@ def _shadow_passes(
     if shadow_phase is None:
         raise ValueError("the spec asks for a shadow phase, and none was given")
     decided = None
-    if spec.mode == "sequential" and spec.gates.min_agreement.threshold is not None:
+    if spec.mode == "sequential" and spec.gates["min_agreement"].threshold is not None:
 
         def decided(report: dict) -> bool:
             return judge_shadow(spec, report).status in ("pass", "fail")
