@@ -9,7 +9,7 @@ BENTOML_HOME ?= $(HOME)/bentoml
 export BENTOML_HOME
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: up setup nginx tools chromium train bentos images test test-fast lint docs bench clean dashboard
+.PHONY: up setup nginx tools chromium train bentos images test test-fast lint docs bench clean dashboard coverage-core
 
 up: setup nginx train  ## install what is missing, train if the store lacks the models, run the stack on :8000
 	$(BIN)/canary up
@@ -78,6 +78,14 @@ docs: setup  ## the documentation site from docs/ into site/ (MkDocs, strict: a 
 
 test-fast: setup  ## unit tests only
 	$(BIN)/pytest -m "not integration and not bento"
+
+CORE_TESTS = tests/test_driver.py tests/test_gates.py tests/test_judges.py tests/test_sequential.py tests/test_registry.py \
+	tests/test_regression.py tests/test_regression_windows.py
+CORE = canary_kit/rollout/driver.py,canary_kit/policy/gates.py,canary_kit/policy/sequential.py,canary_kit/policy/registry.py
+coverage-core: setup  ## branch coverage of the decision core (step loop, judges, gate registry) by its unit tests: 100%
+	@$(BIN)/python -c "import pytest_cov" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pytest -q -p no:cacheprovider -m "not integration and not bento" --cov=canary_kit --cov-branch --cov-report= $(CORE_TESTS)
+	$(BIN)/coverage report --show-missing --include='$(CORE)' --fail-under=100
 
 bench: setup nginx train  ## benchmarks (~15 min on 2 cores; BENCH_ARGS=--quick: ~4 min); results in bench/results/
 	@command -v wrk >/dev/null || (echo "installing wrk ..." && $(SUDO) apt-get update -qq && \

@@ -362,3 +362,65 @@ def test_the_live_plant_follows_nginxs_log_through_a_rotation_and_a_truncation(t
         f.truncate(0)
     log.write_text('{"n": 5}\n{"n": 6}\n{"n": 7}\n')  # past where the tail stood in the emptied file
     assert [e["n"] for e in tail.read()] == [5, 6, 7] and tail.read() == []
+
+
+def test_the_real_clock_is_monotonic_wall_time():
+    from canary_kit.rollout.driver import RealClock
+
+    clock = RealClock()
+    before = clock.now()
+    clock.sleep(0.001)
+    assert clock.now() > before
+
+
+def test_steps_below_greens_weight_are_skipped_and_a_pause_asked_before_a_step_stops_it_there():
+    clock = Clock()
+    plant = Plant(clock, RECORDED["healthy"]["green"], RECORDED["healthy"]["blue"], weight=30)
+    result = run(spec(), plant, clock)
+    assert result.outcome == "promoted" and plant.set_to == [50, 100], "10% and 25% are behind green already"
+    clock = Clock()
+    plant = Plant(clock, RECORDED["healthy"]["green"], RECORDED["healthy"]["blue"], script=lambda t: {"ask": "pause"})
+    result = run(spec(), plant, clock)
+    assert (result.outcome, plant.set_to, result.final_weight) == ("paused", [], 10), result.reason
+
+
+class Glancing(Plant):
+    """Answers glance() with green's figures so far, as the live plant does."""
+
+    def glance(self, mark):
+        return self.window(mark, (True, True), None).green
+
+
+def test_the_fixed_mode_prints_progress_and_stops_on_a_change_or_a_dying_version_within_a_window():
+    clock = Clock()
+    plant = Glancing(clock, RECORDED["healthy"]["green"], RECORDED["healthy"]["blue"])
+    result = run(spec(mode="fixed", hold_seconds=12), plant, clock)
+    progress = [line for line in result.lines if "s left" in line]  # type: ignore[attr-defined]
+    print(progress)
+    assert result.outcome == "promoted" and len(progress) == 8, "two lines a window"
+    assert progress[0] == "  step 1/4  green 10%     7s left  green: 503 req, 0.0% 5xx, p99 10ms"
+    clock = Clock()
+    plant = Plant(clock, RECORDED["healthy"]["green"], RECORDED["healthy"]["blue"], script=lambda t: {"changed": t > 4})
+    result = run(spec(mode="fixed", hold_seconds=12), plant, clock)
+    assert result.outcome == "stopped" and clock.now() == 5 and "changed by someone else" in result.reason
+    clock = Clock()
+    plant = Plant(
+        clock, RECORDED["healthy"]["green"], RECORDED["healthy"]["blue"], script=lambda t: {"green_ready": t < 3}
+    )
+    result = run(spec(mode="fixed", hold_seconds=12), plant, clock)
+    assert result.outcome == "rolled back" and [c.at for c in result.checks] == [3, 4], "cut short at each failure"
+    assert result.reason.startswith("2 failed checks; last: green is not ready")
+
+
+def test_fixed_mode_pauses_after_max_inconclusive_thin_windows_and_names_a_failing_dry_run_gate():
+    clock = Clock()
+    plant = Plant(clock, RECORDED["quiet"]["green"], RECORDED["quiet"]["blue"])
+    result = run(spec(mode="fixed", hold_seconds=6), plant, clock)
+    assert result.outcome == "paused" and result.reason.startswith("at 10%: too little evidence at 10%")
+    assert [c.outcome for c in result.checks] == ["inconclusive"] * 3 and clock.now() == 18
+    clock = Clock()
+    plant = Plant(clock, RECORDED["weak"]["green"], RECORDED["weak"]["blue"])
+    dry = spec(mode="fixed", hold_seconds=6, dry_run=["max_class_divergence", "max_confidence_drop"])
+    result = run(dry, plant, clock)
+    named = [line for line in result.lines if line.startswith("  dry-run gate")]  # type: ignore[attr-defined]
+    assert result.outcome == "promoted" and named[0].startswith("  dry-run gate max_class_divergence failed")

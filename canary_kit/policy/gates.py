@@ -154,8 +154,7 @@ def _error_rate(gate: Gate, limit: float, green: dict, w: Window, weight: int) -
         return "fail", rate, f"green answered {g['errors']} of {g['requests']} requests with 5xx"
     if g["requests"] < gate.min_rows:
         return "inconclusive", rate, f"only {g['requests']} green requests (need {gate.min_rows})"
-    if rate > limit:
-        return "fail", rate, f"green error rate {rate:.2%} > {limit:.2%}"
+    # here errors <= limit * requests: the rate (errors / requests) is within the limit
     return "pass", rate, f"green error rate {rate:.2%} <= {limit:.2%}"
 
 
@@ -259,8 +258,7 @@ def _accuracy_drop(gate: Gate, limit: float, figures: dict, w: Window, weight: i
             (f"waiting for labels: {green} green / {blue} blue labelled rows (need {gate.min_rows} each)"),
         )
     found = difference(green_right, green, blue_right, blue)
-    if found is None:
-        return "inconclusive", None, "no labelled rows"
+    assert found is not None  # both have at least min_rows >= 1 labelled rows
     diff, low, high = found
     seen = (
         f"accuracy green {green_right / green:.1%} vs blue {blue_right / blue:.1%} ({green} / {blue} labelled), "

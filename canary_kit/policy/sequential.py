@@ -289,8 +289,7 @@ def ks(look: Look) -> GateResult:
         return found
     green, blue = found
     distance = ks_distance(green, blue)
-    if distance is None:
-        return look.result("inconclusive", None, "no predicted values yet")
+    assert distance is not None  # _values() returns both sides only when neither is empty
     radius = dkw_radius(len(green), look.alpha / 2) + dkw_radius(len(blue), look.alpha / 2)
     low, high = max(0.0, distance - radius), min(1.0, distance + radius)
     enough = min(len(green), len(blue)) >= look.gate.min_rows
