@@ -17,11 +17,11 @@ def init(
         list[str] | None,
         typer.Option(help="a request body for an endpoint, PATH=FILE (JSON), where one made from its schema fails"),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="replace an existing [tool.canary] table")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing \\[tool.canary] table")] = False,
     show: Annotated[bool, typer.Option("--print", help="print the table instead of writing it")] = False,
 ) -> None:
     """Serve the project's service once, find its prediction endpoints, where its answers hold the predictions, the
-    task and the versions built, and write the [tool.canary] table into pyproject.toml; say what is still missing."""
+    task and the versions built, and write the \\[tool.canary] table into pyproject.toml; say what is still missing."""
     from canary_kit.stacks.discover import discover, write_table
 
     examples = {}

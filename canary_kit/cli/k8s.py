@@ -19,7 +19,7 @@ def k8s_render(
     spec: Annotated[Path | None, typer.Option(help="rollout spec YAML [default: the committed one]")] = None,
     out: Annotated[Path, typer.Option(help="folder of the kustomize base")] = Path("deploy/k8s"),
     image_tag: Annotated[
-        str | None, typer.Option(help="image tag of the version shipped [default: green_version of [tool.canary]]")
+        str | None, typer.Option(help="image tag of the version shipped \\[default: green_version of \\[tool.canary]]")
     ] = None,
     gateway: Annotated[str | None, typer.Option(help="Gateway the routes attach to [default: gateway]")] = None,
     prometheus: Annotated[str | None, typer.Option(help="Prometheus URL for the analysis")] = None,
