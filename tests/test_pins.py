@@ -5,6 +5,7 @@ to check each version through nginx). Pinned requests are logged as such and cou
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from itertools import cycle
 
@@ -62,8 +63,14 @@ def pinning_requests(settings, count: int = 1000, pin: str = "always") -> list[t
 
 
 def logged(settings, request_ids: set[str]) -> list[dict]:
-    entries = accesslog.parse((settings.state_dir / "logs" / "access.log").read_text())
-    return [e for e in entries if e["request_id"] in request_ids]
+    found: list[dict] = []
+    for _ in range(50):  # nginx logs a request just after its answer has left: wait for the last ones (5 s at most)
+        entries = accesslog.parse((settings.state_dir / "logs" / "access.log").read_text())
+        found = [e for e in entries if e["request_id"] in request_ids]
+        if len(found) >= len(request_ids):
+            break
+        time.sleep(0.1)
+    return found
 
 
 def test_after_a_rollback_no_pin_reaches_green_but_the_operators_does(pinned):
