@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from canary_kit.policy.evidence import Step, Window
+from canary_kit.policy.evidence import Figures, Step, Window
 from canary_kit.policy.gates import decide, judge_gates, judge_shadow
 from canary_kit.policy.sequential import judge_agreement, judge_sequential
 from canary_kit.policy.spec import load_spec
 from canary_kit.policy.stats import Errors
 
 
-def figures(n: int = 1000, **changes) -> dict:
+def figures(n: int = 1000, **changes) -> Figures:
     """A version's figures over n requests, one row each, half class A, half B."""
     out = {
         "requests": n,
@@ -26,10 +26,10 @@ def figures(n: int = 1000, **changes) -> dict:
         "confidence_mean": 0.9,
         "latency_ms": {2: n},
     }
-    return {**out, **changes}
+    return Figures.from_json({**out, **changes})
 
 
-def window(green: dict | None = None, blue: dict | None = None, weight: int = 10, **changes) -> Window:
+def window(green: Figures | None = None, blue: Figures | None = None, weight: int = 10, **changes) -> Window:
     green = figures(1000) if green is None else green
     blue = figures(9000) if blue is None else blue
     split = {"green": round(10_000 * weight / 100), "blue": 10_000 - round(10_000 * weight / 100)}
@@ -133,6 +133,7 @@ SEQUENTIAL = [
     ("max_error_rate", window(figures(0, latency_ms={})), {}, "inconclusive", "no green requests yet"),
     ("max_error_rate", window(blue=figures(0)), {}, "pass", "blue served nothing: green's own rate"),
     ("max_p99_ms", window(figures(1000, latency_ms={900: 1000})), {}, "fail", "above 1% (p99 too slow)"),
+    ("max_p99_ms", window(figures(1000, latency_ms=None)), {}, "skipped", "no per-request latencies"),
     ("srm_p_value", window(split={"green": 5000, "blue": 5000}), {}, "fail", "sample-ratio mismatch"),
     ("max_class_shift", window(figures(1000, rows=None), figures(9000, rows=None)), {}, "skipped", "exports no"),
     ("max_class_shift", window(figures(1000, rows=0)), {}, "inconclusive", "no rows predicted by green yet"),
