@@ -134,6 +134,7 @@ SEQUENTIAL = [
     ("max_error_rate", window(blue=figures(0)), {}, "pass", "blue served nothing: green's own rate"),
     ("max_p99_ms", window(figures(1000, latency_ms={900: 1000})), {}, "fail", "above 1% (p99 too slow)"),
     ("max_p99_ms", window(figures(1000, latency_ms=None)), {}, "skipped", "no per-request latencies"),
+    ("max_p99_ms", window(figures(1000, latency_ms={2: 0, 900: 0})), {}, "inconclusive", "no green request timed yet"),
     ("srm_p_value", window(split={"green": 5000, "blue": 5000}), {}, "fail", "sample-ratio mismatch"),
     ("max_class_shift", window(figures(1000, rows=None), figures(9000, rows=None)), {}, "skipped", "exports no"),
     ("max_class_shift", window(figures(1000, rows=0)), {}, "inconclusive", "no rows predicted by green yet"),

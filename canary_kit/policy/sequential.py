@@ -147,6 +147,8 @@ def p99(look: Look) -> GateResult:
     if not latency:
         return look.result("skipped", None, "no per-request latencies (nginx's log) for green", one_line=True)
     n = sum(latency.values())
+    if n <= 0:  # a histogram of zero counts: no request timed yet (and no share to divide)
+        return look.result("inconclusive", None, "no green request timed yet", one_line=True)
     slow = sum(count for ms, count in latency.items() if float(ms) > look.threshold)
     low, high = bernoulli(slow, n, look.alpha)
     seen = (
