@@ -140,3 +140,32 @@ def test_split_http_judges_the_tries_of_the_splits_requests_only():
     assert split_http([], ("/predict",))["green"] == Http(
         requests=0, errors=0, error_rate=None, p50_ms=None, p99_ms=None
     )
+
+
+def test_the_baseline_is_written_as_it_always_was_and_read_back_typed(tmp_path):
+    """baseline.json: {"since", "green_weight", "backends": {color: Snapshot.to_json() or null}}, read into a
+    Baseline of Snapshots; a damaged one counts from the start (an empty Baseline)."""
+    import json
+
+    from canary_kit.observe.scrape import BASELINE, Baseline, read_baseline, write_baseline
+
+    snap = Snapshot.parse(TEXT)
+    write_baseline(tmp_path, "2025-01-01T00:00:00+00:00", 10, {"blue": snap, "green": None})
+    written = json.loads((tmp_path / BASELINE).read_text())
+    assert written == {
+        "since": "2025-01-01T00:00:00+00:00",
+        "green_weight": 10,
+        "backends": {"blue": snap.to_json(), "green": None},
+    }
+    back = read_baseline(tmp_path)
+    assert (back.since, back.green_weight, back.backends["green"]) == ("2025-01-01T00:00:00+00:00", 10, None)
+    assert back.backends["blue"] == Snapshot.from_json(snap.to_json()) and window(None, back.backends["blue"]).requests
+    for damaged in (
+        "{",
+        "[]",
+        '{"backends": 3}',
+        '{"backends": {"blue": "x"}}',
+        '{"backends": {"blue": {"buckets": 1}}}',
+    ):
+        (tmp_path / BASELINE).write_text(damaged)
+        assert read_baseline(tmp_path) == Baseline(), damaged
