@@ -82,6 +82,7 @@ test-fast: setup  ## unit tests only
 CORE_TESTS = tests/test_driver.py tests/test_gates.py tests/test_judges.py tests/test_sequential.py tests/test_registry.py \
 	tests/test_regression.py tests/test_regression_windows.py
 CORE = canary_kit/rollout/driver.py,canary_kit/policy/gates.py,canary_kit/policy/sequential.py,canary_kit/policy/registry.py
+CORE := $(CORE),canary_kit/policy/evidence.py
 coverage-core: setup  ## branch coverage of the decision core (step loop, judges, gate registry) by its unit tests: 100%
 	@$(BIN)/python -c "import pytest_cov" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pytest -q -p no:cacheprovider -m "not integration and not bento" --cov=canary_kit --cov-branch --cov-report= $(CORE_TESTS)

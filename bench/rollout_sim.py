@@ -39,7 +39,7 @@ import numpy as np
 
 from bench.servers import BENCH
 from canary_kit.observe.metrics import quantile
-from canary_kit.policy.evidence import Window
+from canary_kit.policy.evidence import Figures, Window
 from canary_kit.policy.spec import RolloutSpec, load_spec
 from canary_kit.policy.stats import wilson
 from canary_kit.rollout.driver import Rollout, walk
@@ -161,7 +161,7 @@ class SimPlant:
         out[-2], out[-1] = green, RATE - green  # the unpinned split, as nginx logs it
         return out
 
-    def figures(self, span: np.ndarray, color: str) -> dict:
+    def figures(self, span: np.ndarray, color: str) -> Figures:
         base = 0 if color == "green" else self.width
         requests, errors = int(span[base]), int(span[base + 1])
         class_rows = {c: int(n) for c, n in zip(self.streams.classes, span[base + 2 : base + 2 + self.k])}
@@ -175,18 +175,18 @@ class SimPlant:
             cumulative[bound] = below
         buckets = {b: max((v for k, v in cumulative.items() if k <= b), default=0.0) for b in BENTO_BUCKETS}
         p50, p99 = quantile(0.5, buckets), quantile(0.99, buckets)
-        return {
-            "requests": requests,
-            "errors": errors,
-            "error_rate": errors / requests if requests else None,
-            "p50_ms": None if p50 is None else p50 * 1000,
-            "p99_ms": None if p99 is None else p99 * 1000,
-            "seconds": 0.0,
-            "rows": rows,
-            "class_rows": class_rows,
-            "confidence_mean": float(span[base + 2 + self.k] / rows) if rows else None,
-            "latency_ms": latency,
-        }
+        return Figures(
+            requests=requests,
+            errors=errors,
+            error_rate=errors / requests if requests else None,
+            p50_ms=None if p50 is None else p50 * 1000,
+            p99_ms=None if p99 is None else p99 * 1000,
+            seconds=0.0,
+            rows=rows,
+            class_rows=class_rows,
+            confidence_mean=float(span[base + 2 + self.k] / rows) if rows else None,
+            latency_ms=latency,
+        )
 
     # -- driver.Plant ---------------------------------------------------------------------------------------------
     def weight(self) -> tuple[int, bool]:
@@ -211,12 +211,12 @@ class SimPlant:
     def mark(self) -> int:
         return self._advance()
 
-    def window(self, mark: int, ready: tuple[bool, bool], blue_reference: dict | None) -> Window:
+    def window(self, mark: int, ready: tuple[bool, bool], blue_reference: Figures | None) -> Window:
         span = self.totals[self._advance()] - self.totals[mark]
         split = {"green": int(span[-2]), "blue": int(span[-1])}
         return Window(self.figures(span, "green"), self.figures(span, "blue"), split, *ready, blue_reference)
 
-    def glance(self, mark: int) -> dict | None:
+    def glance(self, mark: int) -> Figures | None:
         return None
 
     def publish(self, **where) -> None:

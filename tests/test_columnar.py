@@ -339,7 +339,7 @@ def test_columnar_rows_are_counted_in_the_prediction_metrics_and_the_endpoint_fi
         assert (columns.status_code, objects.status_code, bad.status_code) == (200, 200, 400)
         after = Snapshot.parse(client.get(f"{url}/metrics").text, names)
     figures = window(before, after)
-    print(f"\nafter 7 columnar rows, 5 row objects and a refused request: {figures.as_dict()}")
+    print(f"\nafter 7 columnar rows, 5 row objects and a refused request: {figures.to_json()}")
     assert figures.requests == 3 and figures.errors == 0
     assert figures.rows == 12 and sum(figures.class_rows.values()) == 12
     assert figures.confidence_mean is not None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from canary_kit.policy.evidence import Window
+from canary_kit.policy.evidence import Figures, Window
 from canary_kit.policy.spec import load_spec
 from canary_kit.rollout.driver import Rollout, walk
 from canary_kit.rollout.live import Interrupted
@@ -80,7 +80,7 @@ class Plant:
         blue = grown(self.blue, scale * (1 - w) / 0.9)
         total = green["requests"] + blue["requests"]
         split = {"green": round(total * w), "blue": total - round(total * w)}  # the split as set, exactly
-        return Window(green, blue, split, ready[0], ready[1], blue_reference, self.labels)
+        return Window(Figures.from_json(green), Figures.from_json(blue), split, *ready, blue_reference, self.labels)
 
     def glance(self, mark):
         return None

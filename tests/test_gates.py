@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-from canary_kit.policy.gates import Step, Window, decide, judge_shadow
+from canary_kit.policy.gates import Figures, Step, Window, decide, judge_shadow
 from canary_kit.policy.spec import load_spec
 from canary_kit.policy.stats import chi2_critical, js_distance, srm_p_value, wilson
 
@@ -18,9 +18,13 @@ RECORDED = json.loads((Path(__file__).parent / "data" / "windows.json").read_tex
 
 
 def window(name: str, **changes) -> Window:
+    """A recorded window, with some of its parts changed (figures given in their JSON form)."""
     recorded = RECORDED[name]
-    fields = {key: recorded.get(key) for key in ("green", "blue", "split")}
-    return Window(**{**fields, **changes})
+    fields = {**{key: recorded.get(key) for key in ("green", "blue", "split")}, **changes}
+    for key in ("green", "blue", "blue_reference"):
+        if isinstance(fields.get(key), dict):
+            fields[key] = Figures.from_json(fields[key])
+    return Window(**fields)
 
 
 def spec(**overrides):

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from canary_kit.policy.evidence import Step, Window
+from canary_kit.policy.evidence import Figures, Step, Window
 from canary_kit.policy.gates import decide, judge_gates, judge_shadow
 from canary_kit.policy.sequential import judge_agreement, judge_sequential
 from canary_kit.policy.spec import load_spec
 from canary_kit.policy.stats import Errors
 
 
-def figures(n: int = 1000, **changes) -> dict:
+def figures(n: int = 1000, **changes) -> Figures:
     """A version's figures over n requests, one row each, half class A, half B."""
     out = {
         "requests": n,
@@ -26,10 +26,10 @@ def figures(n: int = 1000, **changes) -> dict:
         "confidence_mean": 0.9,
         "latency_ms": {2: n},
     }
-    return {**out, **changes}
+    return Figures.from_json({**out, **changes})
 
 
-def window(green: dict | None = None, blue: dict | None = None, weight: int = 10, **changes) -> Window:
+def window(green: Figures | None = None, blue: Figures | None = None, weight: int = 10, **changes) -> Window:
     green = figures(1000) if green is None else green
     blue = figures(9000) if blue is None else blue
     split = {"green": round(10_000 * weight / 100), "blue": 10_000 - round(10_000 * weight / 100)}
@@ -133,6 +133,8 @@ SEQUENTIAL = [
     ("max_error_rate", window(figures(0, latency_ms={})), {}, "inconclusive", "no green requests yet"),
     ("max_error_rate", window(blue=figures(0)), {}, "pass", "blue served nothing: green's own rate"),
     ("max_p99_ms", window(figures(1000, latency_ms={900: 1000})), {}, "fail", "above 1% (p99 too slow)"),
+    ("max_p99_ms", window(figures(1000, latency_ms=None)), {}, "skipped", "no per-request latencies"),
+    ("max_p99_ms", window(figures(1000, latency_ms={2: 0, 900: 0})), {}, "inconclusive", "no green request timed yet"),
     ("srm_p_value", window(split={"green": 5000, "blue": 5000}), {}, "fail", "sample-ratio mismatch"),
     ("max_class_shift", window(figures(1000, rows=None), figures(9000, rows=None)), {}, "skipped", "exports no"),
     ("max_class_shift", window(figures(1000, rows=0)), {}, "inconclusive", "no rows predicted by green yet"),
@@ -186,3 +188,39 @@ def test_the_shadow_gate_before_any_row_and_below_its_sample():
     assert judge_agreement(spec, 0, 0) == ("inconclusive", None, None, "no rows compared in the shadow phase yet")
     thin = judge_shadow(spec, {"rows_compared": 50, "rows_agreed": 50})
     assert thin.status == "inconclusive" and thin.detail.startswith("only 50 rows compared in the shadow phase")
+
+
+def test_figures_keep_their_json_form_and_refuse_a_misspelt_figure():
+    """The edges: recorded windows, reports and `canary status` keep the JSON they always had (key order too), and
+    a figure the type does not have is refused instead of being read as missing."""
+    import json
+    from pathlib import Path
+
+    recorded = json.loads((Path(__file__).parent / "data" / "windows.json").read_text())
+    for name, found in recorded.items():
+        for color in ("green", "blue"):
+            assert json.dumps(Figures.from_json(found[color]).to_json()) == json.dumps(found[color]), (name, color)
+    answered = {**recorded["healthy"]["green"], "unobserved": 2, "values": [1.5, 2.5], "value_mean": None}
+    answered |= {"value_sd": None, "latency_ms": {"2": 600, "5": 24}}
+    figures = Figures.from_json(answered)
+    assert figures.regressor and figures.values == (1.5, 2.5) and figures.latency_ms == {2: 600, 5: 24}
+    assert json.dumps(figures.to_json()) == json.dumps(answered)
+    assert list(figures.bare().to_json()) == [*recorded["healthy"]["green"], "unobserved", "value_mean", "value_sd"]
+    with pytest.raises(TypeError, match="p99ms"):
+        Figures.from_json({**recorded["healthy"]["green"], "p99ms": 9.5})
+
+
+def test_merged_figures_add_counts_and_weigh_confidence_by_rows():
+    from canary_kit.policy.evidence import merge
+
+    a = figures(1000, confidence_mean=0.8, latency_ms={2: 1000}, seconds=5.0)
+    b = figures(3000, errors=30, confidence_mean=0.9, latency_ms={2: 2000, 3: 1000}, p99_ms=12.0, seconds=5.0)
+    both = merge(a, b)
+    assert (both.requests, both.errors, both.rows, both.error_rate) == (4000, 30, 4000, 30 / 4000)
+    assert both.class_rows == {"A": 2000, "B": 2000} and both.latency_ms == {2: 3000, 3: 1000}
+    assert both.confidence_mean == pytest.approx(0.875) and (both.p99_ms, both.seconds) == (12.0, 10.0)
+    assert merge(None, b) is b and merge(a, None) is a
+    quiet = merge(figures(0, rows=0, confidence_mean=0.5), figures(0, rows=0, confidence_mean=0.7, values=[1.0]))
+    assert (quiet.confidence_mean, quiet.error_rate, quiet.values) == (0.7, None, (1.0,))  # no rows: the later mean
+    bare = merge(Figures(), Figures())
+    assert (bare.rows, bare.class_rows, bare.latency_ms, bare.values) == (None, None, None, None)

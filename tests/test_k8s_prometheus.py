@@ -234,7 +234,7 @@ def test_gates_in_prometheus_judge_the_window_as_canary_status_does(stack, tmp_p
             # 5xx for real arithmetic: the stand-in exporter's green answers one request in ten with 500.
             first, at = Snapshot.parse(Synthetic.text(time.monotonic() - 8)), time.time()
             seconds, found = judged(url, at - 9, at, canary_hash="synthetic")
-            figures = window(first, Snapshot.parse(Synthetic.text())).as_dict()
+            figures = window(first, Snapshot.parse(Synthetic.text())).to_json()
             verdict = k8s_checks.verdict(gates()["error-rate"], found["error-rate"])
             print(
                 f"synthetic {seconds}s: prometheus error rate {found['error-rate']} -> {verdict}; "

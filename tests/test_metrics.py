@@ -8,7 +8,7 @@ import pytest
 
 from canary_kit.core.errors import CanaryError
 from canary_kit.observe.metrics import Snapshot, quantile, window
-from canary_kit.policy.gates import Step, Window, decide
+from canary_kit.policy.gates import Figures, Step, Window, decide
 from canary_kit.policy.spec import load_spec
 
 TEXT = """# TYPE bentoml_service_request_total counter
@@ -50,12 +50,7 @@ def test_window_is_the_difference_and_survives_a_restart():
 
 
 def figures(requests, errors, p99=10.0):
-    return {
-        "requests": requests,
-        "errors": errors,
-        "error_rate": errors / requests if requests else None,
-        "p99_ms": p99,
-    }
+    return Figures(requests=requests, errors=errors, error_rate=errors / requests if requests else None, p99_ms=p99)
 
 
 OUTCOME = {"advance": "pass", "hold": "inconclusive", "fail": "fail"}
@@ -124,7 +119,7 @@ def test_split_http_judges_the_tries_of_the_splits_requests_only():
     """Each try is the version's it reached: the routed upstream's are the routed version's, @failover's the other's;
     a version at its cap reached no server, and a kept-alive connection tried again is nginx's; pinned requests,
     shadow copies and other paths are left out."""
-    from canary_kit.observe.metrics import split_http
+    from canary_kit.observe.metrics import Http, split_http
 
     blue, green = "127.0.0.1:3001", "127.0.0.1:3002"
     entries = [
@@ -140,12 +135,37 @@ def test_split_http_judges_the_tries_of_the_splits_requests_only():
     ]
     found = split_http(entries, ("/predict",))
     print(f"\n{found}")
-    assert found["blue"] == {"requests": 4, "errors": 0, "error_rate": 0.0, "p50_ms": 10.0, "p99_ms": 30.0}
-    assert found["green"] == {"requests": 2, "errors": 1, "error_rate": 0.5, "p50_ms": 5.0, "p99_ms": 20.0}
-    assert split_http([], ("/predict",))["green"] == {
-        "requests": 0,
-        "errors": 0,
-        "error_rate": None,
-        "p50_ms": None,
-        "p99_ms": None,
+    assert found["blue"] == Http(requests=4, errors=0, error_rate=0.0, p50_ms=10.0, p99_ms=30.0)
+    assert found["green"] == Http(requests=2, errors=1, error_rate=0.5, p50_ms=5.0, p99_ms=20.0)
+    assert split_http([], ("/predict",))["green"] == Http(
+        requests=0, errors=0, error_rate=None, p50_ms=None, p99_ms=None
+    )
+
+
+def test_the_baseline_is_written_as_it_always_was_and_read_back_typed(tmp_path):
+    """baseline.json: {"since", "green_weight", "backends": {color: Snapshot.to_json() or null}}, read into a
+    Baseline of Snapshots; a damaged one counts from the start (an empty Baseline)."""
+    import json
+
+    from canary_kit.observe.scrape import BASELINE, Baseline, read_baseline, write_baseline
+
+    snap = Snapshot.parse(TEXT)
+    write_baseline(tmp_path, "2025-01-01T00:00:00+00:00", 10, {"blue": snap, "green": None})
+    written = json.loads((tmp_path / BASELINE).read_text())
+    assert written == {
+        "since": "2025-01-01T00:00:00+00:00",
+        "green_weight": 10,
+        "backends": {"blue": snap.to_json(), "green": None},
     }
+    back = read_baseline(tmp_path)
+    assert (back.since, back.green_weight, back.backends["green"]) == ("2025-01-01T00:00:00+00:00", 10, None)
+    assert back.backends["blue"] == Snapshot.from_json(snap.to_json()) and window(None, back.backends["blue"]).requests
+    for damaged in (
+        "{",
+        "[]",
+        '{"backends": 3}',
+        '{"backends": {"blue": "x"}}',
+        '{"backends": {"blue": {"buckets": 1}}}',
+    ):
+        (tmp_path / BASELINE).write_text(damaged)
+        assert read_baseline(tmp_path) == Baseline(), damaged

@@ -17,7 +17,7 @@ from canary_kit.k8s import analysis, manifests
 from canary_kit.k8s import checks as k8s_checks
 from canary_kit.k8s.served import ServedModel
 from canary_kit.policy import gates, registry, sequential
-from canary_kit.policy.evidence import GateResult, Step
+from canary_kit.policy.evidence import Figures, GateResult, Step
 from canary_kit.policy.registry import GATES, Bounds, GateInfo
 from canary_kit.policy.spec import DEFAULT_SPEC, RolloutSpec, default_gate, load_spec
 from canary_kit.rollout.report import write_report
@@ -40,17 +40,17 @@ THROWAWAY = GateInfo(
 )
 
 
-def fixed_p50(gate, limit: float, green: dict, w, weight: int) -> gates.Verdict:
-    figure = green["p50_ms"]
-    if green["requests"] < gate.min_rows:
-        return "inconclusive", figure, f"only {green['requests']} green requests (need {gate.min_rows})"
+def fixed_p50(gate, limit: float, green: Figures, w, weight: int) -> gates.Verdict:
+    figure = green.p50_ms
+    if green.requests < gate.min_rows:
+        return "inconclusive", figure, f"only {green.requests} green requests (need {gate.min_rows})"
     return ("fail" if figure > limit else "pass"), figure, f"green p50 {figure:.1f} ms against {limit:g} ms"
 
 
 def sequential_p50(look: sequential.Look) -> GateResult:
-    green = look.window.green or {}
-    figure = green.get("p50_ms") or 0.0
-    enough = (green.get("requests") or 0) >= look.gate.min_rows
+    green = look.window.green or Figures()
+    figure = green.p50_ms or 0.0
+    enough = green.requests >= look.gate.min_rows
     return look.judge(figure, figure, figure, enough, "green p50", lambda x: f"{x:.1f} ms")
 
 

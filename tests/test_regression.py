@@ -11,7 +11,7 @@ import pytest
 
 from canary_kit.observe import labels as labelling
 from canary_kit.observe.answers import observed, predictions
-from canary_kit.policy.gates import Step, Window, decide, judge_gates
+from canary_kit.policy.gates import Figures, Step, Window, decide, judge_gates
 from canary_kit.policy.spec import load_spec
 from canary_kit.policy.stats import Errors, error_increase, ks_distance, ks_p_value, mean_shift
 
@@ -54,9 +54,9 @@ def test_the_error_increase_compares_maes_with_an_interval():
 
 
 def window(green: list[float], blue: list[float], **more) -> Window:
-    def figures(values: list[float]) -> dict:
-        return {"requests": len(values), "errors": 0, "error_rate": 0.0, "p50_ms": 2.0, "p99_ms": 5.0, "seconds": 30,
-                "rows": len(values), "values": values}  # fmt: skip
+    def figures(values: list[float]) -> Figures:
+        return Figures(requests=len(values), error_rate=0.0, p50_ms=2.0, p99_ms=5.0, seconds=30, rows=len(values),
+                       values=tuple(values))  # fmt: skip
 
     return Window(figures(green), figures(blue), task="regression", **more)
 

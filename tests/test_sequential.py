@@ -4,12 +4,13 @@ sequential fields: error rates, tolerances, the step's guard rails, refused in o
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from canary_kit.core.errors import CanaryError
-from canary_kit.policy.evidence import Step, Window
+from canary_kit.policy.evidence import Figures, Step, Window
 from canary_kit.policy.gates import decide, judge_shadow
 from canary_kit.policy.sequential import judge_sequential
 from canary_kit.policy.spec import load_spec
@@ -33,7 +34,11 @@ def window(name: str, scale: float = 1.0, **changes) -> Window:
     total = round(sum(recorded["split"].values()) * scale)
     green = round(total * recorded["weight"] / 100)  # the split as set: a recorded 9.15% grown 6 times is a mismatch
     split = {"green": green, "blue": total - green}
-    return Window(**{"green": grown(recorded["green"]), "blue": grown(recorded["blue"]), "split": split, **changes})
+    fields = {"green": grown(recorded["green"]), "blue": grown(recorded["blue"]), "split": split, **changes}
+    for key in ("green", "blue"):  # the figures in their JSON form, as recorded
+        if isinstance(fields[key], dict):
+            fields[key] = Figures.from_json(fields[key])
+    return Window(**fields)
 
 
 def statuses(results) -> dict[str, str]:
@@ -113,7 +118,7 @@ def test_at_100_percent_only_the_error_rate_is_compared_with_blue_over_the_earli
 
 def test_without_per_request_latencies_the_latency_gates_say_so():
     bare = window("healthy", 3)
-    bare = Window({k: v for k, v in bare.green.items() if k != "latency_ms"}, bare.blue, bare.split)
+    bare = Window(replace(bare.green, latency_ms=None), bare.blue, bare.split)
     results = {r.name: r for r in judge_sequential(load_spec(None, {}), Step(1, 10), bare)}
     assert results["max_p99_ms"].status == "skipped" and "nginx's log" in results["max_p99_ms"].detail
     assert results["max_slower_share"].status == "inconclusive"
@@ -190,7 +195,7 @@ def regression_window(green_sd: float, rows: int, seed: int, labels: tuple[float
             absolute = [abs(rng.gauss(0, mae * 1.2533)) for _ in range(n)]  # |N(0, s)| has mean 0.798 s
             errors[color] = Errors(n, sum(absolute), sum(a * a for a in absolute), sum(a**4 for a in absolute))
     split = {"green": rows, "blue": 9 * rows}
-    return Window(figures, blue_figures, split, task="regression", errors=errors)
+    return Window(Figures.from_json(figures), Figures.from_json(blue_figures), split, task="regression", errors=errors)
 
 
 def test_the_regression_gates_judge_a_regressor_sequentially():

@@ -46,7 +46,7 @@ from canary_kit.core.errors import CanaryError
 from canary_kit.core.routing import CHANGELOG
 from canary_kit.core.target import Target
 from canary_kit.dashboard import charts
-from canary_kit.observe.metrics import figures_between
+from canary_kit.observe.metrics import Snapshot, figures_between
 from canary_kit.observe.scrape import snapshots
 from canary_kit.observe.views import change_line, clean, read_history, status_lines
 from canary_kit.rollout import live
@@ -98,7 +98,7 @@ class Poller:
         self.make_target, self.state_dir, self.interval = make_target, state_dir, interval
         self.samples: deque[dict] = deque(maxlen=int(KEEP_SECONDS / interval))
         self.reads = 0  # snapshot rounds taken (each: one /metrics read per backend)
-        self._previous: dict[str, dict | None] | None = None
+        self._previous: dict[str, Snapshot | None] | None = None
         self._view: dict[str, Any] = {"problem": "starting", "tick": 0}
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-poller", daemon=True)
@@ -161,15 +161,15 @@ class Poller:
                 per = figures_between(before, snap[color]) if before and snap[color] else None
                 since = report["backends"][color]["since_change"] or {}
                 # the model's figure: per tick from the service's metrics, else since the change from its answers
-                model = since.get("value_mean") if regression else (per or {}).get("confidence_mean")
+                model = since.get("value_mean") if regression else (per.confidence_mean if per else None)
                 sample[color] = (
                     None
                     if per is None
                     else {
-                        "rps": round(per["requests"] / per["seconds"], 1) if per["seconds"] > 0 else None,
-                        "error_rate": per["error_rate"],
-                        "p50_ms": per["p50_ms"],
-                        "p99_ms": per["p99_ms"],
+                        "rps": round(per.requests / per.seconds, 1) if per.seconds > 0 else None,
+                        "error_rate": per.error_rate,
+                        "p50_ms": per.p50_ms,
+                        "p99_ms": per.p99_ms,
                         "confidence": model if model is not None else since.get("confidence_mean"),
                     }
                 )

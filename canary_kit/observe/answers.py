@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from canary_kit.core.endpoints import ENDPOINT, PredictionMetrics, asks_endpoint
+from canary_kit.policy.evidence import Figures
 from canary_kit.policy.stats import mean_sd
 
 
@@ -135,25 +136,26 @@ def observed(
     return out
 
 
-def fill(figures: dict | None, seen: Observed | None, model: PredictionMetrics) -> dict | None:
-    """A version's window figures (metrics.Figures as a dict) completed with what its answers predicted: a
+def fill(figures: Figures | None, seen: Observed | None, model: PredictionMetrics) -> Figures | None:
+    """A version's window figures completed with what its answers predicted: a
     classifier's rows per class and mean confidence, a regressor's predicted values (`values`, for the gates; kept
     out of reports) with their mean and spread. `seen` (the answers nginx read, the split's only when the caller
     left pinned ones out) comes before the service's own metrics, which count every request, pinned or not."""
     if figures is None or seen is None:
         return figures
-    out = dict(figures, unobserved=seen.unobserved)
+    out = replace(figures, unobserved=seen.unobserved)
     if model.task == "regression":
         spread = mean_sd(seen.values)
-        out |= {
-            "rows": len(seen.values),
-            "values": seen.values,
-            "value_mean": None if spread is None else round(spread[0], 6),
-            "value_sd": None if spread is None else round(spread[1], 6),
-        }
-        return out
+        return replace(
+            out,
+            rows=len(seen.values),
+            values=tuple(seen.values),
+            value_mean=None if spread is None else round(spread[0], 6),
+            value_sd=None if spread is None else round(spread[1], 6),
+            regressor=True,
+        )
     if model.class_metric is None or model.observed:
-        out |= {"rows": seen.rows, "class_rows": dict(sorted(seen.class_rows.items())) or None}
+        out = replace(out, rows=seen.rows, class_rows=dict(sorted(seen.class_rows.items())) or None)
     if (model.confidence_metric is None or model.observed) and seen.confidences:
-        out["confidence_mean"] = seen.confidence_mean
+        out = replace(out, confidence_mean=seen.confidence_mean)
     return out

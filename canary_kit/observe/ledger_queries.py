@@ -110,6 +110,6 @@ def errors_since(target: Target, versions: dict[str, str | None], since: str) ->
 def model_classes(target: Target, conn: sqlite3.Connection) -> set[str]:
     """The model's classes: what its backends export in the class metric (every class, from the start), else what
     the ledger learnt before."""
-    found = {name for snap in snapshots(target).values() if snap for name in snap.get("classes", {})}
+    found = {name for snap in snapshots(target).values() if snap for name in snap.classes}
     remember_classes(conn, found)
     return found or known_classes(conn)

@@ -2,20 +2,22 @@
 (BentoML's own metrics), and what the model predicted (rows per class, mean confidence) when the service exports
 the metrics `[tool.canary]` names (class_metric, confidence_metric).
 
-A Snapshot holds the cumulative counters of one backend at one moment; the difference of two snapshots is
-that window's Figures. Latency quantiles are read from the histogram buckets as Prometheus'
-histogram_quantile() does (linear interpolation inside the bucket).
+A Snapshot holds the cumulative counters of one backend at one moment (`to_json`/`from_json`: its form in
+baseline.json); the difference of two snapshots is that window's Figures (policy/evidence.py). Latency quantiles
+are read from the histogram buckets as Prometheus' histogram_quantile() does (linear interpolation inside the
+bucket).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from canary_kit.core.endpoints import DURATION, ENDPOINT, REQUESTS, PredictionMetrics, asks_endpoint
+from canary_kit.policy.evidence import Figures
 
 NO_NAMES = PredictionMetrics()  # a service that exports no prediction metrics, on the default endpoint
 
@@ -87,24 +89,6 @@ class Snapshot:
         )
 
 
-@dataclass
-class Figures:
-    """One backend over one window."""
-
-    requests: int
-    errors: int  # 5xx answers
-    error_rate: float | None
-    p50_ms: float | None
-    p99_ms: float | None
-    seconds: float
-    rows: int | None = None  # rows predicted (None: the service exports no prediction metrics)
-    class_rows: dict[str, int] | None = None  # rows per predicted class
-    confidence_mean: float | None = None  # mean top-class probability of those rows
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 def quantile(q: float, buckets: dict[float, float]) -> float | None:
     """histogram_quantile over cumulative buckets {upper bound: count}; None without observations."""
     bounds = sorted(buckets)
@@ -160,12 +144,9 @@ def window(before: Snapshot | None, after: Snapshot) -> Figures:
     )
 
 
-def figures_between(before: dict | None, after: dict | None) -> dict | None:
-    """`window` for two snapshots kept as JSON (None when the backend did not answer at the end)."""
-    if after is None:
-        return None
-    start = Snapshot.from_json(before) if before else None
-    return window(start, Snapshot.from_json(after)).as_dict()
+def figures_between(before: Snapshot | None, after: Snapshot | None) -> Figures | None:
+    """`window` for two snapshots that may be missing (None when the backend did not answer at the end)."""
+    return None if after is None else window(before, after)
 
 
 def unpinned_split(
@@ -221,29 +202,42 @@ def split_tries(
     return tries
 
 
-def split_http(entries: list[dict], endpoints: tuple[str, ...] = (ENDPOINT,)) -> dict[str, dict]:
+@dataclass(frozen=True)
+class Http:
+    """A version's HTTP figures from its tries: the tries, their 5xx, their share, p50 and p99 (nearest rank)."""
+
+    requests: int
+    errors: int
+    error_rate: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+def split_http(entries: list[dict], endpoints: tuple[str, ...] = (ENDPOINT,)) -> dict[str, Http]:
     """split_tries' figures, by color."""
     return {color: http_figures(found) for color, found in split_tries(entries, endpoints).items()}
 
 
-def http_figures(tries: list[tuple[bool, float | None]]) -> dict:
-    """A version's HTTP figures from its tries: `requests` (the tries), `errors`, `error_rate`, p50_ms and p99_ms
-    (nearest rank)."""
+def http_figures(tries: list[tuple[bool, float | None]]) -> Http:
+    """A version's HTTP figures from its tries."""
     times = sorted(t for _, t in tries if t is not None)
     errors = sum(failed for failed, _ in tries)
 
     def rank(q: float) -> float | None:  # the nearest-rank quantile, in ms
         return round(1000 * times[max(0, math.ceil(q * len(times)) - 1)], 2) if times else None
 
-    return {
-        "requests": len(tries),
-        "errors": errors,
-        "error_rate": errors / len(tries) if tries else None,
-        "p50_ms": rank(0.5),
-        "p99_ms": rank(0.99),
-    }
+    return Http(len(tries), errors, errors / len(tries) if tries else None, rank(0.5), rank(0.99))
 
 
-def with_split_http(figures: dict | None, http: dict) -> dict | None:
+def with_split_http(figures: Figures | None, http: Http) -> Figures | None:
     """A version's window figures (from its /metrics) with the HTTP ones taken over the split's traffic instead."""
-    return None if figures is None else {**figures, **http}
+    if figures is None:
+        return None
+    return replace(
+        figures,
+        requests=http.requests,
+        errors=http.errors,
+        error_rate=http.error_rate,
+        p50_ms=http.p50_ms,
+        p99_ms=http.p99_ms,
+    )

@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+from canary_kit.policy.evidence import Figures
+
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
@@ -20,13 +22,13 @@ def fmt(value, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def figures_line(figures: dict | None) -> str:
-    """One version's window figures (metrics.Figures as a dict) in one line: requests, 5xx share, p99."""
+def figures_line(figures: Figures | None) -> str:
+    """One version's window figures in one line: requests, 5xx share, p99."""
     if not figures:
         return "-"
-    rate = "-" if figures["error_rate"] is None else f"{figures['error_rate']:.1%}"
-    p99 = "-" if figures["p99_ms"] is None else f"{figures['p99_ms']:.0f}ms"
-    return f"{figures['requests']} req, {rate} 5xx, p99 {p99}"
+    rate = "-" if figures.error_rate is None else f"{figures.error_rate:.1%}"
+    p99 = "-" if figures.p99_ms is None else f"{figures.p99_ms:.0f}ms"
+    return f"{figures.requests} req, {rate} 5xx, p99 {p99}"
 
 
 def number(value: float | None) -> str:

@@ -17,10 +17,10 @@ began with confidence sequences at every look, and a gate's fail is final at onc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from canary_kit.policy.evidence import Decision, GateResult, Step, Window
+from canary_kit.policy.evidence import Decision, Figures, GateResult, Step, Window
 from canary_kit.policy.registry import GATES
 from canary_kit.policy.sequential import judge_agreement, judge_sequential
 from canary_kit.policy.spec import Gate, RolloutSpec, applies
@@ -35,10 +35,10 @@ from canary_kit.policy.stats import (
     wilson,
 )
 
-__all__ = ["Decision", "GateResult", "Step", "Window", "decide", "judge_gates", "judge_shadow"]
+__all__ = ["Decision", "Figures", "GateResult", "Step", "Window", "decide", "judge_gates", "judge_shadow"]
 
 Verdict = tuple[str, float | None, str]  # one gate over one window: status, figure, detail
-FixedJudge = Callable[[Gate, float, dict, Window, int], Verdict]  # (gate, threshold, green, window, weight)
+FixedJudge = Callable[[Gate, float, Figures, Window, int], Verdict]  # (gate, threshold, green, window, weight)
 FIXED: dict[str, FixedJudge] = {}  # gate name -> its judge in fixed mode (registry.py declares the gates)
 
 
@@ -81,7 +81,7 @@ def decide(spec: RolloutSpec, step: Step, window: Window) -> Decision:
         if count >= spec.max_inconclusive:
             return Decision("pause", "inconclusive", f"too little evidence at {step.weight}%: {reason}", results)
         return Decision("hold", "inconclusive", reason, results)
-    requests = window.green["requests"]
+    requests = window.green.requests
     return Decision("advance", "pass", f"{requests} green requests, gates passed{_dry_note(results)}", results)
 
 
@@ -93,8 +93,7 @@ def _decide_sequential(spec: RolloutSpec, step: Step, window: Window) -> Decisio
         verdict = "fail" if spec.on_failure == "rollback" else "pause"
         return Decision(verdict, "fail", f"{failed[0].name}: {failed[0].detail}", results)
     waiting = [r for r in live if r.status == "inconclusive"]
-    green = window.green or {}
-    took = f"{step.seconds:.0f}s, {green.get('requests', 0)} green requests"
+    took = f"{step.seconds:.0f}s, {(window.green or Figures()).requests} green requests"
     if not waiting:
         if step.seconds >= spec.min_step_seconds:
             passed = ", ".join(r.name for r in live if r.status == "pass") or "no live gate"
@@ -146,43 +145,43 @@ def judge_gates(spec: RolloutSpec, weight: int, window: Window) -> list[GateResu
 
 
 @fixed_judge("max_error_rate")
-def _error_rate(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
+def _error_rate(gate: Gate, limit: float, green: Figures, w: Window, weight: int) -> Verdict:
     g = green
-    rate = g["error_rate"]
+    rate = g.error_rate
     # decided even on a quiet window: these errors break the gate whatever the next requests bring
-    if g["errors"] > limit * max(g["requests"], gate.min_rows):
-        return "fail", rate, f"green answered {g['errors']} of {g['requests']} requests with 5xx"
-    if g["requests"] < gate.min_rows:
-        return "inconclusive", rate, f"only {g['requests']} green requests (need {gate.min_rows})"
+    if g.errors > limit * max(g.requests, gate.min_rows):
+        return "fail", rate, f"green answered {g.errors} of {g.requests} requests with 5xx"
+    if g.requests < gate.min_rows:
+        return "inconclusive", rate, f"only {g.requests} green requests (need {gate.min_rows})"
     # here errors <= limit * requests: the rate (errors / requests) is within the limit
     return "pass", rate, f"green error rate {rate:.2%} <= {limit:.2%}"
 
 
 @fixed_judge("max_p99_ms")
-def _p99(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
+def _p99(gate: Gate, limit: float, green: Figures, w: Window, weight: int) -> Verdict:
     g = green
-    if g["requests"] < gate.min_rows or g["p99_ms"] is None:
-        return "inconclusive", g["p99_ms"], f"only {g['requests']} green requests (need {gate.min_rows})"
-    if g["p99_ms"] > limit:
-        return "fail", g["p99_ms"], f"green p99 {g['p99_ms']:.0f} ms > {limit:.0f} ms"
-    return "pass", g["p99_ms"], f"green p99 {g['p99_ms']:.0f} ms <= {limit:.0f} ms"
+    if g.requests < gate.min_rows or g.p99_ms is None:
+        return "inconclusive", g.p99_ms, f"only {g.requests} green requests (need {gate.min_rows})"
+    if g.p99_ms > limit:
+        return "fail", g.p99_ms, f"green p99 {g.p99_ms:.0f} ms > {limit:.0f} ms"
+    return "pass", g.p99_ms, f"green p99 {g.p99_ms:.0f} ms <= {limit:.0f} ms"
 
 
 @fixed_judge("max_p99_ratio")
-def _p99_ratio(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
+def _p99_ratio(gate: Gate, limit: float, green: Figures, w: Window, weight: int) -> Verdict:
     g, b = green, w.blue
-    if not (b and b["requests"] and b["p99_ms"]):
+    if not (b and b.requests and b.p99_ms):
         return "skipped", None, "blue served no requests in the window"
-    if g["requests"] < gate.min_rows or g["p99_ms"] is None:
-        return "inconclusive", None, f"only {g['requests']} green requests (need {gate.min_rows})"
-    ratio = g["p99_ms"] / b["p99_ms"]
+    if g.requests < gate.min_rows or g.p99_ms is None:
+        return "inconclusive", None, f"only {g.requests} green requests (need {gate.min_rows})"
+    ratio = g.p99_ms / b.p99_ms
     if ratio > limit:
         return "fail", ratio, f"green p99 is {ratio:.1f}x blue's (> {limit:.1f}x)"
     return "pass", ratio, f"green p99 is {ratio:.1f}x blue's (<= {limit:.1f}x)"
 
 
 @fixed_judge("srm_p_value")
-def _srm(gate: Gate, limit: float, figures: dict, w: Window, weight: int) -> Verdict:
+def _srm(gate: Gate, limit: float, figures: Figures, w: Window, weight: int) -> Verdict:
     if w.split is None:
         return "skipped", None, "the split was not measured"
     green, blue = w.split.get("green", 0), w.split.get("blue", 0)
@@ -199,56 +198,56 @@ def _srm(gate: Gate, limit: float, figures: dict, w: Window, weight: int) -> Ver
     return "pass", p, f"split as set: {seen} (p = {p:.2g})"
 
 
-def _blue_rows(gate: Gate, green: dict, w: Window) -> dict | Verdict:
+def _blue_rows(gate: Gate, green: Figures, w: Window) -> Figures | Verdict:
     """Blue's prediction figures to compare green's with in a quality gate, or the verdict while the two cannot be
     judged."""
-    blue = w.blue if w.blue and (w.blue.get("rows") or 0) >= gate.min_rows else w.blue_reference or w.blue
-    if green.get("rows") is None and (blue or {}).get("rows") is None:
+    blue = w.blue if w.blue and (w.blue.rows or 0) >= gate.min_rows else w.blue_reference or w.blue
+    if green.rows is None and (blue is None or blue.rows is None):
         return "skipped", None, "no predictions seen (name the endpoints' JSON paths, or the service's metrics)"
-    if green.get("rows") is None:
+    if green.rows is None:
         return "inconclusive", None, "no predictions seen from green"
-    if not blue or blue.get("rows") is None:
+    if not blue or blue.rows is None:
         return "inconclusive", None, "no predictions seen from blue"
-    if green["rows"] < gate.min_rows or blue["rows"] < gate.min_rows:
+    if green.rows < gate.min_rows or blue.rows < gate.min_rows:
         return (
             "inconclusive",
             None,
-            (f"only {green['rows']} green / {blue['rows']} blue rows predicted (need {gate.min_rows} each)"),
+            (f"only {green.rows} green / {blue.rows} blue rows predicted (need {gate.min_rows} each)"),
         )
     return blue
 
 
 @fixed_judge("max_class_divergence")
-def _class_divergence(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
+def _class_divergence(gate: Gate, limit: float, green: Figures, w: Window, weight: int) -> Verdict:
     blue = _blue_rows(gate, green, w)
     if isinstance(blue, tuple):
         return blue
-    distance = js_distance(green["class_rows"], blue["class_rows"])
+    distance = js_distance(green.class_rows or {}, blue.class_rows or {})
     if distance is None:
         return "inconclusive", None, "no class counts in the window"
     seen = f"class divergence {distance:.3f}"
-    counted = f"({green['rows']} green / {blue['rows']} blue rows)"
+    counted = f"({green.rows} green / {blue.rows} blue rows)"
     if distance > limit:
         return "fail", distance, f"{seen} > {limit:g} {counted}"
     return "pass", distance, f"{seen} <= {limit:g} {counted}"
 
 
 @fixed_judge("max_confidence_drop")
-def _confidence_drop(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
+def _confidence_drop(gate: Gate, limit: float, green: Figures, w: Window, weight: int) -> Verdict:
     blue = _blue_rows(gate, green, w)
     if isinstance(blue, tuple):
         return blue
-    if green["confidence_mean"] is None or blue["confidence_mean"] is None:
+    if green.confidence_mean is None or blue.confidence_mean is None:
         return "inconclusive", None, "no confidence figures in the window"
-    drop = blue["confidence_mean"] - green["confidence_mean"]
-    seen = f"confidence drop {drop:.3f} (blue {blue['confidence_mean']:.3f}, green {green['confidence_mean']:.3f})"
+    drop = blue.confidence_mean - green.confidence_mean
+    seen = f"confidence drop {drop:.3f} (blue {blue.confidence_mean:.3f}, green {green.confidence_mean:.3f})"
     if drop > limit:
         return "fail", drop, f"{seen} > {limit:g}"
     return "pass", drop, f"{seen} <= {limit:g}"
 
 
 @fixed_judge("max_accuracy_drop")
-def _accuracy_drop(gate: Gate, limit: float, figures: dict, w: Window, weight: int) -> Verdict:
+def _accuracy_drop(gate: Gate, limit: float, figures: Figures, w: Window, weight: int) -> Verdict:
     labels = w.labels or {}
     (green, green_right), (blue, blue_right) = labels.get("green", (0, 0)), labels.get("blue", (0, 0))
     if green < gate.min_rows or blue < gate.min_rows:
@@ -275,23 +274,23 @@ def _accuracy_drop(gate: Gate, limit: float, figures: dict, w: Window, weight: i
 class Values:
     """Green's and blue's predicted values in a window: what a regressor's gates compare."""
 
-    green: list[float]
-    blue: list[float]
+    green: Sequence[float]
+    blue: Sequence[float]
 
 
-def _values(gate: Gate, green: dict, w: Window) -> Values | Verdict:
+def _values(gate: Gate, green: Figures, w: Window) -> Values | Verdict:
     """Green's and blue's predicted values in the window (blue's last sufficient window once it has no traffic),
     or the verdict while they cannot be compared."""
     blue = _blue_rows(gate, green, w)
     if isinstance(blue, tuple):
         return blue
-    if green.get("values") is None or blue.get("values") is None:
+    if green.values is None or blue.values is None:
         return "skipped", None, "no predicted values seen (name the endpoints' JSON paths)"
-    return Values(green["values"], blue["values"])
+    return Values(green.values, blue.values)
 
 
 @fixed_judge("max_ks_distance")
-def _ks_distance(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
+def _ks_distance(gate: Gate, limit: float, green: Figures, w: Window, weight: int) -> Verdict:
     found = _values(gate, green, w)
     if not isinstance(found, Values):
         return found
@@ -306,7 +305,7 @@ def _ks_distance(gate: Gate, limit: float, green: dict, w: Window, weight: int) 
 
 
 @fixed_judge("max_mean_shift")
-def _mean_shift(gate: Gate, limit: float, green: dict, w: Window, weight: int) -> Verdict:
+def _mean_shift(gate: Gate, limit: float, green: Figures, w: Window, weight: int) -> Verdict:
     found = _values(gate, green, w)
     if not isinstance(found, Values):
         return found
@@ -323,7 +322,7 @@ def _mean_shift(gate: Gate, limit: float, green: dict, w: Window, weight: int) -
 
 
 @fixed_judge("max_error_increase")
-def _error_increase(gate: Gate, limit: float, figures: dict, w: Window, weight: int) -> Verdict:
+def _error_increase(gate: Gate, limit: float, figures: Figures, w: Window, weight: int) -> Verdict:
     errors = w.errors or {}
     green, blue = errors.get("green", Errors()), errors.get("blue", Errors())
     if green.n < gate.min_rows or blue.n < gate.min_rows:

@@ -14,7 +14,7 @@ alpha in a whole rollout however often it is looked at. docs/gates.md has the st
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from canary_kit.policy.confseq import (
@@ -26,12 +26,13 @@ from canary_kit.policy.confseq import (
     slower_share,
     srm_log_bayes_factor,
 )
-from canary_kit.policy.evidence import GateResult, Step, Window
+from canary_kit.policy.evidence import Figures, GateResult, Step, Window
 from canary_kit.policy.registry import GATES
 from canary_kit.policy.spec import Gate, RolloutSpec
 from canary_kit.policy.stats import Errors, ks_distance, mean_sd
 
 SLOW_SHARE = 0.01  # max_p99_ms: the share of green's requests allowed above the threshold (that is what a p99 is)
+NOTHING = Figures()  # a version with no figures: no requests, no rows, no latencies
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def judge_sequential(spec: RolloutSpec, step: Step, window: Window) -> list[Gate
     return results
 
 
-def _blue(look: Look) -> dict | None:
+def _blue(look: Look) -> Figures | None:
     """Blue's figures to compare green's with: the same span's, or at 100% (blue serves nothing) its earlier ones."""
     w = look.window
     return w.blue_reference if look.step.weight >= 100 else w.blue
@@ -120,13 +121,13 @@ def _plain(x: float) -> str:
 
 @sequential_judge("max_error_rate")
 def error_rate(look: Look) -> GateResult:
-    green = look.window.green or {}
-    n, errors = green.get("requests") or 0, green.get("errors") or 0
+    green = look.window.green or NOTHING
+    n, errors = green.requests, green.errors
     if n <= 0:
         return look.result("inconclusive", None, "no green requests yet")
     g_low, g_high = bernoulli(errors, n, look.alpha / 2)
-    blue = _blue(look) or {}
-    m, blue_errors = blue.get("requests") or 0, blue.get("errors") or 0
+    blue = _blue(look) or NOTHING
+    m, blue_errors = blue.requests, blue.errors
     if m > 0:
         b_low, b_high = bernoulli(blue_errors, m, look.alpha / 2)
         against = f"blue {_share(blue_errors / m)} of {m}"
@@ -142,10 +143,12 @@ def error_rate(look: Look) -> GateResult:
 def p99(look: Look) -> GateResult:
     """Green's p99 within the threshold is its share of slower requests below 1%: that share, judged against 1% (the
     result's figure, interval and line are the share's; the threshold in ms is in the detail)."""
-    latency = (look.window.green or {}).get("latency_ms")
+    latency = (look.window.green or NOTHING).latency_ms
     if not latency:
         return look.result("skipped", None, "no per-request latencies (nginx's log) for green", one_line=True)
     n = sum(latency.values())
+    if n <= 0:  # a histogram of zero counts: no request timed yet (and no share to divide)
+        return look.result("inconclusive", None, "no green request timed yet", one_line=True)
     slow = sum(count for ms, count in latency.items() if float(ms) > look.threshold)
     low, high = bernoulli(slow, n, look.alpha)
     seen = (
@@ -165,8 +168,8 @@ def p99(look: Look) -> GateResult:
 def slower(look: Look) -> GateResult:
     if look.step.weight >= 100:
         return look.result("skipped", None, "no blue request in the same window (latency follows load)")
-    green = (look.window.green or {}).get("latency_ms")
-    blue = (look.window.blue or {}).get("latency_ms")
+    green = (look.window.green or NOTHING).latency_ms
+    blue = (look.window.blue or NOTHING).latency_ms
     found = slower_share(_histogram(green), _histogram(blue)) if green and blue else None
     if found is None:
         return look.result("inconclusive", None, "no per-request latencies of both versions yet (nginx's log)")
@@ -176,7 +179,7 @@ def slower(look: Look) -> GateResult:
     return look.judge(share, share - radius, share + radius, n_green >= look.gate.min_rows, what, _share)
 
 
-def _histogram(counts: dict) -> dict[float, int]:
+def _histogram(counts: dict[int, int]) -> dict[float, int]:
     return {float(ms): n for ms, n in counts.items()}
 
 
@@ -202,15 +205,15 @@ def srm(look: Look) -> GateResult:
     return GateResult(look.name, status, p, alpha, look.gate.dry_run, detail)
 
 
-def _rows(look: Look) -> tuple[dict, dict] | GateResult:
+def _rows(look: Look) -> tuple[Figures, Figures] | GateResult:
     """Both versions' prediction figures, or the verdict while they cannot be compared."""
     if look.step.weight >= 100:
         return look.result("skipped", None, AT_100)
-    green, blue = look.window.green or {}, look.window.blue or {}
-    if green.get("rows") is None and blue.get("rows") is None:
+    green, blue = look.window.green or NOTHING, look.window.blue or NOTHING
+    if green.rows is None and blue.rows is None:
         return look.result("skipped", None, "the service exports no prediction figures")
-    if not green.get("rows") or not blue.get("rows"):
-        side = "green" if not green.get("rows") else "blue"
+    if not green.rows or not blue.rows:
+        side = "green" if not green.rows else "blue"
         return look.result("inconclusive", None, f"no rows predicted by {side} yet")
     return green, blue
 
@@ -221,14 +224,14 @@ def class_shift(look: Look) -> GateResult:
     if isinstance(found, GateResult):
         return found
     green, blue = found
-    classes = set(green.get("class_rows") or {}) | set(blue.get("class_rows") or {})
+    classes = set(green.class_rows or {}) | set(blue.class_rows or {})
     if not classes:
         return look.result("inconclusive", None, "no class counts yet")
     sets = class_sets(len(classes))
-    n, m = green["rows"], blue["rows"]
+    n, m = green.rows or 0, blue.rows or 0  # _rows() says both are above 0
     radius_g = mean_radius(n, look.alpha / (2 * sets))
     radius_b = mean_radius(m, look.alpha / (2 * sets))
-    estimate, low, high = largest_shift(green["class_rows"], blue["class_rows"], radius_g, radius_b)
+    estimate, low, high = largest_shift(green.class_rows or {}, blue.class_rows or {}, radius_g, radius_b)
     enough = min(n, m) >= look.gate.min_rows
     return look.judge(estimate, low, high, enough, f"class shift ({n} green / {m} blue rows)", _plain)
 
@@ -239,12 +242,12 @@ def confidence_drop(look: Look) -> GateResult:
     if isinstance(found, GateResult):
         return found
     green, blue = found
-    if green.get("confidence_mean") is None or blue.get("confidence_mean") is None:
+    if green.confidence_mean is None or blue.confidence_mean is None:
         return look.result("inconclusive", None, "no confidence figures yet")
-    n, m = green["rows"], blue["rows"]
-    drop = blue["confidence_mean"] - green["confidence_mean"]
+    n, m = green.rows or 0, blue.rows or 0  # _rows() says both are above 0
+    drop = blue.confidence_mean - green.confidence_mean
     radius = mean_radius(n, look.alpha / 2) + mean_radius(m, look.alpha / 2)
-    what = f"confidence blue {blue['confidence_mean']:.3f} - green {green['confidence_mean']:.3f} ({n} / {m} rows)"
+    what = f"confidence blue {blue.confidence_mean:.3f} - green {green.confidence_mean:.3f} ({n} / {m} rows)"
     enough = min(n, m) >= look.gate.min_rows
     return look.judge(drop, drop - radius, drop + radius, enough, what, _plain)
 
@@ -268,11 +271,11 @@ def accuracy_drop(look: Look) -> GateResult:
     return result
 
 
-def _values(look: Look) -> tuple[list[float], list[float]] | GateResult:
+def _values(look: Look) -> tuple[Sequence[float], Sequence[float]] | GateResult:
     """A regressor's predicted values on both sides, or the verdict while they cannot be compared."""
     if look.step.weight >= 100:
         return look.result("skipped", None, AT_100)
-    green, blue = (look.window.green or {}).get("values"), (look.window.blue or {}).get("values")
+    green, blue = (look.window.green or NOTHING).values, (look.window.blue or NOTHING).values
     if green is None and blue is None:
         return look.result("skipped", None, "no predicted values seen (name the endpoints' JSON paths)")
     if not green or not blue:

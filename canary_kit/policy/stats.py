@@ -5,6 +5,7 @@ Kolmogorov-Smirnov distance, the standardised mean shift and the errors (MAE, RM
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -23,13 +24,13 @@ def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float] |
     return max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale)
 
 
-def shares(counts: dict[str, float]) -> dict[str, float]:
+def shares(counts: Mapping[str, float]) -> dict[str, float]:
     """Counts as shares of their total ({} when there is nothing)."""
     total = sum(counts.values())
     return {key: n / total for key, n in counts.items()} if total > 0 else {}
 
 
-def js_distance(p: dict[str, float], q: dict[str, float]) -> float | None:
+def js_distance(p: Mapping[str, float], q: Mapping[str, float]) -> float | None:
     """Jensen-Shannon distance between two distributions over the same classes (counts or shares): the square root
     of the JS divergence with log base 2, so 0 for identical shares and 1 for disjoint ones. None if either is
     empty."""
@@ -84,7 +85,7 @@ def difference(
 # --- numbers: a regressor's predictions, and its errors against the true values ------------------------------
 
 
-def ks_distance(a: list[float], b: list[float]) -> float | None:
+def ks_distance(a: Sequence[float], b: Sequence[float]) -> float | None:
     """The two-sample Kolmogorov-Smirnov distance: the largest gap between the two samples' empirical distribution
     functions, from 0 (the same distribution) to 1 (no overlap). None if either is empty."""
     if not a or not b:
@@ -113,7 +114,7 @@ def ks_p_value(distance: float, n: int, m: int) -> float:
     return min(1.0, max(0.0, 2 * total))
 
 
-def mean_sd(values: list[float]) -> tuple[float, float] | None:
+def mean_sd(values: Sequence[float]) -> tuple[float, float] | None:
     """Mean and sample standard deviation; None with fewer than two values."""
     n = len(values)
     if n < 2:
@@ -122,7 +123,7 @@ def mean_sd(values: list[float]) -> tuple[float, float] | None:
     return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-def mean_shift(green: list[float], blue: list[float], z: float = Z95) -> tuple[float, float, float] | None:
+def mean_shift(green: Sequence[float], blue: Sequence[float], z: float = Z95) -> tuple[float, float, float] | None:
     """Green's mean minus blue's, in units of blue's standard deviation, with its 95% interval (Welch's standard
     error): how far the predictions moved, whatever their unit. None with fewer than two values a side, or when
     blue's predictions do not vary."""

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from canary_kit.observe.views import figures_line
-from canary_kit.policy.evidence import Decision, Step, Window, merge
+from canary_kit.policy.evidence import Decision, Figures, Step, Window, merge
 from canary_kit.policy.gates import decide
 from canary_kit.policy.spec import RolloutSpec
 from canary_kit.rollout.live import Interrupted
@@ -73,11 +73,11 @@ class Plant(Protocol):
         """The start of a span of evidence."""
         ...
 
-    def window(self, mark: Any, ready: tuple[bool, bool], blue_reference: dict | None) -> Window:
+    def window(self, mark: Any, ready: tuple[bool, bool], blue_reference: Figures | None) -> Window:
         """Both versions' figures since `mark`."""
         ...
 
-    def glance(self, mark: Any) -> dict | None:
+    def glance(self, mark: Any) -> Figures | None:
         """Green's figures since `mark`, for a progress line (None: not worth reading)."""
         ...
 
@@ -88,19 +88,28 @@ class Plant(Protocol):
 
 @dataclass
 class Check:
-    """One judged look: the verdict, how the look itself came out, why, each gate, and the figures."""
+    """One judged look: the verdict, how the look itself came out, why, each gate, and the figures (without their
+    per-answer parts)."""
 
     step: int
     weight: int
     verdict: str  # advance | hold | fail | pause
     reason: str
     at: float
-    green: dict | None = None
-    blue: dict | None = None
+    green: Figures | None = None
+    blue: Figures | None = None
     outcome: str = ""  # pass | fail | inconclusive | blue-down | awaiting-labels | gathering
     gates: list[dict] = field(default_factory=list)
     split: dict | None = None
     seconds: float = 0.0  # how long the step had been held at this look
+
+    def to_json(self) -> dict:
+        """Its form in a report and current.json."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        for color in ("green", "blue"):
+            figures = data[color]
+            data[color] = None if figures is None else figures.to_json()
+        return data
 
 
 @dataclass
@@ -115,6 +124,12 @@ class Rollout:
     shadow: dict | None = None
     checks: list[Check] = field(default_factory=list)
     family_alpha: float | None = None  # sequential: the most the live gates err, together, in this rollout
+
+    def to_json(self) -> dict:
+        """Its form in a report: every check with it."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["checks"] = [c.to_json() for c in self.checks]
+        return data
 
 
 WORD = {
@@ -148,7 +163,7 @@ def walk(
     failed = 0
     weight, shadow = plant.weight()
     result.final_weight = weight
-    blue_reference: dict | None = None
+    blue_reference: Figures | None = None
     for number, target in enumerate(spec.steps, start=1):
         if target < weight and not shadow:
             continue  # green already has more than this share: carry on from where it is
@@ -194,11 +209,11 @@ def walk(
             failed += decision.outcome == "fail"
             state.inconclusive += decision.outcome == "inconclusive"
             state.passed |= {g.name for g in decision.gates if g.status == "pass"}
-            if spec.mode == "fixed" and window.blue and (window.blue.get("rows") or 0) >= _reference_rows(spec):
+            if spec.mode == "fixed" and window.blue and (window.blue.rows or 0) >= _reference_rows(spec):
                 blue_reference = window.blue
             if decision.verdict == "advance":
                 if spec.mode == "sequential" and weight < 100:
-                    blue_reference = merge(blue_reference, _without(window.blue, "latency_ms", "values"))
+                    blue_reference = merge(blue_reference, _bare(window.blue))
                 break
             if decision.verdict == "hold":
                 continue
@@ -225,7 +240,7 @@ def _look(
     number: int,
     weight: int,
     step_mark: Any,
-    blue_reference: dict | None,
+    blue_reference: Figures | None,
 ) -> Window | None:
     """One look's evidence; None if someone else changed the state meanwhile. Fixed: hold one window (cut short
     when a version stops answering its health check). Sequential: wait check_every, then everything since the
@@ -288,10 +303,10 @@ def _reference_rows(spec: RolloutSpec) -> int:
     return spec.gates["max_class_divergence"].min_rows
 
 
-def _without(figures: dict | None, *keys: str) -> dict | None:
-    """Figures without some of their parts: blue's reference at 100% (its error rate) has no latency; the report
+def _bare(figures: Figures | None) -> Figures | None:
+    """Figures without their per-answer parts: blue's reference at 100% (its error rate) has no latency; the report
     keeps neither latencies nor a regressor's predicted values themselves."""
-    return None if figures is None else {k: v for k, v in figures.items() if k not in keys}
+    return None if figures is None else figures.bare()
 
 
 def _look_summary(decision: Decision, held: float) -> dict:
@@ -336,8 +351,8 @@ def _record(
             decision.verdict,
             decision.reason,
             round(at, 1),
-            _without(window.green, "latency_ms", "values"),
-            _without(window.blue, "latency_ms", "values"),
+            _bare(window.green),
+            _bare(window.blue),
             decision.outcome,
             [g.as_dict() for g in decision.gates],
             window.split,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,7 +60,7 @@ class Channel:
         self.where.update(where)
         r = self.result
         outcome = state or ("running" if r.outcome == "running" else r.outcome)
-        checks = [{**asdict(c), "wall": round(self.t0_wall + c.at, 1)} for c in r.checks]
+        checks = [{**c.to_json(), "wall": round(self.t0_wall + c.at, 1)} for c in r.checks]
         data = {
             "started": r.started,
             "pid": os.getpid(),

@@ -6,7 +6,6 @@ over time, and a grid of every gate at every check: pass, fail, dry-run fail, in
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from html import escape
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def write_report(result: Rollout, folder: Path) -> Path:
     """rollout-<time>.json, .md, .svg and -evidence.svg in `folder`; returns the Markdown file."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"rollout-{result.started.replace(':', '').replace('+0000', 'Z')}"
-    stem.with_suffix(".json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     stem.with_suffix(".svg").write_text(chart(result.checks))
     evidence_svg = evidence(result.checks)
     if evidence_svg:
@@ -161,7 +160,7 @@ def chart(checks: list[Check], width: int = 560, top: int = 160) -> str:
         for (x0, y0), (x1, y1) in [(xy(start, c.weight / 100), xy(c.at, c.weight / 100))]
     )
     dots = "".join(
-        '<circle cx="{:.1f}" cy="{:.1f}" r="3" fill="#c0392b"/>'.format(*xy(c.at, min(1.0, c.green["error_rate"] or 0)))
+        '<circle cx="{:.1f}" cy="{:.1f}" r="3" fill="#c0392b"/>'.format(*xy(c.at, min(1.0, c.green.error_rate or 0)))
         for c in checks
         if c.green
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from canary_kit.core import accesslog, logfiles
@@ -24,9 +24,9 @@ from canary_kit.core.target import Target
 from canary_kit.observe.answers import Observed, fill, observed
 from canary_kit.observe.ledger import utc
 from canary_kit.observe.ledger_queries import errors_since, labelled_since
-from canary_kit.observe.metrics import figures_between, http_figures, split_tries, with_split_http
+from canary_kit.observe.metrics import Snapshot, figures_between, http_figures, split_tries, with_split_http
 from canary_kit.observe.scrape import snapshots
-from canary_kit.policy.evidence import Window
+from canary_kit.policy.evidence import Figures, Window
 from canary_kit.policy.gates import judge_shadow
 from canary_kit.policy.spec import RolloutSpec
 from canary_kit.rollout.driver import Check, RealClock, Rollout, walk
@@ -114,7 +114,7 @@ class Span:
     there on (what it has given so far: the unpinned split, request times and what the answers predicted, by
     color)."""
 
-    before: dict[str, dict | None]
+    before: dict[str, Snapshot | None]
     tail: LogTail
     split: Counter = field(default_factory=Counter)
     tries: dict[str, list] = field(default_factory=lambda: {"green": [], "blue": []})  # metrics.split_tries
@@ -202,10 +202,10 @@ class LivePlant:
     def mark(self) -> Span:
         return Span(snapshots(self.target), LogTail(self.target))
 
-    def glance(self, mark: Span) -> dict | None:
+    def glance(self, mark: Span) -> Figures | None:
         return figures_between(mark.before["green"], snapshots(self.target)["green"])
 
-    def window(self, mark: Span, ready: tuple[bool, bool], blue_reference: dict | None) -> Window:
+    def window(self, mark: Span, ready: tuple[bool, bool], blue_reference: Figures | None) -> Window:
         after = snapshots(self.target)
         model = self.target.prediction_metrics
         versions = {"blue": self.state.blue_version, "green": self.state.green_version}
@@ -225,12 +225,12 @@ class LivePlant:
         if model.observed:  # what the answers predicted, read by nginx as they passed
             for name, more in observed(entries, versions, model.endpoints, model.task, pinned=False).items():
                 _add(mark.seen[name], more)
-        figures = {}
+        figures: dict[str, Figures | None] = {}
         for name in ("green", "blue"):
             found = with_split_http(figures_between(mark.before[name], after[name]), http_figures(mark.tries[name]))
             found = fill(found, mark.seen[name], model) if model.observed else found
             if found is not None and mark.latency[name]:
-                found["latency_ms"] = dict(mark.latency[name])
+                found = replace(found, latency_ms=dict(mark.latency[name]))
             figures[name] = found
         split = {"blue": mark.split["blue"], "green": mark.split["green"]}
         regression = model.task == "regression"

@@ -27,8 +27,9 @@ from canary_kit.core.files import append_line, take_back
 from canary_kit.core.routing import CHANGELOG, RoutingState
 from canary_kit.core.target import Target
 from canary_kit.observe.ledger_status import accuracy_by_version, observed_since, pinned_since
-from canary_kit.observe.metrics import figures_between
+from canary_kit.observe.metrics import Snapshot, figures_between
 from canary_kit.observe.scrape import read_baseline, snapshots, write_baseline
+from canary_kit.policy.evidence import Figures
 from canary_kit.policy.stats import js_distance, ks_distance
 
 APPLY_TIMEOUT = 5.0
@@ -215,7 +216,7 @@ def set_weight(
     return before, after
 
 
-def status(target: Target, now: dict[str, dict | None] | None = None) -> dict:
+def status(target: Target, now: dict[str, Snapshot | None] | None = None) -> dict:
     """The split nginx applies, each version's health, and its figures since the last change (or since start).
     `now`: both backends' `snapshots` if the caller just took them (the dashboard keeps them for its rates)."""
     baseline = read_baseline(target.state_dir)  # none yet, or damaged: figures since start
@@ -232,16 +233,16 @@ def status(target: Target, now: dict[str, dict | None] | None = None) -> dict:
             "version": answering[color] or expected,
             "weight": weight if color == "green" else 100 - weight,
             "healthy": answering[color] is not None,
-            "since_change": figures_between(baseline["backends"].get(color), now[color]),
+            "since_change": _json(figures_between(baseline.backends.get(color), now[color])),
         }
     serving = {color: versions[color]["version"] for color in COLORS}
     model = target.prediction_metrics
     if model.observed:  # what the answers predicted, where the service's own metrics do not say
-        seen = observed_since(target, serving, baseline.get("since"))
+        seen = observed_since(target, serving, baseline.since)
         for color in COLORS:
             versions[color]["since_change"] = _with_observed(versions[color]["since_change"], seen.get(color), model)
     labelled = accuracy_by_version(target, serving)
-    pinned = pinned_since(target, baseline.get("since"))  # counted apart: no gate judges them
+    pinned = pinned_since(target, baseline.since)  # counted apart: no gate judges them
     figures = {color: versions[color]["since_change"] or {} for color in COLORS}
     divergence = js_distance(figures["green"].get("class_rows") or {}, figures["blue"].get("class_rows") or {})
     values = [figures[color].pop("values", None) for color in ("green", "blue")]
@@ -259,10 +260,15 @@ def status(target: Target, now: dict[str, dict | None] | None = None) -> dict:
         "green_free": state.green_free,
         "nginx": in_nginx,
         "state_file": None if in_file is None else json.loads(in_file.model_dump_json()),
-        "since": baseline.get("since"),
+        "since": baseline.since,
         "backends": versions,
         "processes": target.processes(),
     }
+
+
+def _json(figures: Figures | None) -> dict | None:
+    """A version's figures as `canary status --json` shows them."""
+    return None if figures is None else figures.to_json()
 
 
 def _with_observed(figures: dict | None, seen: dict | None, model: PredictionMetrics) -> dict | None:
