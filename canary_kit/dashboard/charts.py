@@ -188,8 +188,7 @@ def render(samples: list[dict], history: list[dict], rollout: dict | None, now: 
             events,
         ),
     }
-    fields = Check.__dataclass_fields__
-    kept = [Check(**{k: v for k, v in c.items() if k in fields}) for c in checks]
+    kept = [Check.from_json(c) for c in checks]
     progress = rollout or {}
     look = progress.get("look")
     if look and progress.get("state") == "running" and look.get("gates"):  # the evidence up to this second

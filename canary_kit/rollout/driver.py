@@ -111,6 +111,15 @@ class Check:
             data[color] = None if figures is None else figures.to_json()
         return data
 
+    @classmethod
+    def from_json(cls, data: dict) -> Check:
+        """A check back from its JSON form (keys it does not have, such as current.json's `wall`, are left out)."""
+        kept = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        for color in ("green", "blue"):
+            if kept.get(color) is not None:
+                kept[color] = Figures.from_json(kept[color])
+        return cls(**kept)
+
 
 @dataclass
 class Rollout:
