@@ -9,8 +9,8 @@ import pytest
 from canary_kit.core.errors import CanaryError
 from canary_kit.dashboard import charts
 from canary_kit.dashboard.server import get_token, is_loopback
-from canary_kit.rollout import live
 from canary_kit.policy.evidence import Figures
+from canary_kit.rollout import live
 from canary_kit.rollout.driver import Check, Rollout
 
 
@@ -83,10 +83,12 @@ def test_charts_share_one_time_axis_and_escape_what_they_show():
     ]
     gate = {"name": "max_error_rate", "status": "inconclusive", "figure": 0.0, "threshold": 0.01, "dry_run": False}
     gate |= {"detail": "<b>", "low": -0.001, "high": 0.02, "tolerance": 0.002}  # a sequential gate's evidence
-    green = Figures(requests=40, errors=1, error_rate=0.025, p99_ms=30.0, rows=40, class_rows={"a": 40}, latency_ms={6: 40})
+    green = Figures(
+        requests=40, errors=1, error_rate=0.025, p99_ms=30.0, rows=40, class_rows={"a": 40}, latency_ms={6: 40}
+    )
     blue = Figures(requests=400, errors=0, error_rate=0.0, p99_ms=20.0, rows=400, class_rows={"a": 300, "b": 100})
     look = Check(1, 10, "hold", "x", 5.0, green=green, blue=blue, outcome="fail", gates=[gate])
-    checks = [{**look.to_json(), "wall": now - 5}]  # as current.json holds it: figures as JSON, and when
+    checks = [{**look.to_json(), "wall": now - 5}]  # as current.json holds it: figures as JSON, plus `wall`
     assert Check.from_json(json.loads(json.dumps(checks[0]))) == look
     drawn = charts.render(samples, history, {"checks": checks}, now)
     assert set(drawn) == {"weight", "rps", "errors", "latency", "confidence", "divergence", "gates", "evidence"}
