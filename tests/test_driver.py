@@ -13,7 +13,7 @@ import pytest
 
 from canary_kit.policy.evidence import Figures, Window
 from canary_kit.policy.spec import load_spec
-from canary_kit.rollout.driver import Rollout, walk
+from canary_kit.rollout.driver import Check, Rollout, walk
 from canary_kit.rollout.live import Interrupted
 from canary_kit.steer.control import SplitChanged
 
@@ -424,3 +424,11 @@ def test_fixed_mode_pauses_after_max_inconclusive_thin_windows_and_names_a_faili
     result = run(dry, plant, clock)
     named = [line for line in result.lines if line.startswith("  dry-run gate")]  # type: ignore[attr-defined]
     assert result.outcome == "promoted" and named[0].startswith("  dry-run gate max_class_divergence failed")
+
+
+def test_a_check_comes_back_whole_from_its_json_form():
+    green = Figures(requests=40, errors=1, error_rate=0.025, rows=40, class_rows={"a": 40}, latency_ms={6: 40})
+    look = Check(2, 25, "fail", "why", 9.5, green=green, blue=None, outcome="fail", gates=[{"name": "g"}])
+    stored = json.loads(json.dumps({**look.to_json(), "wall": 1.0}))  # as current.json and reports hold it
+    assert stored["green"]["latency_ms"] == {"6": 40} and stored["blue"] is None
+    assert Check.from_json(stored) == look
