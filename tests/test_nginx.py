@@ -20,7 +20,15 @@ from canary_kit.core import routing
 from canary_kit.core.errors import CanaryError
 from canary_kit.stacks.backends import wait_ready
 from canary_kit.stacks.local import Child
-from canary_kit.stacks.nginx import OPERATOR_URL, LocalNginx, operator_transport, render
+from canary_kit.stacks.nginx import (
+    OPERATOR_URL,
+    ROUTES_TEMPLATES,
+    TEMPLATE_SUFFIX,
+    LocalNginx,
+    operator_transport,
+    render,
+    render_set,
+)
 from conftest import ROOT, local_settings, nginx_applies
 from load import assert_split
 
@@ -38,6 +46,16 @@ def test_render_substitutes_only_named_placeholders():
 def test_render_refuses_missing_or_unexpected_variables(variables):
     with pytest.raises(CanaryError, match="template variables do not match"):
         render("listen ${CANARY_LISTEN};", variables)
+
+
+def test_templates_rendered_together_share_one_set_of_variables():
+    """The routes' files: every placeholder of any of them given, every variable used by at least one of them."""
+    templates = {"a": "listen ${CANARY_LISTEN};", "b": "root ${CANARY_ROOT}; listen ${CANARY_LISTEN};"}
+    both = {"CANARY_LISTEN": "1", "CANARY_ROOT": "/x"}
+    assert render_set(templates, both) == {"a": "listen 1;", "b": "root /x; listen 1;"}
+    for variables in ({"CANARY_LISTEN": "1"}, {**both, "CANARY_OTHER": "2"}):
+        with pytest.raises(CanaryError, match="template variables do not match"):
+            render_set(templates, variables)
 
 
 @pytest.mark.parametrize("weight", [-1, 101, 150])
@@ -115,7 +133,10 @@ def applied(settings) -> dict:
 
 @needs_nginx
 def test_rendered_routes_hold_addresses_but_no_split(bare):
-    text = (bare.state_dir / "canary.conf").read_text()
+    files = [bare.state_dir / name.removesuffix(TEMPLATE_SUFFIX) for name in ROUTES_TEMPLATES]
+    text = "\n".join(f.read_text() for f in files)
+    # canary.conf includes the servers' files by where they are
+    assert [f'include "{f}";' for f in files[1:]] == re.findall(r"^include .*;$", files[0].read_text(), re.M)
     assert not re.search(r"\$\{CANARY_[A-Z_]+\}", text)  # no placeholder left behind
     assert f"127.0.0.1:{bare.blue_port}" in text and "split_clients" not in text
     assert str(bare.state_dir / routing.STATE_FILE) in text and "server_tokens off" in text

@@ -1,9 +1,10 @@
 """Render the committed nginx templates for the local stack and check them with `nginx -t`.
 
 The templates travel inside the kit (`canary_kit/templates/`); a project overrides any of them, file by file, with
-one of the same name in its own `nginx/` folder. Only `${CANARY_*}` placeholders are substituted, and every one
-must be given: nginx's own `$variables` are never touched, and a forgotten placeholder is an error, not an empty
-string.
+one of the same name in its own `nginx/` folder. The njs modules are the exception: canary.js imports its modules
+from its own folder, so a project with its own canary.js puts them beside it. Only `${CANARY_*}` placeholders are
+substituted, and every one must be given: nginx's own `$variables` are never touched, and a forgotten placeholder
+is an error, not an empty string.
 The rendered config holds the backends' addresses only: the split lives in the routing state (routing.py),
 which nginx reads per request, so nothing here runs while the stack serves.
 """
@@ -28,9 +29,12 @@ from canary_kit.core.errors import CanaryError
 from canary_kit.core.files import PRIVATE, private_folder, share, write_atomic
 from canary_kit.core.routing import STATE_FILE
 
-ROUTES_TEMPLATE = "canary.conf.template"
+# The routes, shared with docker compose: the first includes the others, each rendered beside it (name less .template)
+ROUTES_TEMPLATES = ("canary.conf.template", "canary-public.inc.template", "canary-internal.inc.template")
 LOCAL_MAIN_TEMPLATE = "nginx.local.conf.template"
-NJS_SCRIPT = "canary.js"
+NJS_SCRIPT = "canary.js"  # what nginx imports; it imports the other modules
+NJS_MODULES = (NJS_SCRIPT, "canary-observe.js")
+TEMPLATE_SUFFIX = ".template"
 NJS_MODULE = "ngx_http_js_module.so"
 PATHS = ("predictions", "confidence")  # what an endpoint's answers are read for
 OBSERVE_FILTER = "js_body_filter canary.observe buffer_type=buffer;"  # answers pass through canary.js observe
@@ -42,11 +46,17 @@ LOGS = ("access.log", "nginx-error.log")  # opened by nginx's master (root), wri
 
 def render(template: str, variables: dict[str, str]) -> str:
     """Substitute the named ${CANARY_*} placeholders; refuse missing or unexpected names."""
-    wanted = set(PLACEHOLDER.findall(template))
+    return render_set({"": template}, variables)[""]
+
+
+def render_set(templates: dict[str, str], variables: dict[str, str]) -> dict[str, str]:
+    """Render templates that go together ({name: text}): every placeholder of any of them given, and every variable
+    used by at least one."""
+    wanted = {name for template in templates.values() for name in PLACEHOLDER.findall(template)}
     missing, unused = wanted - variables.keys(), variables.keys() - wanted
     if missing or unused:
         raise CanaryError(f"template variables do not match: missing {sorted(missing)}, unexpected {sorted(unused)}")
-    return PLACEHOLDER.sub(lambda m: variables[m.group(1)], template)
+    return {name: PLACEHOLDER.sub(lambda m: variables[m.group(1)], text) for name, text in templates.items()}
 
 
 PACKAGED = Path(__file__).parents[1] / "templates"  # the kit's own templates (canary_kit/templates)
@@ -117,6 +127,7 @@ def routes_variables(settings: Settings, secret: str, operator: str) -> dict[str
     the secret that nginx's shadow copies carry to its relay (`secret`) and the one the admin server marks the
     operator's requests with (`operator`), both made at each start."""
     servers = {slot: f"127.0.0.1:{settings.slot_port(slot)}" for slot in SLOTS}
+    script = template_path(NJS_SCRIPT, settings.project_dir)
     return {
         **endpoint_variables(settings),
         **slot_variables(servers),
@@ -128,7 +139,9 @@ def routes_variables(settings: Settings, secret: str, operator: str) -> dict[str
         "CANARY_PUBLIC_SERVER": public_server(settings.host, settings.port),
         "CANARY_ACCESS_LOG": str(settings.state_dir / "logs" / "access.log"),
         "CANARY_ERROR_LOG": str(settings.state_dir / "logs" / "nginx-error.log"),
-        "CANARY_NJS": str(template_path(NJS_SCRIPT, settings.project_dir)),
+        "CANARY_NJS": str(script),
+        "CANARY_NJS_PATH": str(script.parent),
+        "CANARY_ROUTES_DIR": str(settings.state_dir),
         "CANARY_STATE_FILE": str(settings.state_dir / STATE_FILE),
         "CANARY_ADMIN_LISTEN": f"unix:{admin_socket(settings)}",
         "CANARY_SHADOW_SOCKET": str(shadow_socket(settings)),
@@ -262,12 +275,13 @@ def open_files_limit() -> int:
 
 
 class LocalNginx:
-    """The local stack's nginx: its two config files in the state folder, and the commands that act on them."""
+    """The local stack's nginx: its config files in the state folder (the process settings, the routes), and the
+    commands that act on them."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.main_conf = settings.state_dir / "nginx.conf"
-        self.routes_conf = settings.state_dir / "canary.conf"
+        self.routes_conf = settings.state_dir / ROUTES_TEMPLATES[0].removesuffix(TEMPLATE_SUFFIX)  # canary.conf
         self.pid_file = settings.state_dir / "nginx.pid"
 
     def render_main(self, nofile: int | None = None) -> str:
@@ -288,12 +302,15 @@ class LocalNginx:
         account = worker_account(self.settings)
         return (account or pwd.getpwuid(os.geteuid())).pw_name
 
-    def render_routes(self, secret: str, operator: str) -> str:
+    def render_routes(self, secret: str, operator: str) -> dict[Path, str]:
+        """The routes' files, by where they go: canary.conf and the servers it includes, in the state folder."""
         variables = routes_variables(self.settings, secret, operator)
-        return render(read_template(ROUTES_TEMPLATE, self.settings.project_dir), variables)
+        templates = {name: read_template(name, self.settings.project_dir) for name in ROUTES_TEMPLATES}
+        rendered = render_set(templates, variables)
+        return {self.settings.state_dir / name.removesuffix(TEMPLATE_SUFFIX): text for name, text in rendered.items()}
 
     def write(self) -> None:
-        """Before nginx starts: the private folders and logs, both files (with new secrets), then check
+        """Before nginx starts: the private folders and logs, the config files (with new secrets), then check
         them. The workers, when they run as another user, go through the state folder, logs/ and nginx-tmp/ (0710,
         their group) to the routing state and their temporary files; the logs are opened by nginx's master."""
         s = self.settings
@@ -308,8 +325,8 @@ class LocalNginx:
         for sock in (admin_socket(s), shadow_socket(s)):
             sock.unlink(missing_ok=True)  # left by an nginx that was killed: its bind() would fail
         write_atomic(self.main_conf, self.render_main(), mode=PRIVATE)
-        routes = self.render_routes(secrets.token_hex(32), secrets.token_hex(32))
-        write_atomic(self.routes_conf, routes, mode=PRIVATE)
+        for path, text in self.render_routes(secrets.token_hex(32), secrets.token_hex(32)).items():
+            write_atomic(path, text, mode=PRIVATE)  # the relay's and the operator's secrets are in them
         self.test()
 
     def test(self) -> None:

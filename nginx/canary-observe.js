@@ -1,0 +1,1 @@
+../canary_kit/templates/canary-observe.js
