@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
+from canary_kit.stacks.nginx import NJS_MODULES, PACKAGED, ROUTES_TEMPLATES, TEMPLATE_SUFFIX, njs_module
 from conftest import BIN, ROOT, free_port
 
 COMPOSE = ROOT / "docker-compose.yml"
+IMAGE_TEMPLATES = "/etc/nginx/templates"  # the nginx image renders each *.template there into /etc/nginx/conf.d/
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +71,21 @@ def test_backends_keep_their_addresses_when_recreated(spec):
     assert all(ipaddress.ip_address(a) in subnet for a in addresses.values())
 
 
-def test_nginx_renders_the_shared_template_with_every_variable(spec):
+def mounts(spec) -> dict[str, str]:
+    """nginx's mounts: {where in the container: what of the project}."""
+    return {v.split(":")[1]: v.split(":")[0] for v in spec["services"]["nginx"]["volumes"]}
+
+
+def test_nginx_folder_holds_the_kits_templates_and_njs_as_they_are():
+    """What compose mounts from nginx/ is what the local stack renders from canary_kit/templates/, byte for byte."""
+    for name in (*ROUTES_TEMPLATES, *NJS_MODULES):
+        assert (ROOT / "nginx" / name).read_bytes() == (PACKAGED / name).read_bytes(), name
+
+
+def test_nginx_renders_the_shared_templates_with_every_variable(spec):
     nginx = spec["services"]["nginx"]
-    template = (ROOT / "nginx" / "canary.conf.template").read_text()
-    wanted = set(re.findall(r"\$\{(CANARY_[A-Z0-9_]+)\}", template))
+    templates = [(ROOT / "nginx" / name).read_text() for name in ROUTES_TEMPLATES]
+    wanted = {found for template in templates for found in re.findall(r"\$\{(CANARY_[A-Z0-9_]+)\}", template)}
     given = {k for k in nginx["environment"] if k.startswith("CANARY_")}
     # the first state's split; the secrets are made at each start by a script the image sources (below)
     secrets = {"CANARY_SHADOW_SECRET", "CANARY_OPERATOR_SECRET"}
@@ -77,7 +93,11 @@ def test_nginx_renders_the_shared_template_with_every_variable(spec):
     assert not given & secrets
     # versions in nginx's environment would change with every deploy: `docker compose up` would recreate nginx
     assert not given & {"CANARY_BLUE_VERSION", "CANARY_GREEN_VERSION"}
-    assert any(v.startswith("./nginx/canary.conf.template:/etc/nginx/templates/") for v in nginx["volumes"])
+    # every piece, file by file (nginx/ holds links, which a mounted folder would not follow), where the image
+    # renders it into the folder canary.conf includes the servers from
+    for name in ROUTES_TEMPLATES:
+        assert mounts(spec)[f"{IMAGE_TEMPLATES}/{name}"] == f"./nginx/{name}"
+    assert nginx["environment"]["CANARY_ROUTES_DIR"] == "/etc/nginx/conf.d"
 
 
 def test_nginx_knows_the_service_as_the_local_stack_does(spec):
@@ -111,9 +131,8 @@ def compose_cmd() -> list[str]:
 
 def test_the_relay_secret_is_made_at_each_start_before_the_templates_are_rendered(spec):
     """The image sources /docker-entrypoint.d/*.envsh (executable) in order, before 20-envsubst-on-templates.sh."""
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in spec["services"]["nginx"]["volumes"]}
     script = ROOT / "nginx" / "canary-secret.envsh"
-    assert mounts["/docker-entrypoint.d/15-canary-secret.envsh"] == "./nginx/canary-secret.envsh"
+    assert mounts(spec)["/docker-entrypoint.d/15-canary-secret.envsh"] == "./nginx/canary-secret.envsh"
     assert script.stat().st_mode & 0o111, "the image sources only executable .envsh files"
     made = [
         subprocess.run(
@@ -148,14 +167,81 @@ def test_nginx_limits_clients_and_versions_as_the_kit_does_by_default(spec):
 
 def test_nginx_mounts_njs_and_a_conf_that_loads_it(spec):
     env = spec["services"]["nginx"]["environment"]
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in spec["services"]["nginx"]["volumes"]}
-    assert mounts[env["CANARY_NJS"]] == "./nginx/canary.js"
-    assert mounts["/etc/nginx/nginx.conf"] == "./nginx/nginx.compose.conf"
+    assert mounts(spec)[env["CANARY_NJS"]] == "./nginx/canary.js"
+    for name in NJS_MODULES:  # canary.js and the modules it imports, in the folder js_path names
+        assert mounts(spec)[f"{env['CANARY_NJS_PATH']}/{name}"] == f"./nginx/{name}"
+    assert mounts(spec)["/etc/nginx/nginx.conf"] == "./nginx/nginx.compose.conf"
     assert (
         "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;"
         in (ROOT / "nginx" / "nginx.compose.conf").read_text()
     )
     assert (ROOT / "nginx" / "state").is_dir()  # committed, so docker never creates it as root
+
+
+# The container's paths the compose nginx uses, each moved into a folder of the test's (the same layout below each).
+CONTAINER_PATHS = {
+    "/etc/nginx/": "etc",
+    "/var/log/nginx/": "log",
+    "/var/run/": "run",
+    "/run/canary/": "run",
+    "/var/lib/canary/": "state",
+}
+
+
+def envsubst(text: str, values: dict[str, str]) -> str:
+    """envsubst with a list of names, as the image runs it: ${NAME} and $NAME of the listed names only."""
+    return re.sub(r"\$(?:\{(\w+)\}|(\w+))", lambda m: values.get(m.group(1) or m.group(2), m.group(0)), text)
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+def test_the_compose_nginx_config_as_the_image_renders_it_passes_nginx_t(spec, tmp_path):
+    """The container's nginx config made as the image makes it, in a folder standing for the container's paths:
+    every file mounted where compose puts it, each template rendered as 20-envsubst-on-templates.sh does (into
+    conf.d/, .template dropped, only nginx's environment names that match NGINX_ENVSUBST_FILTER), then `nginx -T` on
+    nginx.compose.conf: it passes, reads canary.conf and every server it includes once, and njs finds its modules."""
+    env = {name: str(value) for name, value in spec["services"]["nginx"]["environment"].items()}
+    env |= {"CANARY_SHADOW_SECRET": "a" * 64, "CANARY_OPERATOR_SECRET": "b" * 64}  # made by canary-secret.envsh
+    assert not any("$" in value for value in env.values())  # nothing for compose itself to interpolate
+
+    def here(text: str) -> str:
+        for there, sub in CONTAINER_PATHS.items():
+            text = text.replace(there, f"{tmp_path / sub}/")
+        return text
+
+    # the backends by the fixed addresses compose's DNS gives their names (nginx -t resolves them; it connects to none)
+    addresses = {name: svc["networks"]["canary"]["ipv4_address"] for name, svc in spec["services"].items()}
+    resolved = {name: re.sub(r"^([\w-]+)(?=:\d+$)", lambda m: addresses.get(m[1], m[1]), v) for name, v in env.items()}
+    listed = {name: here(v) for name, v in resolved.items() if re.search(env["NGINX_ENVSUBST_FILTER"], name)}
+    for sub in [*CONTAINER_PATHS.values(), "etc/conf.d"]:
+        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
+    for target, source in mounts(spec).items():
+        if not source.startswith("./nginx/") or not any(target.startswith(p) for p in CONTAINER_PATHS):
+            continue  # the state folder, and the entrypoint's hooks (tested above)
+        text = (ROOT / source).read_text()
+        if target.startswith(IMAGE_TEMPLATES + "/"):
+            rendered = (
+                tmp_path / "etc" / "conf.d" / target.removeprefix(IMAGE_TEMPLATES + "/").removesuffix(".template")
+            )
+            rendered.write_text(envsubst(text, listed))
+        else:
+            placed = Path(here(target))
+            placed.parent.mkdir(parents=True, exist_ok=True)
+            placed.write_text(here(text))
+    conf = tmp_path / "etc" / "nginx.conf"
+    image_own = Path("/etc/nginx/mime.types")  # the image's own file, which nginx.compose.conf includes
+    (tmp_path / "etc" / "mime.types").write_text(image_own.read_text() if image_own.is_file() else "types {}\n")
+    module = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+    me = pwd.getpwuid(os.geteuid()).pw_name  # the image's `nginx` user may not exist here
+    conf.write_text(conf.read_text().replace(module, str(njs_module("nginx"))).replace("user nginx;", f"user {me};"))
+
+    result = subprocess.run(["nginx", "-T", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+    read = re.findall(r"^# configuration file (.+):$", result.stdout, re.M)
+    print(f"\nnginx -T: rc {result.returncode}, files read: {read}\n{result.stderr}")
+    assert result.returncode == 0, result.stderr
+    conf_d = tmp_path / "etc" / "conf.d"
+    pieces = [str(conf_d / name.removesuffix(TEMPLATE_SUFFIX)) for name in ROUTES_TEMPLATES]
+    assert read == [str(conf), str(tmp_path / "etc" / "mime.types"), *pieces]
+    assert sorted(conf_d.glob("*.conf")) == [conf_d / "canary.conf"]  # the servers come in through canary.conf only
 
 
 def test_nginx_reads_the_routing_state_from_a_mounted_folder(spec, compose_cmd, monkeypatch):
