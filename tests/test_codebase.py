@@ -32,3 +32,16 @@ def test_ruff_lint_passes():
 def test_ruff_format_is_kept():
     result = run([str(BIN / "ruff"), "format", "--check", "--no-cache", "."])
     assert result.returncode == 0, f"files `ruff format` would change:\n{result.stdout}"
+
+
+MAX_LINES = 400  # issue #29: a product file longer than this holds two things
+
+
+def test_no_product_file_is_longer_than_400_lines():
+    """Every file of the kit (code, nginx templates, njs, the dashboard's page, the default spec) and of nginx/."""
+    listed = run(["git", "ls-files", "canary_kit", "nginx"]).stdout.split()
+    files = [ROOT / name for name in listed if (ROOT / name).is_file()]
+    lines = {str(f.relative_to(ROOT)): len(f.read_text(encoding="utf-8").splitlines()) for f in files}
+    longest = sorted(lines.items(), key=lambda item: -item[1])[:3]
+    print(f"\n{len(lines)} files; the longest: {longest}")
+    assert len(lines) > 70 and not {name: n for name, n in lines.items() if n > MAX_LINES}

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from canary_kit.stacks.nginx import ROUTES_TEMPLATES
 from conftest import EXAMPLE_ROW, ROOT, bentoml_serve
 from penguin import columnar, parity
 from penguin.features import (
@@ -232,8 +233,8 @@ def test_the_fast_reading_of_a_body_is_the_reference_reading(kind):
 
 
 def test_the_largest_request_of_each_form_fits_the_body_limit_that_nginx_and_the_service_share():
-    template = (ROOT / "nginx" / "canary.conf.template").read_text()
-    limits = set(re.findall(r"client_max_body_size\s+(\d+)m;", template))
+    templates = "\n".join((ROOT / "nginx" / name).read_text() for name in ROUTES_TEMPLATES)  # the routes' files
+    limits = set(re.findall(r"client_max_body_size\s+(\d+)m;", templates))
     assert limits == {str(MAX_BODY_BYTES // (1024 * 1024))}, limits  # every nginx server: the service's limit
     longest = {
         **EXAMPLE_ROW,

@@ -72,7 +72,9 @@ def test_another_user_reads_no_log_nor_the_ledger_and_reaches_no_socket_and_work
         s.state_dir / "logs" / "nginx-error.log",
         s.state_dir / "logs" / "blue.log",
         s.state_dir / ledger.LEDGER,
-        s.state_dir / "canary.conf",  # holds the relay's secret
+        s.state_dir / "canary.conf",  # holds the operator's secret
+        s.state_dir / "canary-public.inc",  # and the relay's
+        s.state_dir / "canary-internal.inc",  # both
         s.state_dir / "changes.log",
         nginx.admin_socket(s),
         nginx.shadow_socket(s),
@@ -127,7 +129,7 @@ def test_the_shadow_relay_refuses_a_copy_without_nginxs_secret_and_logs_none(own
     assert codes == [403, 403, 403]
     assert shadow_lines(s, forged) == []
     assert len(shadow_lines(s, rid)) == 1  # nginx's own copy still goes through, with the secret
-    conf = (s.state_dir / "canary.conf").read_text()
+    conf = (s.state_dir / "canary-internal.inc").read_text()  # the relay's server
     assert conf.count('X-Canary-Relay ""') == 1  # the secret is never passed on to green
 
 
