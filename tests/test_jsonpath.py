@@ -1,5 +1,5 @@
 """Where answers hold their predictions: the JSON paths of [tool.canary], read the same way by the kit
-(canary_kit/core/jsonpath.py) and by nginx as each answer passes (canary.js's observe, through a real nginx in front of
+(canary_kit/core/jsonpath.py) and by nginx as each answer passes (canary-observe.js, through a real nginx in front of
 a real backend that answers with whatever it is sent). One table of answers for both; every case's predictions and
 confidences as logged by nginx equal what Python selects."""
 
@@ -21,7 +21,7 @@ from canary_kit.stacks.local import Child
 from canary_kit.stacks.nginx import LocalNginx
 from conftest import local_settings
 
-BIG = 1000  # rows of a batch answer: past canary.js's LARGE (4 KiB), where it reads a first-member array unparsed
+BIG = 1000  # rows of a batch answer: past canary-observe.js's LARGE (4 KiB): it reads a first-member array unparsed
 ROWS = [f"class_{i % 3}" for i in range(BIG)]
 SCORES = [[0.7, 0.2, 0.1]] * BIG
 ODD = ["Müller", "日本", "🐧", 'a"b', "a]b"]  # classes a byte-wise reader would get wrong

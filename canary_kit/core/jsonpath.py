@@ -7,7 +7,7 @@
 
 The syntax is the common core of JSONPath (RFC 9535): `$`, then `.name` (letters, digits, `_` and `-`), `[N]` or
 `[*]`; at most one `[*]`, which makes the rows. nginx/njs applies the same paths to each answer as it passes
-(canary_kit/templates/canary.js), in the compiled form `steps` gives; `select` here is the same rule in Python,
+(canary_kit/templates/canary-observe.js), in the compiled form `steps` gives; `select` here is the same rule in Python,
 and tests/test_jsonpath.py holds the two to one table of answers.
 """
 

@@ -1,5 +1,5 @@
 """The predictions in nginx's access log: what each answer of a prediction endpoint predicted, read by nginx as the
-answer passed (canary.js's observe, at the endpoint's JSON path) and logged as JSON text, and what a window of
+answer passed (canary-observe.js, at the endpoint's JSON path) and logged as JSON text, and what a window of
 answers says of each version.
 
 An entry's `predictions` is a JSON array, one value per row: a class (any JSON scalar: "Adelie", 2, true) for a

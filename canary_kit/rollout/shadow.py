@@ -23,7 +23,7 @@ from canary_kit.observe.answers import predictions
 from canary_kit.policy.stats import ks_distance, wilson
 from canary_kit.steer.control import current, require_green, set_weight
 
-COPY_TIMEOUT = 6.5  # the shadow relay's timeouts for green and its observer (canary.conf.template)
+COPY_TIMEOUT = 6.5  # the shadow relay's timeouts for green and its observer (canary-internal.inc.template)
 
 
 def _ms(entry: dict) -> float | None:
