@@ -9,7 +9,7 @@ BENTOML_HOME ?= $(HOME)/bentoml
 export BENTOML_HOME
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: up setup nginx tools chromium train bentos images test test-fast lint docs bench clean dashboard coverage-core
+.PHONY: up setup nginx tools chromium train bentos images test test-repeats test-fast lint docs bench clean dashboard coverage-core
 
 up: setup nginx train  ## install what is missing, train if the store lacks the models, run the stack on :8000
 	$(BIN)/canary up
@@ -68,6 +68,9 @@ images: bentos  ## one image per Bento (needs Docker): penguin_classifier:v1.0.0
 
 test: setup nginx tools chromium  ## the whole test suite: unit, integration (real nginx, bentoml serve, chromium), Bento builds
 	$(BIN)/pytest
+
+test-repeats: setup nginx tools chromium  ## the repeated runs of rollouts that `make test` runs once (marker `repeat`)
+	$(BIN)/pytest -m repeat
 
 lint: setup  ## ruff (lint and format), mypy and import-linter; tests/test_codebase.py runs the same in `make test`
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/lint-imports --no-logo

@@ -56,7 +56,7 @@ def test_changes_under_keepalive_clients_that_never_retry_fail_nothing_and_reloa
     state_dir = control.settings.state_dir
     pids_before = nginx_pids(control)
     weights = random.Random(10).choices(range(0, 101), k=20)
-    with Load(control.settings.url, workers=16, max_requests=60000, max_seconds=400) as load:
+    with Load(control.settings.url, workers=16, max_requests=400_000, max_seconds=400) as load:
         load.wait_for(0, 100)
         for weight in weights:
             result = canary_process(state_dir, "set-weight", str(weight), "-m", "test")
