@@ -102,12 +102,34 @@ CASES = [
         None,
     ),
     ("a large batch of numbers", "$.p[*]", None, {"p": [1.5e3, -2, 0.25] * 500, "q": 1}, [1.5e3, -2, 0.25] * 500, None),
+    ("a large batch of literals", "$.p[*]", None, {"p": [True, None, False] * 500}, [True, None, False] * 500, None),
+    ("a large batch, an empty list first", "$.p[*]", None, {"p": [], "q": ROWS}, [], None),
+    # answers as their text: whitespace where canary.js looks at single bytes (around the array), and line breaks
+    (
+        "a large batch, spaced",
+        "$.p[*]",
+        None,
+        '{ "p" :\t[ ' + " , ".join(json.dumps(row) for row in ROWS) + ' \t] , "q" : 1 }',
+        ROWS,
+        None,
+    ),
+    ("a large batch, indented", "$.p[*]", None, json.dumps({"p": ROWS, "q": 1}, indent=1), ROWS, None),
 ]
+
+
+def as_python(answer):
+    """The answer as Python reads it: an answer given as its text is parsed, when it is JSON."""
+    if not isinstance(answer, str):
+        return answer
+    try:
+        return json.loads(answer)
+    except ValueError:
+        return answer
 
 
 def test_the_python_rule_selects_as_the_table_says():
     for name, path, _, answer, expected, _ in CASES:
-        found = jsonpath.parse(path).select(answer)
+        found = jsonpath.parse(path).select(as_python(answer))
         assert found == expected, (name, found)
 
 
