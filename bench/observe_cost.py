@@ -34,11 +34,12 @@ from canary_kit.core import routing
 from canary_kit.core.config import Settings
 from canary_kit.core.processes import Child
 from canary_kit.stacks.backends import wait_ready
-from canary_kit.stacks.nginx import LocalNginx, njs_module
+from canary_kit.stacks.nginx import NJS_MODULES, LocalNginx, njs_module
 from penguin.features import EXAMPLE, FEATURES
 
 CLASSES = ["Adelie", "Chinstrap", "Gentoo"]
 PATH = "/predict_columns"
+TEMPLATES = Path(__file__).resolve().parent.parent / "canary_kit" / "templates"
 UPSTREAM_JS = """
 import fs from 'fs';
 const ANSWER = fs.readFileSync('%s');
@@ -81,11 +82,13 @@ def answer(rows: int) -> bytes:
 
 
 def start_nginx(name: str, work: Path, port: int, upstream: int, js: Path | None, read: bool) -> Child:
-    """The kit's nginx on `port`, blue at `upstream`; `js` replaces canary.js (a project's override)."""
+    """The kit's nginx on `port`, blue at `upstream`; `js` replaces the njs module of its name (canary.js or
+    canary-observe.js), as a project's override does."""
     project = work / f"project-{name}"
     (project / "nginx").mkdir(parents=True)
-    if js is not None:
-        shutil.copy(js, project / "nginx" / "canary.js")
+    if js is not None:  # njs finds an import beside its importer: both modules go in the project, one of them `js`
+        for module in NJS_MODULES:
+            shutil.copy(js if js.name == module else TEMPLATES / module, project / "nginx" / module)
     ports = free_ports(2)
     unread = {} if read else {"endpoints": list(Settings().endpoints)}  # the same endpoints, no path: no filter
     settings = Settings(
@@ -186,7 +189,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--js", type=Path, help="another canary.js, measured beside the shipped one")
+    p.add_argument("--js", type=Path, help="another canary.js or canary-observe.js, measured beside the shipped one")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--seconds", type=int, default=3, help="per variant and round")
     p.add_argument("--connections", type=int, default=8)
