@@ -34,12 +34,11 @@ from canary_kit.core import routing
 from canary_kit.core.config import Settings
 from canary_kit.core.processes import Child
 from canary_kit.stacks.backends import wait_ready
-from canary_kit.stacks.nginx import NJS_MODULES, LocalNginx, njs_module
+from canary_kit.stacks.nginx import NJS_MODULES, PACKAGED, LocalNginx, njs_module
 from penguin.features import EXAMPLE, FEATURES
 
 CLASSES = ["Adelie", "Chinstrap", "Gentoo"]
 PATH = "/predict_columns"
-TEMPLATES = Path(__file__).resolve().parent.parent / "canary_kit" / "templates"
 UPSTREAM_JS = """
 import fs from 'fs';
 const ANSWER = fs.readFileSync('%s');
@@ -88,7 +87,7 @@ def start_nginx(name: str, work: Path, port: int, upstream: int, js: Path | None
     (project / "nginx").mkdir(parents=True)
     if js is not None:  # njs finds an import beside its importer: both modules go in the project, one of them `js`
         for module in NJS_MODULES:
-            shutil.copy(js if js.name == module else TEMPLATES / module, project / "nginx" / module)
+            shutil.copy(js if js.name == module else PACKAGED / module, project / "nginx" / module)
     ports = free_ports(2)
     unread = {} if read else {"endpoints": list(Settings().endpoints)}  # the same endpoints, no path: no filter
     settings = Settings(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -204,7 +204,8 @@ def split_tries(
 
 @dataclass(frozen=True)
 class Http:
-    """A version's HTTP figures from its tries: the tries, their 5xx, their share, p50 and p99 (nearest rank)."""
+    """A version's HTTP figures from its tries: the tries, their 5xx, their share, p50 and p99 (nearest rank). Its
+    fields are Figures' of the same names (with_split_http puts them in place of the /metrics ones)."""
 
     requests: int
     errors: int
@@ -231,13 +232,4 @@ def http_figures(tries: list[tuple[bool, float | None]]) -> Http:
 
 def with_split_http(figures: Figures | None, http: Http) -> Figures | None:
     """A version's window figures (from its /metrics) with the HTTP ones taken over the split's traffic instead."""
-    if figures is None:
-        return None
-    return replace(
-        figures,
-        requests=http.requests,
-        errors=http.errors,
-        error_rate=http.error_rate,
-        p50_ms=http.p50_ms,
-        p99_ms=http.p99_ms,
-    )
+    return None if figures is None else replace(figures, **asdict(http))
