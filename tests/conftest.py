@@ -14,8 +14,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -30,6 +32,7 @@ TRAIN = {
     NEXT: ["--version", NEXT, "--algorithm", "random_forest"],
     WEAK: ["--version", WEAK, "--algorithm", "logistic_regression", "--features", "bill_depth_mm"],
 }
+T = TypeVar("T")
 _HOME = Path(tempfile.mkdtemp(prefix="canary-tests-bentoml-"))
 _BASETEMP = Path(tempfile.mkdtemp(prefix="canary-tests-tmp-")) / "base"  # pytest's tmp_path folders, this run's own
 
@@ -103,6 +106,15 @@ def free_port() -> int:
         _GIVEN.add(port)
         return port
     raise RuntimeError(f"no free loopback port in {low}-{high} after 500 tries")
+
+
+def settled(read: Callable[[], T], done: Callable[[T], bool], timeout: float, step: float = 0.05) -> T:
+    """`read()` again until `done` says its value is whole or `timeout` seconds pass; the last value (the test judges
+    it). For what comes just after an answer: nginx's log line, BentoML's request counter."""
+    deadline = time.monotonic() + timeout
+    while not done(value := read()) and time.monotonic() < deadline:
+        time.sleep(step)
+    return value
 
 
 def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:

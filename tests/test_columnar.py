@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import httpx
 import numpy as np
 import pytest
 
 from canary_kit.stacks.nginx import ROUTES_TEMPLATES
-from conftest import EXAMPLE_ROW, ROOT, bentoml_serve
+from conftest import EXAMPLE_ROW, ROOT, bentoml_serve, settled
 from penguin import columnar, parity
 from penguin.features import (
     CANDIDATE_VERSION,
@@ -339,12 +338,11 @@ def test_columnar_rows_are_counted_in_the_prediction_metrics_and_the_endpoint_fi
         objects = client.post(f"{url}/predict", json={"instances": [EXAMPLE_ROW] * 5})
         bad = client.post(f"{url}/predict_columns", json=cols(2, island=["Dream", "Atlantis"]))
         assert (columns.status_code, objects.status_code, bad.status_code) == (200, 200, 400)
-        deadline = time.monotonic() + 10  # BentoML counts a request as its answer leaves: read until all 3 are in
-        while True:
-            figures = window(before, Snapshot.parse(client.get(f"{url}/metrics").text, names))
-            if figures.requests >= 3 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        figures = settled(  # BentoML counts a request as its answer leaves: read until all 3 are in
+            lambda: window(before, Snapshot.parse(client.get(f"{url}/metrics").text, names)),
+            lambda figures: figures.requests >= 3,
+            timeout=10,
+        )
     print(f"\nafter 7 columnar rows, 5 row objects and a refused request: {figures.to_json()}")
     assert figures.requests == 3 and figures.errors == 0
     assert figures.rows == 12 and sum(figures.class_rows.values()) == 12
@@ -420,9 +418,7 @@ def test_the_canary_routes_counts_and_mirrors_columnar_requests(stack):
         answers = [client.post(f"{settings.url}/predict_columns", json=cols(20)) for _ in range(10)]
     assert all(a.status_code == 200 and len(a.json()["predictions"]) == 20 for a in answers)
     versions = {"blue": stack.state.blue_version, "green": stack.state.green_version}
-    deadline = time.monotonic() + 5  # nginx logs an answer just after it leaves: wait for the 10th line
-    while len(entries := target.log_since(mark)) < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    entries = settled(lambda: target.log_since(mark), lambda entries: len(entries) >= 10, timeout=5)
     split = unpinned_split(entries, versions, endpoints)
     assert sum(split.values()) == 10, (split, entries[-3:])
 

@@ -5,7 +5,6 @@ to check each version through nginx). Pinned requests are logged as such and cou
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from itertools import cycle
 
@@ -16,7 +15,7 @@ from typer.testing import CliRunner
 from canary_kit.cli.app import app
 from canary_kit.core import accesslog
 from canary_kit.stacks.nginx import OPERATOR_URL, operator_transport
-from conftest import EXAMPLE_ROW, running_stack
+from conftest import EXAMPLE_ROW, running_stack, settled
 from load import assert_split
 
 pytestmark = pytest.mark.integration
@@ -63,14 +62,12 @@ def pinning_requests(settings, count: int = 1000, pin: str = "always") -> list[t
 
 
 def logged(settings, request_ids: set[str]) -> list[dict]:
-    found: list[dict] = []
-    for _ in range(50):  # nginx logs a request just after its answer has left: wait for the last ones (5 s at most)
+    def read() -> list[dict]:
         entries = accesslog.parse((settings.state_dir / "logs" / "access.log").read_text())
-        found = [e for e in entries if e["request_id"] in request_ids]
-        if len(found) >= len(request_ids):
-            break
-        time.sleep(0.1)
-    return found
+        return [e for e in entries if e["request_id"] in request_ids]
+
+    # nginx logs a request just after its answer has left: wait for the last ones (5 s at most)
+    return settled(read, lambda found: len(found) >= len(request_ids), timeout=5, step=0.1)
 
 
 def test_after_a_rollback_no_pin_reaches_green_but_the_operators_does(pinned):
