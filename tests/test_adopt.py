@@ -26,7 +26,7 @@ from load import Load
 
 pytestmark = [pytest.mark.integration, pytest.mark.bento]
 
-RATE = 120  # requests per second, in all
+RATE = 400  # requests per second, in all: paced, the most this 2-core host serves with p99 well under the gate
 # the prediction gates, one of which stops the worse version
 GATES_OF = {
     "classification": ("max_class_shift", "max_class_divergence", "max_confidence_drop"),
@@ -127,7 +127,7 @@ def test_a_foreign_service_is_adopted_judged_and_shipped(key, foreign_bentos, tm
         assert missing.returncode == 1 and "bentoml build --version 9.9.9" in missing.stderr, missing.stderr
         with Load(
             url,
-            workers=6,
+            workers=12,
             max_requests=200_000,
             max_seconds=400,
             rate=RATE,
