@@ -63,19 +63,20 @@ class Load:
             json.dumps(b, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode() for b in bodies
         ]
 
-    def _take(self) -> bool:
+    def _take(self) -> int | None:
+        """The next request's number (None: the load is over). Numbers are handed out in turn across the workers,
+        so any stretch of the load sends the rows evenly (the data's rows are grouped by class)."""
         with self._lock:
             if self._stop.is_set() or self._sent >= self.max_requests or time.monotonic() > self._deadline:
-                return False
-            slot = None if self.rate is None else self._began + self._sent / self.rate
+                return None
+            number, slot = self._sent, None if self.rate is None else self._began + self._sent / self.rate
             self._sent += 1
         if slot is not None:  # paced: wait for this request's turn (a long wait ends early when the load stops)
             self._stop.wait(max(0.0, min(slot, self._deadline) - time.monotonic()))
-        return not self._stop.is_set()
+        return None if self._stop.is_set() else number
 
     def _work(self) -> None:
         bodies = self._encoded
-        turn = threading.get_ident()  # workers start at different rows
         url = urlsplit(self.url)
         headers = {"Content-Type": "application/json", "Accept": "*/*", **self.headers}
         if not self.keepalive:
@@ -83,9 +84,8 @@ class Load:
         # one connection per worker, reused for every request (or none kept); no retries at any layer
         conn: http.client.HTTPConnection | None = None
         try:
-            while self._take():
-                sent, turn = time.monotonic(), turn + 1
-                row = turn % len(bodies)
+            while (number := self._take()) is not None:
+                sent, row = time.monotonic(), number % len(bodies)
                 if conn is not None and _closed_by_peer(conn):  # an idle connection the server closed: a new one
                     conn.close()
                     conn = None
