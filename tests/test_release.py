@@ -55,8 +55,8 @@ def test_a_whole_release_loop_fails_no_request_and_each_step_serves_exactly_its_
     rollback -> deploy again -> promote -> finalize, under 16 keep-alive clients that never resend."""
     settings, state_dir = release_stack.settings, release_stack.settings.state_dir
     pids_before, seen = nginx_pids(release_stack), []
-    # paced at 400 requests/s: 16 clients keep every step busy without starving the 2 cores the stack runs on
-    with Load(settings.url, workers=16, max_requests=400_000, max_seconds=900, rate=400) as load:
+    # paced at 800 requests/s: 16 clients keep every step busy, and leave the stack some of the 2 cores
+    with Load(settings.url, workers=16, max_requests=400_000, max_seconds=900, rate=800) as load:
         load.wait_for(0, 100)
         step(state_dir, "rollout", *FAST)
         seen.append(("rollout (promoted)", versions_after(load), {"v1.1.0"}))
