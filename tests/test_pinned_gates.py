@@ -41,23 +41,23 @@ def rows_of(species: str) -> list[dict]:
 
 
 def judged_window(settings, pinner: bool) -> dict:
-    """A rollout's held window at WEIGHT% (fixed mode, every gate in dry run, so it only measures; its next step,
-    100%, is not looked at) under an honest client (the data's rows, 80 a second) and, with `pinner`, a client
-    sending Gentoo rows 40 a second, 30% of them pinned to green. (The sequential mode judges the same figures.)"""
+    """A rollout's held window (5 s) at WEIGHT% (fixed mode, every gate in dry run, so it only measures; its next
+    step, 100%, is not looked at) under an honest client (the data's rows, 240 a second) and, with `pinner`, a client
+    sending Gentoo rows 120 a second, 30% of them pinned to green. (The sequential mode judges the same figures.)"""
     url = settings.url
     assert canary(settings, "set-weight", str(WEIGHT), "-m", "test: a window").exit_code == 0
-    loads = [Load(url, workers=4, rate=80, rows=data_rows(), max_requests=10**6, max_seconds=90)]
+    loads = [Load(url, workers=4, rate=240, rows=data_rows(), max_requests=10**6, max_seconds=90)]
     if pinner:
         gentoo = rows_of("Gentoo")
-        loads.append(Load(url, workers=2, rate=28, rows=gentoo, max_requests=10**6, max_seconds=90))
+        loads.append(Load(url, workers=2, rate=84, rows=gentoo, max_requests=10**6, max_seconds=90))
         pinned = {"X-Canary": "always"}
-        loads.append(Load(url, workers=2, rate=12, rows=gentoo, headers=pinned, max_requests=10**6, max_seconds=90))
+        loads.append(Load(url, workers=2, rate=36, rows=gentoo, headers=pinned, max_requests=10**6, max_seconds=90))
     with ExitStack() as running:
         for load in loads:
             running.enter_context(load)
         time.sleep(1)
         dry = [a for gate in GATES for a in ("--dry-run", gate)]
-        result = canary(settings, "rollout", "--mode", "fixed", "--steps", f"{WEIGHT},100", "--hold", "10", *dry)
+        result = canary(settings, "rollout", "--mode", "fixed", "--steps", f"{WEIGHT},100", "--hold", "5", *dry)
     assert result.exit_code == 0, result.output
     assert not [a for load in loads for a in load.failed()], "a request failed"
     report = json.loads(sorted((settings.state_dir / "rollouts").glob("rollout-*.json"))[-1].read_text())
