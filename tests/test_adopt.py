@@ -89,7 +89,7 @@ def environment(tmp_path: Path, **versions: str) -> dict:
 def rollout(project: Path, env: dict) -> subprocess.CompletedProcess:
     """The default (sequential) rollout, the latency comparison reported only: on this shared 2-core host where a
     process runs moves its latency more than a version does (docs/gates.md)."""
-    argv = ["rollout", "--steps", "25,50,100", "--dry-run", "max_slower_share"]
+    argv = ["rollout", "--steps", "25,50,100", "--dry-run", "max_slower_share", "--min-step-seconds", "2"]
     return canary(project, env, *argv, timeout=600)
 
 

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 # by more than the tolerance (v1.2.0, whose model costs 15 us more per row, was slower in 62% of pairs at 50% in one
 # run of three), as the fixed mode's p99 ratio is loosened to 50 here.
 HTTP = ["--min-requests", "20", "--max-p99-ms", "10000", "--max-p99-ratio", "50", "--dry-run", "max_slower_share"]
+HTTP += ["--min-step-seconds", "2"]  # a step ends on its evidence, after 2 s at least (the default 5 s: slow effects)
 QUALITY = ["max_class_shift", "max_confidence_drop", "srm_p_value"]
 
 

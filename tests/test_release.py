@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 # Short holds and loose latency gates: this tests the mechanism on a shared 2-core machine, not the speed.
 # (max_slower_share, the sequential latency comparison: reported only, as where a process runs moves its latency here)
 FAST = ["--hold", "3", "--min-requests", "5", "--min-rows", "20", "--max-p99-ms", "10000", "--max-p99-ratio", "50"]
-FAST += ["--dry-run", "max_slower_share"]
+FAST += ["--dry-run", "max_slower_share", "--min-step-seconds", "2"]
 FAILING = [*FAST[:4], "--max-p99-ms", "0.001", "--max-failed-checks", "2"]  # no version answers that fast
 NEXT = "v1.2.0"
 TRAIN_NEXT = [sys.executable, "train_model.py", "--version", NEXT, "--algorithm", "random_forest", "--no-export"]
