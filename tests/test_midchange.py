@@ -98,7 +98,7 @@ def test_an_error_right_after_a_weight_change_puts_green_back_to_0(own_stack):
 
 
 def test_a_ledger_locked_for_40_s_never_shows_a_traceback_and_the_rollout_ends_at_0(own_stack):
-    """Another process holds the ledger's write lock for 40 s (longer than any command waits): `status` still
+    """Another process holds the ledger's write lock (up to 40 s: longer than any command waits): `status` still
     answers at once, `quality` says in one line that the ledger is busy, and the rollout (its accuracy gate needs
     the ledger) ends with green at 0%."""
     s = own_stack.settings
@@ -124,8 +124,9 @@ def test_a_ledger_locked_for_40_s_never_shows_a_traceback_and_the_rollout_ends_a
         out, err = rolling.communicate(timeout=120)
         ended_after = time.monotonic() - held_at
     finally:
+        release.cancel()  # the rollout has ended (after waiting for the lock its 30 s): no need to hold on to 40 s
         release.join(timeout=60)
-        holder.close()
+        holder.close()  # closing rolls back the open transaction, if the timer did not
     last = history(s.state_dir)[-1]
     print(
         f"\nstatus: exit {status.returncode} in {status_took:.1f}s; quality: exit {quality.returncode} in "
@@ -167,8 +168,8 @@ def test_a_full_disk_during_set_weight_is_one_line_and_no_change(trained, tmp_pa
             applied = json.loads(canary_process(state_dir, "status", "--json").stdout)["nginx"]["green_weight"]
             after_full = consistent(state_dir)
             filler.unlink()
-            for n in range(12):  # a history past 4 KiB
-                assert canary_process(state_dir, "set-weight", str(20 + n % 2), "-m", "x" * 200).returncode == 0
+            for n in range(4):  # a history past 4 KiB
+                assert canary_process(state_dir, "set-weight", str(20 + n % 2), "-m", "x" * 1000).returncode == 0
             before_limit = consistent(state_dir)
             size = (state_dir / routing.CHANGELOG).stat().st_size
             limit = subprocess.run(

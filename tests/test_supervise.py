@@ -370,6 +370,8 @@ def test_a_rollout_holds_while_blue_is_down_and_resumes_or_pauses_as_the_spec_sa
         str(spec),
         "--hold",
         "3",
+        "--min-step-seconds",
+        "2",
         "--min-requests",
         "5",
         "--min-rows",
