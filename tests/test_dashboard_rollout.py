@@ -120,7 +120,8 @@ def test_screenshots_of_the_weak_model_mid_rollout_and_after_its_automatic_rollb
         with rows_load(settings, workers=12) as load, dashboard(state_dir) as dash, chromium("1440,1500") as driver:
             load.wait_for(0, 50)
             driver.get(f"{dash.url}/#token={TOKEN}")
-            time.sleep(6)  # some minutes of history on the charts before the rollout (here: seconds)
+            # some minutes of history on the charts before the rollout (here: seconds; more for docs/' screenshots)
+            time.sleep(20 if os.environ.get("UPDATE_SCREENSHOTS") == "1" else 6)
             proc = rollout(state_dir, "--hold", "8", "--max-failed-checks", "2", "--steps", "10,25,50,100")
             try:
                 wait_until(
