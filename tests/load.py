@@ -104,14 +104,14 @@ class Load:
                         row=row,
                         took=time.monotonic() - sent,
                     )
-                    if r.will_close or not self.keepalive:
-                        conn.close()
-                        conn = None
                     if self.keep_bodies and r.status == 200:
                         answer.body = json.loads(content)
                     if self.check_version_field and r.status == 200:
                         answer.error = _version_field_problem(content, answer.version)
-                except (OSError, http.client.HTTPException, ValueError) as exc:
+                    if r.will_close or not self.keepalive:
+                        conn.close()
+                        conn = None
+                except Exception as exc:  # no answer, or one that cannot be read: failed, never lost, never resent
                     answer = Answer(sent, None, None, None, repr(exc))
                     conn.close()
                     conn = None
@@ -166,8 +166,9 @@ def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
     before it is reused, as httpx's pool does; a request is never sent twice."""
     if conn.sock is None:
         return True
-    readable, _, _ = select.select([conn.sock], [], [], 0)
-    return bool(readable)
+    poller = select.poll()  # not select.select: that refuses descriptors above 1023 (a test with many sockets)
+    poller.register(conn.sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _version_field_problem(content: bytes, header: str | None) -> str:

@@ -124,7 +124,7 @@ def test_a_ledger_locked_for_40_s_never_shows_a_traceback_and_the_rollout_ends_a
         out, err = rolling.communicate(timeout=120)
         ended_after = time.monotonic() - held_at
     finally:
-        release.cancel()  # the rollout has ended (after waiting for the lock its 30 s): no need to hold on to 40 s
+        release.cancel()  # the rollout has ended (it waits 30 s for the lock) or the test failed: let go now
         release.join(timeout=60)
         holder.close()  # closing rolls back the open transaction, if the timer did not
     last = history(s.state_dir)[-1]
