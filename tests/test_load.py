@@ -5,9 +5,9 @@ kept, and one whose body cannot be read is a failed request, never a lost one.""
 
 from __future__ import annotations
 
-import socket
 import threading
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from load import Load
 
@@ -16,59 +16,40 @@ BODY = b'{"ok": 1}'
 
 @contextmanager
 def server(drop_every: int = 0, close_after_answer: bool = False, say_close: bool = False, body: bytes = BODY):
-    """A keep-alive HTTP/1.1 server on a free loopback port; yields its URL and the requests it read. It drops
-    (closes without answering) every `drop_every`-th request, or closes each connection after answering: with no
-    `Connection: close` (as a server whose idle timeout ran out) or, with `say_close`, saying so."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
+    """A keep-alive HTTP/1.1 server on a free loopback port (http.server); yields its URL and the bodies it read. It
+    drops (closes without answering) every `drop_every`-th request, or closes each connection after answering: with
+    no `Connection: close` (as a server whose idle timeout ran out) or, with `say_close`, saying so."""
     read: list[bytes] = []
     lock = threading.Lock()
 
-    def handle(conn: socket.socket) -> None:
-        buf = b""
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, rest = buf.partition(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                )
-                while len(rest) < length:
-                    data = conn.recv(65536)
-                    if not data:  # the client hung up mid-body
-                        return
-                    rest += data
-                buf = rest[length:]
-                with lock:
-                    read.append(rest[:length])
-                    count = len(read)
-                if drop_every and count % drop_every == 0:
-                    return
-                close = b"Connection: close\r\n" if say_close else b""
-                conn.sendall(b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (close, len(body), body))
-                if close_after_answer or say_close:
-                    return
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+        disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms wait on the second
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            with lock:
+                read.append(self.rfile.read(int(self.headers["Content-Length"])))
+                count = len(read)
+            self.close_connection = close_after_answer or bool(drop_every and count % drop_every == 0)
+            if drop_every and count % drop_every == 0:
                 return
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            if say_close:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
 
-    threading.Thread(target=accept, daemon=True).start()
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", read
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", read
     finally:
-        listener.close()
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_a_dropped_request_is_one_failure_and_is_never_sent_twice():
