@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.servers import BENCH, NO_METRICS, NO_OBSERVE, ROOT, SHIPPED
+from bench.servers import BENCH, NO_METRICS, NO_OBSERVE, ROOT, SHIPPED, TWIN
 
 
 def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
@@ -56,6 +56,19 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
         "endpoint names a JSON path), against canary@shipped: the cost of reading them, observed_predictions_*",
     )
     p.add_argument(
+        "--extra-canary-twin",
+        action="store_true",
+        help="also measure, as canary@twin, a second canary stack exactly as shipped, against canary@shipped: the A/A "
+        "control of the on / off ratios (aa_* ratios: how far two stacks that differ in nothing measure)",
+    )
+    p.add_argument(
+        "--fresh-stacks",
+        action="store_true",
+        help="start the extra canary stacks compared with one another (shipped, nometrics, noobserve, twin) anew "
+        "before every round: each round's pair is a new pair of processes, so a ratio's median is over as many "
+        "process pairs as rounds, not over one",
+    )
+    p.add_argument(
         "--subjects",
         "--targets",
         default=None,
@@ -85,6 +98,8 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
         extras[SHIPPED] = extras[NO_METRICS] = ROOT
     if args.extra_canary_no_observe:
         extras[SHIPPED] = extras[NO_OBSERVE] = ROOT
+    if args.extra_canary_twin:
+        extras[SHIPPED] = extras[TWIN] = ROOT
     args.extras = extras
     if args.duration < 1 or args.repeats < 1 or min(args.concurrency + args.batches) < 1:
         p.error("durations, repeats, connections and batch sizes must be at least 1")

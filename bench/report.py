@@ -13,6 +13,7 @@ from bench.servers import (
     NO_METRICS,
     NO_OBSERVE,
     SHIPPED,
+    TWIN,
     columns,
 )
 from penguin.features import CANDIDATE_VERSION, STABLE_VERSION
@@ -42,6 +43,13 @@ MEASURES = {
         "predictions read in the answers on / off, canary columnar rows/s at 1,000-row batches",
         "{:.3f}x",
         (">=", 0.95),
+    ),
+    # the A/A control: two stacks as shipped, shipped / twin (no goal: how far a ratio moves when nothing differs)
+    "aa_rps_ratio_c32": ("A/A: two stacks as shipped, canary req/s at 32 conns", "{:.3f}x", None),
+    "aa_rows_ratio_batch1000": (
+        "A/A: two stacks as shipped, canary columnar rows/s at 1,000-row batches",
+        "{:.3f}x",
+        None,
     ),
     "quality_metrics_cost_ratio_c32": (
         "prediction metrics' cost (in process) vs canary CPU per request, 32 conns",
@@ -132,9 +140,12 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
             ratios[key] = round(statistics.median(per_round(runs, SHIPPED, NO_METRICS)), 3)
     # Reading the predictions in the answers (nginx's observe): a canary as shipped over one alike whose endpoints
     # name no JSON path (no body filter at all), same rounds; at 1,000 rows both asked in columns.
+    # The A/A control: the same over a twin as shipped, the spread of a ratio when the two stacks differ in nothing.
     for key, point, (on, off) in (
         (f"observed_predictions_rps_ratio_{single}", single, (SHIPPED, NO_OBSERVE)),
         (f"observed_predictions_rows_ratio_batch{big}", f"rows{big}", (columns(SHIPPED), columns(NO_OBSERVE))),
+        (f"aa_rps_ratio_{single}", single, (SHIPPED, TWIN)),
+        (f"aa_rows_ratio_batch{big}", f"rows{big}", (columns(SHIPPED), columns(TWIN))),
     ):
         runs = results["raw"].get(point, {})
         if {on, off} <= runs.keys():
@@ -159,9 +170,13 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
     batch = results["raw"].get(f"rows{big}", {})
     if {"canary", COLUMNS} <= batch.keys():  # rows/s ratio of the two forms, each round (the same rows per request)
         rounds[f"canary_columnar_vs_rows_batch{big}"] = [round(r, 2) for r in per_round(batch, COLUMNS, "canary")]
-    if {columns(SHIPPED), columns(NO_OBSERVE)} <= batch.keys():
-        found = per_round(batch, columns(SHIPPED), columns(NO_OBSERVE))
-        rounds[f"observed_predictions_rows_ratio_batch{big}"] = [round(r, 3) for r in found]
+    for key, (on, off) in (
+        (f"observed_predictions_rows_ratio_batch{big}", (columns(SHIPPED), columns(NO_OBSERVE))),
+        (f"quality_metrics_rows_ratio_batch{big}", (SHIPPED, NO_METRICS)),
+        (f"aa_rows_ratio_batch{big}", (columns(SHIPPED), columns(TWIN))),
+    ):
+        if {on, off} <= batch.keys():
+            rounds[key] = [round(r, 3) for r in per_round(batch, on, off)]
     return {
         "table": table,
         "rows_per_s": rows_s,
@@ -219,10 +234,11 @@ def by_round(runs: dict[str, list[dict]], point: str) -> dict[str, list[float]]:
         f"canary_vs_baseline_rps_{point}": ("canary", "baseline"),
         f"quality_metrics_rps_ratio_{point}": (SHIPPED, NO_METRICS),
         f"observed_predictions_rps_ratio_{point}": (SHIPPED, NO_OBSERVE),
+        f"aa_rps_ratio_{point}": (SHIPPED, TWIN),
         f"canary_vs_framework_floor_rps_{point}": ("canary", FRAMEWORK_FLOOR),
     }
     return {
-        key: [round(r, 2) for r in per_round(runs, a, b)] for key, (a, b) in pairs.items() if a in runs and b in runs
+        key: [round(r, 3) for r in per_round(runs, a, b)] for key, (a, b) in pairs.items() if a in runs and b in runs
     }
 
 

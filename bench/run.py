@@ -154,6 +154,42 @@ class Run:
         mem = {name: memory_of(t.children) for name, t in alone.items()}
         return {**mem, **{name: stack_memory(stack) for name, stack in stacks.items()}}
 
+    def start_extra_canary(self, name: str, folder: Path, ports: list[int]) -> tuple[float, dict[str, Subject]]:
+        """Start extra canary stack `name` (again, if it runs: new processes): seconds to ready, its subjects."""
+        a = self.args
+        label = name.partition("@")[2]
+        if name in self.extra_stacks:
+            self.extra_stacks.pop(name).stop()
+        # canary@noobserve: the same endpoints, none naming where its predictions are (no body filter)
+        unread = {"endpoints": list(Settings().endpoints)} if name == NO_OBSERVE else {}
+        extra = canary_settings(self.work / f"canary-{label}", folder, self.store, ports, **unread)
+        wait_ports_free(extra)
+        workers = f"services.penguin_classifier.workers={a.extra_canary_workers}"
+        t0 = time.monotonic()
+        with environment(
+            BENTOML_CONFIG_OPTIONS=workers if label == f"w{a.extra_canary_workers}" else None,
+            PREDICTION_METRICS="false" if name == NO_METRICS else None,
+        ):
+            self.extra_stacks[name] = Stack(extra).start()
+        made = {name: stack_subject(name, self.extra_stacks[name], by_part=False)}
+        if name in ALIKE:
+            made[columns(name)] = stack_subject(columns(name), self.extra_stacks[name], by_part=False, columnar=True)
+        return round(time.monotonic() - t0, 2), made
+
+    def fresh_stacks(self, rnd: int, ports: dict[str, list[int]], subjects: dict[str, Subject], bodies: dict) -> None:
+        """--fresh-stacks: the measured stacks compared with one another started anew (a different one first each
+        round), each warmed up as at the start."""
+        names = [name for name in ALIKE if name in self.extra_stacks and name in subjects]
+        names = names[rnd % len(names) :] + names[: rnd % len(names)] if names else []
+        log(f"round {rnd + 1}: starting {', '.join(names)} anew ...")
+        for name in names:
+            _, made = self.start_extra_canary(name, self.args.extras[name], ports[name])
+            subjects.update({key: subject for key, subject in made.items() if key in subjects})
+        for key in [key for name in names for key in (name, columns(name)) if key in subjects]:
+            subject = subjects[key]
+            run_wrk(subject, subject.body(bodies, 1), 8, self.args.warmup)
+            run_wrk(subject, subject.body(bodies, max(self.args.batches)), 2, 1)
+
     # -- main ------------------------------------------------------------------------------------------------
     def execute(self) -> None:
         a = self.args
@@ -194,22 +230,8 @@ class Run:
                 ready[name] = self.start_child(child, f"http://{HOST}:{port}/readyz")
                 subjects[name] = Subject(name, f"http://{HOST}:{port}", [child])
             else:
-                # canary@noobserve: the same endpoints, none naming where its predictions are (no body filter)
-                unread = {"endpoints": list(Settings().endpoints)} if name == NO_OBSERVE else {}
-                extra = canary_settings(self.work / f"canary-{label}", folder, self.store, extra_ports[name], **unread)
-                workers = f"services.penguin_classifier.workers={a.extra_canary_workers}"
-                t0 = time.monotonic()
-                with environment(
-                    BENTOML_CONFIG_OPTIONS=workers if label == f"w{a.extra_canary_workers}" else None,
-                    PREDICTION_METRICS="false" if name == NO_METRICS else None,
-                ):
-                    self.extra_stacks[name] = Stack(extra).start()
-                ready[name] = round(time.monotonic() - t0, 2)
-                subjects[name] = stack_subject(name, self.extra_stacks[name], by_part=False)
-                if name in ALIKE:
-                    subjects[columns(name)] = stack_subject(
-                        columns(name), self.extra_stacks[name], by_part=False, columnar=True
-                    )
+                ready[name], made = self.start_extra_canary(name, folder, extra_ports[name])
+                subjects.update(made)
         self.results["ready_s"] = ready
         subjects["canary"] = stack_subject("canary", self.stack)
         subjects[COLUMNS] = stack_subject(COLUMNS, self.stack, columnar=True)
@@ -251,6 +273,8 @@ class Run:
             if time.monotonic() > deadline:
                 log(f"--max-minutes reached: stopping after {rnd} rounds")
                 break
+            if a.fresh_stacks and rnd > 0:
+                self.fresh_stacks(rnd, extra_ports, subjects, bodies)
             floors.append(predict_floor(predictors, a.batches))
             for point in points:
                 shift = rnd % len(point.subjects)

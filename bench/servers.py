@@ -36,7 +36,11 @@ NO_METRICS = "canary@nometrics"  # the extra canary stack whose backends export 
 # check and every other subject: each pair differs in the feature alone.
 SHIPPED = "canary@shipped"
 NO_OBSERVE = "canary@noobserve"
-ALIKE = (SHIPPED, "canary@nometrics", NO_OBSERVE)  # the stacks compared with one another
+# twin: a second stack exactly as shipped, the A/A control. Two processes of the same code differ by several percent
+# in speed for as long as they run (memory layout, hash seeds), so shipped / twin says how far apart two stacks that
+# differ in nothing measure: the resolution of the on / off ratios.
+TWIN = "canary@twin"
+ALIKE = (SHIPPED, "canary@nometrics", NO_OBSERVE, TWIN)  # the stacks compared with one another
 
 
 def columns(name: str) -> str:

@@ -50,14 +50,18 @@ class PredictionMetrics:
 
     def record(self, top: np.ndarray, confidence: np.ndarray) -> None:
         """One answer: each row's predicted class index and its probability."""
-        if len(top) == 1:  # the common single-row request: no array work
-            self.per_class[int(top[0])].inc()
-            self.observe_one(float(confidence[0]))
+        if len(top) == 1:
+            self.record_one(int(top[0]), float(confidence[0]))
             return
         for child, rows in zip(self.per_class, np.bincount(top, minlength=len(self.per_class)).tolist()):
             if rows:
                 child.inc(rows)
         self.observe_many(confidence)
+
+    def record_one(self, top: int, confidence: float) -> None:
+        """A single-row answer (the common request), from plain numbers: no array work at all."""
+        self.per_class[top].inc()
+        self.observe_one(confidence)
 
     def observe_one(self, value: float) -> None:
         histogram = self.confidence
