@@ -176,14 +176,18 @@ class Run:
             made[columns(name)] = stack_subject(columns(name), self.extra_stacks[name], by_part=False, columnar=True)
         return round(time.monotonic() - t0, 2), made
 
-    def fresh_stacks(self, rnd: int, ports: dict[str, list[int]], subjects: dict[str, Subject], bodies: dict) -> None:
+    def fresh_stacks(self, rnd: int, subjects: dict[str, Subject], bodies: dict) -> None:
         """--fresh-stacks: the measured stacks compared with one another started anew (a different one first each
-        round), each warmed up as at the start."""
+        round) on new free ports (a client's outgoing connection may take a port just let go), each warmed up."""
         names = [name for name in ALIKE if name in self.extra_stacks and name in subjects]
         names = names[rnd % len(names) :] + names[: rnd % len(names)] if names else []
         log(f"round {rnd + 1}: starting {', '.join(names)} anew ...")
         for name in names:
-            _, made = self.start_extra_canary(name, self.args.extras[name], ports[name])
+            try:
+                _, made = self.start_extra_canary(name, self.args.extras[name], free_ports(4))
+            except CanaryError as exc:  # e.g. a port taken between the choice and the start: once more, other ports
+                log(f"{name} did not start ({exc}): again on other ports")
+                _, made = self.start_extra_canary(name, self.args.extras[name], free_ports(4))
             subjects.update({key: subject for key, subject in made.items() if key in subjects})
         for key in [key for name in names for key in (name, columns(name)) if key in subjects]:
             subject = subjects[key]
@@ -274,7 +278,7 @@ class Run:
                 log(f"--max-minutes reached: stopping after {rnd} rounds")
                 break
             if a.fresh_stacks and rnd > 0:
-                self.fresh_stacks(rnd, extra_ports, subjects, bodies)
+                self.fresh_stacks(rnd, subjects, bodies)
             floors.append(predict_floor(predictors, a.batches))
             for point in points:
                 shift = rnd % len(point.subjects)
