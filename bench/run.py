@@ -179,7 +179,7 @@ class Run:
     def fresh_stacks(self, rnd: int, subjects: dict[str, Subject], bodies: dict) -> None:
         """--fresh-stacks: the measured stacks compared with one another started anew (a different one first each
         round) on new free ports (a client's outgoing connection may take a port just let go), each warmed up."""
-        names = [name for name in ALIKE if name in self.extra_stacks and name in subjects]
+        names = [n for n in ALIKE if n in self.extra_stacks and (n in subjects or columns(n) in subjects)]
         names = names[rnd % len(names) :] + names[: rnd % len(names)] if names else []
         log(f"round {rnd + 1}: starting {', '.join(names)} anew ...")
         for name in names:
@@ -278,7 +278,11 @@ class Run:
                 log(f"--max-minutes reached: stopping after {rnd} rounds")
                 break
             if a.fresh_stacks and rnd > 0:
-                self.fresh_stacks(rnd, subjects, bodies)
+                try:
+                    self.fresh_stacks(rnd, subjects, bodies)
+                except CanaryError as exc:  # twice: keep the rounds measured, as --max-minutes does
+                    log(f"a stack did not start again ({exc}): stopping after {rnd} rounds")
+                    break
             floors.append(predict_floor(predictors, a.batches))
             for point in points:
                 shift = rnd % len(point.subjects)

@@ -40,12 +40,18 @@ def figures(results: dict) -> dict[str, float]:
     return out
 
 
+def paired(runs: dict[str, list[dict[str, float]]], figure: str) -> list[float]:
+    """This tree's figure over the other's, run by run (the two runs of a pair are back to back)."""
+    return [a[figure] / b[figure] for a, b in zip(runs["this"], runs["other"])]
+
+
 def bench_run(tree: Path, out: Path, repeats: int, duration: int) -> dict[str, float]:
     """One bench.run in `tree` (its own packages: the current folder comes first on sys.path)."""
     argv = [sys.executable, "-m", "bench.run", *RUN, "--repeats", str(repeats), "--duration", str(duration)]
     done = subprocess.run([*argv, "--out", str(out)], cwd=tree, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"error: bench.run in {tree} failed ({done.returncode}): {done.stdout[-2000:]}")
+        output = (done.stdout[-1500:] + done.stderr[-1500:]).strip()
+        raise SystemExit(f"error: bench.run in {tree} failed ({done.returncode}): {output}")
     return figures(json.loads((out / "results.json").read_text()))
 
 
@@ -69,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(bench_run(trees[name], Path(folder) / f"{name}-{i}", a.repeats, a.duration))
                 log(f"  {runs[name][-1]}")
     medians = {name: {k: statistics.median(r[k] for r in found) for k in FIGURES} for name, found in runs.items()}
-    ratios = {k: round(medians["this"][k] / medians["other"][k], 3) for k in FIGURES}
+    # The figure of record: the median of each pair's ratio (run i of this tree over run i of the other, measured
+    # minutes apart), as bench.run's on / off ratios are; the ratio of the medians is kept beside it.
+    ratios = {k: round(statistics.median(paired(runs, k)), 3) for k in FIGURES}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=other, capture_output=True, text=True)
     result = {
         "command": "python -m bench.versus " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -80,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "medians": medians,
         "this_over_other": ratios,
+        "this_over_other_by_pair": {k: [round(r, 3) for r in paired(runs, k)] for k in FIGURES},
+        "ratio_of_medians": {k: round(medians["this"][k] / medians["other"][k], 3) for k in FIGURES},
     }
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     for k in FIGURES:
-        log(f"{k:<32} this {medians['this'][k]:>12,.0f}  other {medians['other'][k]:>12,.0f}  ratio {ratios[k]:.3f}")
+        log(f"{k:<32} this {medians['this'][k]:>12,.0f}  other {medians['other'][k]:>12,.0f}  by pair {ratios[k]:.3f}")
     log(f"wrote {a.out}")
     return 0
 
