@@ -55,7 +55,7 @@ def fill(driver, element_id: str, value: str) -> None:
 def test_the_page_shows_both_versions_and_sets_the_weight_and_rolls_back(at_10):
     settings = at_10.settings
     state_dir = settings.state_dir
-    with Load(settings.url, workers=4, max_requests=100000, max_seconds=300) as load, chromium() as driver:
+    with Load(settings.url, workers=4, max_requests=200_000, max_seconds=300) as load, chromium() as driver:
         load.wait_for(0, 50)
         with dashboard(state_dir) as dash:
             driver.get(f"{dash.url}/#token={TOKEN}")

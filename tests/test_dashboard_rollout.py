@@ -52,7 +52,7 @@ def stamp(output: str, words: str) -> float:
 
 
 def rows_load(settings, **kwargs) -> Load:
-    return Load(settings.url, workers=kwargs.pop("workers", 8), max_requests=60000, max_seconds=300, rows=data_rows())
+    return Load(settings.url, workers=kwargs.pop("workers", 8), max_requests=200_000, max_seconds=300, rows=data_rows())
 
 
 def screenshot(driver, name: str, tmp_path: Path) -> Path:

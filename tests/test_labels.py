@@ -164,7 +164,7 @@ def test_the_accuracy_gate_alone_rolls_the_weak_version_back_and_lets_the_next_o
 ):
     with running_stack(tmp_path, green_version=green, green_weight=10) as stack:
         settings = stack.settings
-        with Load(settings.url, workers=8, max_requests=60000, max_seconds=300, rows=data_rows()) as load:
+        with Load(settings.url, workers=8, max_requests=200_000, max_seconds=300, rows=data_rows()) as load:
             load.wait_for(0, 50)
             with Labeller(settings, load, tmp_path):
                 args = [  # fixed mode: its accuracy gate's 95% interval (tests/test_driver.py: the sequential one)
@@ -203,7 +203,7 @@ def test_the_accuracy_gate_alone_rolls_the_weak_version_back_and_lets_the_next_o
 def test_without_labels_a_step_holds_then_pauses_saying_why(more_versions, tmp_path):
     with running_stack(tmp_path, green_version=NEXT, green_weight=10) as stack:
         settings = stack.settings
-        with Load(settings.url, workers=4, max_requests=20000, max_seconds=120, rows=data_rows()) as load:
+        with Load(settings.url, workers=4, max_requests=200_000, max_seconds=120, rows=data_rows()) as load:
             load.wait_for(0, 20)
             result = canary(
                 settings,

@@ -125,7 +125,8 @@ def test_a_deploy_that_cannot_serve_is_refused_and_blue_keeps_serving(release_st
     before, state_bytes = routing.read(state_file), state_file.read_bytes()
     listed_before = read_stack_file(state_dir)["backends"]
     try:
-        with Load(settings.url, workers=8, max_requests=50_000, max_seconds=300) as load:
+        # paced: the refused deploy waits ~25 s for the crashing worker; unpaced, 50,000 requests ran out before it
+        with Load(settings.url, workers=8, max_requests=200_000, max_seconds=300, rate=400) as load:
             load.wait_for(0, 50)
             result = canary_process(state_dir, "deploy", version)
             after = versions_after(load, 100)
@@ -193,7 +194,7 @@ def test_finalize_is_refused_while_green_does_not_answer(own_stack):
     assert canary_process(state_dir, "promote").returncode == 0
     green = next(c for c in own_stack.children if c.name == "green_a")
     green.kill()
-    with Load(own_stack.settings.url, workers=4, max_requests=20_000, max_seconds=120) as load:
+    with Load(own_stack.settings.url, workers=4, max_requests=200_000, max_seconds=120) as load:
         load.wait_for(0, 50)
         result = canary_process(state_dir, "finalize")
         after = versions_after(load, 100)

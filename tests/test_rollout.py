@@ -47,7 +47,7 @@ def test_healthy_green_is_promoted_step_by_step_with_no_failed_request(at_ten):
     """A 4-step rollout under 16 keep-alive clients that never resend: no failed request, no nginx reload."""
     settings = at_ten.settings
     pids_before = nginx_pids(at_ten)
-    with Load(settings.url, workers=16, max_requests=40000, max_seconds=300) as load:
+    with Load(settings.url, workers=16, max_requests=200_000, max_seconds=300) as load:
         load.wait_for(0, 30)
         result = canary(settings, "rollout", *FAST)
     counts, pids_after = tally(load.answers), nginx_pids(at_ten)
@@ -94,7 +94,7 @@ def test_green_dying_mid_rollout_is_rolled_back_and_clients_see_no_error(own_sta
     settings = own_stack.settings
     green = next(c for c in own_stack.children if c.name == "green_a")
     outcome = {}
-    with Load(settings.url, workers=6, max_requests=20000, max_seconds=300) as load:
+    with Load(settings.url, workers=6, max_requests=200_000, max_seconds=300) as load:
         load.wait_for(0, 30)
         with rollout_reaching(settings, 25, outcome):
             green.kill()  # mid-rollout, at step 2
@@ -204,7 +204,7 @@ def test_an_operator_rollback_during_a_rollout_stands(at_ten):
     """The rollout never overwrites a change someone else made: it stops, and green stays where they put it."""
     settings = at_ten.settings
     outcome = {}
-    with Load(settings.url, workers=4, max_requests=20000, max_seconds=200) as load:
+    with Load(settings.url, workers=4, max_requests=200_000, max_seconds=200) as load:
         load.wait_for(0, 20)
         with rollout_reaching(settings, 25, outcome):
             assert canary(settings, "rollback", "-m", "operator").exit_code == 0

@@ -118,7 +118,7 @@ def private_store(bentoml_home, tmp_path):
 
 
 def test_killing_blues_worker_fails_nothing_and_blue_is_back_within_10s(trained, tmp_path):
-    with UpStack(tmp_path) as up, Load(up.url, workers=CLIENTS, max_requests=60000, max_seconds=180) as load:
+    with UpStack(tmp_path) as up, Load(up.url, workers=CLIENTS, max_requests=200_000, max_seconds=180) as load:
         blue = stack_json(tmp_path)["backends"]["blue"]
         worker = psutil.Process(blue["pid"]).children()[0]
         load.wait_for(0, 300)
@@ -146,7 +146,7 @@ def test_killing_blues_worker_fails_nothing_and_blue_is_back_within_10s(trained,
 
 
 def test_killing_blues_serve_process_takes_its_workers_and_restarts_it(trained, tmp_path):
-    with UpStack(tmp_path) as up, Load(up.url, workers=CLIENTS, max_requests=60000, max_seconds=180) as load:
+    with UpStack(tmp_path) as up, Load(up.url, workers=CLIENTS, max_requests=200_000, max_seconds=180) as load:
         blue = stack_json(tmp_path)["backends"]["blue"]
         old = tree(blue["pid"])
         load.wait_for(0, 300)
