@@ -333,10 +333,10 @@ class Run:
         self.results["elapsed_s"] = round(time.monotonic() - started, 1)
 
 
-def git_commit() -> str:
+def git_commit(tree: Path = ROOT) -> str:
     with contextlib.suppress(Exception):
         done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+            ["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True, check=False
         )
         return done.stdout.strip()
     return "unknown"

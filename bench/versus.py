@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.run import git_commit
 from bench.servers import ROOT, log
 
 FIGURES = {  # name -> where it is in a bench.run results.json
@@ -77,18 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     medians = {name: {k: statistics.median(r[k] for r in found) for k in FIGURES} for name, found in runs.items()}
     # The figure of record: the median of each pair's ratio (run i of this tree over run i of the other, measured
     # minutes apart), as bench.run's on / off ratios are; the ratio of the medians is kept beside it.
-    ratios = {k: round(statistics.median(paired(runs, k)), 3) for k in FIGURES}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=other, capture_output=True, text=True)
+    by_pair = {k: paired(runs, k) for k in FIGURES}
+    ratios = {k: round(statistics.median(by_pair[k]), 3) for k in FIGURES}
     result = {
         "command": "python -m bench.versus " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "this": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
-        "other": commit.stdout.strip(),
+        "this": git_commit(),
+        "other": git_commit(other),
         "runs": runs,
         "medians": medians,
         "this_over_other": ratios,
-        "this_over_other_by_pair": {k: [round(r, 3) for r in paired(runs, k)] for k in FIGURES},
+        "this_over_other_by_pair": {k: [round(r, 3) for r in found] for k, found in by_pair.items()},
         "ratio_of_medians": {k: round(medians["this"][k] / medians["other"][k], 3) for k in FIGURES},
     }
     a.out.write_text(json.dumps(result, indent=1) + "\n")

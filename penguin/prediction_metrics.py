@@ -58,6 +58,16 @@ class PredictionMetrics:
                 child.inc(rows)
         self.observe_many(confidence)
 
+    def record_rows(self, top: np.ndarray, proba: np.ndarray) -> None:
+        """One answer from the model's output: each row's predicted class index and the rows' class probabilities.
+        A single row (the common request) is read as plain numbers: an index array built to read one row's top
+        probability cost ~2% of a busy worker's CPU (docs/benchmarks.md)."""
+        if len(top) == 1:
+            best = int(top[0])
+            self.record_one(best, float(proba[0, best]))
+            return
+        self.record(top, proba[np.arange(len(top)), top])
+
     def record_one(self, top: int, confidence: float) -> None:
         """A single-row answer (the common request), from plain numbers: no array work at all."""
         self.per_class[top].inc()
