@@ -1,16 +1,18 @@
 """What reading each answer's predictions costs nginx, measured on nginx alone (no backend shares its CPU figure):
 
-    python -m bench.observe_cost                        # the templates as they are: reading on and off
-    python -m bench.observe_cost --js /tmp/before.js    # and the same with another canary.js (an A/B of a change)
+    python -m bench.observe_cost                                    # the templates as they are: reading on and off
+    python -m bench.observe_cost --override /tmp/canary-observe.js  # and the same with another module (an A/B)
+    python -m bench.observe_cost --override A/canary-public.inc.template --override A/canary-observe.js
 
 The kit's nginx, rendered as `canary up` renders it, in front of an upstream that answers every POST with one
 1,000-row columnar answer of the penguin service's form (another nginx: no Python runs). wrk loads each variant in
 turn, round after round, the order rotated; the figure is the CPU time of the kit's nginx workers per request.
 Variants: `off` (the endpoints name no JSON path: no body filter, no prediction line), `on` (as shipped) and, with
---js, `js` (as shipped, that canary.js instead). On a shared host bench.run's throughput A/B of reading on and off
-moves by several percent between rounds, as much as the cost itself; this is the cost where it is paid. Prints JSON:
-per variant, µs per request (median over rounds, and the range) and the median of each round's difference to `off`
-with its quartiles.
+--override, `override` (reading on, those files in place of the kit's templates of their names, as a project's
+`nginx/` overrides them: an njs module, the public server's template, ...). On a shared host bench.run's throughput
+A/B of reading on and off moves by several percent between rounds, as much as the cost itself; this is the cost
+where it is paid. Prints JSON: per variant, µs per request (median over rounds, and the range) and the median of
+each round's difference to `off` with its quartiles.
 """
 
 from __future__ import annotations
@@ -80,14 +82,16 @@ def answer(rows: int) -> bytes:
     ).encode()
 
 
-def start_nginx(name: str, work: Path, port: int, upstream: int, js: Path | None, read: bool) -> Child:
-    """The kit's nginx on `port`, blue at `upstream`; `js` replaces the njs module of its name (canary.js or
-    canary-observe.js), as a project's override does."""
+def start_nginx(name: str, work: Path, port: int, upstream: int, overrides: list[Path], read: bool) -> Child:
+    """The kit's nginx on `port`, blue at `upstream`; each of `overrides` replaces the kit's template of its name,
+    as a project's `nginx/` folder does."""
     project = work / f"project-{name}"
     (project / "nginx").mkdir(parents=True)
-    if js is not None:  # njs finds an import beside its importer: both modules go in the project, one of them `js`
+    if any(f.name in NJS_MODULES for f in overrides):  # njs finds an import beside its importer: all in the project
         for module in NJS_MODULES:
-            shutil.copy(js if js.name == module else PACKAGED / module, project / "nginx" / module)
+            shutil.copy(PACKAGED / module, project / "nginx" / module)
+    for file in overrides:
+        shutil.copy(file, project / "nginx" / file.name)
     ports = free_ports(2)
     unread = {} if read else {"endpoints": list(Settings().endpoints)}  # the same endpoints, no path: no filter
     settings = Settings(
@@ -150,10 +154,12 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     try:
         upstream.start()
         wait_ready([upstream], {"upstream": f"http://{HOST}:{ports[0]}/"}, 10)
-        variants = {"off": (None, False), "on": (None, True), **({"js": (args.js, True)} if args.js else {})}
+        variants: dict[str, tuple[list[Path], bool]] = {"off": ([], False), "on": ([], True)}
+        if args.override:
+            variants["override"] = (args.override, True)
         urls = {}
-        for (name, (js, read)), port in zip(variants.items(), ports[1:]):
-            children.append(start_nginx(name, work, port, ports[0], js, read))
+        for (name, (overrides, read)), port in zip(variants.items(), ports[1:]):
+            children.append(start_nginx(name, work, port, ports[0], overrides, read))
             urls[name] = f"http://{HOST}:{port}{PATH}"
         workers = {name: [p for p in child.tree() if p.pid != child.pid] for name, child in zip(urls, children[1:])}
         for name in urls:  # warm up
@@ -188,14 +194,24 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--js", type=Path, help="another canary.js or canary-observe.js, measured beside the shipped one")
+    p.add_argument(
+        "--override",
+        "--js",
+        type=Path,
+        action="append",
+        default=[],
+        help="a file in place of the kit's template of its name (repeatable): measured beside the shipped ones",
+    )
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--seconds", type=int, default=3, help="per variant and round")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--rows", type=int, default=1000)
     args = p.parse_args(argv)
-    if args.js is not None and not args.js.is_file():
-        p.error(f"--js {args.js}: no such file")
+    for file in args.override:
+        if not file.is_file():
+            p.error(f"--override {file}: no such file")
+        if not (PACKAGED / file.name).is_file():
+            p.error(f"--override {file}: the kit has no template named {file.name} (see {PACKAGED})")
     work = Path(tempfile.mkdtemp(prefix="canary-observe-cost-"))
     work.chmod(0o755)  # nginx's workers (user nobody or www-data when started as root) reach the state folders
     try:
