@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 
 from bench.servers import (
@@ -75,6 +76,10 @@ MEASURES = {
 }
 GOALS = {key: goal for key, (_, _, goal) in MEASURES.items() if goal is not None}
 MET = {True: "yes", False: "no", None: "-"}  # a goal met, missed, or none set
+# The on / off ratios (a cost the goal bounds) are judged on their interval, not on their median alone: "yes" when
+# the whole interval meets the goal, "no" when none of it does, otherwise the run cannot tell ("inconclusive").
+COMPARED = ("quality_metrics_", "observed_predictions_")
+LEVEL = 0.95  # the interval's least coverage
 
 
 def med(values: list[float]) -> float:
@@ -183,7 +188,22 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         "floor_rows_per_s": floor,
         "ratios": ratios,
         "ratios_by_round": rounds,
+        "ratios_interval": {k: found for k, v in rounds.items() if (found := median_interval(v)) is not None},
     }
+
+
+def median_interval(values: list[float], level: float = LEVEL) -> list[float] | None:
+    """[low, high, coverage]: the order statistics that hold the median of the rounds' distribution with at least
+    `level` probability (the sign test's interval: no assumption on that distribution, only rounds independent of
+    one another); None for too few rounds (under 6 for 95%)."""
+    n = len(values)
+    ordered = sorted(values)
+    found = None
+    for k in range(1, n // 2 + 1):  # [k-th smallest, k-th largest] misses the median with probability 2 P(B < k)
+        coverage = 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+        if coverage >= level:
+            found = [ordered[k - 1], ordered[n - k], round(coverage, 3)]
+    return found
 
 
 def single_ratios(table: dict, point: str) -> dict[str, float]:
@@ -242,19 +262,27 @@ def by_round(runs: dict[str, list[dict]], point: str) -> dict[str, list[float]]:
     }
 
 
-def verdicts(summary: dict, results: dict) -> list[tuple[str, str, str, bool | None]]:
-    """(measure, result, goal, met) for every labelled measure that was measured; goal "-" and met None: no goal."""
+def verdicts(summary: dict, results: dict) -> list[tuple[str, str, str, str]]:
+    """(measure, result, goal, verdict) for every labelled measure that was measured. Verdict "yes" or "no"; for an
+    on / off ratio with enough rounds, "yes" / "no" only when its whole interval is on one side of the goal, else
+    "inconclusive (...)"; "-" (and goal "-") for a measure held to no goal."""
     r = summary["ratios"]
+    intervals = summary.get("ratios_interval", {})
     out = []
     for key, (label, form, goal) in MEASURES.items():
         if key not in r:
             continue
         if goal is None:
-            out.append((label, form.format(r[key]), "-", None))
+            out.append((label, form.format(r[key]), "-", MET[None]))
             continue
         op, bound = goal
         met = {">=": r[key] >= bound, "<=": r[key] <= bound, "<": r[key] < bound}[op]
         if key == "parity_max_abs_prob_diff":
             met = met and r["parity_class_mismatches"] == 0
-        out.append((label, form.format(r[key]), f"{op} {form.format(bound)}", met))
+        verdict = MET[met]
+        if key.startswith(COMPARED) and op == ">=" and key in intervals:
+            low, high, coverage = intervals[key]
+            shown = f"{coverage:.0%} interval {form.format(low)} to {form.format(high)}"
+            verdict = "yes" if low >= bound else "no" if high < bound else f"inconclusive ({shown})"
+        out.append((label, form.format(r[key]), f"{op} {form.format(bound)}", verdict))
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.report import MET, verdicts
+from bench.report import verdicts
 from bench.servers import COLUMNS, FRAMEWORK_FLOOR, NGINX_FLOOR
 from penguin.features import CANDIDATE_VERSION, STABLE_VERSION
 
@@ -90,8 +90,8 @@ def markdown(summary: dict, results: dict, meta: dict, args: argparse.Namespace)
             floor = summary["floor_rows_per_s"][v]
             lines.append(f"| {label} | " + " | ".join(fmt_rate(floor[n]) for n in sizes) + " |")
     lines += ["", "## Goals (reported, not asserted)", "", "| measure | result | goal | met |", "|---|---:|---:|:---:|"]
-    for label, value, goal, ok in verdicts(summary, results):
-        lines.append(f"| {label} | {value} | {goal} | {MET[ok]} |")
+    for label, value, goal, verdict in verdicts(summary, results):
+        lines.append(f"| {label} | {value} | {goal} | {verdict} |")
     for key, values in summary.get("ratios_by_round", {}).items():
         lines.append(f"\n{key} in each round (same-round pairs): {', '.join(f'{v:.2f}' for v in values)}.")
     parity = results.get("parity") or {}
@@ -263,8 +263,9 @@ def print_table(summary: dict, results: dict, args: argparse.Namespace) -> None:
         floor = summary["floor_rows_per_s"][v]
         print(f"{'floor ' + v:<18}" + "".join(f"{fmt_rate(floor[str(n)]):>14}" for n in args.batches))
     print("\ngoals")
-    for label, value, goal, ok in verdicts(summary, results):
-        print(f"  {label:<52} {value:>8}  goal {goal:<8} {'met' if ok else 'NOT met' if ok is False else ''}")
+    shown = {"yes": "met", "no": "NOT met", "-": ""}
+    for label, value, goal, verdict in verdicts(summary, results):
+        print(f"  {label:<52} {value:>8}  goal {goal:<8} {shown.get(verdict, verdict)}")
     for version, m in (results.get("memory_per_version") or {}).items():
         print(f"  {version} (one bentoml serve) after load: RSS {m['rss_mib']:.0f} MiB, PSS {m['pss_mib']:.0f} MiB")
     m = results["memory"]["after_load"]["canary"]["total"]
