@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--rows", type=int, default=1000)
     args = p.parse_args(argv)
+    names = [file.name for file in args.override]
+    if len(set(names)) < len(names):
+        p.error(f"--override: two files of one name ({', '.join(sorted(set(n for n in names if names.count(n) > 1)))})")
     for file in args.override:
         if not file.is_file():
             p.error(f"--override {file}: no such file")

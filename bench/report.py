@@ -171,24 +171,28 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         ratios["parity_max_abs_prob_diff"] = max(p["max_abs_prob_diff"] for p in parity.values())
         ratios["parity_class_mismatches"] = sum(p["class_mismatches"] for p in parity.values())
     ratios["cold_start_s"] = results["cold_start_s"]["median"]
-    rounds = by_round(results["raw"].get(single, {}), single)
+    exact = by_round(results["raw"].get(single, {}), single)  # unrounded: the intervals are taken from these
     batch = results["raw"].get(f"rows{big}", {})
+    columnar = f"canary_columnar_vs_rows_batch{big}"
     if {"canary", COLUMNS} <= batch.keys():  # rows/s ratio of the two forms, each round (the same rows per request)
-        rounds[f"canary_columnar_vs_rows_batch{big}"] = [round(r, 2) for r in per_round(batch, COLUMNS, "canary")]
+        exact[columnar] = per_round(batch, COLUMNS, "canary")
     for key, (on, off) in (
         (f"observed_predictions_rows_ratio_batch{big}", (columns(SHIPPED), columns(NO_OBSERVE))),
         (f"quality_metrics_rows_ratio_batch{big}", (SHIPPED, NO_METRICS)),
         (f"aa_rows_ratio_batch{big}", (columns(SHIPPED), columns(TWIN))),
     ):
         if {on, off} <= batch.keys():
-            rounds[key] = [round(r, 3) for r in per_round(batch, on, off)]
+            exact[key] = per_round(batch, on, off)
+    intervals = {k: found for k, v in exact.items() if (found := median_interval(v)) is not None}
     return {
         "table": table,
         "rows_per_s": rows_s,
         "floor_rows_per_s": floor,
         "ratios": ratios,
-        "ratios_by_round": rounds,
-        "ratios_interval": {k: found for k, v in rounds.items() if (found := median_interval(v)) is not None},
+        "ratios_by_round": {k: [round(r, 2 if k == columnar else 3) for r in v] for k, v in exact.items()},
+        "ratios_interval": {
+            k: [round(low, 3), round(high, 3), coverage] for k, (low, high, coverage) in intervals.items()
+        },
     }
 
 
@@ -257,9 +261,7 @@ def by_round(runs: dict[str, list[dict]], point: str) -> dict[str, list[float]]:
         f"aa_rps_ratio_{point}": (SHIPPED, TWIN),
         f"canary_vs_framework_floor_rps_{point}": ("canary", FRAMEWORK_FLOOR),
     }
-    return {
-        key: [round(r, 3) for r in per_round(runs, a, b)] for key, (a, b) in pairs.items() if a in runs and b in runs
-    }
+    return {key: per_round(runs, a, b) for key, (a, b) in pairs.items() if a in runs and b in runs}
 
 
 def verdicts(summary: dict, results: dict) -> list[tuple[str, str, str, str]]:
@@ -280,8 +282,8 @@ def verdicts(summary: dict, results: dict) -> list[tuple[str, str, str, str]]:
         if key == "parity_max_abs_prob_diff":
             met = met and r["parity_class_mismatches"] == 0
         verdict = MET[met]
-        if key.startswith(COMPARED) and op == ">=" and key in intervals:
-            low, high, coverage = intervals[key]
+        if key.startswith(COMPARED) and op == ">=" and (found := intervals.get(key)):
+            low, high, coverage = found
             shown = f"{coverage:.0%} interval {form.format(low)} to {form.format(high)}"
             verdict = "yes" if low >= bound else "no" if high < bound else f"inconclusive ({shown})"
         out.append((label, form.format(r[key]), f"{op} {form.format(bound)}", verdict))

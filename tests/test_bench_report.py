@@ -44,7 +44,7 @@ def test_the_interval_holds_the_median_as_often_as_it_says():
 def test_a_cost_is_met_missed_or_not_resolved():
     above = [0.96 + 0.005 * i for i in range(12)]
     below = [0.88 + 0.005 * i for i in range(12)]
-    both = list(itertools.chain(*zip(above[:6], below[:6])))  # median near 0.95, rounds on both sides
+    both = list(itertools.chain(*zip(above[:6], below[:6])))  # half the rounds on each side of 0.95
     assert verdict(above) == "yes", above
     assert verdict(below) == "no", below
     assert verdict(both).startswith("inconclusive (96% interval"), (both, verdict(both))
