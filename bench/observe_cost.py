@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1000)
     args = p.parse_args(argv)
     names = [file.name for file in args.override]
-    if len(set(names)) < len(names):
-        p.error(f"--override: two files of one name ({', '.join(sorted(set(n for n in names if names.count(n) > 1)))})")
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        p.error(f"--override: two files of one name ({', '.join(twice)})")
     for file in args.override:
         if not file.is_file():
             p.error(f"--override {file}: no such file")

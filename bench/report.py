@@ -203,10 +203,13 @@ def median_interval(values: list[float], level: float = LEVEL) -> list[float] | 
     n = len(values)
     ordered = sorted(values)
     found = None
-    for k in range(1, n // 2 + 1):  # [k-th smallest, k-th largest] misses the median with probability 2 P(B < k)
-        coverage = 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
-        if coverage >= level:
-            found = [ordered[k - 1], ordered[n - k], round(coverage, 3)]
+    below = 0  # P(B < k) * 2**n, B ~ Binomial(n, 1/2): [k-th smallest, k-th largest] misses the median with 2 P(B < k)
+    for k in range(1, n // 2 + 1):
+        below += math.comb(n, k - 1)
+        coverage = 1 - 2 * below / 2**n
+        if coverage < level:  # narrower intervals only cover less
+            break
+        found = [ordered[k - 1], ordered[n - k], round(coverage, 3)]
     return found
 
 
@@ -285,6 +288,6 @@ def verdicts(summary: dict, results: dict) -> list[tuple[str, str, str, str]]:
         if key.startswith(COMPARED) and op == ">=" and (found := intervals.get(key)):
             low, high, coverage = found
             shown = f"{coverage:.0%} interval {form.format(low)} to {form.format(high)}"
-            verdict = "yes" if low >= bound else "no" if high < bound else f"inconclusive ({shown})"
+            verdict = MET[low >= bound] if low >= bound or high < bound else f"inconclusive ({shown})"
         out.append((label, form.format(r[key]), f"{op} {form.format(bound)}", verdict))
     return out
